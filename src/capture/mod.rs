@@ -1,0 +1,148 @@
+//! Frame sources, run by the sender's `capture` thread: the built-in test pattern
+//! ([`pattern`]), Y4M files ([`y4m`]) and cameras through nokhwa ([`camera`]), all behind
+//! [`FrameSource`]. Sources fill caller-owned [`RawFrame`] buffers, so capture does not
+//! allocate per frame.
+
+pub mod camera;
+pub mod pattern;
+pub mod y4m;
+
+use std::path::PathBuf;
+
+use crate::net::Subsampling;
+
+/// How the bytes of a [`RawFrame`] are laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// Planar YCbCr, full range (JFIF), planes tightly packed one after another: Y, then Cb,
+    /// then Cr (no chroma planes for `Gray`).
+    Yuv(Subsampling),
+    /// A complete JPEG (a camera's MJPEG).
+    Jpeg,
+}
+
+/// One captured frame in a reusable buffer.
+#[derive(Clone, Debug)]
+pub struct RawFrame {
+    /// Source frame number, from 0.
+    pub seq: u64,
+    /// Capture time, µs on [`crate::clock::now_us`].
+    pub capture_us: u64,
+    pub width: u32,
+    pub height: u32,
+    pub layout: Layout,
+    pub data: Vec<u8>,
+}
+
+impl RawFrame {
+    pub fn empty() -> Self {
+        RawFrame { seq: 0, capture_us: 0, width: 0, height: 0, layout: Layout::Jpeg, data: Vec::new() }
+    }
+}
+
+/// Bytes in a tightly packed planar frame.
+pub fn yuv_len(width: u32, height: u32, sub: Subsampling) -> usize {
+    let (w, h) = (width as usize, height as usize);
+    let (cw, ch) = chroma_size(width, height, sub);
+    w * h + 2 * cw * ch
+}
+
+/// Width and height of each chroma plane (0x0 for gray).
+pub fn chroma_size(width: u32, height: u32, sub: Subsampling) -> (usize, usize) {
+    let (w, h) = (width as usize, height as usize);
+    match sub {
+        Subsampling::S444 => (w, h),
+        Subsampling::S422 => (w.div_ceil(2), h),
+        Subsampling::S420 => (w.div_ceil(2), h.div_ceil(2)),
+        Subsampling::Gray => (0, 0),
+    }
+}
+
+/// Errors from a source. Each names what was expected and what was found.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("{path}: {what}")]
+    File { path: PathBuf, what: String },
+    #[error("camera: {0}")]
+    Camera(String),
+    #[error("frame from the camera: {0}")]
+    BadFrame(String),
+}
+
+/// A source of frames.
+pub trait FrameSource {
+    /// A one-line description for the log.
+    fn describe(&self) -> String;
+    /// Frame size in pixels.
+    fn size(&self) -> (u32, u32);
+    /// True if the source delivers frames at its own pace (a camera); false if the capture
+    /// thread must pace it to `--fps`.
+    fn self_paced(&self) -> bool {
+        false
+    }
+    /// True if frames arrive as JPEG that can be forwarded without re-encoding.
+    fn delivers_jpeg(&self) -> bool {
+        false
+    }
+    /// Fills `frame` with the next frame (size, layout and data; the caller sets `seq` and
+    /// `capture_us` if the source does not). Returns `Ok(false)` at the end of the source.
+    fn next_frame(&mut self, frame: &mut RawFrame) -> Result<bool, CaptureError>;
+}
+
+/// The `--source` flag, parsed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SourceSpec {
+    TestPattern,
+    Camera(u32),
+    Y4m(PathBuf),
+}
+
+impl std::str::FromStr for SourceSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "test" => Ok(SourceSpec::TestPattern),
+            "camera" => Ok(SourceSpec::Camera(0)),
+            _ => {
+                if let Some(n) = s.strip_prefix("camera:") {
+                    return n
+                        .parse()
+                        .map(SourceSpec::Camera)
+                        .map_err(|_| format!("'{s}': expected camera:N with N a camera index (0, 1, ...)"));
+                }
+                if s.to_ascii_lowercase().ends_with(".y4m") {
+                    let p = PathBuf::from(s);
+                    if !p.is_file() {
+                        return Err(format!("'{s}': no such file"));
+                    }
+                    return Ok(SourceSpec::Y4m(p));
+                }
+                Err(format!("'{s}' is not a source: expected 'test', 'camera', 'camera:N' or a FILE.y4m"))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_sources() {
+        assert_eq!("test".parse::<SourceSpec>(), Ok(SourceSpec::TestPattern));
+        assert_eq!("camera".parse::<SourceSpec>(), Ok(SourceSpec::Camera(0)));
+        assert_eq!("camera:2".parse::<SourceSpec>(), Ok(SourceSpec::Camera(2)));
+        assert!("camera:x".parse::<SourceSpec>().unwrap_err().contains("camera:N"));
+        assert!("/nonexistent/a.y4m".parse::<SourceSpec>().unwrap_err().contains("no such file"));
+        assert!("webcam".parse::<SourceSpec>().unwrap_err().contains("expected 'test'"));
+    }
+
+    #[test]
+    fn plane_sizes() {
+        assert_eq!(yuv_len(640, 480, Subsampling::S420), 640 * 480 * 3 / 2);
+        assert_eq!(yuv_len(640, 480, Subsampling::S422), 640 * 480 * 2);
+        assert_eq!(yuv_len(640, 480, Subsampling::S444), 640 * 480 * 3);
+        assert_eq!(yuv_len(640, 480, Subsampling::Gray), 640 * 480);
+        assert_eq!(chroma_size(5, 3, Subsampling::S420), (3, 2));
+    }
+}

@@ -1,0 +1,383 @@
+//! The command line (clap derive), and its validation into the checked configs that the
+//! pipelines take. Every invalid value is rejected here with a message naming the flag.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::capture::camera::CameraSource;
+use crate::capture::pattern::PatternSource;
+use crate::capture::y4m::Y4mSource;
+use crate::capture::{FrameSource, SourceSpec};
+use crate::net::proto::{MAX_DIMENSION, MAX_PIXELS};
+use crate::net::Subsampling;
+use crate::receiver::{self, DumpConfig, RecvConfig};
+use crate::sender::{self, SendConfig, SourceFactory};
+use crate::stats::StatsConfig;
+
+pub const DEFAULT_PORT: u16 = 8089;
+
+/// Stream a camera (or a test pattern) as JPEG over TCP, with fps and latency stats.
+#[derive(Debug, Parser)]
+#[command(name = "framecast", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Capture, encode and stream.
+    Send(SendArgs),
+    /// Receive, decode and show.
+    Recv(RecvArgs),
+    /// Sender and receiver in one process over 127.0.0.1 (a window if a display exists).
+    Demo(DemoArgs),
+    /// List cameras and their formats.
+    Cameras,
+}
+
+/// JPEG chroma subsampling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SubsamplingArg {
+    #[value(name = "420")]
+    S420,
+    #[value(name = "422")]
+    S422,
+    #[value(name = "444")]
+    S444,
+    Gray,
+}
+
+impl From<SubsamplingArg> for Subsampling {
+    fn from(s: SubsamplingArg) -> Self {
+        match s {
+            SubsamplingArg::S420 => Subsampling::S420,
+            SubsamplingArg::S422 => Subsampling::S422,
+            SubsamplingArg::S444 => Subsampling::S444,
+            SubsamplingArg::Gray => Subsampling::Gray,
+        }
+    }
+}
+
+/// A frame size, WIDTHxHEIGHT.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Size {
+    pub width: u32,
+    pub height: u32,
+}
+
+impl std::str::FromStr for Size {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("expected WIDTHxHEIGHT like 1280x720, each 1..={MAX_DIMENSION}");
+        let (w, h) = s.split_once(['x', 'X']).ok_or_else(bad)?;
+        let (width, height): (u32, u32) = (w.trim().parse().map_err(|_| bad())?, h.trim().parse().map_err(|_| bad())?);
+        if width == 0 || height == 0 || width > MAX_DIMENSION || height > MAX_DIMENSION {
+            return Err(bad());
+        }
+        if u64::from(width) * u64::from(height) > MAX_PIXELS {
+            return Err(format!("{width}x{height} is over the limit of {MAX_PIXELS} pixels (8K UHD)"));
+        }
+        Ok(Size { width, height })
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s.parse().map_err(|_| "expected seconds, e.g. 10 or 2.5".to_string())?;
+    if !(secs > 0.0 && secs < 1e9) {
+        return Err("expected a positive number of seconds".into());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// What to capture and how to encode it.
+#[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "Source and encoding")]
+pub struct SourceArgs {
+    /// 'test' (built-in test pattern), 'camera', 'camera:N', or a FILE.y4m.
+    #[arg(long, default_value = "test")]
+    pub source: SourceSpec,
+    /// Frame size WIDTHxHEIGHT [default: 1280x720; a Y4M file's own size].
+    #[arg(long, value_name = "WxH")]
+    pub size: Option<Size>,
+    /// Frames per second; 0 = as fast as possible (for benchmarks).
+    #[arg(long, default_value_t = 30)]
+    pub fps: u32,
+    /// JPEG quality [default: 75]. Given explicitly, a camera's MJPEG is re-encoded at it.
+    #[arg(long, value_name = "1-100", value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub quality: Option<u8>,
+    /// Chroma subsampling [default: 420; a Y4M file's own].
+    #[arg(long, value_enum)]
+    pub subsampling: Option<SubsamplingArg>,
+    /// Start a Y4M file over when it ends.
+    #[arg(long = "loop")]
+    pub looping: bool,
+}
+
+/// When to stop, and where stats go.
+#[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "Run length and stats")]
+pub struct RunArgs {
+    /// Stop after N frames (sent, or decoded by the receiver).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub frames: Option<u64>,
+    /// Stop after SECS seconds.
+    #[arg(long, value_name = "SECS", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Write one JSON object per line per interval, and a final "summary" object, to PATH.
+    #[arg(long, value_name = "PATH")]
+    pub stats_json: Option<PathBuf>,
+    /// Seconds between stats lines.
+    #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_duration)]
+    pub stats_interval: Duration,
+}
+
+impl RunArgs {
+    fn stats(&self) -> StatsConfig {
+        StatsConfig { interval: self.stats_interval, json: self.stats_json.clone() }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// Connect to a listening viewer at HOST:PORT [default: 127.0.0.1:8089].
+    #[arg(long, value_name = "HOST:PORT", conflicts_with = "listen")]
+    pub connect: Option<String>,
+    /// Listen for viewers on ADDR:PORT (e.g. 0.0.0.0:8089), serving one after another.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<SocketAddr>,
+    #[command(flatten)]
+    pub source: SourceArgs,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RecvArgs {
+    /// Listen for senders on ADDR:PORT [default: 0.0.0.0:8089].
+    #[arg(long, value_name = "ADDR:PORT", conflicts_with = "connect")]
+    pub listen: Option<SocketAddr>,
+    /// Connect to a listening sender at HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub connect: Option<String>,
+    /// Decode, count and measure, but open no window.
+    #[arg(long)]
+    pub headless: bool,
+    /// Exit when the first sender disconnects instead of waiting for the next.
+    #[arg(long)]
+    pub once: bool,
+    /// Save decoded frames as PPM files in DIR (every --dump-every'th frame).
+    #[arg(long, value_name = "DIR")]
+    pub dump_dir: Option<PathBuf>,
+    /// With --dump-dir: save frames whose sequence number is a multiple of N.
+    #[arg(long, value_name = "N", default_value_t = 30, requires = "dump_dir", value_parser = clap::value_parser!(u64).range(1..))]
+    pub dump_every: u64,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Stop after SECS seconds [default: until the window closes or Ctrl-C].
+    #[arg(long, value_name = "SECS", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Stop after N frames.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub frames: Option<u64>,
+    /// No window, even if a display exists.
+    #[arg(long)]
+    pub headless: bool,
+    /// Sender stats as JSON lines (see `send --stats-json`).
+    #[arg(long, value_name = "PATH")]
+    pub send_stats_json: Option<PathBuf>,
+    /// Receiver stats as JSON lines (see `recv --stats-json`).
+    #[arg(long, value_name = "PATH")]
+    pub recv_stats_json: Option<PathBuf>,
+}
+
+const CONNECT_PATIENCE: Duration = Duration::from_secs(10);
+
+fn bind(addr: SocketAddr, flag: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).with_context(|| format!("{flag} {addr}: cannot listen there"))
+}
+
+impl SourceArgs {
+    /// Checks the source flags together and returns the function that opens the source on
+    /// the capture thread, the encoder's subsampling, and whether a camera's MJPEG must be
+    /// re-encoded.
+    pub fn validate(&self) -> anyhow::Result<(SourceFactory, Subsampling, bool)> {
+        let sub: Subsampling = self.subsampling.map_or(Subsampling::S420, Into::into);
+        let size = self.size.unwrap_or(Size { width: 1280, height: 720 });
+        let check_even = |sub: Subsampling| -> anyhow::Result<()> {
+            let (w, h) = (size.width, size.height);
+            let w_even = matches!(sub, Subsampling::S420 | Subsampling::S422);
+            if (w_even && w % 2 == 1) || (sub == Subsampling::S420 && h % 2 == 1) {
+                bail!(
+                    "--size {w}x{h}: with --subsampling {sub} the width{} must be even",
+                    if sub == Subsampling::S420 { " and height" } else { "" }
+                );
+            }
+            Ok(())
+        };
+        if self.looping && !matches!(self.source, SourceSpec::Y4m(_)) {
+            bail!("--loop applies to a Y4M file source, not to --source {}", source_name(&self.source));
+        }
+        let factory: SourceFactory = match &self.source {
+            SourceSpec::TestPattern => {
+                check_even(sub)?;
+                Box::new(move || Ok(Box::new(PatternSource::new(size.width, size.height, sub)) as Box<dyn FrameSource>))
+            }
+            SourceSpec::Y4m(path) => {
+                let src = Y4mSource::open(path, self.looping).context("--source")?;
+                if let Some(s) = self.size {
+                    if (s.width, s.height) != src.size() {
+                        bail!(
+                            "--size {}x{} differs from the Y4M file's {}x{}; omit --size (framecast does not scale)",
+                            s.width,
+                            s.height,
+                            src.size().0,
+                            src.size().1
+                        );
+                    }
+                }
+                if let Some(want) = self.subsampling.map(Subsampling::from) {
+                    if want != src.subsampling() {
+                        bail!("--subsampling {want} differs from the Y4M file's {}; omit --subsampling or convert the file (ffmpeg -pix_fmt)", src.subsampling());
+                    }
+                }
+                Box::new(move || Ok(Box::new(src) as Box<dyn FrameSource>))
+            }
+            SourceSpec::Camera(index) => {
+                let (index, fps) = (*index, self.fps);
+                Box::new(move || {
+                    CameraSource::open(index, (size.width, size.height), fps, sub)
+                        .map(|c| Box::new(c) as Box<dyn FrameSource>)
+                })
+            }
+        };
+        Ok((factory, sub, self.quality.is_some()))
+    }
+}
+
+fn source_name(s: &SourceSpec) -> String {
+    match s {
+        SourceSpec::TestPattern => "test".into(),
+        SourceSpec::Camera(n) => format!("camera:{n}"),
+        SourceSpec::Y4m(p) => p.display().to_string(),
+    }
+}
+
+impl SendArgs {
+    pub fn into_config(self) -> anyhow::Result<(SendConfig, SourceFactory)> {
+        let (factory, subsampling, reencode_jpeg) = self.source.validate()?;
+        let endpoint = match (self.connect, self.listen) {
+            (_, Some(addr)) => sender::Endpoint::Listen(bind(addr, "--listen")?),
+            (Some(c), None) => sender::Endpoint::Connect(c),
+            (None, None) => sender::Endpoint::Connect(format!("127.0.0.1:{DEFAULT_PORT}")),
+        };
+        Ok((
+            SendConfig {
+                endpoint,
+                fps: self.source.fps,
+                quality: self.source.quality.unwrap_or(75),
+                subsampling,
+                reencode_jpeg,
+                frames: self.run.frames,
+                duration: self.run.duration,
+                stats: self.run.stats(),
+                connect_patience: CONNECT_PATIENCE,
+            },
+            factory,
+        ))
+    }
+}
+
+impl RecvArgs {
+    pub fn into_config(self) -> anyhow::Result<RecvConfig> {
+        let endpoint = match (self.listen, self.connect) {
+            (_, Some(c)) => receiver::Endpoint::Connect(c),
+            (Some(addr), None) => receiver::Endpoint::Listen(bind(addr, "--listen")?),
+            (None, None) => {
+                let addr = SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT));
+                receiver::Endpoint::Listen(bind(addr, "--listen")?)
+            }
+        };
+        Ok(RecvConfig {
+            endpoint,
+            frames: self.run.frames,
+            duration: self.run.duration,
+            stats: self.run.stats(),
+            once: self.once,
+            dump: self.dump_dir.map(|dir| DumpConfig { dir, every: self.dump_every }),
+            connect_patience: CONNECT_PATIENCE,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("framecast").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!("1280x720".parse::<Size>(), Ok(Size { width: 1280, height: 720 }));
+        for bad in ["0x0", "abc", "1280", "x720", "1280x", "-1x5", "99999x10"] {
+            assert!(bad.parse::<Size>().is_err(), "{bad}");
+        }
+        assert!("16384x16384".parse::<Size>().unwrap_err().contains("8K"));
+    }
+
+    #[test]
+    fn bad_flags_name_the_flag() {
+        for (args, flag) in [
+            (&["send", "--quality", "0"][..], "--quality"),
+            (&["send", "--quality", "101"][..], "--quality"),
+            (&["send", "--size", "0x0"][..], "--size"),
+            (&["send", "--size", "abc"][..], "--size"),
+            (&["send", "--source", "webcam"][..], "--source"),
+            (&["send", "--source", "/no/such.y4m"][..], "--source"),
+            (&["send", "--subsampling", "411"][..], "--subsampling"),
+            (&["recv", "--duration", "0"][..], "--duration"),
+            (&["recv", "--duration", "soon"][..], "--duration"),
+            (&["send", "--connect", "a:1", "--listen", "0.0.0.0:1"][..], "--listen"),
+        ] {
+            let e = parse(args).unwrap_err().to_string();
+            assert!(e.contains(flag), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn odd_size_with_420_is_rejected() {
+        let Cmd::Send(a) = parse(&["send", "--size", "641x480"]).unwrap().cmd else { unreachable!() };
+        let e = a.source.validate().err().unwrap().to_string();
+        assert!(e.contains("--size 641x480") && e.contains("even"), "{e}");
+        let Cmd::Send(a) = parse(&["send", "--size", "641x481", "--subsampling", "444"]).unwrap().cmd else {
+            unreachable!()
+        };
+        assert!(a.source.validate().is_ok());
+    }
+
+    #[test]
+    fn explicit_quality_means_reencode() {
+        let Cmd::Send(a) = parse(&["send"]).unwrap().cmd else { unreachable!() };
+        assert!(!a.source.validate().unwrap().2);
+        let Cmd::Send(a) = parse(&["send", "--quality", "75"]).unwrap().cmd else { unreachable!() };
+        assert!(a.source.validate().unwrap().2);
+    }
+}

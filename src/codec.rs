@@ -1,0 +1,379 @@
+//! JPEG encode and decode with libjpeg-turbo. Run by the sender's `encode` thread and the
+//! receiver's `decode` thread; each thread owns one [`Encoder`] or [`Decoder`] and reuses its
+//! turbojpeg handle and buffers, so nothing is allocated per frame once buffers are warm.
+//!
+//! Planar YCbCr sources are compressed straight from their planes (no RGB round trip), and
+//! decoding writes straight into the window's `u32` 0RGB buffer (`BGRX` on little-endian).
+
+use turbojpeg::{Compressor, Decompressor, Image, OutputBuf, PixelFormat, Subsamp, YuvImage};
+
+use crate::capture::{yuv_len, Layout, RawFrame};
+use crate::net::Subsampling;
+
+/// The turbojpeg pixel format whose bytes, read as native-endian `u32`, are `0x00RRGGBB`.
+#[cfg(target_endian = "little")]
+pub const NATIVE_0RGB: PixelFormat = PixelFormat::BGRX;
+#[cfg(target_endian = "big")]
+pub const NATIVE_0RGB: PixelFormat = PixelFormat::XRGB;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("libjpeg-turbo: {0}")]
+    Turbo(#[from] turbojpeg::Error),
+    #[error("JPEG is {got_w}x{got_h} but the frame header says {want_w}x{want_h}")]
+    SizeMismatch { got_w: usize, got_h: usize, want_w: usize, want_h: usize },
+    #[error("raw frame of {got} bytes, expected {want} for {width}x{height} {sub}")]
+    BadRawLength { got: usize, want: usize, width: u32, height: u32, sub: Subsampling },
+}
+
+pub fn to_subsamp(s: Subsampling) -> Subsamp {
+    match s {
+        Subsampling::S444 => Subsamp::None,
+        Subsampling::S422 => Subsamp::Sub2x1,
+        Subsampling::S420 => Subsamp::Sub2x2,
+        Subsampling::Gray => Subsamp::Gray,
+    }
+}
+
+fn from_subsamp(s: Subsamp) -> Option<Subsampling> {
+    Some(match s {
+        Subsamp::None => Subsampling::S444,
+        Subsamp::Sub2x1 => Subsampling::S422,
+        Subsamp::Sub2x2 => Subsampling::S420,
+        Subsamp::Gray => Subsampling::Gray,
+        _ => return None,
+    })
+}
+
+/// A reusable output buffer for one JPEG. Its storage is allocated once at libjpeg-turbo's
+/// worst-case size (zeroed pages from the allocator are not resident until written), and
+/// only the first `len` bytes are the JPEG.
+#[derive(Debug, Default)]
+pub struct JpegBuf {
+    data: Vec<u8>,
+    len: usize,
+}
+
+impl JpegBuf {
+    pub fn as_slice(&self) -> &[u8] {
+        &self.data[..self.len]
+    }
+
+    fn ensure(&mut self, cap: usize) {
+        if self.data.len() < cap {
+            self.data = vec![0; cap];
+        }
+    }
+
+    fn set_from(&mut self, bytes: &[u8]) {
+        self.ensure(bytes.len());
+        self.data[..bytes.len()].copy_from_slice(bytes);
+        self.len = bytes.len();
+    }
+}
+
+/// What the encoder did with one frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Encoded {
+    /// Quality of the JPEG, 0 if unknown (a camera's MJPEG forwarded as is).
+    pub quality: u8,
+    pub subsampling: Subsampling,
+    /// True if the JPEG is the source's own, forwarded without re-encoding.
+    pub passthrough: bool,
+}
+
+/// Compresses raw frames to JPEG. One per encode thread.
+pub struct Encoder {
+    tj: Compressor,
+    quality: u8,
+    subsampling: Subsampling,
+    /// Re-encode JPEG sources at `quality` instead of forwarding them.
+    reencode_jpeg: bool,
+    /// Only for re-encoding JPEG sources.
+    dec: Option<Decompressor>,
+    yuv: Vec<u8>,
+}
+
+impl Encoder {
+    /// `subsampling` applies to sources that are not already planar YCbCr (planar frames keep
+    /// their own layout, which the capture stage chose from `--subsampling`).
+    pub fn new(quality: u8, subsampling: Subsampling, reencode_jpeg: bool) -> Result<Self, CodecError> {
+        let mut tj = Compressor::new()?;
+        tj.set_quality(i32::from(quality))?;
+        tj.set_subsamp(to_subsamp(subsampling))?;
+        Ok(Encoder { tj, quality, subsampling, reencode_jpeg, dec: None, yuv: Vec::new() })
+    }
+
+    pub fn quality(&self) -> u8 {
+        self.quality
+    }
+
+    pub fn set_quality(&mut self, quality: u8) -> Result<(), CodecError> {
+        self.tj.set_quality(i32::from(quality))?;
+        self.quality = quality;
+        Ok(())
+    }
+
+    /// Encodes `frame` into `out`.
+    pub fn encode(&mut self, frame: &RawFrame, out: &mut JpegBuf) -> Result<Encoded, CodecError> {
+        match frame.layout {
+            Layout::Yuv(sub) => {
+                let want = yuv_len(frame.width, frame.height, sub);
+                if frame.data.len() != want {
+                    return Err(CodecError::BadRawLength {
+                        got: frame.data.len(),
+                        want,
+                        width: frame.width,
+                        height: frame.height,
+                        sub,
+                    });
+                }
+                self.compress_planar(&frame.data, frame.width as usize, frame.height as usize, sub, out)?;
+                Ok(Encoded { quality: self.quality, subsampling: sub, passthrough: false })
+            }
+            Layout::Jpeg if !self.reencode_jpeg => {
+                let header = turbojpeg::read_header(&frame.data)?;
+                if header.width != frame.width as usize || header.height != frame.height as usize {
+                    return Err(CodecError::SizeMismatch {
+                        got_w: header.width,
+                        got_h: header.height,
+                        want_w: frame.width as usize,
+                        want_h: frame.height as usize,
+                    });
+                }
+                out.set_from(&frame.data);
+                Ok(Encoded {
+                    quality: 0,
+                    subsampling: from_subsamp(header.subsamp).unwrap_or(Subsampling::S420),
+                    passthrough: true,
+                })
+            }
+            Layout::Jpeg => {
+                let dec = match &mut self.dec {
+                    Some(d) => d,
+                    None => self.dec.insert(Decompressor::new()?),
+                };
+                let header = dec.read_header(&frame.data)?;
+                let sub = from_subsamp(header.subsamp).unwrap_or(Subsampling::S420);
+                let len = yuv_len(header.width as u32, header.height as u32, sub);
+                self.yuv.resize(len, 0);
+                dec.decompress_to_yuv(
+                    &frame.data,
+                    YuvImage {
+                        pixels: &mut self.yuv[..],
+                        width: header.width,
+                        align: 1,
+                        height: header.height,
+                        subsamp: to_subsamp(sub),
+                    },
+                )?;
+                let yuv = std::mem::take(&mut self.yuv);
+                let res = self.compress_planar(&yuv, header.width, header.height, sub, out);
+                self.yuv = yuv;
+                res?;
+                Ok(Encoded { quality: self.quality, subsampling: sub, passthrough: false })
+            }
+        }
+    }
+
+    fn compress_planar(
+        &mut self,
+        data: &[u8],
+        width: usize,
+        height: usize,
+        sub: Subsampling,
+        out: &mut JpegBuf,
+    ) -> Result<(), CodecError> {
+        out.ensure(turbojpeg::compressed_buf_len(width, height, to_subsamp(sub))?);
+        let mut buf = OutputBuf::borrowed(&mut out.data);
+        self.tj.compress_yuv(YuvImage { pixels: data, width, align: 1, height, subsamp: to_subsamp(sub) }, &mut buf)?;
+        out.len = buf.len();
+        Ok(())
+    }
+
+    /// Encodes an interleaved image (e.g. RGB from a camera or a file) with the encoder's
+    /// subsampling.
+    pub fn encode_pixels(
+        &mut self,
+        pixels: &[u8],
+        width: usize,
+        height: usize,
+        format: PixelFormat,
+        out: &mut JpegBuf,
+    ) -> Result<(), CodecError> {
+        self.tj.set_subsamp(to_subsamp(self.subsampling))?;
+        out.ensure(turbojpeg::compressed_buf_len(width, height, to_subsamp(self.subsampling))?);
+        let mut buf = OutputBuf::borrowed(&mut out.data);
+        self.tj.compress(Image { pixels, width, pitch: width * format.size(), height, format }, &mut buf)?;
+        out.len = buf.len();
+        Ok(())
+    }
+}
+
+/// Decompresses JPEG frames into `u32` 0RGB pixels. One per decode thread.
+pub struct Decoder {
+    tj: Decompressor,
+}
+
+impl Decoder {
+    pub fn new() -> Result<Self, CodecError> {
+        Ok(Decoder { tj: Decompressor::new()? })
+    }
+
+    /// Decodes `jpeg`, which must be `width`x`height` (the size is checked from the JPEG's
+    /// own header before any pixel is decoded, so a JPEG that claims a huge size costs
+    /// nothing), into `out`, resized to `width * height` pixels.
+    pub fn decode(&mut self, jpeg: &[u8], width: usize, height: usize, out: &mut Vec<u32>) -> Result<(), CodecError> {
+        let header = self.tj.read_header(jpeg)?;
+        if header.width != width || header.height != height {
+            return Err(CodecError::SizeMismatch {
+                got_w: header.width,
+                got_h: header.height,
+                want_w: width,
+                want_h: height,
+            });
+        }
+        out.resize(width * height, 0);
+        self.tj.decompress(
+            jpeg,
+            Image {
+                pixels: bytemuck::cast_slice_mut::<u32, u8>(out),
+                width,
+                pitch: width * 4,
+                height,
+                format: NATIVE_0RGB,
+            },
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::pattern::TestPattern;
+
+    fn frame(w: u32, h: u32, sub: Subsampling, seq: u64) -> RawFrame {
+        let mut f = RawFrame::empty();
+        TestPattern::new(w, h, sub).render(seq, &mut f.data);
+        f.width = w;
+        f.height = h;
+        f.layout = Layout::Yuv(sub);
+        f
+    }
+
+    /// PSNR in dB of decoded 0RGB pixels against RGB bytes.
+    pub(crate) fn psnr(px: &[u32], rgb: &[u8]) -> f64 {
+        let mut se = 0f64;
+        for (p, want) in px.iter().zip(rgb.chunks_exact(3)) {
+            let got = [(p >> 16) as u8, (p >> 8) as u8, *p as u8];
+            for c in 0..3 {
+                let d = f64::from(got[c]) - f64::from(want[c]);
+                se += d * d;
+            }
+        }
+        let mse = se / (px.len() * 3) as f64;
+        10.0 * (255.0 * 255.0 / mse.max(1e-9)).log10()
+    }
+
+    #[test]
+    fn round_trip_quality_depends_on_quality() {
+        let (w, h) = (320u32, 240u32);
+        let f = frame(w, h, Subsampling::S420, 3);
+        let want = TestPattern::new(w, h, Subsampling::S420).render_rgb(3);
+        let mut dec = Decoder::new().unwrap();
+        let mut px = Vec::new();
+        let mut prev_len = 0;
+        let mut prev_psnr = 0.0;
+        for q in [30u8, 75, 95] {
+            let mut enc = Encoder::new(q, Subsampling::S420, false).unwrap();
+            let mut out = JpegBuf::default();
+            let info = enc.encode(&f, &mut out).unwrap();
+            assert_eq!(info.quality, q);
+            assert_eq!(&out.as_slice()[..2], &[0xff, 0xd8], "JPEG SOI marker");
+            dec.decode(out.as_slice(), w as usize, h as usize, &mut px).unwrap();
+            let p = psnr(&px, &want);
+            assert!(
+                out.as_slice().len() > prev_len && p > prev_psnr,
+                "q{q}: {} bytes, {p:.1} dB",
+                out.as_slice().len()
+            );
+            prev_len = out.as_slice().len();
+            prev_psnr = p;
+        }
+        assert!(prev_psnr > 30.0, "q95 PSNR {prev_psnr:.1}");
+    }
+
+    #[test]
+    fn every_subsampling_encodes_from_planes() {
+        for sub in [Subsampling::S444, Subsampling::S422, Subsampling::S420, Subsampling::Gray] {
+            let f = frame(64, 48, sub, 0);
+            let mut enc = Encoder::new(80, Subsampling::S420, false).unwrap();
+            let mut out = JpegBuf::default();
+            let info = enc.encode(&f, &mut out).unwrap();
+            assert_eq!(info.subsampling, sub);
+            let header = turbojpeg::read_header(out.as_slice()).unwrap();
+            assert_eq!(from_subsamp(header.subsamp), Some(sub));
+        }
+    }
+
+    #[test]
+    fn output_buffer_is_reused() {
+        let f = frame(320, 240, Subsampling::S420, 0);
+        let mut enc = Encoder::new(75, Subsampling::S420, false).unwrap();
+        let mut out = JpegBuf::default();
+        enc.encode(&f, &mut out).unwrap();
+        let ptr = out.data.as_ptr();
+        for seq in 1..5 {
+            enc.encode(&frame(320, 240, Subsampling::S420, seq), &mut out).unwrap();
+        }
+        assert_eq!(ptr, out.data.as_ptr());
+    }
+
+    #[test]
+    fn jpeg_sources_pass_through_or_reencode() {
+        let f = frame(64, 48, Subsampling::S420, 0);
+        let mut out = JpegBuf::default();
+        Encoder::new(90, Subsampling::S420, false).unwrap().encode(&f, &mut out).unwrap();
+        let mut cam = RawFrame { layout: Layout::Jpeg, data: out.as_slice().to_vec(), ..f.clone() };
+        let mut fwd = JpegBuf::default();
+        let info = Encoder::new(20, Subsampling::S420, false).unwrap().encode(&cam, &mut fwd).unwrap();
+        assert!(info.passthrough);
+        assert_eq!(fwd.as_slice(), cam.data.as_slice());
+        let mut re = JpegBuf::default();
+        let info = Encoder::new(20, Subsampling::S420, true).unwrap().encode(&cam, &mut re).unwrap();
+        assert!(!info.passthrough);
+        assert_eq!(info.quality, 20);
+        assert!(re.as_slice().len() < fwd.as_slice().len());
+        cam.width = 65;
+        assert!(matches!(
+            Encoder::new(20, Subsampling::S420, false).unwrap().encode(&cam, &mut fwd),
+            Err(CodecError::SizeMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn corrupt_and_mismatched_jpeg_are_errors() {
+        let f = frame(64, 48, Subsampling::S420, 0);
+        let mut out = JpegBuf::default();
+        Encoder::new(75, Subsampling::S420, false).unwrap().encode(&f, &mut out).unwrap();
+        let mut dec = Decoder::new().unwrap();
+        let mut px = Vec::new();
+        let e = dec.decode(out.as_slice(), 640, 480, &mut px).unwrap_err();
+        assert!(e.to_string().contains("JPEG is 64x48 but the frame header says 640x480"), "{e}");
+        assert!(dec.decode(b"definitely not a jpeg", 64, 48, &mut px).is_err());
+        let truncated = &out.as_slice()[..out.as_slice().len() / 3];
+        // libjpeg-turbo may decode a truncated scan as a warning-level error; either way no panic.
+        let _ = dec.decode(truncated, 64, 48, &mut px);
+        // The decoder is still usable afterwards.
+        dec.decode(out.as_slice(), 64, 48, &mut px).unwrap();
+    }
+
+    #[test]
+    fn bad_raw_length_is_an_error() {
+        let mut f = frame(64, 48, Subsampling::S420, 0);
+        f.data.pop();
+        let e = Encoder::new(75, Subsampling::S420, false).unwrap().encode(&f, &mut JpegBuf::default()).unwrap_err();
+        assert!(e.to_string().contains("expected 4608"), "{e}");
+    }
+}

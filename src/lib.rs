@@ -1,0 +1,35 @@
+//! framecast: a low-latency JPEG video streamer.
+//!
+//! # Layout
+//!
+//! - [`capture`]: frame sources (test pattern, Y4M file, camera) behind `FrameSource`; run by
+//!   the sender's `capture` thread.
+//! - [`codec`]: libjpeg-turbo encode (sender's `encode` thread) and decode (receiver's
+//!   `decode` thread), with reused handles and buffers.
+//! - [`net`]: the wire protocol, `net::proto` (pure format) and `net::io` (sockets); used by
+//!   the sender's `net-tx`/`ack-rx` and the receiver's `net-rx`/`feedback` threads.
+//! - [`view`]: frame sinks (minifb window, headless) on the receiver's main thread.
+//! - [`sender`] and [`receiver`]: the two pipelines, wiring the stages with [`chan`].
+//! - [`stats`]: per-side counters, reports, the human line and JSON lines.
+//! - [`clock`]: monotonic microsecond timestamps shared by processes on one host.
+//! - [`cli`]: the command line, validated into the configs the pipelines take.
+//!
+//! # Errors
+//!
+//! Errors the hot path can branch on are enums (`net::ProtocolError`, `codec::CodecError`,
+//! `capture::CaptureError`): a corrupt JPEG ends one frame, a protocol error ends one
+//! connection, and callers need to tell which. `anyhow` is used only where a pipeline or the
+//! binary gives up, with context naming what it was doing.
+
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
+pub mod capture;
+pub mod chan;
+pub mod cli;
+pub mod clock;
+pub mod codec;
+pub mod net;
+pub mod receiver;
+pub mod sender;
+pub mod stats;
+pub mod view;

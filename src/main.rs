@@ -1,0 +1,151 @@
+//! The `framecast` binary: command line, logging, Ctrl-C, and dispatch to the library.
+
+use std::net::TcpListener;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+
+use anyhow::{anyhow, Context};
+use clap::Parser;
+use tracing::{info, warn};
+use tracing_subscriber::EnvFilter;
+
+use framecast::cli::{Cli, Cmd, DemoArgs};
+use framecast::receiver::{self, RecvConfig};
+use framecast::sender::{self, SendConfig};
+use framecast::stats::StatsConfig;
+use framecast::view::{display_available, FrameSink, Headless, WindowSink};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                if io.kind() == std::io::ErrorKind::BrokenPipe {
+                    return ExitCode::SUCCESS;
+                }
+            }
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_thread_names(true)
+        .with_target(false)
+        .init();
+}
+
+/// Ctrl-C sets the flag that capture (and the viewer) check; a second Ctrl-C exits at once.
+fn install_ctrl_c() -> anyhow::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        info!("stopping (Ctrl-C again to quit at once)");
+    })
+    .context("cannot install the Ctrl-C handler")?;
+    Ok(stop)
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Send(args) => {
+            let (cfg, source) = args.into_config()?;
+            let stop = install_ctrl_c()?;
+            sender::run(cfg, source, stop)?;
+        }
+        Cmd::Recv(args) => {
+            let headless = args.headless;
+            let cfg = args.into_config()?;
+            let mut sink: Box<dyn FrameSink> = if headless { Box::new(Headless) } else { Box::new(WindowSink::new()?) };
+            let stop = install_ctrl_c()?;
+            receiver::run(cfg, sink.as_mut(), stop)?;
+        }
+        Cmd::Demo(args) => demo(args)?,
+        Cmd::Cameras => cameras()?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    let (source, subsampling, reencode_jpeg) = args.source.validate()?;
+    let mut sink: Box<dyn FrameSink> = if args.headless {
+        Box::new(Headless)
+    } else if !display_available() {
+        warn!("no display found (DISPLAY is not set): running headless; stats are still printed");
+        Box::new(Headless)
+    } else {
+        Box::new(WindowSink::new()?)
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").context("cannot listen on 127.0.0.1")?;
+    let port = listener.local_addr()?.port();
+    let stop = install_ctrl_c()?;
+    let send_cfg = SendConfig {
+        endpoint: sender::Endpoint::Connect(format!("127.0.0.1:{port}")),
+        fps: args.source.fps,
+        quality: args.source.quality.unwrap_or(75),
+        subsampling,
+        reencode_jpeg,
+        frames: args.frames,
+        duration: args.duration,
+        stats: StatsConfig { json: args.send_stats_json, ..StatsConfig::default() },
+        connect_patience: std::time::Duration::from_secs(5),
+    };
+    let recv_cfg = RecvConfig {
+        endpoint: receiver::Endpoint::Listen(listener),
+        frames: None,
+        duration: None,
+        stats: StatsConfig { json: args.recv_stats_json, ..StatsConfig::default() },
+        once: true,
+        dump: None,
+        connect_patience: std::time::Duration::from_secs(5),
+    };
+    let sender = {
+        let stop = stop.clone();
+        thread::Builder::new().name("sender".into()).spawn(move || sender::run(send_cfg, source, stop))?
+    };
+    let recv_result = receiver::run(recv_cfg, sink.as_mut(), stop.clone());
+    // The viewer may end first (window closed): stop the sender too.
+    stop.store(true, Ordering::SeqCst);
+    let send_result = sender.join().map_err(|_| anyhow!("sender panicked; look for the panic message above"))?;
+    send_result.context("sender")?;
+    recv_result.context("receiver")?;
+    Ok(())
+}
+
+fn cameras() -> anyhow::Result<()> {
+    use std::io::Write;
+    let list = match framecast::capture::camera::list() {
+        Ok(l) => l,
+        Err(e) => {
+            warn!(error = %e, "cannot query cameras");
+            Vec::new()
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    if list.is_empty() {
+        writeln!(out, "no cameras found")?;
+        return Ok(());
+    }
+    for cam in list {
+        writeln!(out, "camera:{}  {}", cam.index, cam.name)?;
+        if cam.formats.is_empty() {
+            writeln!(out, "    (formats unavailable)")?;
+        }
+        for f in cam.formats {
+            writeln!(out, "    {f}")?;
+        }
+    }
+    Ok(())
+}

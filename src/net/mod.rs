@@ -1,0 +1,8 @@
+//! The native protocol: [`proto`] is the pure wire format, [`io`] reads and writes it on
+//! sockets. `docs/protocol.md` is the spec.
+
+pub mod io;
+pub mod proto;
+
+pub use io::{Event, MessageReader, MessageWriter, NetError};
+pub use proto::{Ack, Decoder, FrameHeader, Hello, Message, ProtocolError, Role, StreamInfo, Subsampling};

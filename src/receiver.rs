@@ -1,0 +1,461 @@
+//! The receiver pipeline:
+//!
+//! ```text
+//! sender ──TCP──▶ net-rx ──latest(1)──▶ decode ──latest(1)──▶ view (main thread)
+//!        ◀──TCP── feedback ◀──────────── acks ◀─────────────────┘
+//! ```
+//!
+//! net-rx owns the listening socket (or the outgoing connection) and parses messages; decode
+//! turns JPEG into 0RGB pixels; the view runs on the caller's thread because windows must
+//! live there. A connection that misbehaves is closed with a logged reason and a listening
+//! receiver waits for the next sender.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context};
+use crossbeam_channel::{bounded, never, select, Receiver, RecvTimeoutError, Sender};
+use tracing::{debug, info, warn};
+
+use crate::chan::{latest, LatestReceiver, LatestSender, Pool, Pushed};
+use crate::clock::{clock_id, now_us};
+use crate::codec::Decoder;
+use crate::net::io::{configure, connect_with_retry};
+use crate::net::{Ack, Event, FrameHeader, Hello, Message, MessageReader, MessageWriter, NetError, Role};
+use crate::sender::join;
+use crate::stats::{self, DropCause, Meter, Report, Side, StatsConfig};
+use crate::view::{write_ppm, FrameSink, Picture};
+
+/// Where the receiver's sender is.
+#[derive(Debug)]
+pub enum Endpoint {
+    /// Wait for senders on a bound socket, one after another.
+    Listen(TcpListener),
+    /// Connect to a listening sender at HOST:PORT.
+    Connect(String),
+}
+
+/// Save every `every`-th displayed frame as `DIR/frame-SEQ.ppm`.
+#[derive(Clone, Debug)]
+pub struct DumpConfig {
+    pub dir: PathBuf,
+    pub every: u64,
+}
+
+/// A checked receiver configuration.
+#[derive(Debug)]
+pub struct RecvConfig {
+    pub endpoint: Endpoint,
+    /// Stop after this many frames are decoded.
+    pub frames: Option<u64>,
+    pub duration: Option<Duration>,
+    pub stats: StatsConfig,
+    /// Stop when the first sender disconnects (instead of waiting for the next).
+    pub once: bool,
+    pub dump: Option<DumpConfig>,
+    /// How long `Connect` keeps retrying a refused connection.
+    pub connect_patience: Duration,
+}
+
+struct Incoming {
+    conn: u64,
+    header: FrameHeader,
+    received_us: u64,
+    same_clock: bool,
+    jpeg: Vec<u8>,
+}
+
+struct Decoded {
+    conn: u64,
+    header: FrameHeader,
+    received_us: u64,
+    decoded_us: u64,
+    same_clock: bool,
+    pixels: Vec<u32>,
+}
+
+struct AckEvent {
+    conn: u64,
+    ack: Ack,
+}
+
+struct NewConn {
+    conn: u64,
+    writer: MessageWriter<TcpStream>,
+}
+
+const POLL: Duration = Duration::from_millis(100);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs the receiver, showing frames on `sink` from the calling thread, until a limit is
+/// reached, the sink closes, `stop` is set, or (connecting, or `once`) the sender leaves.
+pub fn run(cfg: RecvConfig, sink: &mut dyn FrameSink, stop: Arc<AtomicBool>) -> anyhow::Result<Report> {
+    let meter = Meter::new(Side::Receiver);
+    let json = stats::open_json(&cfg.stats)?;
+    if let Some(d) = &cfg.dump {
+        std::fs::create_dir_all(&d.dir).with_context(|| format!("--dump-dir: cannot create {}", d.dir.display()))?;
+    }
+    let finish = Arc::new(AtomicBool::new(false));
+    let decoded_count = Arc::new(AtomicU64::new(0));
+    let jpeg_pool: Pool<Vec<u8>> = Pool::new(4);
+    let pixel_pool: Pool<Vec<u32>> = Pool::new(4);
+    let (in_tx, in_rx) = latest::<Incoming>(1);
+    let (out_tx, out_rx) = latest::<Decoded>(1);
+    let (ack_tx, ack_rx) = bounded::<AckEvent>(256);
+    let (conn_tx, conn_rx) = bounded::<NewConn>(4);
+
+    let net = {
+        let (meter, pool, stop, finish) = (meter.clone(), jpeg_pool.clone(), stop.clone(), finish.clone());
+        let (endpoint, once, patience) = (cfg.endpoint, cfg.once, cfg.connect_patience);
+        thread::Builder::new()
+            .name("net-rx".into())
+            .spawn(move || net_loop(endpoint, once, patience, in_tx, pool, conn_tx, meter, stop, finish))?
+    };
+    let decode = {
+        let (meter, jpeg_pool, pixel_pool, count) =
+            (meter.clone(), jpeg_pool.clone(), pixel_pool.clone(), decoded_count.clone());
+        thread::Builder::new()
+            .name("decode".into())
+            .spawn(move || decode_loop(in_rx, jpeg_pool, out_tx, pixel_pool, meter, count))?
+    };
+    let feedback = thread::Builder::new().name("feedback".into()).spawn(move || feedback_loop(conn_rx, ack_rx))?;
+    let status = Arc::new(Mutex::new(None::<String>));
+    let (done_tx, done_rx) = bounded::<()>(0);
+    let reporter = {
+        let status = status.clone();
+        let on_report: stats::OnReport = Box::new(move |r: &Report| {
+            let text =
+                format!("{:.1} fps, {:.0} kbit/s, q{}", r.fps, r.kbps, r.quality.map_or("-".into(), |q| q.to_string()));
+            *status.lock().unwrap_or_else(|p| p.into_inner()) = Some(text);
+        });
+        stats::spawn_reporter(meter.clone(), cfg.stats.clone(), json, done_rx, Some(on_report))?
+    };
+
+    let view_result = view_loop(
+        sink,
+        &out_rx,
+        &pixel_pool,
+        &ack_tx,
+        &meter,
+        &stop,
+        &decoded_count,
+        &status,
+        cfg.frames,
+        cfg.duration,
+        cfg.dump.as_ref(),
+    );
+
+    // Wind down: net-rx sees `finish` within one poll, decode follows when net-rx is gone.
+    finish.store(true, Ordering::Relaxed);
+    drop(out_rx);
+    drop(ack_tx);
+    let net_result = join(net, "net-rx");
+    let decode_result = join(decode, "decode");
+    if feedback.join().is_err() {
+        warn!("feedback thread panicked; look for the panic message above");
+    }
+    drop(done_tx);
+    let summary = reporter.join().map_err(|_| anyhow!("stats thread panicked"))?;
+    view_result.context("viewer failed")?;
+    net_result.context("receiver network stage failed")?;
+    decode_result.context("decoder failed")?;
+    Ok(summary)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn view_loop(
+    sink: &mut dyn FrameSink,
+    rx: &LatestReceiver<Decoded>,
+    pool: &Pool<Vec<u32>>,
+    ack_tx: &Sender<AckEvent>,
+    meter: &Meter,
+    stop: &AtomicBool,
+    decoded: &AtomicU64,
+    status: &Mutex<Option<String>>,
+    frames: Option<u64>,
+    duration: Option<Duration>,
+    dump: Option<&DumpConfig>,
+) -> anyhow::Result<()> {
+    let deadline = duration.map(|d| Instant::now() + d);
+    let limit_reached = || frames.is_some_and(|n| decoded.load(Ordering::Relaxed) >= n);
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            info!("stop requested");
+            break;
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            info!("duration reached");
+            break;
+        }
+        match rx.recv_timeout(Duration::from_millis(10)) {
+            Ok(f) => {
+                let (w, h) = (usize::from(f.header.width), usize::from(f.header.height));
+                let pic = Picture { seq: f.header.seq, width: w, height: h, pixels: &f.pixels };
+                sink.show(&pic)?;
+                let shown = now_us();
+                if let Some(d) = dump {
+                    if f.header.seq % d.every == 0 {
+                        let path = d.dir.join(format!("frame-{:08}.ppm", f.header.seq));
+                        write_ppm(&path, &pic).with_context(|| format!("cannot write {}", path.display()))?;
+                    }
+                }
+                meter.update(|c| {
+                    c.displayed += 1;
+                    if f.same_clock {
+                        let _ = c.lat_displayed.record(shown.saturating_sub(f.header.capture_us).max(1));
+                    }
+                });
+                let _ = ack_tx.try_send(AckEvent {
+                    conn: f.conn,
+                    ack: Ack {
+                        seq: f.header.seq,
+                        received_us: f.received_us,
+                        decoded_us: f.decoded_us,
+                        displayed_us: shown,
+                    },
+                });
+                pool.put(f.pixels);
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        if limit_reached() && rx.is_empty() {
+            info!(frames = decoded.load(Ordering::Relaxed), "frame limit reached");
+            break;
+        }
+        if let Some(text) = status.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            sink.set_status(&text);
+        }
+        if !sink.poll() {
+            info!("window closed");
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn decode_loop(
+    rx: LatestReceiver<Incoming>,
+    jpeg_pool: Pool<Vec<u8>>,
+    tx: LatestSender<Decoded>,
+    pixel_pool: Pool<Vec<u32>>,
+    meter: Meter,
+    count: Arc<AtomicU64>,
+) -> anyhow::Result<()> {
+    let mut dec = Decoder::new().context("cannot create the JPEG decoder")?;
+    for inc in rx.iter() {
+        let mut pixels = pixel_pool.get(Vec::new);
+        let (w, h) = (usize::from(inc.header.width), usize::from(inc.header.height));
+        let start = now_us();
+        let res = dec.decode(&inc.jpeg, w, h, &mut pixels);
+        let end = now_us();
+        jpeg_pool.put(inc.jpeg);
+        if let Err(e) = res {
+            warn!(seq = inc.header.seq, error = %e, "cannot decode frame; skipped");
+            meter.count_drop(DropCause::CorruptJpeg);
+            pixel_pool.put(pixels);
+            continue;
+        }
+        meter.update(|c| {
+            c.decoded += 1;
+            c.decode_us += end - start;
+            c.quality = Some(inc.header.quality);
+            if inc.same_clock {
+                let _ = c.lat_decoded.record(end.saturating_sub(inc.header.capture_us).max(1));
+            }
+        });
+        count.fetch_add(1, Ordering::Relaxed);
+        let out = Decoded {
+            conn: inc.conn,
+            header: inc.header,
+            received_us: inc.received_us,
+            decoded_us: end,
+            same_clock: inc.same_clock,
+            pixels,
+        };
+        match tx.push(out) {
+            Pushed::Sent => {}
+            Pushed::Replaced(old) => {
+                meter.count_drop(DropCause::DisplayBusy);
+                pixel_pool.put(old.pixels);
+            }
+            Pushed::Disconnected(_) => break,
+        }
+    }
+    Ok(())
+}
+
+fn feedback_loop(conn_rx: Receiver<NewConn>, ack_rx: Receiver<AckEvent>) {
+    let mut current: Option<NewConn> = None;
+    let (mut conn_rx, mut ack_rx) = (Some(conn_rx), Some(ack_rx));
+    let nothing_conn = never::<NewConn>();
+    let nothing_ack = never::<AckEvent>();
+    while conn_rx.is_some() || ack_rx.is_some() {
+        select! {
+            recv(conn_rx.as_ref().unwrap_or(&nothing_conn)) -> c => match c {
+                Ok(c) => current = Some(c),
+                Err(_) => conn_rx = None,
+            },
+            recv(ack_rx.as_ref().unwrap_or(&nothing_ack)) -> a => match a {
+                Ok(a) => {
+                    if let Some(c) = current.as_mut().filter(|c| c.conn == a.conn) {
+                        if let Err(e) = c.writer.write_message(&Message::Ack(a.ack)) {
+                            debug!(error = %e, "cannot send ack; the sender is gone");
+                            current = None;
+                        }
+                    }
+                }
+                Err(_) => ack_rx = None,
+            },
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn net_loop(
+    endpoint: Endpoint,
+    once: bool,
+    patience: Duration,
+    tx: LatestSender<Incoming>,
+    pool: Pool<Vec<u8>>,
+    conn_tx: Sender<NewConn>,
+    meter: Meter,
+    stop: Arc<AtomicBool>,
+    finish: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
+    let done = || stop.load(Ordering::Relaxed) || finish.load(Ordering::Relaxed) || tx.is_disconnected();
+    let mut conn_id = 0u64;
+    let mut serve = |stream: TcpStream, peer: Option<SocketAddr>| {
+        conn_id += 1;
+        let mut c =
+            Conn { id: conn_id, tx: &tx, pool: &pool, conn_tx: &conn_tx, meter: &meter, done: &done, last_seq: None };
+        match c.serve(stream) {
+            Ok(()) => info!(sender = ?peer, "sender disconnected"),
+            Err(e) => warn!(sender = ?peer, error = format!("{e:#}"), "dropped connection from sender"),
+        }
+    };
+    match endpoint {
+        Endpoint::Connect(addr) => {
+            let stream = connect_with_retry(&addr, patience, &stop).context("--connect")?;
+            let peer = stream.peer_addr().ok();
+            info!(sender = ?peer, "connected to sender");
+            serve(stream, peer);
+        }
+        Endpoint::Listen(listener) => {
+            listener.set_nonblocking(true).context("cannot poll the listening socket")?;
+            info!(addr = ?listener.local_addr().ok(), "waiting for a sender");
+            while !done() {
+                match listener.accept() {
+                    Ok((stream, peer)) => {
+                        stream.set_nonblocking(false)?;
+                        info!(%peer, "sender connected");
+                        serve(stream, Some(peer));
+                        if once {
+                            break;
+                        }
+                        if !done() {
+                            info!("waiting for the next sender");
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => thread::sleep(Duration::from_millis(20)),
+                    Err(e) => {
+                        warn!(error = %e, "accept failed");
+                        thread::sleep(POLL);
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+struct Conn<'a, D: Fn() -> bool> {
+    id: u64,
+    tx: &'a LatestSender<Incoming>,
+    pool: &'a Pool<Vec<u8>>,
+    conn_tx: &'a Sender<NewConn>,
+    meter: &'a Meter,
+    done: &'a D,
+    last_seq: Option<u64>,
+}
+
+impl<D: Fn() -> bool> Conn<'_, D> {
+    fn serve(&mut self, stream: TcpStream) -> anyhow::Result<()> {
+        configure(&stream, POLL)?;
+        stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+        let mut writer = MessageWriter::new(stream.try_clone()?);
+        let mut reader = MessageReader::new(stream);
+        writer.write_hello(&Hello::new(Role::Receiver, clock_id()))?;
+        let hello = reader.read_hello(Role::Sender, HANDSHAKE_TIMEOUT).context("handshake")?;
+        let same_clock = hello.clock_id == clock_id();
+        info!(
+            same_clock,
+            "sender handshake done{}",
+            if same_clock { "" } else { "; clocks differ, so latency is unknown" }
+        );
+        let _ = self.conn_tx.send(NewConn { conn: self.id, writer });
+        loop {
+            let event = match reader.next_event() {
+                Ok(e) => e,
+                Err(NetError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                    return Err(anyhow!("the sender reset the connection"));
+                }
+                Err(e) => return Err(e.into()),
+            };
+            match event {
+                Event::Message(Message::StreamInfo(s)) => {
+                    info!(width = s.width, height = s.height, fps = f64::from(s.fps_milli) / 1000.0, "stream");
+                }
+                Event::Message(Message::Frame(header, jpeg)) => {
+                    let received_us = now_us();
+                    self.track_seq(header.seq);
+                    let len = jpeg.len() as u64;
+                    self.meter.update(|c| {
+                        c.received += 1;
+                        c.bytes += len;
+                        if same_clock {
+                            let _ = c.lat_received.record(received_us.saturating_sub(header.capture_us).max(1));
+                        }
+                    });
+                    let mut buf = self.pool.get(Vec::new);
+                    buf.clear();
+                    buf.extend_from_slice(jpeg);
+                    let inc = Incoming { conn: self.id, header, received_us, same_clock, jpeg: buf };
+                    match self.tx.push(inc) {
+                        Pushed::Sent => {}
+                        Pushed::Replaced(old) => {
+                            self.meter.count_drop(DropCause::DecoderBusy);
+                            self.pool.put(old.jpeg);
+                        }
+                        Pushed::Disconnected(_) => return Ok(()),
+                    }
+                }
+                Event::Message(other) => debug!(message = ?other, "ignored message from sender"),
+                Event::Idle => {
+                    if (self.done)() {
+                        return Ok(());
+                    }
+                }
+                Event::Eof => return Ok(()),
+            }
+        }
+    }
+
+    fn track_seq(&mut self, seq: u64) {
+        if let Some(last) = self.last_seq {
+            if seq <= last {
+                self.meter.update(|c| c.out_of_order += 1);
+                return;
+            }
+            if seq > last + 1 {
+                let gap = seq - last - 1;
+                self.meter.update(|c| c.seq_gaps += gap);
+            }
+        }
+        self.last_seq = Some(seq);
+    }
+}

@@ -1,0 +1,544 @@
+//! Per-side statistics: counters the stages update ([`Meter`]), a plain [`Report`] built from
+//! them by one function ([`Report::build`]) and formatted by others ([`Report::human_line`],
+//! JSON through serde), and the thread that emits one report per interval ([`spawn_reporter`]).
+//!
+//! Units: times in milliseconds (`_ms`), rates per second, sizes in bytes, bit rates in
+//! kbit/s (1000 bits). The JSON schema is versioned by the `schema` field.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// Version of the JSON stats schema (README "Stats").
+pub const SCHEMA: u32 = 1;
+
+/// Why a frame was dropped. Each cause is counted on its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum DropCause {
+    /// Sender: a newer captured frame replaced one the encoder had not started.
+    EncoderBusy,
+    /// Sender: a newer encoded frame replaced one the socket had not taken.
+    SocketBusy,
+    /// Sender: encoded while no viewer was connected.
+    NoViewer,
+    /// Sender: the encoder failed on this frame.
+    EncodeError,
+    /// Receiver: a newer received frame replaced one the decoder had not started.
+    DecoderBusy,
+    /// Receiver: a newer decoded frame replaced one the view had not shown.
+    DisplayBusy,
+    /// Receiver: the JPEG inside a well-formed frame did not decode.
+    CorruptJpeg,
+}
+
+impl DropCause {
+    pub fn name(self) -> &'static str {
+        match self {
+            DropCause::EncoderBusy => "encoder_busy",
+            DropCause::SocketBusy => "socket_busy",
+            DropCause::NoViewer => "no_viewer",
+            DropCause::EncodeError => "encode_error",
+            DropCause::DecoderBusy => "decoder_busy",
+            DropCause::DisplayBusy => "display_busy",
+            DropCause::CorruptJpeg => "corrupt_jpeg",
+        }
+    }
+}
+
+/// Which side a meter belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    Sender,
+    Receiver,
+}
+
+/// Counters for one span of time (an interval, or the whole run).
+#[derive(Clone, Debug)]
+pub struct Counters {
+    pub captured: u64,
+    pub encoded: u64,
+    pub sent: u64,
+    pub received: u64,
+    pub decoded: u64,
+    pub displayed: u64,
+    /// JPEG bytes sent (sender) or received (receiver).
+    pub bytes: u64,
+    pub encode_us: u64,
+    pub decode_us: u64,
+    /// Quality of the last frame (0: unknown, e.g. a camera's MJPEG forwarded as is).
+    pub quality: Option<u8>,
+    pub drops: BTreeMap<DropCause, u64>,
+    /// Receiver: frames whose sequence number skipped ahead / went backwards.
+    pub seq_gaps: u64,
+    pub out_of_order: u64,
+    /// Capture→received/decoded/displayed latency in µs (receiver, shared clock only).
+    pub lat_received: Histogram<u64>,
+    pub lat_decoded: Histogram<u64>,
+    pub lat_displayed: Histogram<u64>,
+    /// Sender: time from writing a frame to its acknowledgement, µs.
+    pub ack_rtt: Histogram<u64>,
+}
+
+fn histogram() -> Histogram<u64> {
+    // 1 µs .. 1 hour at 3 significant digits; auto-resize covers anything longer.
+    let mut h = Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds");
+    h.auto(true);
+    h
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            captured: 0,
+            encoded: 0,
+            sent: 0,
+            received: 0,
+            decoded: 0,
+            displayed: 0,
+            bytes: 0,
+            encode_us: 0,
+            decode_us: 0,
+            quality: None,
+            drops: BTreeMap::new(),
+            seq_gaps: 0,
+            out_of_order: 0,
+            lat_received: histogram(),
+            lat_decoded: histogram(),
+            lat_displayed: histogram(),
+            ack_rtt: histogram(),
+        }
+    }
+}
+
+impl Counters {
+    pub fn drop_frame(&mut self, cause: DropCause) {
+        *self.drops.entry(cause).or_insert(0) += 1;
+    }
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Percentiles {
+    fn of(h: &Histogram<u64>) -> Option<Self> {
+        if h.is_empty() {
+            return None;
+        }
+        let ms = |v: u64| round3(v as f64 / 1000.0);
+        Some(Percentiles {
+            p50: ms(h.value_at_quantile(0.50)),
+            p95: ms(h.value_at_quantile(0.95)),
+            p99: ms(h.value_at_quantile(0.99)),
+            max: ms(h.max()),
+        })
+    }
+}
+
+fn round3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
+/// One stats record: a per-interval line or the summary at exit. Field meanings and units
+/// are listed in the README ("Stats").
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Report {
+    pub schema: u32,
+    /// "interval" or "summary".
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub role: Side,
+    /// Seconds since the side started, at the end of this span.
+    pub t: f64,
+    /// Length of this span in seconds.
+    pub seconds: f64,
+    /// Frames through the side's last stage: sent (sender) or decoded (receiver).
+    pub frames: u64,
+    pub fps: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub captured: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encoded: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub received: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub displayed: Option<u64>,
+    pub bytes: u64,
+    pub kbps: f64,
+    pub mean_frame_bytes: f64,
+    pub quality: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encode_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decode_ms: Option<f64>,
+    pub drops: BTreeMap<&'static str, u64>,
+    pub drops_total: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seq_gaps: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub out_of_order: Option<u64>,
+    /// Receiver, when both ends share a clock: capture→received/decoded/displayed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_capture_received_ms: Option<Percentiles>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_capture_decoded_ms: Option<Percentiles>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_capture_displayed_ms: Option<Percentiles>,
+    /// Sender: write → acknowledgement round trip.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ack_rtt_ms: Option<Percentiles>,
+}
+
+impl Report {
+    /// Builds a report from the counters of a span of `seconds` ending `t` seconds after start.
+    pub fn build(side: Side, kind: &'static str, c: &Counters, t: f64, seconds: f64) -> Report {
+        let per_s = |n: u64| if seconds > 0.0 { n as f64 / seconds } else { 0.0 };
+        let mean_ms = |us: u64, n: u64| (n > 0).then(|| round3(us as f64 / n as f64 / 1000.0));
+        let sender = side == Side::Sender;
+        let frames = if sender { c.sent } else { c.decoded };
+        let counted = if sender { c.sent } else { c.received };
+        Report {
+            schema: SCHEMA,
+            kind,
+            role: side,
+            t: round3(t),
+            seconds: round3(seconds),
+            frames,
+            fps: round3(per_s(frames)),
+            captured: sender.then_some(c.captured),
+            encoded: sender.then_some(c.encoded),
+            received: (!sender).then_some(c.received),
+            displayed: (!sender).then_some(c.displayed),
+            bytes: c.bytes,
+            kbps: round3(per_s(c.bytes) * 8.0 / 1000.0),
+            mean_frame_bytes: if counted > 0 { round3(c.bytes as f64 / counted as f64) } else { 0.0 },
+            quality: c.quality,
+            encode_ms: if sender { mean_ms(c.encode_us, c.encoded) } else { None },
+            decode_ms: if sender { None } else { mean_ms(c.decode_us, c.decoded) },
+            drops: c.drops.iter().map(|(k, v)| (k.name(), *v)).collect(),
+            drops_total: c.drops.values().sum(),
+            seq_gaps: (!sender).then_some(c.seq_gaps),
+            out_of_order: (!sender).then_some(c.out_of_order),
+            latency_capture_received_ms: Percentiles::of(&c.lat_received),
+            latency_capture_decoded_ms: Percentiles::of(&c.lat_decoded),
+            latency_capture_displayed_ms: Percentiles::of(&c.lat_displayed),
+            ack_rtt_ms: Percentiles::of(&c.ack_rtt),
+        }
+    }
+
+    /// The line a person reads on stderr.
+    pub fn human_line(&self) -> String {
+        let mut s = format!(
+            "{:<8} {:>6.1} fps {:>8.0} kbit/s {:>7.1} KB/frame",
+            match self.role {
+                Side::Sender => "send",
+                Side::Receiver => "recv",
+            },
+            self.fps,
+            self.kbps,
+            self.mean_frame_bytes / 1000.0,
+        );
+        match self.quality {
+            Some(0) => s.push_str("  q cam"),
+            Some(q) => s.push_str(&format!("  q{q:<3}")),
+            None => s.push_str("  q -  "),
+        }
+        if let Some(ms) = self.encode_ms {
+            s.push_str(&format!("  enc {ms:.2} ms"));
+        }
+        if let Some(ms) = self.decode_ms {
+            s.push_str(&format!("  dec {ms:.2} ms"));
+        }
+        if let Some(p) = self.latency_capture_displayed_ms.or(self.latency_capture_decoded_ms) {
+            s.push_str(&format!("  latency p50/p95/p99 {:.1}/{:.1}/{:.1} ms", p.p50, p.p95, p.p99));
+        } else if self.role == Side::Receiver {
+            s.push_str("  latency unknown");
+        }
+        if let Some(p) = self.ack_rtt_ms {
+            s.push_str(&format!("  ack rtt p50 {:.1} ms", p.p50));
+        }
+        s.push_str(&format!("  drops {}", self.drops_total));
+        if self.drops_total > 0 {
+            let parts: Vec<String> = self.drops.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            s.push_str(&format!(" ({})", parts.join(" ")));
+        }
+        s
+    }
+
+    /// The multi-line summary printed at exit.
+    pub fn summary_text(&self) -> String {
+        let mut s = format!(
+            "{} summary: {} frames in {:.1} s = {:.1} fps, {} bytes = {:.0} kbit/s, mean frame {:.0} bytes",
+            match self.role {
+                Side::Sender => "sender",
+                Side::Receiver => "receiver",
+            },
+            self.frames,
+            self.seconds,
+            self.fps,
+            self.bytes,
+            self.kbps,
+            self.mean_frame_bytes
+        );
+        if let Some(ms) = self.encode_ms {
+            s.push_str(&format!(", encode {ms:.2} ms"));
+        }
+        if let Some(ms) = self.decode_ms {
+            s.push_str(&format!(", decode {ms:.2} ms"));
+        }
+        for (name, p) in [
+            ("capture->received", self.latency_capture_received_ms),
+            ("capture->decoded", self.latency_capture_decoded_ms),
+            ("capture->displayed", self.latency_capture_displayed_ms),
+            ("ack rtt", self.ack_rtt_ms),
+        ] {
+            if let Some(p) = p {
+                s.push_str(&format!("; {name} p50/p95/p99/max {:.2}/{:.2}/{:.2}/{:.2} ms", p.p50, p.p95, p.p99, p.max));
+            }
+        }
+        s.push_str(&format!("; drops {}", self.drops_total));
+        if self.drops_total > 0 {
+            let parts: Vec<String> = self.drops.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            s.push_str(&format!(" ({})", parts.join(" ")));
+        }
+        if let (Some(g), Some(o)) = (self.seq_gaps, self.out_of_order) {
+            s.push_str(&format!("; sequence gaps {g}, out of order {o}"));
+        }
+        s
+    }
+}
+
+struct MeterInner {
+    interval: Counters,
+    total: Counters,
+}
+
+/// The counters of one side, shared by its stages. Every update goes to both the current
+/// interval and the whole-run totals.
+#[derive(Clone)]
+pub struct Meter {
+    side: Side,
+    started: Instant,
+    inner: Arc<Mutex<MeterInner>>,
+}
+
+impl Meter {
+    pub fn new(side: Side) -> Self {
+        Meter {
+            side,
+            started: Instant::now(),
+            inner: Arc::new(Mutex::new(MeterInner { interval: Counters::default(), total: Counters::default() })),
+        }
+    }
+
+    pub fn side(&self) -> Side {
+        self.side
+    }
+
+    /// Applies `f` to the interval and total counters.
+    pub fn update(&self, f: impl Fn(&mut Counters)) {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut g.interval);
+        f(&mut g.total);
+    }
+
+    pub fn count_drop(&self, cause: DropCause) {
+        self.update(|c| c.drop_frame(cause));
+    }
+
+    /// Takes the interval counters (resetting them) and builds its report.
+    pub fn take_interval(&self, since: Instant) -> Report {
+        let now = Instant::now();
+        let c = {
+            let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            std::mem::take(&mut g.interval)
+        };
+        Report::build(self.side, "interval", &c, (now - self.started).as_secs_f64(), (now - since).as_secs_f64())
+    }
+
+    /// The whole-run report.
+    pub fn summary(&self) -> Report {
+        let secs = self.started.elapsed().as_secs_f64();
+        let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        Report::build(self.side, "summary", &g.total, secs, secs)
+    }
+}
+
+/// Where and how often reports go.
+#[derive(Clone, Debug)]
+pub struct StatsConfig {
+    pub interval: Duration,
+    pub json: Option<PathBuf>,
+}
+
+impl Default for StatsConfig {
+    fn default() -> Self {
+        StatsConfig { interval: Duration::from_secs(1), json: None }
+    }
+}
+
+/// Called with every interval report.
+pub type OnReport = Box<dyn Fn(&Report) + Send>;
+
+/// Opens the JSON-lines file (truncating it), so a bad path fails before any thread starts.
+pub fn open_json(cfg: &StatsConfig) -> anyhow::Result<Option<BufWriter<File>>> {
+    use anyhow::Context;
+    cfg.json
+        .as_ref()
+        .map(|p| {
+            File::create(p).map(BufWriter::new).with_context(|| format!("--stats-json: cannot create {}", p.display()))
+        })
+        .transpose()
+}
+
+/// Starts the thread that logs one human line per interval (and writes it to the JSON file),
+/// and at the end the summary. It ends when `done` disconnects and returns the summary.
+/// `on_report` sees every interval report (e.g. to put fps in a window title).
+pub fn spawn_reporter(
+    meter: Meter,
+    cfg: StatsConfig,
+    mut json: Option<BufWriter<File>>,
+    done: Receiver<()>,
+    on_report: Option<OnReport>,
+) -> std::io::Result<JoinHandle<Report>> {
+    let name = match meter.side() {
+        Side::Sender => "send-stats",
+        Side::Receiver => "recv-stats",
+    };
+    std::thread::Builder::new().name(name.into()).spawn(move || {
+        let mut since = Instant::now();
+        while let Err(RecvTimeoutError::Timeout) = done.recv_timeout(cfg.interval.saturating_sub(since.elapsed())) {
+            let r = meter.take_interval(since);
+            since = Instant::now();
+            tracing::info!(target: "framecast::stats", "{}", r.human_line());
+            write_json(&mut json, &r);
+            if let Some(f) = &on_report {
+                f(&r);
+            }
+        }
+        let summary = meter.summary();
+        tracing::info!(target: "framecast::stats", "{}", summary.summary_text());
+        write_json(&mut json, &summary);
+        summary
+    })
+}
+
+fn write_json(json: &mut Option<BufWriter<File>>, r: &Report) {
+    if let Some(w) = json {
+        let res = serde_json::to_writer(&mut *w, r)
+            .map_err(std::io::Error::from)
+            .and_then(|_| w.write_all(b"\n"))
+            .and_then(|_| w.flush());
+        if let Err(e) = res {
+            tracing::warn!(error = %e, "cannot write --stats-json; no more JSON stats");
+            *json = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Counters {
+        let mut c = Counters {
+            captured: 31,
+            encoded: 30,
+            sent: 30,
+            bytes: 300_000,
+            encode_us: 45_000,
+            quality: Some(75),
+            ..Default::default()
+        };
+        c.drop_frame(DropCause::EncoderBusy);
+        for v in 1..=100u64 {
+            c.ack_rtt.record(v * 1000).unwrap();
+        }
+        c
+    }
+
+    #[test]
+    fn report_computes_rates_and_means() {
+        let r = Report::build(Side::Sender, "interval", &sample(), 2.0, 1.0);
+        assert_eq!(r.frames, 30);
+        assert_eq!(r.fps, 30.0);
+        assert_eq!(r.kbps, 2400.0);
+        assert_eq!(r.mean_frame_bytes, 10_000.0);
+        assert_eq!(r.encode_ms, Some(1.5));
+        assert_eq!(r.decode_ms, None);
+        assert_eq!(r.drops.get("encoder_busy"), Some(&1));
+        assert_eq!(r.drops_total, 1);
+        let p = r.ack_rtt_ms.unwrap();
+        assert!((p.p50 - 50.0).abs() < 0.1 && (p.p99 - 99.0).abs() < 0.1, "{p:?}");
+        assert!((p.max - 100.0).abs() < 0.1, "{p:?}");
+    }
+
+    #[test]
+    fn zero_length_span_does_not_divide_by_zero() {
+        let r = Report::build(Side::Receiver, "summary", &Counters::default(), 0.0, 0.0);
+        assert_eq!(r.fps, 0.0);
+        assert_eq!(r.mean_frame_bytes, 0.0);
+        assert!(r.latency_capture_decoded_ms.is_none());
+        assert!(r.human_line().contains("latency unknown"));
+    }
+
+    #[test]
+    fn json_has_documented_fields() {
+        let r = Report::build(Side::Sender, "summary", &sample(), 1.0, 1.0);
+        let v: serde_json::Value = serde_json::to_value(&r).unwrap();
+        for key in [
+            "schema",
+            "type",
+            "role",
+            "frames",
+            "seconds",
+            "fps",
+            "bytes",
+            "kbps",
+            "mean_frame_bytes",
+            "quality",
+            "encode_ms",
+            "drops",
+        ] {
+            assert!(v.get(key).is_some(), "missing {key} in {v}");
+        }
+        assert_eq!(v["type"], "summary");
+        assert_eq!(v["role"], "sender");
+        assert!(v.get("decode_ms").is_none());
+    }
+
+    #[test]
+    fn human_line_names_drop_causes() {
+        let r = Report::build(Side::Sender, "interval", &sample(), 1.0, 1.0);
+        let line = r.human_line();
+        assert!(line.contains("30.0 fps"), "{line}");
+        assert!(line.contains("q75"), "{line}");
+        assert!(line.contains("enc 1.50 ms"), "{line}");
+        assert!(line.contains("drops 1 (encoder_busy=1)"), "{line}");
+    }
+
+    #[test]
+    fn meter_interval_resets_but_total_keeps() {
+        let m = Meter::new(Side::Receiver);
+        m.update(|c| c.decoded += 5);
+        let i = m.take_interval(Instant::now() - Duration::from_secs(1));
+        assert_eq!(i.frames, 5);
+        m.update(|c| c.decoded += 2);
+        assert_eq!(m.take_interval(Instant::now()).frames, 2);
+        assert_eq!(m.summary().frames, 7);
+    }
+}

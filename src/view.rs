@@ -1,0 +1,181 @@
+//! Frame sinks, run on the receiver's main thread: a minifb window, and a headless sink for
+//! servers, tests and benchmarks. Both behind [`FrameSink`].
+
+use std::io::Write;
+use std::path::Path;
+
+use minifb::{Key, ScaleMode, Window, WindowOptions};
+
+/// A decoded frame: `pixels` are `0x00RRGGBB`, row by row.
+#[derive(Clone, Copy, Debug)]
+pub struct Picture<'a> {
+    pub seq: u64,
+    pub width: usize,
+    pub height: usize,
+    pub pixels: &'a [u32],
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ViewError {
+    #[error("no display found (neither DISPLAY nor WAYLAND_DISPLAY is set); run with --headless, or start an X server (e.g. Xvfb) and set DISPLAY")]
+    NoDisplay,
+    #[error("cannot open a {width}x{height} window: {reason}; run with --headless if there is no usable display")]
+    Window { width: usize, height: usize, reason: String },
+    #[error("cannot draw into the window: {0}")]
+    Update(String),
+}
+
+/// Where decoded frames go.
+pub trait FrameSink {
+    /// Shows one frame.
+    fn show(&mut self, pic: &Picture<'_>) -> Result<(), ViewError>;
+    /// Handles window events between frames. Returns false once the user asked to close
+    /// (Esc or the window's close button).
+    fn poll(&mut self) -> bool;
+    /// Updates the status text (the window title).
+    fn set_status(&mut self, _status: &str) {}
+}
+
+/// Shows nothing; the receiver still decodes, counts and measures every frame.
+#[derive(Debug, Default)]
+pub struct Headless;
+
+impl FrameSink for Headless {
+    fn show(&mut self, _pic: &Picture<'_>) -> Result<(), ViewError> {
+        Ok(())
+    }
+    fn poll(&mut self) -> bool {
+        true
+    }
+}
+
+/// True if a display server is configured for this process.
+pub fn display_available() -> bool {
+    if cfg!(any(target_os = "windows", target_os = "macos")) {
+        return true;
+    }
+    ["DISPLAY", "WAYLAND_DISPLAY"].iter().any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()))
+}
+
+/// A minifb window, opened at the first frame's size and reopened if the size changes.
+pub struct WindowSink {
+    window: Option<Window>,
+    size: (usize, usize),
+    title: String,
+    open: bool,
+}
+
+impl WindowSink {
+    /// Checks that a display exists; the window itself opens with the first frame, when its
+    /// size is known.
+    pub fn new() -> Result<Self, ViewError> {
+        if !display_available() {
+            return Err(ViewError::NoDisplay);
+        }
+        Ok(WindowSink { window: None, size: (0, 0), title: "framecast".into(), open: true })
+    }
+
+    fn open(&mut self, width: usize, height: usize) -> Result<&mut Window, ViewError> {
+        if self.window.is_none() || self.size != (width, height) {
+            self.window = None;
+            let opts =
+                WindowOptions { resize: true, scale_mode: ScaleMode::AspectRatioStretch, ..WindowOptions::default() };
+            let mut w = Window::new(&self.title, width, height, opts).map_err(|e| ViewError::Window {
+                width,
+                height,
+                reason: e.to_string(),
+            })?;
+            // Frames arrive at the stream's pace; minifb must not add its own sleep.
+            w.set_target_fps(0);
+            self.window = Some(w);
+            self.size = (width, height);
+        }
+        Ok(self.window.as_mut().expect("just opened"))
+    }
+}
+
+impl FrameSink for WindowSink {
+    fn show(&mut self, pic: &Picture<'_>) -> Result<(), ViewError> {
+        let w = self.open(pic.width, pic.height)?;
+        w.update_with_buffer(pic.pixels, pic.width, pic.height).map_err(|e| ViewError::Update(e.to_string()))?;
+        if !w.is_open() || w.is_key_down(Key::Escape) {
+            self.open = false;
+        }
+        Ok(())
+    }
+
+    fn poll(&mut self) -> bool {
+        if let Some(w) = &mut self.window {
+            w.update();
+            if !w.is_open() || w.is_key_down(Key::Escape) {
+                self.open = false;
+            }
+        }
+        self.open
+    }
+
+    fn set_status(&mut self, status: &str) {
+        self.title = format!("framecast - {status}");
+        if let Some(w) = &mut self.window {
+            w.set_title(&self.title);
+        }
+    }
+}
+
+/// Writes a picture as a binary PPM (P6) file.
+pub fn write_ppm(path: &Path, pic: &Picture<'_>) -> std::io::Result<()> {
+    let mut out = Vec::with_capacity(pic.width * pic.height * 3 + 32);
+    write!(out, "P6\n{} {}\n255\n", pic.width, pic.height)?;
+    for p in pic.pixels {
+        out.extend_from_slice(&[(p >> 16) as u8, (p >> 8) as u8, *p as u8]);
+    }
+    std::fs::write(path, out)
+}
+
+/// Reads a binary PPM written by [`write_ppm`]: (width, height, RGB bytes).
+pub fn read_ppm(bytes: &[u8]) -> Option<(usize, usize, &[u8])> {
+    let mut fields = Vec::new();
+    let mut i = 0;
+    while fields.len() < 4 {
+        while bytes.get(i)?.is_ascii_whitespace() {
+            i += 1;
+        }
+        let start = i;
+        while !bytes.get(i)?.is_ascii_whitespace() {
+            i += 1;
+        }
+        fields.push(std::str::from_utf8(&bytes[start..i]).ok()?);
+    }
+    if fields[0] != "P6" || fields[3] != "255" {
+        return None;
+    }
+    let (w, h): (usize, usize) = (fields[1].parse().ok()?, fields[2].parse().ok()?);
+    let data = bytes.get(i + 1..i + 1 + w.checked_mul(h)?.checked_mul(3)?)?;
+    Some((w, h, data))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ppm_round_trip() {
+        let px = [0x00ff_0000u32, 0x0000_ff00, 0x0000_00ff, 0x0012_3456];
+        let pic = Picture { seq: 0, width: 2, height: 2, pixels: &px };
+        let p = std::env::temp_dir().join(format!("fc-ppm-{}.ppm", std::process::id()));
+        write_ppm(&p, &pic).unwrap();
+        let bytes = std::fs::read(&p).unwrap();
+        let (w, h, rgb) = read_ppm(&bytes).unwrap();
+        assert_eq!((w, h), (2, 2));
+        assert_eq!(rgb, &[255, 0, 0, 0, 255, 0, 0, 0, 255, 0x12, 0x34, 0x56]);
+        assert!(read_ppm(b"P5\n2 2\n255\n....").is_none());
+        std::fs::remove_file(p).unwrap();
+    }
+
+    #[test]
+    fn headless_sink_stays_open() {
+        let mut s = Headless;
+        assert!(s.poll());
+        s.show(&Picture { seq: 0, width: 0, height: 0, pixels: &[] }).unwrap();
+    }
+}
