@@ -54,6 +54,21 @@ impl<T> LatestSender<T> {
         }
     }
 
+    /// Waits for room instead of evicting (backpressure, for sources that are not live).
+    /// Hands the item back if the consumer is gone.
+    pub fn send_blocking(&self, mut item: T) -> Result<(), T> {
+        loop {
+            if self.is_disconnected() {
+                return Err(item);
+            }
+            match self.tx.send_timeout(item, std::time::Duration::from_millis(50)) {
+                Ok(()) => return Ok(()),
+                Err(crossbeam_channel::SendTimeoutError::Timeout(i)) => item = i,
+                Err(crossbeam_channel::SendTimeoutError::Disconnected(i)) => return Err(i),
+            }
+        }
+    }
+
     /// True once the consumer has dropped its receiver.
     pub fn is_disconnected(&self) -> bool {
         Arc::strong_count(&self.alive) == 1
@@ -141,6 +156,23 @@ mod tests {
         tx.push(1);
         drop(tx);
         assert_eq!(rx.iter().collect::<Vec<_>>(), vec![1]);
+    }
+
+    #[test]
+    fn send_blocking_waits_for_room_and_notices_a_gone_consumer() {
+        let (tx, rx) = latest(1);
+        tx.send_blocking(1).unwrap();
+        let consumer = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            let first = rx.recv().unwrap();
+            let second = rx.recv().unwrap();
+            (first, second)
+        });
+        let start = std::time::Instant::now();
+        tx.send_blocking(2).unwrap();
+        assert!(start.elapsed() >= std::time::Duration::from_millis(90), "did not wait for room");
+        assert_eq!(consumer.join().unwrap(), (1, 2), "nothing was evicted");
+        assert_eq!(tx.send_blocking(3), Err(3));
     }
 
     #[test]

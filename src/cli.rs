@@ -182,8 +182,6 @@ pub struct RecvArgs {
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    #[command(flatten)]
-    pub source: SourceArgs,
     /// Stop after SECS seconds [default: until the window closes or Ctrl-C].
     #[arg(long, value_name = "SECS", value_parser = parse_duration)]
     pub duration: Option<Duration>,
@@ -199,6 +197,8 @@ pub struct DemoArgs {
     /// Receiver stats as JSON lines (see `recv --stats-json`).
     #[arg(long, value_name = "PATH")]
     pub recv_stats_json: Option<PathBuf>,
+    #[command(flatten)]
+    pub source: SourceArgs,
 }
 
 const CONNECT_PATIENCE: Duration = Duration::from_secs(10);

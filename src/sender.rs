@@ -209,6 +209,13 @@ fn capture_loop(
         frame.capture_us = now_us();
         meter.update(|c| c.captured += 1);
         count += 1;
+        if period.is_none() && !source.self_paced() {
+            // As fast as possible: wait for the encoder rather than render frames to drop.
+            if tx.send_blocking(frame).is_err() {
+                break;
+            }
+            continue;
+        }
         match tx.push(frame) {
             Pushed::Sent => {}
             Pushed::Replaced(old) => {
