@@ -524,3 +524,658 @@ impl Decoder {
         Ok(Some((msg, total)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use proptest::sample::Index;
+
+    const INFO: StreamInfo = StreamInfo { width: 320, height: 240, fps_milli: 30_000 };
+
+    fn enc(m: &Message<'_>) -> Vec<u8> {
+        let mut v = Vec::new();
+        m.encode(&mut v);
+        v
+    }
+
+    fn header(seq: u64, info: StreamInfo, jpeg_len: usize) -> FrameHeader {
+        FrameHeader {
+            seq,
+            capture_us: 1_000_000 + seq,
+            encode_start_us: 1_000_100 + seq,
+            encode_end_us: 1_002_000 + seq,
+            send_us: 1_002_500 + seq,
+            width: info.width as u16,
+            height: info.height as u16,
+            quality: 75,
+            subsampling: Subsampling::S420 as u8,
+            flags: FrameHeader::FLAG_PASSTHROUGH,
+            jpeg_len: jpeg_len as u32,
+        }
+    }
+
+    fn jpeg(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 31 + 7) as u8).collect()
+    }
+
+    /// A decoder that starts after a hello and has decoded `info`; its offset is 44.
+    fn decoder_with(info: StreamInfo) -> Decoder {
+        let mut d = Decoder::new(HELLO_LEN as u64);
+        let bytes = enc(&Message::StreamInfo(info));
+        let (m, used) = d.decode(&bytes).expect("valid stream info").expect("complete");
+        assert_eq!(m, Message::StreamInfo(info));
+        assert_eq!(used, 20);
+        assert_eq!(d.offset, 44);
+        d
+    }
+
+    fn malformed(e: ProtocolError) -> (u64, String) {
+        match e {
+            ProtocolError::Malformed { offset, what } => (offset, what),
+            other => panic!("expected Malformed, got {other:?}"),
+        }
+    }
+
+    fn error_offset(e: &ProtocolError) -> Option<u64> {
+        match e {
+            ProtocolError::BadMagic { offset, .. }
+            | ProtocolError::WrongRole { offset, .. }
+            | ProtocolError::UnknownType { offset, .. }
+            | ProtocolError::TooLarge { offset, .. }
+            | ProtocolError::Malformed { offset, .. } => Some(*offset),
+            ProtocolError::Version { .. } => None,
+        }
+    }
+
+    /// Decodes one whole message, checking that every strict prefix asks for more bytes
+    /// and that the offset advances by exactly the message length.
+    fn decode_one<'a>(d: &mut Decoder, bytes: &'a [u8]) -> Message<'a> {
+        let start = d.offset;
+        for cut in 0..bytes.len() {
+            assert_eq!(d.check(&bytes[..cut]), Ok(None), "prefix of {cut} bytes");
+            assert!(d.clone().decode(&bytes[..cut]).expect("a prefix is not an error").is_none());
+        }
+        assert_eq!(d.check(bytes), Ok(Some(bytes.len())));
+        let (m, used) = d.decode(bytes).expect("valid").expect("complete");
+        assert_eq!(used, bytes.len());
+        assert_eq!(d.offset, start + bytes.len() as u64);
+        m
+    }
+
+    /// Decodes messages until more bytes are needed or an error, checking the invariants
+    /// that hold for any input. Returns how many messages were decoded.
+    fn decode_all(d: &mut Decoder, mut buf: &[u8]) -> usize {
+        let mut n = 0;
+        loop {
+            let before = d.offset;
+            match d.decode(buf) {
+                Ok(Some((_, used))) => {
+                    assert!(used >= MSG_HEADER_LEN && used <= buf.len());
+                    assert_eq!(d.offset, before + used as u64);
+                    buf = &buf[used..];
+                    n += 1;
+                }
+                Ok(None) => {
+                    assert_eq!(d.offset, before);
+                    return n;
+                }
+                Err(e) => {
+                    let at = error_offset(&e).expect("messages carry an offset");
+                    assert!(at >= before && at < before + buf.len() as u64, "{e:?} points outside the input");
+                    assert_eq!(d.offset, before);
+                    return n;
+                }
+            }
+        }
+    }
+
+    // ---- layout and round trips ----
+
+    #[test]
+    fn hello_layout_and_round_trip() {
+        let id: [u8; 16] = std::array::from_fn(|i| 0xa0 + i as u8);
+        for role in [Role::Sender, Role::Receiver] {
+            let h = Hello::new(role, id);
+            let mut b = Vec::new();
+            h.encode(&mut b);
+            assert_eq!(b.len(), HELLO_LEN);
+            assert_eq!(&b[..4], b"FCST");
+            assert_eq!(&b[4..6], &[0, 1]);
+            assert_eq!(b[6], role as u8);
+            assert_eq!(b[7], 0);
+            assert_eq!(&b[8..], &id);
+            for cut in 0..HELLO_LEN {
+                assert_eq!(Hello::decode(&b[..cut], role), Ok(None), "prefix {cut}");
+            }
+            assert_eq!(Hello::decode(&b, role), Ok(Some(h)));
+            // Bytes after the hello belong to the messages and are left alone.
+            b.extend_from_slice(&[9, 9, 9]);
+            assert_eq!(Hello::decode(&b, role), Ok(Some(h)));
+        }
+        assert_eq!(Role::Sender as u8, 1);
+        assert_eq!(Role::Receiver as u8, 2);
+    }
+
+    #[test]
+    fn message_header_and_fixed_payload_layouts() {
+        let si =
+            enc(&Message::StreamInfo(StreamInfo { width: 0x0102_0304, height: 0x0506_0708, fps_milli: 0x090a_0b0c }));
+        assert_eq!(si, [1, 0, 0, 0, 0, 0, 0, 12, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
+
+        let ack = enc(&Message::Ack(Ack { seq: 1, received_us: 2, decoded_us: 3, displayed_us: 4 }));
+        let mut want = vec![3, 0, 0, 0, 0, 0, 0, 32];
+        for v in 1u64..=4 {
+            want.extend_from_slice(&v.to_be_bytes());
+        }
+        assert_eq!(ack, want);
+
+        let ping = enc(&Message::Ping(Ping { id: 0x1122_3344_5566_7788, t1_us: 5 }));
+        let mut want = vec![4, 0, 0, 0, 0, 0, 0, 16, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88];
+        want.extend_from_slice(&5u64.to_be_bytes());
+        assert_eq!(ping, want);
+
+        let pong = enc(&Message::Pong(Pong { id: 9, t1_us: 8, t2_us: 7, t3_us: 6 }));
+        let mut want = vec![5, 0, 0, 0, 0, 0, 0, 32];
+        for v in [9u64, 8, 7, 6] {
+            want.extend_from_slice(&v.to_be_bytes());
+        }
+        assert_eq!(pong, want);
+
+        assert_eq!(enc(&Message::SetQuality(42)), [6, 0, 0, 0, 0, 0, 0, 4, 42, 0, 0, 0]);
+    }
+
+    #[test]
+    fn frame_layout() {
+        let h = FrameHeader {
+            seq: 0x0101_0101_0101_0101,
+            capture_us: 0x0202_0202_0202_0202,
+            encode_start_us: 0x0303_0303_0303_0303,
+            encode_end_us: 0x0404_0404_0404_0404,
+            send_us: 0x0505_0505_0505_0505,
+            width: 0x0607,
+            height: 0x0809,
+            quality: 10,
+            subsampling: 2,
+            flags: 1,
+            jpeg_len: 999, // replaced by the real length when encoding
+        };
+        let b = enc(&Message::Frame(h, &[0xff, 0xd8, 0xff]));
+        assert_eq!(b.len(), MSG_HEADER_LEN + FRAME_HEADER_LEN + 3);
+        assert_eq!(&b[..8], &[2, 0, 0, 0, 0, 0, 0, 55]);
+        let p = &b[8..];
+        for (i, v) in (1u8..=5).enumerate() {
+            assert_eq!(&p[i * 8..i * 8 + 8], &[v; 8], "u64 field {i}");
+        }
+        assert_eq!(&p[40..44], &[6, 7, 8, 9]);
+        assert_eq!(&p[44..48], &[10, 2, 1, 0]);
+        assert_eq!(&p[48..52], &[0, 0, 0, 3]);
+        assert_eq!(&p[52..], &[0xff, 0xd8, 0xff]);
+
+        // encode_frame_head writes the same bytes as the first part of encode.
+        let mut head = Vec::new();
+        encode_frame_head(&FrameHeader { jpeg_len: 3, ..h }, &mut head);
+        assert_eq!(head, b[..MSG_HEADER_LEN + FRAME_HEADER_LEN]);
+    }
+
+    #[test]
+    fn every_message_type_round_trips() {
+        let mut d = decoder_with(INFO);
+        let j = jpeg(777);
+        let empty: &[u8] = &[];
+        let msgs = [
+            Message::StreamInfo(StreamInfo { width: 320, height: 240, fps_milli: 0 }),
+            Message::Frame(header(7, INFO, j.len()), &j),
+            Message::Frame(header(8, INFO, 0), empty),
+            Message::Ack(Ack { seq: 7, received_us: 10, decoded_us: 20, displayed_us: 30 }),
+            Message::Ack(Ack::default()),
+            Message::Ping(Ping { id: 1, t1_us: u64::MAX }),
+            Message::Pong(Pong { id: 1, t1_us: u64::MAX, t2_us: 3, t3_us: 4 }),
+            Message::SetQuality(1),
+            Message::SetQuality(100),
+        ];
+        for m in msgs {
+            let b = enc(&m);
+            assert_eq!(decode_one(&mut d, &b), m);
+        }
+        // All of them back to back decode the same way.
+        let all: Vec<u8> = msgs.iter().flat_map(enc).collect();
+        let mut d2 = decoder_with(INFO);
+        let mut rest = &all[..];
+        for m in msgs {
+            let (got, used) = d2.decode(rest).unwrap().unwrap();
+            assert_eq!(got, m);
+            rest = &rest[used..];
+        }
+        assert!(rest.is_empty());
+        assert_eq!(d2.offset, d.offset);
+    }
+
+    #[test]
+    fn max_jpeg_len_pads_to_16() {
+        let s = |width, height| StreamInfo { width, height, fps_milli: 0 };
+        assert_eq!(s(1, 1).max_jpeg_len(), 16 * 16 * 6 + 2048);
+        assert_eq!(s(16, 16).max_jpeg_len(), 16 * 16 * 6 + 2048);
+        assert_eq!(s(17, 16).max_jpeg_len(), 32 * 16 * 6 + 2048);
+        assert_eq!(s(1920, 1080).max_jpeg_len(), 1920 * 1088 * 6 + 2048);
+        assert_eq!(s(7680, 4320).max_jpeg_len(), 7680 * 4320 * 6 + 2048);
+    }
+
+    // ---- hello errors ----
+
+    #[test]
+    fn bad_magic_rejected_at_the_first_wrong_byte() {
+        for wrong_at in 0..4 {
+            let mut b = MAGIC.to_vec();
+            b[wrong_at] ^= 0x20;
+            for len in 0..wrong_at + 1 {
+                assert_eq!(Hello::decode(&b[..len], Role::Sender), Ok(None), "{wrong_at} {len}");
+            }
+            assert_eq!(
+                Hello::decode(&b[..wrong_at + 1], Role::Sender),
+                Err(ProtocolError::BadMagic { offset: 0, got: b[..wrong_at + 1].to_vec() })
+            );
+        }
+        let http = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert!(matches!(Hello::decode(http, Role::Sender), Err(ProtocolError::BadMagic { offset: 0, .. })));
+    }
+
+    #[test]
+    fn version_mismatch_names_both_versions() {
+        let mut b = Vec::new();
+        Hello::new(Role::Sender, [0; 16]).encode(&mut b);
+        b[4..6].copy_from_slice(&2u16.to_be_bytes());
+        // Rejected as soon as the version field is complete.
+        assert_eq!(Hello::decode(&b[..5], Role::Sender), Ok(None));
+        let e = Hello::decode(&b[..6], Role::Sender).unwrap_err();
+        assert_eq!(e, ProtocolError::Version { ours: VERSION, theirs: 2 });
+        let text = e.to_string();
+        assert!(text.contains("version 1") && text.contains("version 2"), "{text}");
+        assert_eq!(Hello::decode(&b, Role::Sender), Err(e));
+        b[4..6].copy_from_slice(&0u16.to_be_bytes());
+        assert_eq!(Hello::decode(&b, Role::Sender), Err(ProtocolError::Version { ours: 1, theirs: 0 }));
+    }
+
+    #[test]
+    fn wrong_role_unknown_role_and_flags() {
+        let mut b = Vec::new();
+        Hello::new(Role::Receiver, [7; 16]).encode(&mut b);
+        assert_eq!(
+            Hello::decode(&b, Role::Sender),
+            Err(ProtocolError::WrongRole { offset: 6, expected: Role::Sender, got: Role::Receiver })
+        );
+        let e = Hello::decode(&b, Role::Sender).unwrap_err().to_string();
+        assert!(e.contains("receiver") && e.contains("sender"), "{e}");
+        // The role is judged only once the whole hello is there.
+        assert_eq!(Hello::decode(&b[..HELLO_LEN - 1], Role::Sender), Ok(None));
+
+        for r in [0u8, 3, 255] {
+            let mut bad = b.clone();
+            bad[6] = r;
+            assert_eq!(malformed(Hello::decode(&bad, Role::Receiver).unwrap_err()).0, 6);
+        }
+        let mut bad = b.clone();
+        bad[7] = 0x80;
+        assert_eq!(malformed(Hello::decode(&bad, Role::Receiver).unwrap_err()).0, 7);
+    }
+
+    // ---- message errors ----
+
+    #[test]
+    fn unknown_message_type_rejected_from_its_first_byte() {
+        for ty in [0u8, 7, 0x47, 255] {
+            let d = decoder_with(INFO);
+            let b = [ty, 0, 0, 0, 0, 0, 0, 4, 1, 2, 3, 4];
+            for len in 1..=b.len() {
+                assert_eq!(d.check(&b[..len]), Err(ProtocolError::UnknownType { offset: 44, ty }), "len {len}");
+            }
+            assert_eq!(d.check(&[]), Ok(None));
+            let e = d.clone().decode(&b).unwrap_err();
+            assert_eq!(e, ProtocolError::UnknownType { offset: 44, ty });
+        }
+    }
+
+    #[test]
+    fn nonzero_header_reserved_bytes_rejected() {
+        for i in 1..4 {
+            let mut b = enc(&Message::Ping(Ping::default()));
+            b[i] = 1;
+            let (offset, _) = malformed(decoder_with(INFO).decode(&b).unwrap_err());
+            assert_eq!(offset, 45);
+            // Also before the payload arrives.
+            let (offset, _) = malformed(decoder_with(INFO).check(&b[..8]).unwrap_err());
+            assert_eq!(offset, 45);
+        }
+    }
+
+    #[test]
+    fn fixed_size_messages_with_wrong_length_rejected() {
+        let cases = [(1u8, 12u32), (3, 32), (4, 16), (5, 32), (6, 4)];
+        for (ty, len) in cases {
+            for wrong in [0, len - 1, len + 1, u32::MAX] {
+                let mut b = vec![ty, 0, 0, 0];
+                b.extend_from_slice(&wrong.to_be_bytes());
+                let (offset, what) = malformed(decoder_with(INFO).check(&b).unwrap_err());
+                assert_eq!(offset, 48, "type {ty}");
+                assert!(what.contains(&format!("expected {len}")), "{what}");
+            }
+        }
+    }
+
+    #[test]
+    fn frame_before_stream_info_rejected() {
+        let mut d = Decoder::new(HELLO_LEN as u64);
+        let b = enc(&Message::Frame(header(0, INFO, 4), &[1, 2, 3, 4]));
+        assert_eq!(d.check(&b[..7]), Ok(None));
+        let (offset, what) = malformed(d.check(&b[..8]).unwrap_err());
+        assert_eq!(offset, 24);
+        assert!(what.contains("stream-info"), "{what}");
+        assert_eq!(malformed(d.decode(&b).unwrap_err()).0, 24);
+    }
+
+    #[test]
+    fn frame_at_the_cap_is_accepted_and_one_over_is_too_large() {
+        // 1x1 pads to 16x16: a cap of 52 + 3584 bytes.
+        let info = StreamInfo { width: 1, height: 1, fps_milli: 0 };
+        let max_jpeg = info.max_jpeg_len() as usize;
+        let cap = (FRAME_HEADER_LEN + max_jpeg) as u64;
+
+        let j = jpeg(max_jpeg);
+        let b = enc(&Message::Frame(header(1, info, j.len()), &j));
+        let mut d = decoder_with(info);
+        let (m, used) = d.decode(&b).unwrap().unwrap();
+        assert_eq!(m, Message::Frame(header(1, info, j.len()), &j));
+        assert_eq!(used, b.len());
+
+        let j = jpeg(max_jpeg + 1);
+        let b = enc(&Message::Frame(header(2, info, j.len()), &j));
+        let want = ProtocolError::TooLarge { offset: d.offset + 4, what: "frame", len: cap + 1, max: cap };
+        // Known from the header alone, before the body is read.
+        assert_eq!(d.check(&b[..8]), Err(want.clone()));
+        assert_eq!(d.decode(&b), Err(want));
+    }
+
+    #[test]
+    fn cap_of_an_8k_stream_is_judged_from_the_header() {
+        let info = StreamInfo { width: 7680, height: 4320, fps_milli: 0 };
+        let cap = FRAME_HEADER_LEN as u64 + info.max_jpeg_len();
+        let d = decoder_with(info);
+        let head = |len: u64| {
+            let mut b = vec![2, 0, 0, 0];
+            b.extend_from_slice(&u32::try_from(len).unwrap().to_be_bytes());
+            b
+        };
+        assert_eq!(d.check(&head(cap)), Ok(None));
+        assert_eq!(
+            d.check(&head(cap + 1)),
+            Err(ProtocolError::TooLarge { offset: 48, what: "frame", len: cap + 1, max: cap })
+        );
+        assert!(matches!(d.check(&head(u64::from(u32::MAX))), Err(ProtocolError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn frame_shorter_than_its_header_rejected() {
+        let d = decoder_with(INFO);
+        for len in [0u32, 1, FRAME_HEADER_LEN as u32 - 1] {
+            let mut b = vec![2, 0, 0, 0];
+            b.extend_from_slice(&len.to_be_bytes());
+            assert_eq!(malformed(d.check(&b).unwrap_err()).0, 48);
+        }
+    }
+
+    #[test]
+    fn frame_jpeg_len_must_match_message_length() {
+        for claimed in [0u32, 9, 11, u32::MAX] {
+            let mut b = enc(&Message::Frame(header(1, INFO, 10), &jpeg(10)));
+            b[8 + 48..8 + 52].copy_from_slice(&claimed.to_be_bytes());
+            let (offset, what) = malformed(decoder_with(INFO).decode(&b).unwrap_err());
+            assert_eq!(offset, 44 + 8 + 48, "claimed {claimed}");
+            assert!(what.contains("jpeg length"), "{what}");
+        }
+    }
+
+    #[test]
+    fn frame_size_must_match_the_stream() {
+        for (w, h) in [(321u16, 240u16), (320, 239), (240, 320), (0, 0)] {
+            let fh = FrameHeader { width: w, height: h, ..header(1, INFO, 3) };
+            let b = enc(&Message::Frame(fh, &[1, 2, 3]));
+            let (offset, what) = malformed(decoder_with(INFO).decode(&b).unwrap_err());
+            assert_eq!(offset, 44 + 8 + 40);
+            assert!(what.contains(&format!("{w}x{h}")) && what.contains("320x240"), "{what}");
+        }
+    }
+
+    #[test]
+    fn frame_quality_subsampling_and_reserved_checked() {
+        let base = header(1, INFO, 3);
+        let cases = [
+            (FrameHeader { quality: 101, ..base }, 44),
+            (FrameHeader { quality: 255, ..base }, 44),
+            (FrameHeader { subsampling: 4, ..base }, 45),
+        ];
+        for (fh, field) in cases {
+            let b = enc(&Message::Frame(fh, &[1, 2, 3]));
+            assert_eq!(malformed(decoder_with(INFO).decode(&b).unwrap_err()).0, 52 + field);
+        }
+        let mut b = enc(&Message::Frame(base, &[1, 2, 3]));
+        b[8 + 47] = 1;
+        assert_eq!(malformed(decoder_with(INFO).decode(&b).unwrap_err()).0, 52 + 47);
+        // Quality 0 ("unknown") and every flag value are valid.
+        let ok = FrameHeader { quality: 0, flags: 0xff, ..base };
+        let b = enc(&Message::Frame(ok, &[1, 2, 3]));
+        assert_eq!(decoder_with(INFO).decode(&b).unwrap().unwrap().0, Message::Frame(ok, &[1, 2, 3]));
+    }
+
+    #[test]
+    fn stream_info_sizes_are_bounded() {
+        let bad = [
+            (0, 0),
+            (0, 240),
+            (320, 0),
+            (MAX_DIMENSION + 1, 1),
+            (1, MAX_DIMENSION + 1),
+            (7680, 4321),
+            (MAX_DIMENSION, MAX_DIMENSION),
+            (u32::MAX, u32::MAX),
+        ];
+        for (width, height) in bad {
+            let b = enc(&Message::StreamInfo(StreamInfo { width, height, fps_milli: 1 }));
+            let mut d = decoder_with(INFO);
+            let (offset, what) = malformed(d.decode(&b).unwrap_err());
+            assert_eq!(offset, 52, "{width}x{height}");
+            assert!(what.contains(&format!("{width}x{height}")), "{what}");
+            assert_eq!(d.stream(), Some(INFO), "a rejected stream-info must not replace the stream");
+        }
+        for (width, height) in [(7680, 4320), (4320, 7680), (1, 1), (MAX_DIMENSION, 2025), (1, MAX_DIMENSION)] {
+            let s = StreamInfo { width, height, fps_milli: 0 };
+            let b = enc(&Message::StreamInfo(s));
+            let mut d = Decoder::new(0);
+            assert_eq!(d.decode(&b).unwrap().unwrap().0, Message::StreamInfo(s));
+            assert_eq!(d.stream(), Some(s));
+        }
+    }
+
+    #[test]
+    fn set_quality_payload_checked() {
+        for payload in [[0u8, 0, 0, 0], [101, 0, 0, 0], [50, 1, 0, 0], [50, 0, 0, 1]] {
+            let mut b = vec![6, 0, 0, 0, 0, 0, 0, 4];
+            b.extend_from_slice(&payload);
+            assert_eq!(malformed(decoder_with(INFO).decode(&b).unwrap_err()).0, 52, "{payload:?}");
+        }
+    }
+
+    #[test]
+    fn a_new_stream_info_moves_the_size_and_the_cap() {
+        let mut d = decoder_with(INFO);
+        let small = StreamInfo { width: 16, height: 16, fps_milli: 0 };
+        let b = enc(&Message::StreamInfo(small));
+        decode_one(&mut d, &b);
+        // A 320x240 frame is now the wrong size, and a frame over the small cap too large.
+        let b = enc(&Message::Frame(header(1, INFO, 3), &[1, 2, 3]));
+        assert_eq!(malformed(d.clone().decode(&b).unwrap_err()).0, d.offset + 8 + 40);
+        let j = jpeg(small.max_jpeg_len() as usize + 1);
+        let b = enc(&Message::Frame(header(1, small, j.len()), &j));
+        assert!(matches!(d.check(&b), Err(ProtocolError::TooLarge { .. })));
+    }
+
+    // ---- properties ----
+
+    fn frame_strategy() -> impl Strategy<Value = (FrameHeader, Vec<u8>)> {
+        (
+            any::<[u64; 5]>(),
+            1..=4096u16,
+            1..=4096u16,
+            0..=100u8,
+            0..=3u8,
+            any::<u8>(),
+            prop::collection::vec(any::<u8>(), 0..3000),
+        )
+            .prop_map(|(t, width, height, quality, subsampling, flags, jpeg)| {
+                let h = FrameHeader {
+                    seq: t[0],
+                    capture_us: t[1],
+                    encode_start_us: t[2],
+                    encode_end_us: t[3],
+                    send_us: t[4],
+                    width,
+                    height,
+                    quality,
+                    subsampling,
+                    flags,
+                    jpeg_len: jpeg.len() as u32,
+                };
+                (h, jpeg)
+            })
+    }
+
+    fn stream_info_strategy() -> impl Strategy<Value = StreamInfo> {
+        (1..=MAX_DIMENSION).prop_flat_map(|w| {
+            let max_h = MAX_DIMENSION.min((MAX_PIXELS / u64::from(w)) as u32);
+            (1..=max_h, any::<u32>()).prop_map(move |(height, fps_milli)| StreamInfo { width: w, height, fps_milli })
+        })
+    }
+
+    /// A valid stream (after the hello) that the mutation property starts from.
+    fn valid_stream() -> Vec<u8> {
+        let info = StreamInfo { width: 64, height: 48, fps_milli: 25_000 };
+        let mut b = Vec::new();
+        Message::StreamInfo(info).encode(&mut b);
+        for (seq, len) in [(1u64, 0usize), (2, 40), (3, 300)] {
+            Message::Frame(header(seq, info, len), &jpeg(len)).encode(&mut b);
+        }
+        Message::Ack(Ack { seq: 3, received_us: 1, decoded_us: 2, displayed_us: 3 }).encode(&mut b);
+        Message::Ping(Ping { id: 1, t1_us: 2 }).encode(&mut b);
+        Message::Pong(Pong { id: 1, t1_us: 2, t2_us: 3, t3_us: 4 }).encode(&mut b);
+        Message::SetQuality(60).encode(&mut b);
+        b
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn prop_frame_round_trips((h, j) in frame_strategy(), fps_milli in any::<u32>()) {
+            let info = StreamInfo { width: h.width.into(), height: h.height.into(), fps_milli };
+            let mut d = decoder_with(info);
+            let b = enc(&Message::Frame(h, &j));
+            prop_assert_eq!(b.len(), MSG_HEADER_LEN + FRAME_HEADER_LEN + j.len());
+            let (m, used) = d.decode(&b).unwrap().unwrap();
+            prop_assert_eq!(m, Message::Frame(h, &j));
+            prop_assert_eq!(used, b.len());
+        }
+
+        #[test]
+        fn prop_stream_info_round_trips(s in stream_info_strategy()) {
+            let b = enc(&Message::StreamInfo(s));
+            let mut d = Decoder::new(0);
+            prop_assert_eq!(d.decode(&b).unwrap(), Some((Message::StreamInfo(s), 20)));
+            prop_assert_eq!(d.stream(), Some(s));
+        }
+
+        #[test]
+        fn prop_stream_info_out_of_range_rejected(width in any::<u32>(), height in any::<u32>()) {
+            let valid = width >= 1 && height >= 1 && width <= MAX_DIMENSION && height <= MAX_DIMENSION
+                && u64::from(width) * u64::from(height) <= MAX_PIXELS;
+            let b = enc(&Message::StreamInfo(StreamInfo { width, height, fps_milli: 0 }));
+            let r = Decoder::new(0).decode(&b);
+            prop_assert_eq!(r.is_ok(), valid, "{:?}", r);
+        }
+
+        #[test]
+        fn prop_ack_round_trips(v in any::<[u64; 4]>()) {
+            let a = Ack { seq: v[0], received_us: v[1], decoded_us: v[2], displayed_us: v[3] };
+            let b = enc(&Message::Ack(a));
+            prop_assert_eq!(Decoder::new(0).decode(&b).unwrap(), Some((Message::Ack(a), 40)));
+        }
+
+        #[test]
+        fn prop_ping_round_trips(id in any::<u64>(), t1_us in any::<u64>()) {
+            let p = Ping { id, t1_us };
+            let b = enc(&Message::Ping(p));
+            prop_assert_eq!(Decoder::new(0).decode(&b).unwrap(), Some((Message::Ping(p), 24)));
+        }
+
+        #[test]
+        fn prop_pong_round_trips(v in any::<[u64; 4]>()) {
+            let p = Pong { id: v[0], t1_us: v[1], t2_us: v[2], t3_us: v[3] };
+            let b = enc(&Message::Pong(p));
+            prop_assert_eq!(Decoder::new(0).decode(&b).unwrap(), Some((Message::Pong(p), 40)));
+        }
+
+        #[test]
+        fn prop_set_quality_round_trips(q in 1..=100u8) {
+            let b = enc(&Message::SetQuality(q));
+            prop_assert_eq!(Decoder::new(0).decode(&b).unwrap(), Some((Message::SetQuality(q), 12)));
+        }
+
+        #[test]
+        fn prop_hello_round_trips(clock_id in any::<[u8; 16]>(), sender in any::<bool>()) {
+            let role = if sender { Role::Sender } else { Role::Receiver };
+            let h = Hello::new(role, clock_id);
+            let mut b = Vec::new();
+            h.encode(&mut b);
+            prop_assert_eq!(Hello::decode(&b, role), Ok(Some(h)));
+        }
+
+        #[test]
+        fn prop_arbitrary_bytes_never_panic_the_hello(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
+            for role in [Role::Sender, Role::Receiver] {
+                if let Ok(Some(h)) = Hello::decode(&bytes, role) {
+                    let mut again = Vec::new();
+                    h.encode(&mut again);
+                    prop_assert_eq!(&again[..], &bytes[..HELLO_LEN]);
+                }
+            }
+        }
+
+        #[test]
+        fn prop_arbitrary_bytes_never_panic_the_decoder(
+            bytes in prop::collection::vec(any::<u8>(), 0..2048),
+            typed in any::<bool>(),
+        ) {
+            let mut bytes = bytes;
+            // Half the cases start with a plausible header so parsing gets past the type.
+            if typed && bytes.len() >= 8 {
+                bytes[0] = bytes[0] % 6 + 1;
+                bytes[1..4].fill(0);
+                let len = u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) % 4096;
+                bytes[4..8].copy_from_slice(&len.to_be_bytes());
+            }
+            decode_all(&mut decoder_with(StreamInfo { width: 64, height: 48, fps_milli: 0 }), &bytes);
+            decode_all(&mut Decoder::new(0), &bytes);
+        }
+
+        #[test]
+        fn prop_mutated_streams_never_panic(edits in prop::collection::vec((any::<Index>(), any::<u8>()), 0..6)) {
+            let mut b = valid_stream();
+            for (i, v) in &edits {
+                let i = i.index(b.len());
+                b[i] = *v;
+            }
+            let n = decode_all(&mut Decoder::new(HELLO_LEN as u64), &b);
+            if edits.is_empty() {
+                prop_assert_eq!(n, 8);
+            }
+        }
+    }
+}
