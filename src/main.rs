@@ -1,5 +1,6 @@
 //! The `framecast` binary: command line, logging, Ctrl-C, and dispatch to the library.
 
+use std::io::IsTerminal;
 use std::net::TcpListener;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,6 +40,7 @@ fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .with_thread_names(true)
         .with_target(false)
         .init();

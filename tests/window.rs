@@ -1,0 +1,378 @@
+//! A real minifb window under Xvfb: runs `framecast demo`, takes a screenshot of the virtual
+//! screen and checks the test pattern's colour bars where the window is.
+//!
+//! Needs `Xvfb` (Debian: xvfb), `xwd` (x11-apps), `xwininfo` (x11-utils) and ImageMagick's
+//! `convert` or `magick` (imagemagick); `scripts/setup.sh --test-deps` installs them. Without
+//! them the test is skipped, unless `CI` is set: CI must run it for real, so there it fails.
+//!
+//! The screenshot is kept as `target/window-test.png` for a look by eye.
+//!
+//! X11 only: on macOS and Windows minifb draws with the native toolkit, and this file is empty.
+
+#![cfg(all(unix, not(target_os = "macos")))]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use framecast::capture::pattern::BARS;
+
+/// The frame size asked of the demo; the window opens at the first frame's size.
+const SIZE: (usize, usize) = (640, 480);
+/// How long the demo streams, in seconds.
+const DEMO_SECS: u64 = 6;
+/// When the first screenshot is taken, counted from the demo's start.
+const SETTLE: Duration = Duration::from_millis(2500);
+/// Largest difference allowed per channel between a bar's colour and the screenshot (JPEG
+/// quality 75 with 4:2:0 chroma changes the bar centres by a few units at most).
+const TOLERANCE: u8 = 40;
+
+/// A child process that is stopped (SIGTERM, then SIGKILL) and reaped when dropped, whatever
+/// happened in between.
+struct Guard {
+    child: Option<Child>,
+    name: &'static str,
+}
+
+impl Guard {
+    fn new(child: Child, name: &'static str) -> Self {
+        Guard { child: Some(child), name }
+    }
+
+    fn child(&mut self) -> &mut Child {
+        self.child.as_mut().expect("the child is only taken on drop")
+    }
+
+    /// Waits up to `limit` for the child to exit by itself.
+    fn wait_timeout(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            match self.child().try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(50)),
+                Ok(None) => return None,
+                Err(e) => panic!("cannot wait for {}: {e}", self.name),
+            }
+        }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        // SIGTERM first so that Xvfb removes its lock file and socket.
+        if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+            // SAFETY: kill(2) on the pid of a child that has not been reaped yet.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// Removes a scratch file when dropped.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
+}
+
+/// ImageMagick's command: `convert` (version 6, and 7's compatibility name) or `magick` (7).
+fn imagemagick() -> &'static str {
+    if on_path("convert") || !on_path("magick") {
+        "convert"
+    } else {
+        "magick"
+    }
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false"))
+}
+
+/// Starts Xvfb on a free display (it picks one itself and reports it through `-displayfd`)
+/// and waits until its socket exists. Returns the guard and the display number.
+fn start_xvfb(log: &Path) -> (Guard, u32) {
+    let log_file = std::fs::File::create(log).expect("cannot create the Xvfb log file");
+    let child = Command::new("Xvfb")
+        // -wr: a white root window, so that a missing or misplaced window cannot pass for the
+        // black bar.
+        .args(["-displayfd", "1", "-screen", "0", "1280x1024x24", "-nolisten", "tcp", "-wr"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log_file)
+        .spawn()
+        .expect("cannot start Xvfb");
+    let mut xvfb = Guard::new(child, "Xvfb");
+    let stdout = xvfb.child().stdout.take().expect("piped");
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let xvfb_log = || std::fs::read_to_string(log).unwrap_or_default();
+    let line = rx
+        .recv_timeout(Duration::from_secs(20))
+        .unwrap_or_else(|_| panic!("Xvfb did not report a display within 20 s; its log:\n{}", xvfb_log()));
+    let display: u32 = line
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("Xvfb reported display {line:?}, not a number; its log:\n{}", xvfb_log()));
+    let socket = PathBuf::from(format!("/tmp/.X11-unix/X{display}"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "Xvfb :{display} has no socket {}; its log:\n{}",
+            socket.display(),
+            xvfb_log()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    (xvfb, display)
+}
+
+/// Runs a tool to completion and returns its stdout, panicking with its stderr on failure.
+fn output(cmd: &mut Command) -> Vec<u8> {
+    let out = cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
+/// A top-level window: id, title, and its absolute geometry on the screen.
+#[derive(Debug)]
+struct Win {
+    id: String,
+    title: String,
+    x: usize,
+    y: usize,
+    width: usize,
+    height: usize,
+    viewable: bool,
+}
+
+/// Finds the window whose title starts with "framecast" (the title carries live stats after
+/// the first second: "framecast - 30.0 fps, ...").
+fn find_window(display: &str) -> Option<Win> {
+    let tree = output(Command::new("xwininfo").args(["-display", display, "-root", "-tree"]));
+    let tree = String::from_utf8_lossy(&tree);
+    let line = tree.lines().find(|l| l.contains("\"framecast"))?;
+    let mut parts = line.trim().splitn(2, ' ');
+    let id = parts.next()?.to_string();
+    let rest = parts.next()?;
+    let title = rest.split('"').nth(1)?.to_string();
+    let info = output(Command::new("xwininfo").args(["-display", display, "-id", &id]));
+    let info = String::from_utf8_lossy(&info);
+    let field = |name: &str| -> Option<usize> {
+        info.lines().find_map(|l| l.trim().strip_prefix(name)).and_then(|v| v.trim().parse().ok())
+    };
+    Some(Win {
+        x: field("Absolute upper-left X:")?,
+        y: field("Absolute upper-left Y:")?,
+        width: field("Width:")?,
+        height: field("Height:")?,
+        viewable: info.contains("Map State: IsViewable"),
+        id,
+        title,
+    })
+}
+
+/// Takes a screenshot of the whole screen: (width, height, RGB bytes). Also saves it as
+/// `png` (best effort).
+fn screenshot(display: &str, xwd_path: &Path, png: &Path) -> (usize, usize, Vec<u8>) {
+    let xwd = output(Command::new("xwd").args(["-root", "-silent", "-display", display]));
+    std::fs::write(xwd_path, xwd).expect("cannot write the xwd file");
+    let xwd_arg = format!("xwd:{}", xwd_path.display());
+    let ppm = output(Command::new(imagemagick()).args([&xwd_arg, "-strip", "-depth", "8", "ppm:-"]));
+    let _ = Command::new(imagemagick()).arg(&xwd_arg).arg(png).stdin(Stdio::null()).status();
+    parse_ppm(&ppm).unwrap_or_else(|| {
+        panic!(
+            "ImageMagick did not write an 8-bit binary PPM: {:?}",
+            String::from_utf8_lossy(&ppm[..ppm.len().min(64)])
+        )
+    })
+}
+
+/// Parses an 8-bit binary PPM (P6), comments allowed: (width, height, RGB bytes).
+fn parse_ppm(bytes: &[u8]) -> Option<(usize, usize, Vec<u8>)> {
+    let mut fields = Vec::new();
+    let mut i = 0;
+    while fields.len() < 4 {
+        match *bytes.get(i)? {
+            b'#' => i += bytes[i..].iter().position(|&b| b == b'\n')?,
+            b if b.is_ascii_whitespace() => i += 1,
+            _ => {
+                let start = i;
+                while !bytes.get(i)?.is_ascii_whitespace() {
+                    i += 1;
+                }
+                fields.push(std::str::from_utf8(&bytes[start..i]).ok()?);
+            }
+        }
+    }
+    if fields[0] != "P6" || fields[3] != "255" {
+        return None;
+    }
+    let (w, h): (usize, usize) = (fields[1].parse().ok()?, fields[2].parse().ok()?);
+    // Exactly one whitespace byte separates the header from the pixels.
+    let data = bytes.get(i + 1..i + 1 + w.checked_mul(h)?.checked_mul(3)?)?;
+    Some((w, h, data.to_vec()))
+}
+
+/// Compares the centre of each bar with [`BARS`]; returns a description of every mismatch.
+fn check_bars(screen: &(usize, usize, Vec<u8>), win: &Win) -> Result<String, String> {
+    let (sw, sh, rgb) = screen;
+    let mut report = String::new();
+    let mut bad = 0;
+    for (i, want) in BARS.iter().enumerate() {
+        let (x, y) = (win.x + (2 * i + 1) * win.width / 16, win.y + win.height / 3);
+        assert!(x < *sw && y < *sh, "bar {i} centre ({x},{y}) is outside the {sw}x{sh} screen");
+        let got = &rgb[(y * sw + x) * 3..][..3];
+        let ok = (0..3).all(|c| got[c].abs_diff(want[c]) <= TOLERANCE);
+        bad += usize::from(!ok);
+        report += &format!(
+            "  bar {i} at screen ({x},{y}): want {want:?}, got {got:?}{}\n",
+            if ok { "" } else { "  <-- MISMATCH" }
+        );
+    }
+    if bad == 0 {
+        Ok(report)
+    } else {
+        Err(report)
+    }
+}
+
+#[test]
+fn ppm_parser_takes_comments() {
+    let (w, h, rgb) = parse_ppm(b"P6\n# xwdump\n2 1 # size\n255\n\x01\x02\x03\x04\x05\x06").unwrap();
+    assert_eq!((w, h, rgb), (2, 1, vec![1, 2, 3, 4, 5, 6]));
+    assert!(parse_ppm(b"P6\n2 1\n255\n\x01").is_none());
+    assert!(parse_ppm(b"P5\n1 1\n255\n\x01").is_none());
+}
+
+#[test]
+fn demo_window_shows_the_colour_bars() {
+    let tools = [("Xvfb", "xvfb"), ("xwd", "x11-apps"), ("xwininfo", "x11-utils"), (imagemagick(), "imagemagick")];
+    let missing: Vec<_> = tools.iter().filter(|(tool, _)| !on_path(tool)).collect();
+    if !missing.is_empty() {
+        let names: Vec<_> = missing.iter().map(|(t, _)| *t).collect();
+        let pkgs: Vec<_> = missing.iter().map(|(_, p)| *p).collect();
+        let msg = format!(
+            "the window test needs {} (Debian/Ubuntu: apt-get install {}, or scripts/setup.sh --test-deps)",
+            names.join(", "),
+            pkgs.join(" ")
+        );
+        if in_ci() {
+            panic!("CI is set, so the window test must run, but {msg}");
+        }
+        eprintln!("skipped: {msg}");
+        return;
+    }
+
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let target = tmp.parent().expect("CARGO_TARGET_TMPDIR is target/tmp");
+    let png = target.join("window-test.png");
+    let pid = std::process::id();
+    let xwd_path = Scratch(tmp.join(format!("window-test-{pid}.xwd")));
+    let xvfb_log = Scratch(tmp.join(format!("window-test-{pid}-xvfb.log")));
+
+    let (_xvfb, display) = start_xvfb(&xvfb_log.0);
+    let display = format!(":{display}");
+
+    let started = Instant::now();
+    let child = Command::new(env!("CARGO_BIN_EXE_framecast"))
+        .args(["demo", "--size", &format!("{}x{}", SIZE.0, SIZE.1), "--duration", &DEMO_SECS.to_string()])
+        .env("DISPLAY", &display)
+        .env_remove("WAYLAND_DISPLAY")
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start framecast demo");
+    let mut demo = Guard::new(child, "framecast demo");
+    let mut stderr = demo.child().stderr.take().expect("piped");
+    let stderr_reader = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+
+    // The window opens with the first frame; wait for it to be mapped.
+    let win = loop {
+        if let Some(w) = find_window(&display).filter(|w| w.viewable) {
+            break w;
+        }
+        if let Ok(Some(status)) = demo.child().try_wait() {
+            panic!(
+                "framecast demo exited ({status}) before its window appeared; stderr:\n{}",
+                stderr_reader.join().unwrap()
+            );
+        }
+        assert!(
+            started.elapsed() < SETTLE * 2,
+            "no viewable window titled \"framecast...\" on {display} after {:?}",
+            SETTLE * 2
+        );
+        thread::sleep(Duration::from_millis(100));
+    };
+    assert!(win.title.starts_with("framecast"), "window title {:?}", win.title);
+    assert_eq!((win.width, win.height), SIZE, "the window should open at the frame size: {win:?}");
+
+    // Let a few seconds of frames through, then check; try again a little later before failing,
+    // in case the machine is busy (cargo runs other tests at the same time).
+    thread::sleep(SETTLE.saturating_sub(started.elapsed()));
+    let mut result = Err(String::new());
+    for attempt in 0..3 {
+        if attempt > 0 {
+            thread::sleep(Duration::from_millis(500));
+        }
+        let screen = screenshot(&display, &xwd_path.0, &png);
+        result = check_bars(&screen, &win);
+        if result.is_ok() {
+            break;
+        }
+    }
+    // The title carries live stats once the first report is in; show what it says now.
+    let title = find_window(&display).map_or(win.title.clone(), |w| w.title);
+    eprintln!(
+        "window {} {title:?} at +{}+{} {}x{}; screenshot: {}",
+        win.id,
+        win.x,
+        win.y,
+        win.width,
+        win.height,
+        png.display()
+    );
+    match &result {
+        Ok(report) => eprint!("{report}"),
+        Err(report) => panic!("the window does not show the colour bars (see {}):\n{report}", png.display()),
+    }
+
+    let status = demo.wait_timeout(Duration::from_secs(DEMO_SECS + 20));
+    let log = stderr_reader.join().expect("stderr reader");
+    let status = status.unwrap_or_else(|| panic!("framecast demo did not exit in time; stderr so far:\n{log}"));
+    assert!(status.success(), "framecast demo failed ({status}); stderr:\n{log}");
+    assert!(!log.contains("headless"), "framecast demo ran headless instead of opening a window; stderr:\n{log}");
+}
