@@ -118,9 +118,10 @@ pub fn run(cfg: RecvConfig, sink: &mut dyn FrameSink, stop: Arc<AtomicBool>) -> 
     let decode = {
         let (meter, jpeg_pool, pixel_pool, count) =
             (meter.clone(), jpeg_pool.clone(), pixel_pool.clone(), decoded_count.clone());
+        let limit = cfg.frames;
         thread::Builder::new()
             .name("decode".into())
-            .spawn(move || decode_loop(in_rx, jpeg_pool, out_tx, pixel_pool, meter, count))?
+            .spawn(move || decode_loop(in_rx, jpeg_pool, out_tx, pixel_pool, meter, count, limit))?
     };
     let feedback = thread::Builder::new().name("feedback".into()).spawn(move || feedback_loop(conn_rx, ack_rx))?;
     let status = Arc::new(Mutex::new(None::<String>));
@@ -245,9 +246,14 @@ fn decode_loop(
     pixel_pool: Pool<Vec<u32>>,
     meter: Meter,
     count: Arc<AtomicU64>,
+    limit: Option<u64>,
 ) -> anyhow::Result<()> {
     let mut dec = Decoder::new().context("cannot create the JPEG decoder")?;
     for inc in rx.iter() {
+        if limit.is_some_and(|n| count.load(Ordering::Relaxed) >= n) {
+            // --frames reached: decode no more (the view shows what is queued, then stops).
+            break;
+        }
         let mut pixels = pixel_pool.get(Vec::new);
         let (w, h) = (usize::from(inc.header.width), usize::from(inc.header.height));
         let start = now_us();
@@ -385,6 +391,15 @@ struct Conn<'a, D: Fn() -> bool> {
 
 impl<D: Fn() -> bool> Conn<'_, D> {
     fn serve(&mut self, stream: TcpStream) -> anyhow::Result<()> {
+        // The feedback thread keeps a clone of the socket for acks; whatever ends this
+        // connection must close it for both, so the sender sees the end at once.
+        struct CloseOnDrop(TcpStream);
+        impl Drop for CloseOnDrop {
+            fn drop(&mut self) {
+                let _ = self.0.shutdown(std::net::Shutdown::Both);
+            }
+        }
+        let _close = CloseOnDrop(stream.try_clone()?);
         configure(&stream, POLL)?;
         stream.set_write_timeout(Some(Duration::from_secs(5)))?;
         let mut writer = MessageWriter::new(stream.try_clone()?);
@@ -432,6 +447,9 @@ impl<D: Fn() -> bool> Conn<'_, D> {
                             self.pool.put(old.jpeg);
                         }
                         Pushed::Disconnected(_) => return Ok(()),
+                    }
+                    if (self.done)() {
+                        return Ok(());
                     }
                 }
                 Event::Message(other) => debug!(message = ?other, "ignored message from sender"),

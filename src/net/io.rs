@@ -14,8 +14,8 @@ const READ_CHUNK: usize = 64 * 1024;
 /// What can end a connection.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
-    #[error("{source} (bytes there: {context})")]
-    Protocol { source: ProtocolError, context: String },
+    #[error("{error} (bytes there: {context})")]
+    Protocol { error: ProtocolError, context: String },
     #[error("connection closed in the middle of a message at offset {offset} ({have} of {need} bytes received)")]
     Truncated { offset: u64, have: usize, need: String },
     #[error("connection closed during the handshake ({have} of {HELLO_LEN} bytes received)")]
@@ -105,7 +105,7 @@ impl<R: Read> MessageReader<R> {
                         Err(source) => {
                             let context =
                                 hex_context(&self.buf[self.start..self.end], source_offset(&source).saturating_sub(at));
-                            return Err(NetError::Protocol { source, context });
+                            return Err(NetError::Protocol { error: source, context });
                         }
                     };
                     self.start += used;
@@ -173,7 +173,7 @@ impl<R: Read> MessageReader<R> {
     fn protocol_error(&self, source: ProtocolError) -> NetError {
         let base = self.decoder.offset;
         let rel = source_offset(&source).saturating_sub(base);
-        NetError::Protocol { context: hex_context(&self.buf[self.start..self.end], rel), source }
+        NetError::Protocol { context: hex_context(&self.buf[self.start..self.end], rel), error: source }
     }
 }
 
@@ -472,7 +472,7 @@ mod tests {
 
     fn protocol_source<T: std::fmt::Debug>(r: Result<T, NetError>) -> ProtocolError {
         match r {
-            Err(NetError::Protocol { source, .. }) => source,
+            Err(NetError::Protocol { error, .. }) => error,
             other => panic!("expected a protocol error, got {other:?}"),
         }
     }

@@ -81,7 +81,7 @@ impl fmt::Display for Subsampling {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProtocolError {
     #[error(
-        "bad magic at offset {offset}: expected {:?} (\"FCST\"), got {got:02x?}; the peer is not framecast",
+        "bad magic at offset {offset}: expected {:02x?} (\"FCST\"), got {got:02x?}; the peer is not framecast",
         MAGIC
     )]
     BadMagic { offset: u64, got: Vec<u8> },
