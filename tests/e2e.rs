@@ -1,0 +1,328 @@
+//! End-to-end tests with real `framecast` processes talking over 127.0.0.1, plus fake peers
+//! written with the library's wire-format types.
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::{
+    connect_retry, free_port, num, psnr, read_until_closed, scratch_dir, summary, try_read_until_closed, Proc,
+};
+use framecast::capture::pattern::TestPattern;
+use framecast::capture::{Layout, RawFrame};
+use framecast::clock::{clock_id, now_us};
+use framecast::codec::{Encoder, JpegBuf};
+use framecast::net::proto::HELLO_LEN;
+use framecast::net::{Event, FrameHeader, Hello, Message, MessageReader, MessageWriter, Role, StreamInfo, Subsampling};
+use framecast::view::read_ppm;
+
+const EXIT: Duration = Duration::from_secs(20);
+
+/// send --connect -> recv --listen, 120 frames of 640x480: all arrive in order, none dropped,
+/// latency is measured on the shared clock, and the dumped frames match the test pattern.
+#[test]
+fn stream_120_frames_with_stats_and_dumps() {
+    let _serial = common::serial();
+    let t0 = Instant::now();
+    let dir = scratch_dir("e2e-120");
+    let dumps = dir.join("dumps");
+    let (r_json, s_json) = (dir.join("R.jsonl"), dir.join("S.jsonl"));
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut recv = Proc::spawn(
+        "recv",
+        &[
+            "recv",
+            "--listen",
+            &addr,
+            "--headless",
+            "--frames",
+            "120",
+            "--stats-json",
+            r_json.to_str().unwrap(),
+            "--dump-dir",
+            dumps.to_str().unwrap(),
+            "--dump-every",
+            "10",
+        ],
+    );
+    let mut send = Proc::spawn(
+        "send",
+        &["send", "--connect", &addr, "--size", "640x480", "--frames", "120", "--stats-json", s_json.to_str().unwrap()],
+    );
+    // The sender exits once the receiver has its 120 frames and closes; the receiver must be
+    // done by then (if a frame was dropped it would wait for more, so do not wait long).
+    send.expect_success(EXIT);
+    recv.expect_success(Duration::from_secs(5));
+
+    let r = summary(&r_json);
+    assert_eq!(r["role"], "receiver");
+    assert_eq!(num(&r, "frames"), 120, "receiver frames");
+    assert_eq!(num(&r, "received"), 120, "receiver received");
+    assert_eq!(num(&r, "seq_gaps"), 0, "seq_gaps");
+    assert_eq!(num(&r, "out_of_order"), 0, "out_of_order");
+    assert_eq!(num(&r, "drops_total"), 0, "drops: {}", r["drops"]);
+    let lat = &r["latency_capture_decoded_ms"];
+    assert!(lat.is_object(), "no capture->decoded latency although both ends share a clock: {r}");
+    let p50 = lat["p50"].as_f64().unwrap();
+    assert!(p50 > 0.0 && p50 < 1000.0, "implausible capture->decoded p50 {p50} ms");
+    assert!(recv.stderr().contains("same_clock=true"), "recv did not detect the shared clock");
+
+    let s = summary(&s_json);
+    assert_eq!(s["role"], "sender");
+    assert_eq!(num(&s, "frames"), 120, "sender frames");
+
+    // Every 10th frame was dumped, and each looks like the frame the sender rendered.
+    let pattern = TestPattern::new(640, 480, Subsampling::S420);
+    let mut names: Vec<String> =
+        std::fs::read_dir(&dumps).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    let want: Vec<String> = (0..120).step_by(10).map(|s| format!("frame-{s:08}.ppm")).collect();
+    assert_eq!(names, want, "dumped files");
+    let mut values = Vec::new();
+    for seq in (0..120u64).step_by(10) {
+        let bytes = std::fs::read(dumps.join(format!("frame-{seq:08}.ppm"))).unwrap();
+        let (w, h, rgb) = read_ppm(&bytes).unwrap_or_else(|| panic!("frame {seq}: not a PPM"));
+        assert_eq!((w, h), (640, 480), "frame {seq} size");
+        let db = psnr(rgb, &pattern.render_rgb(seq));
+        // A frame from another sequence number would also be similar (bars), but much less so.
+        let other = psnr(rgb, &pattern.render_rgb(seq + 5));
+        eprintln!("frame {seq:3}: PSNR {db:.2} dB (vs frame {}: {other:.2} dB)", seq + 5);
+        assert!(db >= 30.0, "frame {seq}: PSNR {db:.2} dB < 30 dB");
+        assert!(db > other, "frame {seq} matches frame {} better than itself", seq + 5);
+        values.push(db);
+    }
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    eprintln!("PSNR min {min:.2} dB over {} frames; test took {:.2} s", values.len(), t0.elapsed().as_secs_f64());
+}
+
+/// A listening sender serves one viewer after another.
+///
+/// Each viewer's summary must count exactly `--frames` decoded frames; checked last, so that
+/// the rest of the flow is exercised even when that count is off.
+#[test]
+fn listening_sender_serves_the_next_viewer() {
+    let _serial = common::serial();
+    let dir = scratch_dir("e2e-listen");
+    let addr = format!("127.0.0.1:{}", free_port());
+    // Killed when the guard drops at the end of the test.
+    let send = Proc::spawn("send", &["send", "--listen", &addr, "--size", "320x240", "--duration", "20"]);
+    let mut late = Vec::new();
+    for i in 1..=2 {
+        let json = dir.join(format!("R{i}.jsonl"));
+        let mut recv = Proc::spawn(
+            &format!("recv{i}"),
+            &["recv", "--connect", &addr, "--headless", "--frames", "30", "--stats-json", json.to_str().unwrap()],
+        );
+        recv.expect_success(EXIT);
+        let r = summary(&json);
+        if num(&r, "frames") != 30 {
+            late.push(format!(
+                "viewer {i}: summary says frames={} (received={}) for --frames 30",
+                num(&r, "frames"),
+                num(&r, "received")
+            ));
+        }
+        assert!(
+            send.wait_for_stderr_n("viewer left; waiting for the next one", i, Duration::from_secs(5)),
+            "sender did not notice viewer {i} leave"
+        );
+    }
+    assert!(late.is_empty(), "decoded frame count overshoots --frames: {late:?}");
+}
+
+fn recv_listening(name: &str, port: u16, frames: &str, json: &std::path::Path) -> Proc {
+    let addr = format!("127.0.0.1:{port}");
+    Proc::spawn(
+        name,
+        &["recv", "--listen", &addr, "--headless", "--frames", frames, "--stats-json", json.to_str().unwrap()],
+    )
+}
+
+/// Reads the receiver's hello from a raw connection.
+fn read_peer_hello(stream: &mut TcpStream) -> [u8; HELLO_LEN] {
+    use std::io::Read;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut hello = [0u8; HELLO_LEN];
+    stream.read_exact(&mut hello).expect("recv's hello");
+    assert_eq!(&hello[..4], b"FCST", "recv's hello magic");
+    hello
+}
+
+/// A real sender then streams to the same receiver until it has its 30 frames and exits. The
+/// sender runs by duration, not frame count, so a frame dropped under load cannot leave the
+/// receiver waiting; the exact count is `listening_sender_serves_the_next_viewer`'s job.
+fn real_sender_streams_30_frames(port: u16, recv: &mut Proc, json: &std::path::Path) {
+    let addr = format!("127.0.0.1:{port}");
+    let mut send = Proc::spawn("send", &["send", "--connect", &addr, "--size", "320x240", "--duration", "10"]);
+    recv.expect_success(EXIT);
+    send.expect_success(EXIT);
+    let r = summary(json);
+    assert!(num(&r, "frames") >= 30, "frames after the bad peer: {r}");
+    assert!(send.stderr().contains("viewer closed the connection"), "sender did not see the viewer leave");
+}
+
+/// A peer that is not framecast (an HTTP request) is dropped with a logged reason, and the
+/// receiver then serves a real sender.
+#[test]
+fn garbage_peer_is_dropped_and_recv_keeps_serving() {
+    let _serial = common::serial();
+    let dir = scratch_dir("e2e-garbage");
+    let json = dir.join("R.jsonl");
+    let port = free_port();
+    let mut recv = recv_listening("recv", port, "30", &json);
+
+    let mut s = connect_retry(port, Duration::from_secs(10));
+    s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    let got = read_until_closed(&mut s, Duration::from_secs(5));
+    assert!(got.len() <= HELLO_LEN, "recv sent more than its hello to a garbage peer: {got:02x?}");
+    assert!(
+        recv.wait_for_stderr("bad magic", Duration::from_secs(5)),
+        "recv did not log the bad magic; stderr:\n{}",
+        recv.stderr()
+    );
+    let log = recv.stderr();
+    let line = log.lines().find(|l| l.contains("bad magic")).unwrap();
+    eprintln!("recv logged: {line}");
+    assert!(line.contains("WARN") || line.contains("ERROR"), "not logged as a warning: {line}");
+    assert!(recv.is_running(), "recv exited after a garbage peer");
+
+    real_sender_streams_30_frames(port, &mut recv, &json);
+}
+
+/// A peer that handshakes correctly and then declares a frame over the cap is dropped with a
+/// "too large" message before anything is allocated, and the receiver keeps serving.
+#[test]
+fn oversized_frame_is_dropped_and_recv_keeps_serving() {
+    let _serial = common::serial();
+    let dir = scratch_dir("e2e-toolarge");
+    let json = dir.join("R.jsonl");
+    let port = free_port();
+    let mut recv = recv_listening("recv", port, "30", &json);
+
+    let mut s = connect_retry(port, Duration::from_secs(10));
+    read_peer_hello(&mut s);
+    let mut w = MessageWriter::new(s.try_clone().unwrap());
+    w.write_hello(&Hello::new(Role::Sender, clock_id())).unwrap();
+    let info = StreamInfo { width: 64, height: 48, fps_milli: 30_000 };
+    w.write_message(&Message::StreamInfo(info)).unwrap();
+    // A frame message header (type 2) declaring 1 GB, and no body.
+    let declared: u32 = 1_000_000_000;
+    let mut head = vec![2u8, 0, 0, 0];
+    head.extend_from_slice(&declared.to_be_bytes());
+    s.write_all(&head).unwrap();
+    s.flush().unwrap();
+    assert!(
+        recv.wait_for_stderr("over the cap", Duration::from_secs(5)),
+        "recv did not log a too-large frame; stderr:\n{}",
+        recv.stderr()
+    );
+    let log = recv.stderr();
+    let line = log.lines().find(|l| l.contains("over the cap")).unwrap();
+    eprintln!("recv logged: {line}");
+    assert!(line.contains(&declared.to_string()), "message does not give the declared length: {line}");
+    let cap = (64 * 48 * 6 + 2048 + 52).to_string();
+    assert!(line.contains(&cap), "message does not give the cap {cap}: {line}");
+    assert!(recv.is_running(), "recv exited after an oversized frame");
+    // The dropped connection must be closed from recv's side (checked with a short timeout
+    // here, asserted last so that the rest of the test runs either way).
+    let closed = try_read_until_closed(&mut s, Duration::from_secs(2));
+
+    real_sender_streams_30_frames(port, &mut recv, &json);
+    if let Err(e) = closed {
+        panic!("recv logged that it dropped the connection, but {e}: the socket was left open");
+    }
+}
+
+fn jpeg_of(enc: &mut Encoder, pattern: &TestPattern, seq: u64) -> Vec<u8> {
+    let mut raw = RawFrame::empty();
+    pattern.render(seq, &mut raw.data);
+    raw.seq = seq;
+    raw.width = 64;
+    raw.height = 48;
+    raw.layout = Layout::Yuv(Subsampling::S420);
+    let mut out = JpegBuf::default();
+    enc.encode(&raw, &mut out).unwrap();
+    out.as_slice().to_vec()
+}
+
+fn header(seq: u64, jpeg: &[u8]) -> FrameHeader {
+    let now = now_us();
+    FrameHeader {
+        seq,
+        capture_us: now,
+        encode_start_us: now,
+        encode_end_us: now,
+        send_us: now,
+        width: 64,
+        height: 48,
+        quality: 75,
+        subsampling: Subsampling::S420 as u8,
+        flags: 0,
+        jpeg_len: jpeg.len() as u32,
+    }
+}
+
+/// A well-formed frame whose JPEG is garbage is skipped and counted; the frames after it
+/// decode. The fake sender is built from the library's wire types.
+#[test]
+fn corrupt_jpeg_is_skipped_and_counted() {
+    let _serial = common::serial();
+    let dir = scratch_dir("e2e-corrupt");
+    let json = dir.join("R.jsonl");
+    let port = free_port();
+    let mut recv = recv_listening("recv", port, "5", &json);
+
+    let stream = connect_retry(port, Duration::from_secs(10));
+    stream.set_nodelay(true).unwrap();
+    stream.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let mut reader = MessageReader::new(stream.try_clone().unwrap());
+    let mut writer = MessageWriter::new(stream.try_clone().unwrap());
+    writer.write_hello(&Hello::new(Role::Sender, clock_id())).unwrap();
+    let hello = reader.read_hello(Role::Receiver, Duration::from_secs(5)).expect("recv's hello");
+    assert_eq!(hello.clock_id, clock_id(), "same host, same clock id");
+    writer.write_message(&Message::StreamInfo(StreamInfo { width: 64, height: 48, fps_milli: 30_000 })).unwrap();
+
+    // Frame 0: valid framing, garbage JPEG.
+    let garbage: Vec<u8> = (0..500u32).map(|i| (i * 7 + 3) as u8).collect();
+    writer.write_frame(&header(0, &garbage), &garbage).unwrap();
+    assert!(
+        recv.wait_for_stderr("cannot decode frame", Duration::from_secs(5)),
+        "recv did not log the corrupt frame; stderr:\n{}",
+        recv.stderr()
+    );
+
+    // Frames 1..=5: valid JPEGs, one at a time (each acknowledged before the next, so none is
+    // replaced by a newer one in the receiver's newest-frame-wins queues).
+    let pattern = TestPattern::new(64, 48, Subsampling::S420);
+    let mut enc = Encoder::new(75, Subsampling::S420, false).unwrap();
+    for seq in 1..=5u64 {
+        let jpeg = jpeg_of(&mut enc, &pattern, seq);
+        writer.write_frame(&header(seq, &jpeg), &jpeg).unwrap();
+        if seq == 5 {
+            break; // recv may exit before acknowledging its last frame
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            assert!(Instant::now() < deadline, "no ack for frame {seq}");
+            match reader.next_event().expect("connection to recv") {
+                Event::Message(Message::Ack(a)) if a.seq == seq => break,
+                Event::Eof => panic!("recv closed the connection before acknowledging frame {seq}"),
+                _ => {}
+            }
+        }
+    }
+    recv.expect_success(EXIT);
+    drop((reader, writer, stream));
+
+    let r = summary(&json);
+    assert_eq!(num(&r, "frames"), 5, "decoded frames");
+    assert_eq!(num(&r, "received"), 6, "received frames");
+    assert_eq!(num(&r, "drops.corrupt_jpeg"), 1, "corrupt_jpeg drops: {}", r["drops"]);
+    assert_eq!(num(&r, "drops_total"), 1, "drops: {}", r["drops"]);
+    let log = recv.stderr();
+    let line = log.lines().find(|l| l.contains("cannot decode frame")).unwrap();
+    eprintln!("recv logged: {line}");
+    assert!(line.contains("seq=0") && line.contains("skipped"), "log does not name the skipped frame: {line}");
+}
