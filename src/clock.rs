@@ -1,13 +1,57 @@
 //! Timestamps: microseconds on the host's monotonic clock, comparable between processes on
 //! the same host, plus an identifier of that clock for the handshake.
 
-/// Microseconds on `CLOCK_MONOTONIC`. Processes on one host (one boot) share this clock.
+/// Microseconds on `CLOCK_MONOTONIC`. Processes on one host (one boot) share this clock,
+/// unless [`SKEW_ENV`] skews this process's clock for a test.
 pub fn now_us() -> u64 {
+    let raw = raw_now_us();
+    match skew() {
+        None => raw,
+        Some(s) => s.apply(raw),
+    }
+}
+
+fn raw_now_us() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `ts` is a valid out-pointer; CLOCK_MONOTONIC exists on every supported unix.
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     debug_assert_eq!(rc, 0);
     ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
+}
+
+/// Test hook: `FRAMECAST_TEST_CLOCK_SKEW=OFFSET_S,DRIFT_PPM` (e.g. `3600,100`) makes this
+/// process's clock run `OFFSET_S` seconds ahead and `DRIFT_PPM` parts per million fast, as a
+/// machine with an unsynchronised clock would, and gives it a clock id of its own.
+pub const SKEW_ENV: &str = "FRAMECAST_TEST_CLOCK_SKEW";
+
+#[derive(Clone, Copy, Debug)]
+struct Skew {
+    offset_us: i64,
+    drift_ppm: f64,
+    origin_us: u64,
+}
+
+impl Skew {
+    fn apply(&self, raw: u64) -> u64 {
+        let elapsed = raw.saturating_sub(self.origin_us) as f64;
+        let v = raw as i64 + self.offset_us + (elapsed * self.drift_ppm * 1e-6) as i64;
+        v.max(0) as u64
+    }
+}
+
+fn skew() -> Option<Skew> {
+    static SKEW: std::sync::OnceLock<Option<Skew>> = std::sync::OnceLock::new();
+    *SKEW.get_or_init(|| {
+        let v = std::env::var(SKEW_ENV).ok()?;
+        let (o, d) = v.split_once(',').unwrap_or((v.as_str(), "0"));
+        match (o.trim().parse::<f64>(), d.trim().parse::<f64>()) {
+            (Ok(o), Ok(d)) => Some(Skew { offset_us: (o * 1e6) as i64, drift_ppm: d, origin_us: raw_now_us() }),
+            _ => {
+                tracing::warn!(value = %v, "{SKEW_ENV} should be OFFSET_S,DRIFT_PPM; ignored");
+                None
+            }
+        }
+    })
 }
 
 /// Identifies the clock behind [`now_us`]: on Linux the kernel's boot id, so two peers with
@@ -16,6 +60,9 @@ pub fn now_us() -> u64 {
 pub fn clock_id() -> [u8; 16] {
     static ID: std::sync::OnceLock<[u8; 16]> = std::sync::OnceLock::new();
     *ID.get_or_init(|| {
+        if skew().is_some() {
+            return process_unique_id();
+        }
         std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
             .ok()
             .and_then(|s| parse_uuid(s.trim()))
@@ -37,10 +84,122 @@ fn parse_uuid(s: &str) -> Option<[u8; 16]> {
 
 fn process_unique_id() -> [u8; 16] {
     let mut out = [0u8; 16];
-    out[..8].copy_from_slice(&now_us().to_be_bytes());
+    out[..8].copy_from_slice(&raw_now_us().to_be_bytes());
     out[8..12].copy_from_slice(&std::process::id().to_be_bytes());
     out[12] = 0xff; // never a valid boot id version nibble pattern from the kernel
     out
+}
+
+/// One NTP-style exchange: `t1` request sent (local clock), `t2` request received and `t3`
+/// reply sent (remote clock), `t4` reply received (local clock), all in µs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Exchange {
+    pub t1: u64,
+    pub t2: u64,
+    pub t3: u64,
+    pub t4: u64,
+}
+
+impl Exchange {
+    /// Remote clock minus local clock, µs, assuming symmetric paths.
+    pub fn offset_us(&self) -> f64 {
+        ((self.t2 as f64 - self.t1 as f64) + (self.t3 as f64 - self.t4 as f64)) / 2.0
+    }
+
+    /// Round-trip time less the remote's processing time, µs.
+    pub fn rtt_us(&self) -> u64 {
+        (self.t4.saturating_sub(self.t1)).saturating_sub(self.t3.saturating_sub(self.t2))
+    }
+}
+
+/// The current mapping from a peer's clock to ours.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Estimate {
+    /// Remote minus local at local time `at_us`, µs.
+    pub offset_us: f64,
+    /// How much faster the remote clock runs, parts per million.
+    pub drift_ppm: f64,
+    /// Bound on the offset error: half the round trip of the best exchange used, µs.
+    pub uncertainty_us: f64,
+    pub at_us: u64,
+    /// Exchanges seen so far.
+    pub samples: u64,
+}
+
+impl Estimate {
+    /// Remote minus local at local time `local_us`.
+    pub fn offset_at(&self, local_us: u64) -> f64 {
+        self.offset_us + (local_us as f64 - self.at_us as f64) * self.drift_ppm * 1e-6
+    }
+
+    /// A remote timestamp on the local clock, using the offset at local time `now_us`.
+    pub fn to_local(&self, remote_us: u64, now_us: u64) -> u64 {
+        (remote_us as f64 - self.offset_at(now_us)).max(0.0) as u64
+    }
+}
+
+/// Estimates a peer's clock from NTP-style exchanges: the offset comes from the exchanges
+/// with the lowest round trip in a sliding window (queueing only ever adds delay, so the
+/// fastest exchanges are the least skewed), and drift from a least-squares line through those
+/// exchanges over time.
+#[derive(Clone, Debug, Default)]
+pub struct ClockSync {
+    window: std::collections::VecDeque<Exchange>,
+    seen: u64,
+    estimate: Option<Estimate>,
+}
+
+impl ClockSync {
+    /// Exchanges kept (at one a second, about two minutes).
+    pub const WINDOW: usize = 128;
+    /// The lowest-RTT exchanges in the window that the estimate is fitted to.
+    pub const BEST: usize = 16;
+    /// Drift is fitted only over at least this span of local time.
+    pub const MIN_DRIFT_SPAN_US: u64 = 20_000_000;
+
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn estimate(&self) -> Option<Estimate> {
+        self.estimate
+    }
+
+    /// Adds an exchange and updates the estimate. Exchanges whose timestamps go backwards
+    /// are ignored.
+    pub fn add(&mut self, x: Exchange) -> Option<Estimate> {
+        if x.t4 < x.t1 || x.t3 < x.t2 {
+            return self.estimate;
+        }
+        self.seen += 1;
+        if self.window.len() == Self::WINDOW {
+            self.window.pop_front();
+        }
+        self.window.push_back(x);
+        let mut best: Vec<&Exchange> = self.window.iter().collect();
+        best.sort_by_key(|e| e.rtt_us());
+        best.truncate(Self::BEST);
+        let uncertainty_us = best[0].rtt_us() as f64 / 2.0;
+        let now = x.t4;
+        let (tmin, tmax) = best.iter().fold((u64::MAX, 0), |(lo, hi), e| (lo.min(e.t4), hi.max(e.t4)));
+        let (offset_us, drift_ppm) = if best.len() >= 4 && tmax - tmin >= Self::MIN_DRIFT_SPAN_US {
+            // Least squares: offset = a + b * (t - now).
+            let n = best.len() as f64;
+            let xs: Vec<f64> = best.iter().map(|e| e.t4 as f64 - now as f64).collect();
+            let ys: Vec<f64> = best.iter().map(|e| e.offset_us()).collect();
+            let (mx, my) = (xs.iter().sum::<f64>() / n, ys.iter().sum::<f64>() / n);
+            let sxx: f64 = xs.iter().map(|x| (x - mx) * (x - mx)).sum();
+            let sxy: f64 = xs.iter().zip(&ys).map(|(x, y)| (x - mx) * (y - my)).sum();
+            let b = if sxx > 0.0 { sxy / sxx } else { 0.0 };
+            (my - b * mx, b * 1e6)
+        } else {
+            // Too short to see drift: the mean offset of the best few exchanges.
+            let k = best.len().min(4);
+            (best[..k].iter().map(|e| e.offset_us()).sum::<f64>() / k as f64, 0.0)
+        };
+        self.estimate = Some(Estimate { offset_us, drift_ppm, uncertainty_us, at_us: now, samples: self.seen });
+        self.estimate
+    }
 }
 
 #[cfg(test)]
@@ -61,6 +220,74 @@ mod tests {
         assert_eq!(id[0], 0x0f);
         assert_eq!(id[15], 0xf0);
         assert!(parse_uuid("not-a-uuid").is_none());
+    }
+
+    /// Simulates exchanges with a remote clock `offset_s` ahead and `drift_ppm` fast, with
+    /// random one-way delays of `base_us` plus up to `jitter_us` queueing.
+    fn simulate(
+        sync: &mut ClockSync,
+        offset_s: f64,
+        drift_ppm: f64,
+        secs: u64,
+        base_us: u64,
+        jitter_us: u64,
+    ) -> (u64, f64) {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut rnd = |m: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            if m == 0 {
+                0
+            } else {
+                seed % m
+            }
+        };
+        let remote = |local: u64| local as f64 + offset_s * 1e6 + local as f64 * drift_ppm * 1e-6;
+        let mut t = 1_000_000u64;
+        for _ in 0..secs {
+            let t1 = t;
+            let t2l = t1 + base_us + rnd(jitter_us);
+            let t3l = t2l + 50;
+            let t4 = t3l + base_us + rnd(jitter_us);
+            sync.add(Exchange { t1, t2: remote(t2l) as u64, t3: remote(t3l) as u64, t4 });
+            t += 1_000_000;
+        }
+        (t, remote(t) - t as f64)
+    }
+
+    #[test]
+    fn offset_of_a_symmetric_exchange() {
+        // Remote is 1000 µs ahead; 100 µs each way.
+        let x = Exchange { t1: 10_000, t2: 11_100, t3: 11_150, t4: 10_250 };
+        assert_eq!(x.offset_us(), 1000.0);
+        assert_eq!(x.rtt_us(), 200);
+    }
+
+    #[test]
+    fn converges_to_offset_and_drift_despite_queueing() {
+        let mut sync = ClockSync::new();
+        let (now, true_offset) = simulate(&mut sync, 3600.0, 100.0, 120, 200, 20_000);
+        let e = sync.estimate().unwrap();
+        let err = (e.offset_at(now) - true_offset).abs();
+        assert!(err < 1_000.0, "offset error {err} µs, estimate {e:?}");
+        assert!((e.drift_ppm - 100.0).abs() < 20.0, "drift {}", e.drift_ppm);
+        assert!(e.uncertainty_us > 0.0 && e.uncertainty_us < 5_000.0, "{e:?}");
+    }
+
+    #[test]
+    fn one_host_converges_near_zero() {
+        let mut sync = ClockSync::new();
+        let (now, _) = simulate(&mut sync, 0.0, 0.0, 10, 30, 300);
+        let e = sync.estimate().unwrap();
+        assert!(e.offset_at(now).abs() < 500.0, "{e:?}");
+        assert!(e.to_local(5_000_000, now).abs_diff(5_000_000) < 500);
+    }
+
+    #[test]
+    fn backwards_exchanges_are_ignored() {
+        let mut sync = ClockSync::new();
+        assert!(sync.add(Exchange { t1: 10, t2: 5, t3: 6, t4: 9 }).is_none());
     }
 
     #[test]

@@ -22,12 +22,13 @@ use crossbeam_channel::{bounded, never, select, Receiver, RecvTimeoutError, Send
 use tracing::{debug, info, warn};
 
 use crate::chan::{latest, LatestReceiver, LatestSender, Pool, Pushed};
-use crate::clock::{clock_id, now_us};
+use crate::clock::{clock_id, now_us, ClockSync, Exchange};
 use crate::codec::Decoder;
 use crate::net::io::{configure, connect_with_retry};
+use crate::net::proto::{Ping, MAX_REPORT_LEN};
 use crate::net::{Ack, Event, FrameHeader, Hello, Message, MessageReader, MessageWriter, NetError, Role};
 use crate::sender::join;
-use crate::stats::{self, DropCause, Meter, Report, Side, StatsConfig};
+use crate::stats::{self, ClockStatus, DropCause, Meter, Report, Side, StatsConfig};
 use crate::view::{write_ppm, FrameSink, Picture};
 
 /// Where the receiver's sender is.
@@ -65,7 +66,8 @@ struct Incoming {
     conn: u64,
     header: FrameHeader,
     received_us: u64,
-    same_clock: bool,
+    /// The capture time on our clock, once the sender's clock is known.
+    capture_local_us: Option<u64>,
     jpeg: Vec<u8>,
 }
 
@@ -74,7 +76,7 @@ struct Decoded {
     header: FrameHeader,
     received_us: u64,
     decoded_us: u64,
-    same_clock: bool,
+    capture_local_us: Option<u64>,
     pixels: Vec<u32>,
 }
 
@@ -107,6 +109,7 @@ pub fn run(cfg: RecvConfig, sink: &mut dyn FrameSink, stop: Arc<AtomicBool>) -> 
     let (out_tx, out_rx) = latest::<Decoded>(1);
     let (ack_tx, ack_rx) = bounded::<AckEvent>(256);
     let (conn_tx, conn_rx) = bounded::<NewConn>(4);
+    let (report_tx, report_rx) = bounded::<Vec<u8>>(2);
 
     let net = {
         let (meter, pool, stop, finish) = (meter.clone(), jpeg_pool.clone(), stop.clone(), finish.clone());
@@ -123,7 +126,8 @@ pub fn run(cfg: RecvConfig, sink: &mut dyn FrameSink, stop: Arc<AtomicBool>) -> 
             .name("decode".into())
             .spawn(move || decode_loop(in_rx, jpeg_pool, out_tx, pixel_pool, meter, count, limit))?
     };
-    let feedback = thread::Builder::new().name("feedback".into()).spawn(move || feedback_loop(conn_rx, ack_rx))?;
+    let feedback =
+        thread::Builder::new().name("feedback".into()).spawn(move || feedback_loop(conn_rx, ack_rx, report_rx))?;
     let status = Arc::new(Mutex::new(None::<String>));
     let (done_tx, done_rx) = bounded::<()>(0);
     let reporter = {
@@ -132,6 +136,12 @@ pub fn run(cfg: RecvConfig, sink: &mut dyn FrameSink, stop: Arc<AtomicBool>) -> 
             let text =
                 format!("{:.1} fps, {:.0} kbit/s, q{}", r.fps, r.kbps, r.quality.map_or("-".into(), |q| q.to_string()));
             *status.lock().unwrap_or_else(|p| p.into_inner()) = Some(text);
+            // The sender logs what its viewer sees.
+            if let Ok(json) = serde_json::to_vec(r) {
+                if json.len() <= MAX_REPORT_LEN {
+                    let _ = report_tx.try_send(json);
+                }
+            }
         });
         stats::spawn_reporter(meter.clone(), cfg.stats.clone(), json, done_rx, Some(on_report))?
     };
@@ -206,8 +216,8 @@ fn view_loop(
                 }
                 meter.update(|c| {
                     c.displayed += 1;
-                    if f.same_clock {
-                        let _ = c.lat_displayed.record(shown.saturating_sub(f.header.capture_us).max(1));
+                    if let Some(cap) = f.capture_local_us {
+                        let _ = c.lat_displayed.record(shown.saturating_sub(cap).max(1));
                     }
                 });
                 let _ = ack_tx.try_send(AckEvent {
@@ -270,8 +280,8 @@ fn decode_loop(
             c.decoded += 1;
             c.decode_us += end - start;
             c.quality = Some(inc.header.quality);
-            if inc.same_clock {
-                let _ = c.lat_decoded.record(end.saturating_sub(inc.header.capture_us).max(1));
+            if let Some(cap) = inc.capture_local_us {
+                let _ = c.lat_decoded.record(end.saturating_sub(cap).max(1));
             }
         });
         count.fetch_add(1, Ordering::Relaxed);
@@ -280,7 +290,7 @@ fn decode_loop(
             header: inc.header,
             received_us: inc.received_us,
             decoded_us: end,
-            same_clock: inc.same_clock,
+            capture_local_us: inc.capture_local_us,
             pixels,
         };
         match tx.push(out) {
@@ -295,27 +305,53 @@ fn decode_loop(
     Ok(())
 }
 
-fn feedback_loop(conn_rx: Receiver<NewConn>, ack_rx: Receiver<AckEvent>) {
+/// Clock-sync pings: a quick burst when a sender connects, then one a second.
+const PING_BURST: u32 = 5;
+const PING_BURST_INTERVAL: Duration = Duration::from_millis(100);
+const PING_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Writes everything the receiver sends back on the current connection: acknowledgements,
+/// clock-sync pings and the per-interval stats report.
+fn feedback_loop(conn_rx: Receiver<NewConn>, ack_rx: Receiver<AckEvent>, report_rx: Receiver<Vec<u8>>) {
     let mut current: Option<NewConn> = None;
-    let (mut conn_rx, mut ack_rx) = (Some(conn_rx), Some(ack_rx));
-    let nothing_conn = never::<NewConn>();
-    let nothing_ack = never::<AckEvent>();
+    let (mut conn_rx, mut ack_rx, mut report_rx) = (Some(conn_rx), Some(ack_rx), Some(report_rx));
+    let (nothing_conn, nothing_ack, nothing_report) = (never::<NewConn>(), never::<AckEvent>(), never::<Vec<u8>>());
+    let mut pings = 0u32;
+    let mut next_ping = Instant::now();
     while conn_rx.is_some() || ack_rx.is_some() {
+        let send = |c: &mut Option<NewConn>, msg: &Message<'_>| {
+            if let Some(conn) = c.as_mut() {
+                if let Err(e) = conn.writer.write_message(msg) {
+                    debug!(error = %e, "cannot write to the sender; it is gone");
+                    *c = None;
+                }
+            }
+        };
+        let wait = next_ping.saturating_duration_since(Instant::now());
         select! {
             recv(conn_rx.as_ref().unwrap_or(&nothing_conn)) -> c => match c {
-                Ok(c) => current = Some(c),
+                Ok(c) => {
+                    current = Some(c);
+                    pings = 0;
+                    next_ping = Instant::now();
+                }
                 Err(_) => conn_rx = None,
             },
             recv(ack_rx.as_ref().unwrap_or(&nothing_ack)) -> a => match a {
-                Ok(a) => {
-                    if let Some(c) = current.as_mut().filter(|c| c.conn == a.conn) {
-                        if let Err(e) = c.writer.write_message(&Message::Ack(a.ack)) {
-                            debug!(error = %e, "cannot send ack; the sender is gone");
-                            current = None;
-                        }
-                    }
-                }
+                Ok(a) if current.as_ref().is_some_and(|c| c.conn == a.conn) => send(&mut current, &Message::Ack(a.ack)),
+                Ok(_) => {}
                 Err(_) => ack_rx = None,
+            },
+            recv(report_rx.as_ref().unwrap_or(&nothing_report)) -> r => match r {
+                Ok(json) => send(&mut current, &Message::Report(&json)),
+                Err(_) => report_rx = None,
+            },
+            default(wait) => {
+                if current.is_some() {
+                    pings += 1;
+                    send(&mut current, &Message::Ping(Ping { id: u64::from(pings), t1_us: now_us() }));
+                }
+                next_ping = Instant::now() + if pings < PING_BURST { PING_BURST_INTERVAL } else { PING_INTERVAL };
             },
         }
     }
@@ -410,9 +446,15 @@ impl<D: Fn() -> bool> Conn<'_, D> {
         info!(
             same_clock,
             "sender handshake done{}",
-            if same_clock { "" } else { "; clocks differ, so latency is unknown" }
+            if same_clock {
+                ""
+            } else {
+                "; clocks differ: syncing over the reverse channel, latency unknown until then"
+            }
         );
         let _ = self.conn_tx.send(NewConn { conn: self.id, writer });
+        let mut sync = ClockSync::new();
+        self.meter.update(|c| c.clock = Some(ClockStatus::unsynced(same_clock)));
         loop {
             let event = match reader.next_event() {
                 Ok(e) => e,
@@ -425,21 +467,46 @@ impl<D: Fn() -> bool> Conn<'_, D> {
                 Event::Message(Message::StreamInfo(s)) => {
                     info!(width = s.width, height = s.height, fps = f64::from(s.fps_milli) / 1000.0, "stream");
                 }
+                Event::Message(Message::Pong(p)) => {
+                    let x = Exchange { t1: p.t1_us, t2: p.t2_us, t3: p.t3_us, t4: now_us() };
+                    if let Some(e) = sync.add(x) {
+                        if e.samples == 1 && !same_clock {
+                            info!(
+                                offset_ms = e.offset_us / 1000.0,
+                                uncertainty_ms = e.uncertainty_us / 1000.0,
+                                "clock synced with the sender"
+                            );
+                        }
+                        debug!(rtt_us = x.rtt_us(), offset_us = x.offset_us(), estimate = ?e, "clock exchange");
+                        self.meter.update(|c| c.clock = Some(ClockStatus::from_estimate(same_clock, &e)));
+                    }
+                }
                 Event::Message(Message::Frame(header, jpeg)) => {
                     let received_us = now_us();
                     self.track_seq(header.seq);
                     let len = jpeg.len() as u64;
+                    let capture_local_us = if same_clock {
+                        Some(header.capture_us)
+                    } else {
+                        sync.estimate().map(|e| e.to_local(header.capture_us, received_us))
+                    };
                     self.meter.update(|c| {
                         c.received += 1;
                         c.bytes += len;
-                        if same_clock {
-                            let _ = c.lat_received.record(received_us.saturating_sub(header.capture_us).max(1));
+                        // Both on the sender's clock: known without any sync.
+                        let _ = c.lat_encoded.record(header.encode_end_us.saturating_sub(header.capture_us).max(1));
+                        let _ = c.lat_sent.record(header.send_us.saturating_sub(header.capture_us).max(1));
+                        match capture_local_us {
+                            Some(cap) => {
+                                let _ = c.lat_received.record(received_us.saturating_sub(cap).max(1));
+                            }
+                            None => c.latency_unknown += 1,
                         }
                     });
                     let mut buf = self.pool.get(Vec::new);
                     buf.clear();
                     buf.extend_from_slice(jpeg);
-                    let inc = Incoming { conn: self.id, header, received_us, same_clock, jpeg: buf };
+                    let inc = Incoming { conn: self.id, header, received_us, capture_local_us, jpeg: buf };
                     match self.tx.push(inc) {
                         Pushed::Sent => {}
                         Pushed::Replaced(old) => {

@@ -26,6 +26,7 @@ use crate::chan::{latest, LatestReceiver, LatestSender, Pool, Pushed};
 use crate::clock::{clock_id, now_us};
 use crate::codec::{Encoder, JpegBuf};
 use crate::net::io::{configure, connect_with_retry};
+use crate::net::proto::Pong;
 use crate::net::{
     Event, FrameHeader, Hello, Message, MessageReader, MessageWriter, NetError, Role, StreamInfo, Subsampling,
 };
@@ -396,15 +397,17 @@ impl Connection<'_> {
         let hello = reader.read_hello(Role::Receiver, Duration::from_secs(5)).context("handshake")?;
         debug!(version = hello.version, "viewer handshake done");
         writer.write_message(&Message::StreamInfo(self.stream_info))?;
+        // Shared with ack-rx, which answers clock-sync pings between frames.
+        let writer = Arc::new(Mutex::new(writer));
 
         let sent_at = Arc::new(Mutex::new(VecDeque::<(u64, u64)>::with_capacity(256)));
         let peer_gone = Arc::new(AtomicBool::new(false));
         let acks = {
-            let (sent_at, peer_gone) = (sent_at.clone(), peer_gone.clone());
+            let (sent_at, peer_gone, writer) = (sent_at.clone(), peer_gone.clone(), writer.clone());
             let (meter, quality_tx) = (self.meter.clone(), self.quality_tx.clone());
             thread::Builder::new()
                 .name("ack-rx".into())
-                .spawn(move || ack_loop(reader, sent_at, meter, quality_tx, peer_gone))?
+                .spawn(move || ack_loop(reader, writer, sent_at, meter, quality_tx, peer_gone))?
         };
 
         let result = (|| -> anyhow::Result<Outcome> {
@@ -417,8 +420,11 @@ impl Connection<'_> {
                     Err(RecvTimeoutError::Timeout) => continue,
                     Err(RecvTimeoutError::Disconnected) => return Ok(Outcome::Finished),
                 };
-                frame.header.send_us = now_us();
-                let res = writer.write_frame(&frame.header, frame.jpeg.as_slice());
+                let res = {
+                    let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
+                    frame.header.send_us = now_us();
+                    w.write_frame(&frame.header, frame.jpeg.as_slice())
+                };
                 let len = frame.jpeg.as_slice().len() as u64;
                 let (seq, send_us) = (frame.header.seq, frame.header.send_us);
                 self.pool.put(frame.jpeg);
@@ -460,6 +466,7 @@ impl Connection<'_> {
 
 fn ack_loop(
     mut reader: MessageReader<TcpStream>,
+    writer: Arc<Mutex<MessageWriter<TcpStream>>>,
     sent_at: Arc<Mutex<VecDeque<(u64, u64)>>>,
     meter: Meter,
     quality_tx: Sender<u8>,
@@ -483,6 +490,18 @@ fn ack_loop(
             Ok(Event::Message(Message::SetQuality(q))) => {
                 let _ = quality_tx.try_send(q);
             }
+            Ok(Event::Message(Message::Ping(p))) => {
+                let t2 = now_us();
+                let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
+                let pong = Pong { id: p.id, t1_us: p.t1_us, t2_us: t2, t3_us: now_us() };
+                if let Err(e) = w.write_message(&Message::Pong(pong)) {
+                    debug!(error = %e, "cannot answer a clock-sync ping");
+                }
+            }
+            Ok(Event::Message(Message::Report(json))) => match serde_json::from_slice::<serde_json::Value>(json) {
+                Ok(v) if v.is_object() => meter.update(|c| c.viewer = Some(v.clone())),
+                _ => debug!("ignored a report from the viewer that is not a JSON object"),
+            },
             Ok(Event::Message(other)) => debug!(message = ?other, "ignored message from viewer"),
             Ok(Event::Idle) => {}
             Ok(Event::Eof) => break,

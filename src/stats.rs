@@ -18,7 +18,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 /// Version of the JSON stats schema (README "Stats").
-pub const SCHEMA: u32 = 1;
+pub const SCHEMA: u32 = 2;
 
 /// Why a frame was dropped. Each cause is counted on its own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -80,12 +80,59 @@ pub struct Counters {
     /// Receiver: frames whose sequence number skipped ahead / went backwards.
     pub seq_gaps: u64,
     pub out_of_order: u64,
-    /// Capture→received/decoded/displayed latency in µs (receiver, shared clock only).
+    /// Receiver: capture→encoded and capture→sent in µs (both on the sender's clock).
+    pub lat_encoded: Histogram<u64>,
+    pub lat_sent: Histogram<u64>,
+    /// Capture→received/decoded/displayed latency in µs (receiver, once the sender's clock
+    /// is known: shared, or synced).
     pub lat_received: Histogram<u64>,
     pub lat_decoded: Histogram<u64>,
     pub lat_displayed: Histogram<u64>,
     /// Sender: time from writing a frame to its acknowledgement, µs.
     pub ack_rtt: Histogram<u64>,
+    /// Receiver: frames received before the sender's clock was known.
+    pub latency_unknown: u64,
+    /// Receiver: the latest view of the sender's clock.
+    pub clock: Option<ClockStatus>,
+    /// Sender: the latest interval report from the viewer.
+    pub viewer: Option<serde_json::Value>,
+}
+
+/// How the receiver relates the sender's timestamps to its own clock.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct ClockStatus {
+    /// "shared" (same host: one monotonic clock), "synced" (offset estimated from the
+    /// reverse channel's NTP-style exchanges) or "unknown" (no exchange yet).
+    pub source: &'static str,
+    /// Sender clock minus receiver clock, ms (as measured, also when the clock is shared).
+    pub offset_ms: Option<f64>,
+    /// Bound on the offset error, ms: half the best exchange's round trip.
+    pub uncertainty_ms: Option<f64>,
+    /// How much faster the sender's clock runs, parts per million.
+    pub drift_ppm: Option<f64>,
+    pub exchanges: u64,
+}
+
+impl ClockStatus {
+    pub fn unsynced(shared: bool) -> Self {
+        ClockStatus {
+            source: if shared { "shared" } else { "unknown" },
+            offset_ms: None,
+            uncertainty_ms: None,
+            drift_ppm: None,
+            exchanges: 0,
+        }
+    }
+
+    pub fn from_estimate(shared: bool, e: &crate::clock::Estimate) -> Self {
+        ClockStatus {
+            source: if shared { "shared" } else { "synced" },
+            offset_ms: Some(round3(e.offset_us / 1000.0)),
+            uncertainty_ms: Some(round3(e.uncertainty_us / 1000.0)),
+            drift_ppm: Some(round3(e.drift_ppm)),
+            exchanges: e.samples,
+        }
+    }
 }
 
 fn histogram() -> Histogram<u64> {
@@ -111,10 +158,15 @@ impl Default for Counters {
             drops: BTreeMap::new(),
             seq_gaps: 0,
             out_of_order: 0,
+            lat_encoded: histogram(),
+            lat_sent: histogram(),
             lat_received: histogram(),
             lat_decoded: histogram(),
             lat_displayed: histogram(),
             ack_rtt: histogram(),
+            latency_unknown: 0,
+            clock: None,
+            viewer: None,
         }
     }
 }
@@ -191,7 +243,12 @@ pub struct Report {
     pub seq_gaps: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub out_of_order: Option<u64>,
-    /// Receiver, when both ends share a clock: capture→received/decoded/displayed.
+    /// Receiver: capture→encoded and capture→sent (sender's clock, always known).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_capture_encoded_ms: Option<Percentiles>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_capture_sent_ms: Option<Percentiles>,
+    /// Receiver, once the sender's clock is known: capture→received/decoded/displayed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latency_capture_received_ms: Option<Percentiles>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -201,6 +258,15 @@ pub struct Report {
     /// Sender: write → acknowledgement round trip.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ack_rtt_ms: Option<Percentiles>,
+    /// Receiver: frames whose latency is unknown (received before the clocks were synced).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_unknown_frames: Option<u64>,
+    /// Receiver: the sender's clock as seen from here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clock: Option<ClockStatus>,
+    /// Sender: the viewer's latest interval report, as it sent it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub viewer: Option<serde_json::Value>,
 }
 
 impl Report {
@@ -233,10 +299,15 @@ impl Report {
             drops_total: c.drops.values().sum(),
             seq_gaps: (!sender).then_some(c.seq_gaps),
             out_of_order: (!sender).then_some(c.out_of_order),
+            latency_capture_encoded_ms: Percentiles::of(&c.lat_encoded),
+            latency_capture_sent_ms: Percentiles::of(&c.lat_sent),
             latency_capture_received_ms: Percentiles::of(&c.lat_received),
             latency_capture_decoded_ms: Percentiles::of(&c.lat_decoded),
             latency_capture_displayed_ms: Percentiles::of(&c.lat_displayed),
             ack_rtt_ms: Percentiles::of(&c.ack_rtt),
+            latency_unknown_frames: (!sender).then_some(c.latency_unknown),
+            clock: c.clock,
+            viewer: c.viewer.clone(),
         }
     }
 
@@ -265,6 +336,9 @@ impl Report {
         }
         if let Some(p) = self.latency_capture_displayed_ms.or(self.latency_capture_decoded_ms) {
             s.push_str(&format!("  latency p50/p95/p99 {:.1}/{:.1}/{:.1} ms", p.p50, p.p95, p.p99));
+            if let Some(ClockStatus { source: "synced", uncertainty_ms: Some(u), .. }) = self.clock {
+                s.push_str(&format!(" (clock synced ±{u:.2} ms)"));
+            }
         } else if self.role == Side::Receiver {
             s.push_str("  latency unknown");
         }
@@ -275,6 +349,15 @@ impl Report {
         if self.drops_total > 0 {
             let parts: Vec<String> = self.drops.iter().map(|(k, v)| format!("{k}={v}")).collect();
             s.push_str(&format!(" ({})", parts.join(" ")));
+        }
+        if let Some(v) = &self.viewer {
+            let fps = v.get("fps").and_then(|f| f.as_f64()).unwrap_or(0.0);
+            s.push_str(&format!("  | viewer {fps:.1} fps"));
+            let lat = v.get("latency_capture_displayed_ms").or_else(|| v.get("latency_capture_decoded_ms"));
+            match lat.and_then(|l| l.get("p95")).and_then(|p| p.as_f64()) {
+                Some(p95) => s.push_str(&format!(" latency p95 {p95:.1} ms")),
+                None => s.push_str(" latency unknown"),
+            }
         }
         s
     }
@@ -301,6 +384,8 @@ impl Report {
             s.push_str(&format!(", decode {ms:.2} ms"));
         }
         for (name, p) in [
+            ("capture->encoded", self.latency_capture_encoded_ms),
+            ("capture->sent", self.latency_capture_sent_ms),
             ("capture->received", self.latency_capture_received_ms),
             ("capture->decoded", self.latency_capture_decoded_ms),
             ("capture->displayed", self.latency_capture_displayed_ms),
@@ -317,6 +402,14 @@ impl Report {
         }
         if let (Some(g), Some(o)) = (self.seq_gaps, self.out_of_order) {
             s.push_str(&format!("; sequence gaps {g}, out of order {o}"));
+        }
+        if let Some(n) = self.latency_unknown_frames.filter(|n| *n > 0) {
+            s.push_str(&format!("; {n} frames before the clock was known"));
+        }
+        if let Some(ClockStatus { source, offset_ms: Some(o), uncertainty_ms: Some(u), drift_ppm: Some(d), .. }) =
+            self.clock
+        {
+            s.push_str(&format!("; sender clock {source}, offset {o:.3} ms ±{u:.3}, drift {d:.1} ppm"));
         }
         s
     }
@@ -365,7 +458,12 @@ impl Meter {
         let now = Instant::now();
         let c = {
             let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-            std::mem::take(&mut g.interval)
+            let c = std::mem::take(&mut g.interval);
+            // State, not counts: carried into the next interval.
+            g.interval.clock = c.clock;
+            g.interval.viewer = c.viewer.clone();
+            g.interval.quality = c.quality;
+            c
         };
         Report::build(self.side, "interval", &c, (now - self.started).as_secs_f64(), (now - since).as_secs_f64())
     }

@@ -379,6 +379,7 @@ mod tests {
     #[derive(Debug, PartialEq)]
     enum Got {
         Frame(FrameHeader, Vec<u8>),
+        Report(Vec<u8>),
         Other(Message<'static>),
         Idle,
     }
@@ -391,6 +392,7 @@ mod tests {
             Message::Ping(p) => Got::Other(Message::Ping(p)),
             Message::Pong(p) => Got::Other(Message::Pong(p)),
             Message::SetQuality(q) => Got::Other(Message::SetQuality(q)),
+            Message::Report(r) => Got::Report(r.to_vec()),
         }
     }
 
@@ -435,6 +437,7 @@ mod tests {
             Message::Ping(Ping { id: 7, t1_us: 1234 }),
             Message::Pong(Pong { id: 7, t1_us: 1234, t2_us: 2000, t3_us: 2001 }),
             Message::SetQuality(42),
+            Message::Report(br#"{"type":"interval","fps":29.5}"#),
         ];
         for (i, &len) in frame_sizes.iter().enumerate() {
             let (h, j) = frame(i as u64, INFO, len);
@@ -517,6 +520,7 @@ mod tests {
             match m {
                 Got::Frame(h, j) => w.write_frame(h, j).unwrap(),
                 Got::Other(m) => w.write_message(m).unwrap(),
+                Got::Report(r) => w.write_message(&Message::Report(r)).unwrap(),
                 Got::Idle => unreachable!(),
             }
         }

@@ -23,6 +23,8 @@ pub const FRAME_HEADER_LEN: usize = 52;
 pub const MAX_PIXELS: u64 = 7680 * 4320;
 /// Largest width or height a peer may announce.
 pub const MAX_DIMENSION: u32 = 16384;
+/// Largest payload of a report message (the viewer's stats as JSON).
+pub const MAX_REPORT_LEN: usize = 64 * 1024;
 
 /// Which end of the stream a peer is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -171,6 +173,7 @@ pub enum MsgType {
     Ping = 4,
     Pong = 5,
     SetQuality = 6,
+    Report = 7,
 }
 
 impl MsgType {
@@ -182,6 +185,7 @@ impl MsgType {
             4 => Self::Ping,
             5 => Self::Pong,
             6 => Self::SetQuality,
+            7 => Self::Report,
             _ => return None,
         })
     }
@@ -194,6 +198,7 @@ impl MsgType {
             Self::Ping => "ping",
             Self::Pong => "pong",
             Self::SetQuality => "set-quality",
+            Self::Report => "report",
         }
     }
 
@@ -206,6 +211,7 @@ impl MsgType {
             Self::Ping => Some(16),
             Self::Pong => Some(32),
             Self::SetQuality => Some(4),
+            Self::Report => None,
         }
     }
 }
@@ -301,6 +307,8 @@ pub enum Message<'a> {
     Ping(Ping),
     Pong(Pong),
     SetQuality(u8),
+    /// Viewer → sender: its latest stats interval, as a JSON object (UTF-8).
+    Report(&'a [u8]),
 }
 
 impl Message<'_> {
@@ -338,6 +346,10 @@ impl Message<'_> {
             Message::SetQuality(q) => {
                 put_header(out, MsgType::SetQuality, 4);
                 out.extend_from_slice(&[*q, 0, 0, 0]);
+            }
+            Message::Report(json) => {
+                put_header(out, MsgType::Report, json.len() as u32);
+                out.extend_from_slice(json);
             }
         }
     }
@@ -412,6 +424,16 @@ impl Decoder {
                 ));
             }
             Some(_) => {}
+            None if ty == MsgType::Report => {
+                if len > MAX_REPORT_LEN {
+                    return Err(ProtocolError::TooLarge {
+                        offset: at + 4,
+                        what: ty.name(),
+                        len: len as u64,
+                        max: MAX_REPORT_LEN as u64,
+                    });
+                }
+            }
             None => {
                 let Some(stream) = self.stream else {
                     return Err(ProtocolError::malformed(at, "frame before any stream-info message"));
@@ -518,6 +540,12 @@ impl Decoder {
                     ));
                 }
                 Message::SetQuality(q)
+            }
+            MsgType::Report => {
+                if std::str::from_utf8(p).is_err() {
+                    return Err(ProtocolError::malformed(at, "report payload is not UTF-8 text"));
+                }
+                Message::Report(p)
             }
         };
         self.offset += total as u64;
@@ -823,7 +851,7 @@ mod tests {
 
     #[test]
     fn unknown_message_type_rejected_from_its_first_byte() {
-        for ty in [0u8, 7, 0x47, 255] {
+        for ty in [0u8, 8, 0x47, 255] {
             let d = decoder_with(INFO);
             let b = [ty, 0, 0, 0, 0, 0, 0, 4, 1, 2, 3, 4];
             for len in 1..=b.len() {
@@ -833,6 +861,20 @@ mod tests {
             let e = d.clone().decode(&b).unwrap_err();
             assert_eq!(e, ProtocolError::UnknownType { offset: 44, ty });
         }
+    }
+
+    #[test]
+    fn report_messages_are_capped_and_utf8() {
+        let mut d = Decoder::new(0);
+        let mut b = Vec::new();
+        Message::Report(br#"{"fps":30.0}"#).encode(&mut b);
+        assert_eq!(d.decode(&b), Ok(Some((Message::Report(br#"{"fps":30.0}"#), b.len()))));
+        let mut big = vec![MsgType::Report as u8, 0, 0, 0];
+        big.extend_from_slice(&(MAX_REPORT_LEN as u32 + 1).to_be_bytes());
+        assert!(matches!(Decoder::new(0).check(&big), Err(ProtocolError::TooLarge { what: "report", .. })));
+        let mut bad = Vec::new();
+        Message::Report(&[0xff, 0xfe]).encode(&mut bad);
+        assert!(matches!(Decoder::new(0).decode(&bad), Err(ProtocolError::Malformed { .. })));
     }
 
     #[test]
