@@ -38,6 +38,18 @@ pub enum Cmd {
     Demo(DemoArgs),
     /// List cameras and their formats.
     Cameras,
+    /// Summarise --stats-json logs as a table, and plot them with --svg.
+    Report(ReportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Stats logs written with --stats-json (sender's, receiver's, several runs).
+    #[arg(required = true, value_name = "LOG.jsonl")]
+    pub logs: Vec<PathBuf>,
+    /// Also plot fps, kbit/s, quality and latency p50/p95 over time to this SVG file.
+    #[arg(long, value_name = "OUT.svg")]
+    pub svg: Option<PathBuf>,
 }
 
 /// JPEG chroma subsampling.

@@ -11,6 +11,7 @@
 //! - [`view`]: frame sinks (minifb window, headless) on the receiver's main thread.
 //! - [`sender`] and [`receiver`]: the two pipelines, wiring the stages with [`chan`].
 //! - [`stats`]: per-side counters, reports, the human line and JSON lines.
+//! - [`report`]: `framecast report`, tables and SVG plots from JSON-lines stats logs.
 //! - [`clock`]: monotonic microsecond timestamps shared by processes on one host.
 //! - [`cli`]: the command line, validated into the configs the pipelines take.
 //!
@@ -30,6 +31,7 @@ pub mod clock;
 pub mod codec;
 pub mod net;
 pub mod receiver;
+pub mod report;
 pub mod sender;
 pub mod stats;
 pub mod view;

@@ -76,6 +76,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Demo(args) => demo(args)?,
         Cmd::Cameras => cameras()?,
+        Cmd::Report(args) => {
+            use std::io::Write;
+            let runs = framecast::report::load(&args.logs)?;
+            write!(std::io::stdout().lock(), "{}", framecast::report::table(&runs))?;
+            if let Some(out) = &args.svg {
+                framecast::report::svg(&runs, out)?;
+                info!(path = %out.display(), "plot written");
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,301 @@
+//! `framecast report`: reads `--stats-json` logs (one or more, sender's and receiver's) and
+//! prints a table of the runs, and optionally plots fps, kbit/s, quality and latency over
+//! time as SVG.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde_json::Value;
+
+/// Latency fields of the stats schema, in pipeline order, with their short labels.
+pub const STAGES: [(&str, &str); 6] = [
+    ("latency_capture_encoded_ms", "capture->encoded"),
+    ("latency_capture_sent_ms", "capture->sent"),
+    ("latency_capture_received_ms", "capture->received"),
+    ("latency_capture_decoded_ms", "capture->decoded"),
+    ("latency_capture_displayed_ms", "capture->displayed"),
+    ("ack_rtt_ms", "ack round trip"),
+];
+
+/// The records of one side in one log file.
+#[derive(Clone, Debug)]
+pub struct Run {
+    pub file: PathBuf,
+    pub role: String,
+    /// Interval records in order.
+    pub intervals: Vec<Value>,
+    /// The summary record, if the run ended cleanly.
+    pub summary: Option<Value>,
+}
+
+impl Run {
+    /// A short name for legends: file stem and role.
+    pub fn label(&self) -> String {
+        let stem = self.file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        format!("{stem} {}", self.role)
+    }
+}
+
+/// Reads stats logs. A line that is not a stats record is an error naming the file and line.
+pub fn load(paths: &[PathBuf]) -> anyhow::Result<Vec<Run>> {
+    let mut runs: Vec<Run> = Vec::new();
+    for path in paths {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let mut found = 0;
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let v: Value = serde_json::from_str(line).with_context(|| {
+                format!("{}:{}: not JSON; expected a framecast --stats-json log", path.display(), i + 1)
+            })?;
+            let (Some(kind), Some(role)) =
+                (v.get("type").and_then(Value::as_str), v.get("role").and_then(Value::as_str))
+            else {
+                bail!("{}:{}: expected a stats record with \"type\" and \"role\"", path.display(), i + 1);
+            };
+            let run = match runs.iter_mut().find(|r| r.file == *path && r.role == role) {
+                Some(r) => r,
+                None => {
+                    runs.push(Run { file: path.clone(), role: role.to_string(), intervals: Vec::new(), summary: None });
+                    runs.last_mut().expect("just pushed")
+                }
+            };
+            match kind {
+                "interval" => run.intervals.push(v),
+                "summary" => run.summary = Some(v),
+                other => bail!("{}:{}: unknown record type {other:?}", path.display(), i + 1),
+            }
+            found += 1;
+        }
+        if found == 0 {
+            bail!("{}: no stats records", path.display());
+        }
+    }
+    Ok(runs)
+}
+
+fn num(v: &Value, key: &str) -> Option<f64> {
+    v.get(key).and_then(Value::as_f64)
+}
+
+fn fmt_opt(v: Option<f64>, prec: usize) -> String {
+    v.map_or_else(|| "-".into(), |x| format!("{x:.prec$}"))
+}
+
+/// The whole-run record of a run: its summary, or (for a run cut short) its last interval.
+fn whole(run: &Run) -> Option<&Value> {
+    run.summary.as_ref().or(run.intervals.last())
+}
+
+/// A plain-text table: one row per run, then latency percentiles per stage.
+pub fn table(runs: &[Run]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<28} {:>8} {:>8} {:>8} {:>10} {:>9} {:>7} {:>9} {:>7}",
+        "run", "seconds", "frames", "fps", "kbit/s", "KB/frame", "quality", "codec ms", "drops"
+    );
+    for run in runs {
+        let Some(s) = whole(run) else { continue };
+        let codec = num(s, "encode_ms").or_else(|| num(s, "decode_ms"));
+        let quality = s.get("quality").and_then(Value::as_u64).map(|q| q as f64);
+        let _ = writeln!(
+            out,
+            "{:<28} {:>8} {:>8} {:>8} {:>10} {:>9} {:>7} {:>9} {:>7}{}",
+            run.label(),
+            fmt_opt(num(s, "seconds"), 1),
+            fmt_opt(num(s, "frames"), 0),
+            fmt_opt(num(s, "fps"), 1),
+            fmt_opt(num(s, "kbps"), 0),
+            fmt_opt(num(s, "mean_frame_bytes").map(|b| b / 1000.0), 1),
+            fmt_opt(quality, 0),
+            fmt_opt(codec, 2),
+            fmt_opt(num(s, "drops_total"), 0),
+            if run.summary.is_none() { "  (no summary: last interval)" } else { "" },
+        );
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "{:<28} {:<20} {:>9} {:>9} {:>9} {:>9}", "latency (ms)", "stage", "p50", "p95", "p99", "max");
+    for run in runs {
+        let Some(s) = whole(run) else { continue };
+        for (key, label) in STAGES {
+            if let Some(p) = s.get(key) {
+                let _ = writeln!(
+                    out,
+                    "{:<28} {:<20} {:>9} {:>9} {:>9} {:>9}",
+                    run.label(),
+                    label,
+                    fmt_opt(num(p, "p50"), 2),
+                    fmt_opt(num(p, "p95"), 2),
+                    fmt_opt(num(p, "p99"), 2),
+                    fmt_opt(num(p, "max"), 2),
+                );
+            }
+        }
+        if let Some(c) = s.get("clock") {
+            let _ = writeln!(
+                out,
+                "{:<28} sender clock {}: offset {} ms ±{} ms, drift {} ppm",
+                run.label(),
+                c.get("source").and_then(Value::as_str).unwrap_or("?"),
+                fmt_opt(num(c, "offset_ms"), 3),
+                fmt_opt(num(c, "uncertainty_ms"), 3),
+                fmt_opt(num(c, "drift_ppm"), 1),
+            );
+        }
+    }
+    out
+}
+
+/// The latency series plotted for a run: capture→displayed, else capture→decoded, else
+/// the ack round trip (a sender's log).
+fn latency_key(run: &Run) -> Option<&'static str> {
+    ["latency_capture_displayed_ms", "latency_capture_decoded_ms", "ack_rtt_ms"]
+        .into_iter()
+        .find(|k| run.intervals.iter().any(|v| v.get(*k).is_some()))
+}
+
+/// Plots fps, kbit/s, quality and latency p50/p95 over time, one line per run.
+pub fn svg(runs: &[Run], out: &Path) -> anyhow::Result<()> {
+    use plotters::prelude::*;
+    type Series = Vec<(f64, f64)>;
+    let series = |run: &Run, f: &dyn Fn(&Value) -> Option<f64>| -> Series {
+        run.intervals.iter().filter_map(|v| Some((num(v, "t")?, f(v)?))).collect()
+    };
+    let panels: [(&str, Box<dyn Fn(&Run) -> Vec<(String, Series)>>); 4] = [
+        ("frames per second", Box::new(|r: &Run| vec![(r.label(), series(r, &|v| num(v, "fps")))])),
+        ("kbit/s", Box::new(|r: &Run| vec![(r.label(), series(r, &|v| num(v, "kbps")))])),
+        (
+            "JPEG quality",
+            Box::new(|r: &Run| vec![(r.label(), series(r, &|v| v.get("quality")?.as_u64().map(|q| q as f64)))]),
+        ),
+        (
+            "latency p50 / p95 (ms)",
+            Box::new(|r: &Run| match latency_key(r) {
+                Some(k) => vec![
+                    (format!("{} {} p50", r.label(), k), series(r, &|v| num(v.get(k)?, "p50"))),
+                    (format!("{} {} p95", r.label(), k), series(r, &|v| num(v.get(k)?, "p95"))),
+                ],
+                None => Vec::new(),
+            }),
+        ),
+    ];
+    let t_max = runs.iter().flat_map(|r| r.intervals.iter().filter_map(|v| num(v, "t"))).fold(1.0f64, f64::max);
+    let root = SVGBackend::new(out, (1000, 1100)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow::anyhow!("cannot draw {}: {e}", out.display()))?;
+    let areas = root.split_evenly((4, 1));
+    let mut colour = 0usize;
+    for ((title, make), area) in panels.iter().zip(areas.iter()) {
+        let lines: Vec<(String, Series)> = runs.iter().flat_map(|r| make(r)).filter(|(_, s)| !s.is_empty()).collect();
+        let y_max = lines.iter().flat_map(|(_, s)| s.iter().map(|p| p.1)).fold(1.0f64, f64::max) * 1.1;
+        let mut chart = ChartBuilder::on(area)
+            .caption(*title, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0f64..t_max, 0f64..y_max)
+            .map_err(|e| anyhow::anyhow!("cannot draw {}: {e}", out.display()))?;
+        chart
+            .configure_mesh()
+            .light_line_style(WHITE)
+            .bold_line_style(BLACK.mix(0.15))
+            .x_desc("time (s)")
+            .draw()
+            .map_err(|e| anyhow::anyhow!("cannot draw {}: {e}", out.display()))?;
+        for (name, points) in lines {
+            let style = Palette99::pick(colour).stroke_width(2);
+            colour += 1;
+            chart
+                .draw_series(LineSeries::new(points, style))
+                .map_err(|e| anyhow::anyhow!("cannot draw {}: {e}", out.display()))?
+                .label(name)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| anyhow::anyhow!("cannot draw {}: {e}", out.display()))?;
+    }
+    root.present().map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_log(dir: &Path, name: &str, lines: &[&str]) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, lines.join("\n")).unwrap();
+        p
+    }
+
+    fn tmp(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("fc-report-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn table_lists_runs_and_stages() {
+        let d = tmp("table");
+        let recv = write_log(
+            &d,
+            "r.jsonl",
+            &[
+                r#"{"schema":2,"type":"interval","role":"receiver","t":1.0,"seconds":1.0,"frames":30,"fps":30.0,"kbps":6400.0,"mean_frame_bytes":26600,"quality":75,"decode_ms":1.2,"drops_total":0,"latency_capture_decoded_ms":{"p50":2.5,"p95":3.5,"p99":4.0,"max":5.0}}"#,
+                r#"{"schema":2,"type":"summary","role":"receiver","t":2.0,"seconds":2.0,"frames":60,"fps":30.0,"kbps":6400.0,"mean_frame_bytes":26600,"quality":75,"decode_ms":1.2,"drops_total":1,"latency_capture_decoded_ms":{"p50":2.5,"p95":3.6,"p99":4.1,"max":5.5},"clock":{"source":"synced","offset_ms":3600000.1,"uncertainty_ms":0.05,"drift_ppm":99.0,"exchanges":9}}"#,
+            ],
+        );
+        let runs = load(&[recv]).unwrap();
+        assert_eq!(runs.len(), 1);
+        assert_eq!(runs[0].intervals.len(), 1);
+        let t = table(&runs);
+        assert!(t.contains("r receiver"), "{t}");
+        assert!(t.contains("60") && t.contains("26.6") && t.contains("1.20"), "{t}");
+        assert!(t.contains("capture->decoded") && t.contains("3.60"), "{t}");
+        assert!(t.contains("synced") && t.contains("3600000.100"), "{t}");
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn bad_lines_name_file_and_line() {
+        let d = tmp("bad");
+        let p = write_log(&d, "x.jsonl", &[r#"{"type":"interval","role":"sender","t":1}"#, "not json"]);
+        let e = format!("{:#}", load(&[p]).unwrap_err());
+        assert!(e.contains("x.jsonl:2") && e.contains("not JSON"), "{e}");
+        let p = write_log(&d, "y.jsonl", &[r#"{"fps":3}"#]);
+        assert!(format!("{:#}", load(&[p]).unwrap_err()).contains("y.jsonl:1"));
+        let p = write_log(&d, "z.jsonl", &[""]);
+        assert!(format!("{:#}", load(&[p]).unwrap_err()).contains("no stats records"));
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn svg_has_a_line_per_series() {
+        let d = tmp("svg");
+        let lines: Vec<String> = (1..=5)
+            .map(|i| {
+                format!(
+                    r#"{{"type":"interval","role":"receiver","t":{i}.0,"fps":{},"kbps":6000,"quality":75,"latency_capture_displayed_ms":{{"p50":2.0,"p95":{i}.5,"p99":4,"max":5}}}}"#,
+                    28 + i
+                )
+            })
+            .collect();
+        let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+        let p = write_log(&d, "r.jsonl", &refs);
+        let out = d.join("plot.svg");
+        svg(&load(&[p]).unwrap(), &out).unwrap();
+        let text = std::fs::read_to_string(&out).unwrap();
+        assert!(text.starts_with("<svg"));
+        // Each series is drawn once as a line and once in its legend, 2 px wide (axes are 1 px).
+        let series = text.lines().filter(|l| l.starts_with("<polyline") && l.contains(r#"stroke-width="2""#)).count();
+        assert_eq!(series, 2 * 5, "fps, kbit/s, quality, p50, p95");
+        assert!(text.contains("frames per second") && text.contains("latency p50 / p95"));
+        std::fs::remove_dir_all(d).unwrap();
+    }
+}
