@@ -146,11 +146,14 @@ pub struct RunArgs {
     /// Seconds between stats lines.
     #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_duration)]
     pub stats_interval: Duration,
+    /// Measure nothing and print no stats (to see what measuring costs).
+    #[arg(long, conflicts_with_all = ["stats_json"])]
+    pub no_stats: bool,
 }
 
 impl RunArgs {
     fn stats(&self) -> StatsConfig {
-        StatsConfig { interval: self.stats_interval, json: self.stats_json.clone() }
+        StatsConfig { interval: self.stats_interval, json: self.stats_json.clone(), enabled: !self.no_stats }
     }
 }
 
@@ -209,6 +212,9 @@ pub struct DemoArgs {
     /// Receiver stats as JSON lines (see `recv --stats-json`).
     #[arg(long, value_name = "PATH")]
     pub recv_stats_json: Option<PathBuf>,
+    /// Measure nothing and print no stats (to see what measuring costs).
+    #[arg(long, conflicts_with_all = ["send_stats_json", "recv_stats_json"])]
+    pub no_stats: bool,
     #[command(flatten)]
     pub source: SourceArgs,
 }

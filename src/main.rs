@@ -110,14 +110,14 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
         reencode_jpeg,
         frames: args.frames,
         duration: args.duration,
-        stats: StatsConfig { json: args.send_stats_json, ..StatsConfig::default() },
+        stats: StatsConfig { json: args.send_stats_json, enabled: !args.no_stats, ..StatsConfig::default() },
         connect_patience: std::time::Duration::from_secs(5),
     };
     let recv_cfg = RecvConfig {
         endpoint: receiver::Endpoint::Listen(listener),
         frames: None,
         duration: None,
-        stats: StatsConfig { json: args.recv_stats_json, ..StatsConfig::default() },
+        stats: StatsConfig { json: args.recv_stats_json, enabled: !args.no_stats, ..StatsConfig::default() },
         once: true,
         dump: None,
         connect_patience: std::time::Duration::from_secs(5),

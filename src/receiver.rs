@@ -96,7 +96,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Runs the receiver, showing frames on `sink` from the calling thread, until a limit is
 /// reached, the sink closes, `stop` is set, or (connecting, or `once`) the sender leaves.
 pub fn run(cfg: RecvConfig, sink: &mut dyn FrameSink, stop: Arc<AtomicBool>) -> anyhow::Result<Report> {
-    let meter = Meter::new(Side::Receiver);
+    let meter = cfg.stats.meter(Side::Receiver);
     let json = stats::open_json(&cfg.stats)?;
     if let Some(d) = &cfg.dump {
         std::fs::create_dir_all(&d.dir).with_context(|| format!("--dump-dir: cannot create {}", d.dir.display()))?;

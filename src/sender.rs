@@ -83,7 +83,7 @@ struct SourceInfo {
 /// Runs the sender until the source ends, a limit is reached, `stop` is set, or (when
 /// connecting) the viewer leaves. Returns the whole-run stats.
 pub fn run(cfg: SendConfig, open_source: SourceFactory, stop: Arc<AtomicBool>) -> anyhow::Result<Report> {
-    let meter = Meter::new(Side::Sender);
+    let meter = cfg.stats.meter(Side::Sender);
     let json = stats::open_json(&cfg.stats)?;
     let raw_pool: Pool<RawFrame> = Pool::new(4);
     let jpeg_pool: Pool<JpegBuf> = Pool::new(4);

@@ -426,6 +426,7 @@ struct MeterInner {
 pub struct Meter {
     side: Side,
     started: Instant,
+    enabled: bool,
     inner: Arc<Mutex<MeterInner>>,
 }
 
@@ -434,8 +435,18 @@ impl Meter {
         Meter {
             side,
             started: Instant::now(),
+            enabled: true,
             inner: Arc::new(Mutex::new(MeterInner { interval: Counters::default(), total: Counters::default() })),
         }
+    }
+
+    /// A meter that records nothing (`--no-stats`), to measure what measuring costs.
+    pub fn disabled(side: Side) -> Self {
+        Meter { enabled: false, ..Meter::new(side) }
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        self.enabled
     }
 
     pub fn side(&self) -> Side {
@@ -444,6 +455,9 @@ impl Meter {
 
     /// Applies `f` to the interval and total counters.
     pub fn update(&self, f: impl Fn(&mut Counters)) {
+        if !self.enabled {
+            return;
+        }
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut g.interval);
         f(&mut g.total);
@@ -481,11 +495,23 @@ impl Meter {
 pub struct StatsConfig {
     pub interval: Duration,
     pub json: Option<PathBuf>,
+    /// False with `--no-stats`: nothing is measured or reported.
+    pub enabled: bool,
+}
+
+impl StatsConfig {
+    pub fn meter(&self, side: Side) -> Meter {
+        if self.enabled {
+            Meter::new(side)
+        } else {
+            Meter::disabled(side)
+        }
+    }
 }
 
 impl Default for StatsConfig {
     fn default() -> Self {
-        StatsConfig { interval: Duration::from_secs(1), json: None }
+        StatsConfig { interval: Duration::from_secs(1), json: None, enabled: true }
     }
 }
 
@@ -518,6 +544,10 @@ pub fn spawn_reporter(
         Side::Receiver => "recv-stats",
     };
     std::thread::Builder::new().name(name.into()).spawn(move || {
+        if !meter.is_enabled() {
+            let _ = done.recv();
+            return meter.summary();
+        }
         let mut since = Instant::now();
         while let Err(RecvTimeoutError::Timeout) = done.recv_timeout(cfg.interval.saturating_sub(since.elapsed())) {
             let r = meter.take_interval(since);
