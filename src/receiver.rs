@@ -68,6 +68,9 @@ struct Incoming {
     received_us: u64,
     /// The capture time on our clock, once the sender's clock is known.
     capture_local_us: Option<u64>,
+    /// The sender streams as fast as possible (`--fps 0`, a benchmark): deliver every frame,
+    /// slowing the sender down through TCP, instead of dropping stale ones.
+    lossless: bool,
     jpeg: Vec<u8>,
 }
 
@@ -77,6 +80,7 @@ struct Decoded {
     received_us: u64,
     decoded_us: u64,
     capture_local_us: Option<u64>,
+    lossless: bool,
     pixels: Vec<u32>,
 }
 
@@ -291,8 +295,15 @@ fn decode_loop(
             received_us: inc.received_us,
             decoded_us: end,
             capture_local_us: inc.capture_local_us,
+            lossless: inc.lossless,
             pixels,
         };
+        if out.lossless {
+            if tx.send_blocking(out).is_err() {
+                break;
+            }
+            continue;
+        }
         match tx.push(out) {
             Pushed::Sent => {}
             Pushed::Replaced(old) => {
@@ -454,6 +465,7 @@ impl<D: Fn() -> bool> Conn<'_, D> {
         );
         let _ = self.conn_tx.send(NewConn { conn: self.id, writer });
         let mut sync = ClockSync::new();
+        let mut lossless = false;
         self.meter.update(|c| c.clock = Some(ClockStatus::unsynced(same_clock)));
         loop {
             let event = match reader.next_event() {
@@ -465,7 +477,14 @@ impl<D: Fn() -> bool> Conn<'_, D> {
             };
             match event {
                 Event::Message(Message::StreamInfo(s)) => {
-                    info!(width = s.width, height = s.height, fps = f64::from(s.fps_milli) / 1000.0, "stream");
+                    lossless = s.fps_milli == 0;
+                    info!(
+                        width = s.width,
+                        height = s.height,
+                        fps = f64::from(s.fps_milli) / 1000.0,
+                        "stream{}",
+                        if lossless { " (as fast as possible: every frame is decoded, none dropped)" } else { "" }
+                    );
                 }
                 Event::Message(Message::Pong(p)) => {
                     let x = Exchange { t1: p.t1_us, t2: p.t2_us, t3: p.t3_us, t4: now_us() };
@@ -506,7 +525,13 @@ impl<D: Fn() -> bool> Conn<'_, D> {
                     let mut buf = self.pool.get(Vec::new);
                     buf.clear();
                     buf.extend_from_slice(jpeg);
-                    let inc = Incoming { conn: self.id, header, received_us, capture_local_us, jpeg: buf };
+                    let inc = Incoming { conn: self.id, header, received_us, capture_local_us, lossless, jpeg: buf };
+                    if lossless {
+                        if self.tx.send_blocking(inc).is_err() {
+                            return Ok(());
+                        }
+                        continue;
+                    }
                     match self.tx.push(inc) {
                         Pushed::Sent => {}
                         Pushed::Replaced(old) => {

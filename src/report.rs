@@ -161,10 +161,11 @@ fn latency_key(run: &Run) -> Option<&'static str> {
 pub fn svg(runs: &[Run], out: &Path) -> anyhow::Result<()> {
     use plotters::prelude::*;
     type Series = Vec<(f64, f64)>;
+    type Panel<'a> = (&'a str, Box<dyn Fn(&Run) -> Vec<(String, Series)> + 'a>);
     let series = |run: &Run, f: &dyn Fn(&Value) -> Option<f64>| -> Series {
         run.intervals.iter().filter_map(|v| Some((num(v, "t")?, f(v)?))).collect()
     };
-    let panels: [(&str, Box<dyn Fn(&Run) -> Vec<(String, Series)>>); 4] = [
+    let panels: [Panel; 4] = [
         ("frames per second", Box::new(|r: &Run| vec![(r.label(), series(r, &|v| num(v, "fps")))])),
         ("kbit/s", Box::new(|r: &Run| vec![(r.label(), series(r, &|v| num(v, "kbps")))])),
         (
@@ -188,7 +189,7 @@ pub fn svg(runs: &[Run], out: &Path) -> anyhow::Result<()> {
     let areas = root.split_evenly((4, 1));
     let mut colour = 0usize;
     for ((title, make), area) in panels.iter().zip(areas.iter()) {
-        let lines: Vec<(String, Series)> = runs.iter().flat_map(|r| make(r)).filter(|(_, s)| !s.is_empty()).collect();
+        let lines: Vec<(String, Series)> = runs.iter().flat_map(make).filter(|(_, s)| !s.is_empty()).collect();
         let y_max = lines.iter().flat_map(|(_, s)| s.iter().map(|p| p.1)).fold(1.0f64, f64::max) * 1.1;
         let mut chart = ChartBuilder::on(area)
             .caption(*title, ("sans-serif", 18))

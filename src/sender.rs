@@ -78,6 +78,7 @@ const LINGER: Duration = Duration::from_secs(2);
 struct SourceInfo {
     width: u32,
     height: u32,
+    self_paced: bool,
 }
 
 /// Runs the sender until the source ends, a limit is reached, `stop` is set, or (when
@@ -106,10 +107,18 @@ pub fn run(cfg: SendConfig, open_source: SourceFactory, stop: Arc<AtomicBool>) -
         Err(_) => return Err(join_err(capture.join(), "capture")).context("cannot open the source"),
     };
 
+    // A source that is not live, read as fast as possible, waits for the stage after it
+    // instead of dropping: every frame captured is encoded and every frame encoded is sent.
+    let backpressure = cfg.fps == 0 && !info.self_paced;
     let encode = {
         let (meter, raw_pool, jpeg_pool) = (meter.clone(), raw_pool.clone(), jpeg_pool.clone());
-        let (q, sub, re) = (cfg.quality, cfg.subsampling, cfg.reencode_jpeg);
-        spawn("encode", move || encode_loop(q, sub, re, raw_rx, raw_pool, enc_tx, jpeg_pool, quality_rx, meter))?
+        let enc = EncodeSettings {
+            quality: cfg.quality,
+            subsampling: cfg.subsampling,
+            reencode: cfg.reencode_jpeg,
+            backpressure,
+        };
+        spawn("encode", move || encode_loop(enc, raw_rx, raw_pool, enc_tx, jpeg_pool, quality_rx, meter))?
     };
     let stream = StreamInfo { width: info.width, height: info.height, fps_milli: cfg.fps.saturating_mul(1000) };
     let (done_tx, done_rx) = bounded::<()>(0);
@@ -172,7 +181,7 @@ fn capture_loop(
     };
     let (width, height) = source.size();
     info!(source = %source.describe(), "capturing");
-    if info_tx.send(Ok(SourceInfo { width, height })).is_err() {
+    if info_tx.send(Ok(SourceInfo { width, height, self_paced: source.self_paced() })).is_err() {
         return Ok(());
     }
     let period = (fps > 0 && !source.self_paced()).then(|| Duration::from_secs_f64(1.0 / f64::from(fps)));
@@ -229,11 +238,15 @@ fn capture_loop(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn encode_loop(
+struct EncodeSettings {
     quality: u8,
     subsampling: Subsampling,
     reencode: bool,
+    backpressure: bool,
+}
+
+fn encode_loop(
+    settings: EncodeSettings,
     rx: LatestReceiver<RawFrame>,
     raw_pool: Pool<RawFrame>,
     tx: LatestSender<EncodedFrame>,
@@ -241,6 +254,7 @@ fn encode_loop(
     quality_rx: Receiver<u8>,
     meter: Meter,
 ) -> anyhow::Result<()> {
+    let EncodeSettings { quality, subsampling, reencode, backpressure } = settings;
     let mut enc = Encoder::new(quality, subsampling, reencode).context("cannot create the JPEG encoder")?;
     let mut said_mode = false;
     for raw in rx.iter() {
@@ -292,6 +306,12 @@ fn encode_loop(
             c.quality = Some(info.quality);
         });
         raw_pool.put(raw);
+        if backpressure {
+            if tx.send_blocking(EncodedFrame { header, jpeg }).is_err() {
+                break;
+            }
+            continue;
+        }
         match tx.push(EncodedFrame { header, jpeg }) {
             Pushed::Sent => {}
             Pushed::Replaced(old) => {
