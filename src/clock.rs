@@ -156,6 +156,10 @@ impl ClockSync {
     pub const BEST: usize = 16;
     /// Drift is fitted only over at least this span of local time.
     pub const MIN_DRIFT_SPAN_US: u64 = 20_000_000;
+    /// Before drift is fitted, only exchanges this recent are used.
+    pub const RECENT_US: u64 = 5_000_000;
+    /// Drift assumed possible before it is measured (crystal clocks: tens of ppm).
+    pub const ASSUMED_DRIFT_PPM: f64 = 200.0;
 
     pub fn new() -> Self {
         Self::default()
@@ -179,7 +183,7 @@ impl ClockSync {
         let mut best: Vec<&Exchange> = self.window.iter().collect();
         best.sort_by_key(|e| e.rtt_us());
         best.truncate(Self::BEST);
-        let uncertainty_us = best[0].rtt_us() as f64 / 2.0;
+        let mut uncertainty_us = best[0].rtt_us() as f64 / 2.0;
         let now = x.t4;
         let (tmin, tmax) = best.iter().fold((u64::MAX, 0), |(lo, hi), e| (lo.min(e.t4), hi.max(e.t4)));
         let (offset_us, drift_ppm) = if best.len() >= 4 && tmax - tmin >= Self::MIN_DRIFT_SPAN_US {
@@ -193,9 +197,16 @@ impl ClockSync {
             let b = if sxx > 0.0 { sxy / sxx } else { 0.0 };
             (my - b * mx, b * 1e6)
         } else {
-            // Too short to see drift: the mean offset of the best few exchanges.
-            let k = best.len().min(4);
-            (best[..k].iter().map(|e| e.offset_us()).sum::<f64>() / k as f64, 0.0)
+            // Too short to see drift: the mean offset of the best few recent exchanges (an
+            // old exchange would carry the drift since then), with the error that an
+            // undetected drift of up to ASSUMED_DRIFT_PPM could have added since.
+            let mut recent: Vec<&Exchange> = self.window.iter().filter(|e| e.t4 + Self::RECENT_US >= now).collect();
+            recent.sort_by_key(|e| e.rtt_us());
+            let k = recent.len().min(4);
+            let offset = recent[..k].iter().map(|e| e.offset_us()).sum::<f64>() / k as f64;
+            let age = recent[..k].iter().map(|e| now - e.t4).max().unwrap_or(0) as f64;
+            uncertainty_us = recent[0].rtt_us() as f64 / 2.0 + age * Self::ASSUMED_DRIFT_PPM * 1e-6;
+            (offset, 0.0)
         };
         self.estimate = Some(Estimate { offset_us, drift_ppm, uncertainty_us, at_us: now, samples: self.seen });
         self.estimate
@@ -282,6 +293,17 @@ mod tests {
         let e = sync.estimate().unwrap();
         assert!(e.offset_at(now).abs() < 500.0, "{e:?}");
         assert!(e.to_local(5_000_000, now).abs_diff(5_000_000) < 500);
+    }
+
+    #[test]
+    fn a_fast_drifting_clock_is_followed_before_drift_is_fitted() {
+        // 200 ppm (the most assumed): after 15 s the best early exchange is 3 ms stale.
+        let mut sync = ClockSync::new();
+        let (now, true_offset) = simulate(&mut sync, 3600.0, 200.0, 15, 100, 2_000);
+        let e = sync.estimate().unwrap();
+        let err = (e.offset_at(now) - true_offset).abs();
+        assert!(err < 1_500.0, "offset error {err} µs with {e:?}");
+        assert!(err <= e.uncertainty_us + 200.0, "error {err} µs beyond the stated uncertainty {e:?}");
     }
 
     #[test]

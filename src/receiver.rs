@@ -508,7 +508,9 @@ impl<D: Fn() -> bool> Conn<'_, D> {
                         Some(header.capture_us)
                     } else {
                         sync.estimate().map(|e| e.to_local(header.capture_us, received_us))
-                    };
+                    }
+                    // A capture "after" arrival is a sync error, not a latency: unknown.
+                    .filter(|&cap| cap <= received_us);
                     self.meter.update(|c| {
                         c.received += 1;
                         c.bytes += len;

@@ -340,3 +340,23 @@ pub fn psnr(a: &[u8], b: &[u8]) -> f64 {
         10.0 * (255.0 * 255.0 / mse).log10()
     }
 }
+
+/// A numeric field of a stats record as `f64` (dotted path, e.g. "clock.offset_ms"); `None`
+/// if it is absent or not a number.
+pub fn fnum_opt(v: &Value, path: &str) -> Option<f64> {
+    let mut cur = v;
+    for key in path.split('.') {
+        cur = cur.get(key)?;
+    }
+    cur.as_f64()
+}
+
+/// A numeric field of a stats record as `f64` (dotted path); panics naming the field if absent.
+pub fn fnum(v: &Value, path: &str) -> f64 {
+    fnum_opt(v, path).unwrap_or_else(|| panic!("field {path} is not a number in {v}"))
+}
+
+/// The records of a `--stats-json` file with "type": `kind` (e.g. "interval").
+pub fn records_of(path: &Path, kind: &str) -> Vec<Value> {
+    stats_lines(path).into_iter().filter(|v| v["type"] == kind).collect()
+}
