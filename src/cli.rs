@@ -162,9 +162,13 @@ pub struct SendArgs {
     /// Connect to a listening viewer at HOST:PORT [default: 127.0.0.1:8089].
     #[arg(long, value_name = "HOST:PORT", conflicts_with = "listen")]
     pub connect: Option<String>,
-    /// Listen for viewers on ADDR:PORT (e.g. 0.0.0.0:8089), serving one after another.
+    /// Listen for viewers on ADDR:PORT (e.g. 0.0.0.0:8089), any number at once.
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: Option<SocketAddr>,
+    /// Also serve HTTP on ADDR:PORT: a page at /, MJPEG at /stream.mjpg, /snapshot.jpg and
+    /// /stats (for browsers, VLC, ffmpeg, OpenCV). Without --connect/--listen, HTTP only.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub http: Option<SocketAddr>,
     #[command(flatten)]
     pub source: SourceArgs,
     #[command(flatten)]
@@ -297,8 +301,10 @@ impl SendArgs {
         let endpoint = match (self.connect, self.listen) {
             (_, Some(addr)) => sender::Endpoint::Listen(bind(addr, "--listen")?),
             (Some(c), None) => sender::Endpoint::Connect(c),
+            (None, None) if self.http.is_some() => sender::Endpoint::None,
             (None, None) => sender::Endpoint::Connect(format!("127.0.0.1:{DEFAULT_PORT}")),
         };
+        let http = self.http.map(|addr| bind(addr, "--http")).transpose()?;
         Ok((
             SendConfig {
                 endpoint,
@@ -310,6 +316,7 @@ impl SendArgs {
                 duration: self.run.duration,
                 stats: self.run.stats(),
                 connect_patience: CONNECT_PATIENCE,
+                http,
             },
             factory,
         ))

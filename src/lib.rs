@@ -10,6 +10,8 @@
 //!   the sender's `net-tx`/`ack-rx` and the receiver's `net-rx`/`feedback` threads.
 //! - [`view`]: frame sinks (minifb window, headless) on the receiver's main thread.
 //! - [`sender`] and [`receiver`]: the two pipelines, wiring the stages with [`chan`].
+//! - [`hub`]: the sender's fan-out of each encoded frame to every viewer.
+//! - [`http`]: the sender's HTTP endpoint (page, MJPEG stream, snapshot, stats), one thread per client.
 //! - [`stats`]: per-side counters, reports, the human line and JSON lines.
 //! - [`report`]: `framecast report`, tables and SVG plots from JSON-lines stats logs.
 //! - [`clock`]: monotonic microsecond timestamps shared by processes on one host.
@@ -29,6 +31,8 @@ pub mod chan;
 pub mod cli;
 pub mod clock;
 pub mod codec;
+pub mod http;
+pub mod hub;
 pub mod net;
 pub mod receiver;
 pub mod report;

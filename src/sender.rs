@@ -1,14 +1,16 @@
 //! The sender pipeline:
 //!
 //! ```text
-//! capture ──latest(1)──▶ encode ──latest(1)──▶ net-tx ──TCP──▶ viewer
-//!                                              ack-rx ◀──TCP── (acks, quality requests)
+//! capture ──latest(1)──▶ encode ──hub──┬─ latest(1) ─▶ viewer-N ──TCP──▶ framecast recv
+//!                                      │               ack-rx  ◀──TCP── (acks, pings, reports)
+//!                                      └─ latest(1) ─▶ http-N ──HTTP──▶ browser, VLC, ffmpeg
 //! ```
 //!
-//! Each arrow is a newest-frame-wins channel: a stage that falls behind loses its oldest
-//! queued frame, counted by cause, and never blocks the stage before it. Shutdown flows
-//! downstream: capture stops (frame limit, duration, end of file, Ctrl-C) and drops its
-//! sender, encode's loop ends and drops its own, and net-tx finishes the connection.
+//! Each arrow is a newest-frame-wins slot: a stage or viewer that falls behind loses its
+//! oldest queued frame, counted by cause, and never blocks the stage before it. Each frame
+//! is encoded once whatever the number of viewers, and not at all while nobody watches.
+//! Shutdown flows downstream: capture stops (frame limit, duration, end of file, Ctrl-C) and
+//! drops its sender, encode's loop ends and closes the hub, and every viewer finishes.
 
 use std::collections::VecDeque;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -24,7 +26,8 @@ use tracing::{debug, info, warn};
 use crate::capture::{CaptureError, FrameSource, RawFrame};
 use crate::chan::{latest, LatestReceiver, LatestSender, Pool, Pushed};
 use crate::clock::{clock_id, now_us};
-use crate::codec::{Encoder, JpegBuf};
+use crate::codec::Encoder;
+use crate::hub::{FrameRing, Hub, Subscription, ViewerKind};
 use crate::net::io::{configure, connect_with_retry};
 use crate::net::proto::Pong;
 use crate::net::{
@@ -32,13 +35,15 @@ use crate::net::{
 };
 use crate::stats::{self, DropCause, Meter, Report, Side, StatsConfig};
 
-/// Where the sender's viewer is.
+/// Where the sender's native viewers are.
 #[derive(Debug)]
 pub enum Endpoint {
-    /// Connect to a listening viewer at HOST:PORT.
+    /// Connect to a listening viewer at HOST:PORT; the stream ends when it leaves.
     Connect(String),
-    /// Wait for viewers on a bound socket, one after another.
+    /// Serve any number of viewers on a bound socket, joining and leaving at any time.
     Listen(TcpListener),
+    /// No native viewers (HTTP only).
+    None,
 }
 
 /// A checked sender configuration (see `cli` for the flags behind each field).
@@ -57,16 +62,12 @@ pub struct SendConfig {
     pub stats: StatsConfig,
     /// How long `Connect` keeps retrying a refused connection.
     pub connect_patience: Duration,
+    /// Serve HTTP (page, MJPEG stream, snapshot, stats) on this socket.
+    pub http: Option<TcpListener>,
 }
 
 /// Opens the source on the capture thread (a camera handle may not move between threads).
 pub type SourceFactory = Box<dyn FnOnce() -> Result<Box<dyn FrameSource>, CaptureError> + Send>;
-
-/// An encoded frame on its way to the socket.
-pub struct EncodedFrame {
-    pub header: FrameHeader,
-    pub jpeg: JpegBuf,
-}
 
 /// How long a write may block before the viewer is considered gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -87,16 +88,24 @@ pub fn run(cfg: SendConfig, open_source: SourceFactory, stop: Arc<AtomicBool>) -
     let meter = cfg.stats.meter(Side::Sender);
     let json = stats::open_json(&cfg.stats)?;
     let raw_pool: Pool<RawFrame> = Pool::new(4);
-    let jpeg_pool: Pool<JpegBuf> = Pool::new(4);
     let (raw_tx, raw_rx) = latest::<RawFrame>(1);
-    let (enc_tx, enc_rx) = latest::<EncodedFrame>(1);
     let (quality_tx, quality_rx) = bounded::<u8>(16);
     let (info_tx, info_rx) = bounded::<Result<SourceInfo, CaptureError>>(1);
+    let hub = Arc::new(Hub::new());
+    // The viewer we connect to is expected: it joins now, so frames encoded while the
+    // connection is made wait in its slot instead of counting as "no viewer".
+    let early = match &cfg.endpoint {
+        Endpoint::Connect(addr) => Some(hub.subscribe(ViewerKind::Native, addr.clone())),
+        _ => None,
+    };
+    // Set when the pipeline must end for a reason of its own (a connect-mode viewer left).
+    let finish = Arc::new(AtomicBool::new(false));
 
     let capture = {
-        let (meter, pool, stop) = (meter.clone(), raw_pool.clone(), stop.clone());
+        let (meter, pool) = (meter.clone(), raw_pool.clone());
+        let stops = [stop.clone(), finish.clone()];
         let limits = (cfg.fps, cfg.frames, cfg.duration);
-        spawn("capture", move || capture_loop(open_source, info_tx, raw_tx, pool, meter, stop, limits))?
+        spawn("capture", move || capture_loop(open_source, info_tx, raw_tx, pool, meter, stops, limits))?
     };
     let info = match info_rx.recv() {
         Ok(Ok(info)) => info,
@@ -111,28 +120,55 @@ pub fn run(cfg: SendConfig, open_source: SourceFactory, stop: Arc<AtomicBool>) -
     // instead of dropping: every frame captured is encoded and every frame encoded is sent.
     let backpressure = cfg.fps == 0 && !info.self_paced;
     let encode = {
-        let (meter, raw_pool, jpeg_pool) = (meter.clone(), raw_pool.clone(), jpeg_pool.clone());
+        let (meter, raw_pool, hub) = (meter.clone(), raw_pool.clone(), hub.clone());
         let enc = EncodeSettings {
             quality: cfg.quality,
             subsampling: cfg.subsampling,
             reencode: cfg.reencode_jpeg,
             backpressure,
         };
-        spawn("encode", move || encode_loop(enc, raw_rx, raw_pool, enc_tx, jpeg_pool, quality_rx, meter))?
+        spawn("encode", move || encode_loop(enc, raw_rx, raw_pool, hub, quality_rx, meter))?
     };
     let stream = StreamInfo { width: info.width, height: info.height, fps_milli: cfg.fps.saturating_mul(1000) };
+    let latest_report = Arc::new(Mutex::new(None::<String>));
     let (done_tx, done_rx) = bounded::<()>(0);
-    let reporter = stats::spawn_reporter(meter.clone(), cfg.stats.clone(), json, done_rx, None)?;
+    let reporter = {
+        let (hub, meter2, latest_report) = (hub.clone(), meter.clone(), latest_report.clone());
+        let on_report: stats::OnReport = Box::new(move |r: &Report| {
+            if let Ok(json) = serde_json::to_string(r) {
+                *latest_report.lock().unwrap_or_else(|p| p.into_inner()) = Some(json);
+            }
+            // Viewer links as of now, for the next report.
+            let links = hub.links();
+            meter2.update(|c| {
+                c.viewers = Some(links.len() as u64);
+                c.links = serde_json::to_value(&links).ok();
+            });
+        });
+        stats::spawn_reporter(meter.clone(), cfg.stats.clone(), json, done_rx, Some(on_report))?
+    };
+    let http = match cfg.http {
+        Some(listener) => {
+            let (hub, meter, latest_report) = (hub.clone(), meter.clone(), latest_report.clone());
+            Some(spawn("http", move || crate::http::serve(listener, hub, meter, latest_report))?)
+        }
+        None => None,
+    };
     let net = {
-        let meter = meter.clone();
-        let stop = stop.clone();
-        let (endpoint, patience) = (cfg.endpoint, cfg.connect_patience);
-        spawn("net-tx", move || net_loop(endpoint, patience, stream, enc_rx, jpeg_pool, quality_tx, meter, stop))?
+        let ctx = ViewerContext { stream_info: stream, hub: hub.clone(), quality_tx, meter: meter.clone() };
+        let (endpoint, patience, stop, finish) = (cfg.endpoint, cfg.connect_patience, stop.clone(), finish.clone());
+        spawn("net-tx", move || net_loop(endpoint, patience, ctx, early, stop, finish))?
     };
 
     // Join source first and sink last.
-    let results =
-        [("capture", join(capture, "capture")), ("encode", join(encode, "encode")), ("net-tx", join(net, "net-tx"))];
+    let mut results = vec![
+        ("capture", join(capture, "capture")),
+        ("encode", join(encode, "encode")),
+        ("net-tx", join(net, "net-tx")),
+    ];
+    if let Some(h) = http {
+        results.push(("http", join(h, "http")));
+    }
     drop(done_tx);
     let summary = reporter.join().map_err(|_| anyhow!("stats thread panicked"))?;
     for (name, r) in results {
@@ -169,7 +205,7 @@ fn capture_loop(
     tx: LatestSender<RawFrame>,
     pool: Pool<RawFrame>,
     meter: Meter,
-    stop: Arc<AtomicBool>,
+    stops: [Arc<AtomicBool>; 2],
     (fps, frames, duration): (u32, Option<u64>, Option<Duration>),
 ) -> anyhow::Result<()> {
     let mut source = match open_source() {
@@ -190,7 +226,7 @@ fn capture_loop(
     let mut next_at = started;
     let mut count = 0u64;
     loop {
-        if stop.load(Ordering::Relaxed) {
+        if stops.iter().any(|s| s.load(Ordering::Relaxed)) {
             info!("stop requested; capture ends");
             break;
         }
@@ -249,31 +285,57 @@ fn encode_loop(
     settings: EncodeSettings,
     rx: LatestReceiver<RawFrame>,
     raw_pool: Pool<RawFrame>,
-    tx: LatestSender<EncodedFrame>,
-    jpeg_pool: Pool<JpegBuf>,
+    hub: Arc<Hub>,
     quality_rx: Receiver<u8>,
     meter: Meter,
 ) -> anyhow::Result<()> {
+    // Close the hub however this thread ends, so every viewer finishes.
+    struct CloseHub(Arc<Hub>);
+    impl Drop for CloseHub {
+        fn drop(&mut self) {
+            self.0.close();
+        }
+    }
+    let _close = CloseHub(hub.clone());
     let EncodeSettings { quality, subsampling, reencode, backpressure } = settings;
     let mut enc = Encoder::new(quality, subsampling, reencode).context("cannot create the JPEG encoder")?;
+    let mut ring = FrameRing::default();
     let mut said_mode = false;
+    let mut paused: Option<bool> = None;
     for raw in rx.iter() {
+        if hub.viewers() == 0 {
+            if paused != Some(true) {
+                info!("no viewer: encoding paused (capture keeps running)");
+                paused = Some(true);
+            }
+            meter.count_drop(DropCause::NoViewer);
+            raw_pool.put(raw);
+            if backpressure {
+                // Nothing paces a lossless source while nobody watches.
+                thread::sleep(POLL / 10);
+            }
+            continue;
+        }
+        if paused == Some(true) {
+            info!(viewers = hub.viewers(), "encoding resumed");
+        }
+        paused = Some(false);
         if let Some(q) = quality_rx.try_iter().last() {
             if q != enc.quality() {
                 info!(from = enc.quality(), to = q, "viewer asked for a new quality");
                 enc.set_quality(q)?;
             }
         }
-        let mut jpeg = jpeg_pool.get(JpegBuf::default);
+        let slot = ring.take();
+        let frame = Arc::get_mut(slot).expect("the ring hands out frames nobody else holds");
         let start = now_us();
-        let res = enc.encode(&raw, &mut jpeg);
+        let res = enc.encode(&raw, &mut frame.jpeg);
         let end = now_us();
         let info = match res {
             Ok(i) => i,
             Err(e) => {
                 warn!(seq = raw.seq, error = %e, "cannot encode frame; skipped");
                 meter.count_drop(DropCause::EncodeError);
-                jpeg_pool.put(jpeg);
                 raw_pool.put(raw);
                 continue;
             }
@@ -286,8 +348,7 @@ fn encode_loop(
             }
             said_mode = true;
         }
-        let len = jpeg.as_slice().len();
-        let header = FrameHeader {
+        frame.header = FrameHeader {
             seq: raw.seq,
             capture_us: raw.capture_us,
             encode_start_us: start,
@@ -298,7 +359,7 @@ fn encode_loop(
             quality: info.quality,
             subsampling: info.subsampling as u8,
             flags: if info.passthrough { FrameHeader::FLAG_PASSTHROUGH } else { 0 },
-            jpeg_len: len as u32,
+            jpeg_len: frame.jpeg.as_slice().len() as u32,
         };
         meter.update(|c| {
             c.encoded += 1;
@@ -306,90 +367,86 @@ fn encode_loop(
             c.quality = Some(info.quality);
         });
         raw_pool.put(raw);
-        if backpressure {
-            if tx.send_blocking(EncodedFrame { header, jpeg }).is_err() {
-                break;
-            }
-            continue;
-        }
-        match tx.push(EncodedFrame { header, jpeg }) {
-            Pushed::Sent => {}
-            Pushed::Replaced(old) => {
-                meter.count_drop(DropCause::SocketBusy);
-                jpeg_pool.put(old.jpeg);
-            }
-            Pushed::Disconnected(_) => break,
-        }
+        hub.publish(slot.clone(), backpressure, &meter);
     }
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What every native viewer's thread shares.
+#[derive(Clone)]
+struct ViewerContext {
+    stream_info: StreamInfo,
+    hub: Arc<Hub>,
+    quality_tx: Sender<u8>,
+    meter: Meter,
+}
+
 fn net_loop(
     endpoint: Endpoint,
     patience: Duration,
-    stream_info: StreamInfo,
-    rx: LatestReceiver<EncodedFrame>,
-    pool: Pool<JpegBuf>,
-    quality_tx: Sender<u8>,
-    meter: Meter,
+    ctx: ViewerContext,
+    early: Option<Subscription>,
     stop: Arc<AtomicBool>,
+    finish: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
-    let conn = Connection { stream_info, rx: &rx, pool: &pool, quality_tx: &quality_tx, meter: &meter };
     match endpoint {
+        Endpoint::None => Ok(()),
         Endpoint::Connect(addr) => {
-            let stream = connect_with_retry(&addr, patience, &stop).context("--connect")?;
-            let peer = stream.peer_addr().ok();
-            info!(viewer = ?peer, "connected to viewer");
-            match conn.serve(stream) {
+            let stream = match connect_with_retry(&addr, patience, &stop) {
+                Ok(s) => s,
+                Err(e) => {
+                    finish.store(true, Ordering::Relaxed);
+                    return Err(e).context("--connect");
+                }
+            };
+            let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+            info!(viewer = %peer, "connected to viewer");
+            let result = ctx.serve(stream, &peer, early);
+            // With one viewer that we called, the stream ends when it does.
+            finish.store(true, Ordering::Relaxed);
+            match result {
                 Ok(Outcome::Finished) => info!("stream finished"),
                 Ok(Outcome::PeerLeft) => info!("viewer closed the connection"),
                 Err(e) => return Err(e).context("connection to the viewer failed"),
             }
+            Ok(())
         }
         Endpoint::Listen(listener) => {
             listener.set_nonblocking(true).context("cannot poll the listening socket")?;
-            let local = listener.local_addr().ok();
-            info!(addr = ?local, "waiting for viewers");
-            let mut waiting_logged = false;
-            loop {
+            info!(addr = ?listener.local_addr().ok(), "waiting for viewers");
+            let mut viewers: Vec<JoinHandle<()>> = Vec::new();
+            while !ctx.hub.is_closed() {
                 match listener.accept() {
                     Ok((stream, peer)) => {
-                        waiting_logged = false;
                         stream.set_nonblocking(false)?;
+                        let peer = peer.to_string();
                         info!(%peer, "viewer connected");
-                        match conn.serve(stream) {
-                            Ok(Outcome::Finished) => break,
-                            Ok(Outcome::PeerLeft) => info!(%peer, "viewer left; waiting for the next one"),
-                            Err(e) => {
-                                warn!(%peer, error = format!("{e:#}"), "dropped viewer; waiting for the next one")
-                            }
-                        }
+                        let ctx = ctx.clone();
+                        let handle = thread::Builder::new().name(format!("viewer-{peer}")).spawn(move || match ctx
+                            .serve(stream, &peer, None)
+                        {
+                            Ok(Outcome::Finished) => debug!(%peer, "stream finished"),
+                            Ok(Outcome::PeerLeft) => info!(%peer, "viewer closed the connection"),
+                            Err(e) => warn!(%peer, error = format!("{e:#}"), "dropped viewer"),
+                        })?;
+                        viewers.push(handle);
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        if !waiting_logged {
-                            debug!("no viewer connected; encoded frames are dropped");
-                            waiting_logged = true;
-                        }
-                        // Nobody watches: take what the encoder made and count it.
-                        match rx.recv_timeout(POLL) {
-                            Ok(f) => {
-                                meter.count_drop(DropCause::NoViewer);
-                                pool.put(f.jpeg);
-                            }
-                            Err(RecvTimeoutError::Timeout) => {}
-                            Err(RecvTimeoutError::Disconnected) => break,
-                        }
-                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => thread::sleep(POLL / 5),
                     Err(e) => {
                         warn!(error = %e, "accept failed");
                         thread::sleep(POLL);
                     }
                 }
+                viewers.retain(|h| !h.is_finished());
             }
+            for h in viewers {
+                if h.join().is_err() {
+                    warn!("a viewer thread panicked; look for the panic message above");
+                }
+            }
+            Ok(())
         }
     }
-    Ok(())
 }
 
 enum Outcome {
@@ -399,16 +456,9 @@ enum Outcome {
     PeerLeft,
 }
 
-struct Connection<'a> {
-    stream_info: StreamInfo,
-    rx: &'a LatestReceiver<EncodedFrame>,
-    pool: &'a Pool<JpegBuf>,
-    quality_tx: &'a Sender<u8>,
-    meter: &'a Meter,
-}
-
-impl Connection<'_> {
-    fn serve(&self, stream: TcpStream) -> anyhow::Result<Outcome> {
+impl ViewerContext {
+    /// Streams to one native viewer until the stream ends or the viewer leaves.
+    fn serve(&self, stream: TcpStream, peer: &str, sub: Option<Subscription>) -> anyhow::Result<Outcome> {
         configure(&stream, POLL)?;
         stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
         let mut writer = MessageWriter::new(stream.try_clone()?);
@@ -419,6 +469,7 @@ impl Connection<'_> {
         writer.write_message(&Message::StreamInfo(self.stream_info))?;
         // Shared with ack-rx, which answers clock-sync pings between frames.
         let writer = Arc::new(Mutex::new(writer));
+        let sub = sub.unwrap_or_else(|| self.hub.subscribe(ViewerKind::Native, peer.to_string()));
 
         let sent_at = Arc::new(Mutex::new(VecDeque::<(u64, u64)>::with_capacity(256)));
         let peer_gone = Arc::new(AtomicBool::new(false));
@@ -435,19 +486,20 @@ impl Connection<'_> {
                 if peer_gone.load(Ordering::Relaxed) {
                     return Ok(Outcome::PeerLeft);
                 }
-                let mut frame = match self.rx.recv_timeout(POLL) {
+                let frame = match sub.rx.recv_timeout(POLL) {
                     Ok(f) => f,
                     Err(RecvTimeoutError::Timeout) => continue,
                     Err(RecvTimeoutError::Disconnected) => return Ok(Outcome::Finished),
                 };
+                let mut header = frame.header;
                 let res = {
                     let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
-                    frame.header.send_us = now_us();
-                    w.write_frame(&frame.header, frame.jpeg.as_slice())
+                    header.send_us = now_us();
+                    w.write_frame(&header, frame.jpeg.as_slice())
                 };
                 let len = frame.jpeg.as_slice().len() as u64;
-                let (seq, send_us) = (frame.header.seq, frame.header.send_us);
-                self.pool.put(frame.jpeg);
+                let (seq, send_us) = (header.seq, header.send_us);
+                drop(frame);
                 if let Err(e) = res {
                     if peer_gone.load(Ordering::Relaxed) {
                         return Ok(Outcome::PeerLeft);
@@ -465,6 +517,8 @@ impl Connection<'_> {
                     c.sent += 1;
                     c.bytes += len;
                 });
+                sub.counters.frames.fetch_add(1, Ordering::Relaxed);
+                sub.counters.bytes.fetch_add(len, Ordering::Relaxed);
             }
         })();
 

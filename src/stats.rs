@@ -96,6 +96,9 @@ pub struct Counters {
     pub clock: Option<ClockStatus>,
     /// Sender: the latest interval report from the viewer.
     pub viewer: Option<serde_json::Value>,
+    /// Sender: viewers connected, and each one's link (`hub::LinkReport`s).
+    pub viewers: Option<u64>,
+    pub links: Option<serde_json::Value>,
 }
 
 /// How the receiver relates the sender's timestamps to its own clock.
@@ -167,6 +170,8 @@ impl Default for Counters {
             latency_unknown: 0,
             clock: None,
             viewer: None,
+            viewers: None,
+            links: None,
         }
     }
 }
@@ -184,6 +189,8 @@ pub struct Percentiles {
     pub p95: f64,
     pub p99: f64,
     pub max: f64,
+    /// Frames measured.
+    pub count: u64,
 }
 
 impl Percentiles {
@@ -197,6 +204,7 @@ impl Percentiles {
             p95: ms(h.value_at_quantile(0.95)),
             p99: ms(h.value_at_quantile(0.99)),
             max: ms(h.max()),
+            count: h.len(),
         })
     }
 }
@@ -267,6 +275,12 @@ pub struct Report {
     /// Sender: the viewer's latest interval report, as it sent it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub viewer: Option<serde_json::Value>,
+    /// Sender: viewers connected (native and HTTP).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub viewers: Option<u64>,
+    /// Sender: each viewer's link: id, kind, peer, seconds, frames, bytes, drops.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub links: Option<serde_json::Value>,
 }
 
 impl Report {
@@ -308,6 +322,8 @@ impl Report {
             latency_unknown_frames: (!sender).then_some(c.latency_unknown),
             clock: c.clock,
             viewer: c.viewer.clone(),
+            viewers: if sender { c.viewers } else { None },
+            links: if sender { c.links.clone() } else { None },
         }
     }
 
@@ -349,6 +365,9 @@ impl Report {
         if self.drops_total > 0 {
             let parts: Vec<String> = self.drops.iter().map(|(k, v)| format!("{k}={v}")).collect();
             s.push_str(&format!(" ({})", parts.join(" ")));
+        }
+        if let Some(n) = self.viewers {
+            s.push_str(&format!("  viewers {n}"));
         }
         if let Some(v) = &self.viewer {
             let fps = v.get("fps").and_then(|f| f.as_f64()).unwrap_or(0.0);
@@ -476,6 +495,8 @@ impl Meter {
             // State, not counts: carried into the next interval.
             g.interval.clock = c.clock;
             g.interval.viewer = c.viewer.clone();
+            g.interval.viewers = c.viewers;
+            g.interval.links = c.links.clone();
             g.interval.quality = c.quality;
             c
         };

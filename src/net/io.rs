@@ -253,18 +253,22 @@ impl<W: Write> MessageWriter<W> {
         debug_assert_eq!(header.jpeg_len as usize, jpeg.len());
         self.head.clear();
         proto::encode_frame_head(header, &mut self.head);
-        let mut bufs = [IoSlice::new(&self.head), IoSlice::new(jpeg)];
-        let mut slices: &mut [IoSlice<'_>] = &mut bufs;
-        while !slices.is_empty() {
-            match self.inner.write_vectored(slices) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => IoSlice::advance_slices(&mut slices, n),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
+        write_all_vectored(&mut self.inner, &mut [IoSlice::new(&self.head), IoSlice::new(jpeg)])?;
         self.inner.flush()
     }
+}
+
+/// Writes all of `bufs` with vectored writes (`Write::write_all_vectored` is not stable).
+pub fn write_all_vectored<W: Write + ?Sized>(w: &mut W, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
+    while !bufs.is_empty() {
+        match w.write_vectored(bufs) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Sets the socket options every framecast connection uses.

@@ -1,0 +1,401 @@
+//! The sender's HTTP endpoint (`send --http ADDR:PORT`), run by the `http` thread and one
+//! thread per client:
+//!
+//! - `/`: a page with the live stream and live stats, usable on a phone;
+//! - `/stream.mjpg`: `multipart/x-mixed-replace` MJPEG for browsers, VLC, ffmpeg, OpenCV;
+//! - `/snapshot.jpg`: the newest frame;
+//! - `/stats`: the sender's latest stats record as JSON (the `--stats-json` schema).
+//!
+//! Requests are parsed with `httparse`; this module only bounds them: at most 8 KiB of
+//! request head (431 beyond), 10 s to send it (408 after), `GET`/`HEAD` only (405), 64
+//! clients at once (503). Each MJPEG client is a hub viewer with its own newest-frame-wins
+//! slot, so a slow client loses frames alone.
+//!
+//! Chrome (and other Chromium-based browsers) shows a multipart part only once the next
+//! part's boundary arrives, which delays every frame by one frame interval. The remedy (as
+//! µStreamer does) is to send the boundary right after each JPEG instead of before the next.
+
+use std::fmt::Write as _;
+use std::io::{self, IoSlice, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use crossbeam_channel::RecvTimeoutError;
+use tracing::{debug, info, warn};
+
+use crate::clock::now_us;
+use crate::hub::{Hub, Shared, ViewerKind};
+use crate::net::io::write_all_vectored;
+use crate::stats::Meter;
+
+/// The multipart boundary of `/stream.mjpg`.
+pub const BOUNDARY: &str = "framecastframe";
+/// Largest request head (request line and headers).
+pub const MAX_HEAD: usize = 8 * 1024;
+/// Time a client has to send its request head.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Clients served at once.
+pub const MAX_CLIENTS: usize = 64;
+/// How long a write to a client may block before the client is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+const POLL: Duration = Duration::from_millis(100);
+
+/// What every client thread shares.
+#[derive(Clone)]
+struct Ctx {
+    hub: Arc<Hub>,
+    meter: Meter,
+    stats: Arc<Mutex<Option<String>>>,
+}
+
+/// Serves HTTP on `listener` until the hub closes (the stream ended).
+pub fn serve(
+    listener: TcpListener,
+    hub: Arc<Hub>,
+    meter: Meter,
+    stats: Arc<Mutex<Option<String>>>,
+) -> anyhow::Result<()> {
+    listener.set_nonblocking(true).context("cannot poll the HTTP socket")?;
+    let addr = listener.local_addr().context("HTTP socket")?;
+    info!(%addr, "HTTP: page at http://{addr}/, MJPEG at /stream.mjpg, /snapshot.jpg, /stats");
+    let ctx = Ctx { hub, meter, stats };
+    let active = Arc::new(AtomicUsize::new(0));
+    let mut clients: Vec<(JoinHandle<()>, TcpStream)> = Vec::new();
+    while !ctx.hub.is_closed() {
+        match listener.accept() {
+            Ok((mut stream, peer)) => {
+                if stream.set_nonblocking(false).is_err() {
+                    continue;
+                }
+                if active.load(Ordering::Relaxed) >= MAX_CLIENTS {
+                    warn!(%peer, "HTTP: too many clients; refusing one");
+                    let _ = respond(&mut stream, 503, "text/plain", b"too many clients\n", "", false);
+                    continue;
+                }
+                let Ok(keep) = stream.try_clone() else { continue };
+                active.fetch_add(1, Ordering::Relaxed);
+                let (ctx, active) = (ctx.clone(), active.clone());
+                let handle = thread::Builder::new().name(format!("http-{peer}")).spawn(move || {
+                    if let Err(e) = handle(stream, peer, &ctx) {
+                        debug!(%peer, error = %e, "HTTP client gone");
+                    }
+                    active.fetch_sub(1, Ordering::Relaxed);
+                })?;
+                clients.push((handle, keep));
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => thread::sleep(POLL / 5),
+            Err(e) => {
+                warn!(error = %e, "HTTP accept failed");
+                thread::sleep(POLL);
+            }
+        }
+        clients.retain(|(h, _)| !h.is_finished());
+    }
+    // The stream is over: end the clients still connected (a stalled one would otherwise
+    // hold its thread until its write times out).
+    for (h, stream) in clients {
+        let _ = stream.shutdown(std::net::Shutdown::Both);
+        let _ = h.join();
+    }
+    Ok(())
+}
+
+/// Why a request head could not be read.
+#[derive(Debug, PartialEq, Eq)]
+enum HeadError {
+    Closed,
+    TooLarge,
+    Timeout,
+}
+
+/// Reads a request head (through the blank line) into `buf`, within the size and time limits.
+fn read_head(stream: &mut impl Read, buf: &mut [u8], deadline: Instant) -> Result<usize, HeadError> {
+    let mut n = 0;
+    loop {
+        if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+            return Ok(n);
+        }
+        if n == buf.len() {
+            return Err(HeadError::TooLarge);
+        }
+        match stream.read(&mut buf[n..]) {
+            Ok(0) => return Err(HeadError::Closed),
+            Ok(k) => n += k,
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Err(HeadError::Closed),
+        }
+        if Instant::now() >= deadline {
+            return Err(HeadError::Timeout);
+        }
+    }
+}
+
+fn handle(mut stream: TcpStream, peer: SocketAddr, ctx: &Ctx) -> io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_millis(250)))?;
+    stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
+    stream.set_nodelay(true)?;
+    let mut buf = vec![0u8; MAX_HEAD];
+    let n = match read_head(&mut stream, &mut buf, Instant::now() + HEAD_TIMEOUT) {
+        Ok(n) => n,
+        Err(HeadError::Closed) => return Ok(()),
+        Err(HeadError::TooLarge) => {
+            debug!(%peer, "HTTP: request head over {MAX_HEAD} bytes");
+            return respond(&mut stream, 431, "text/plain", b"request head too large\n", "", false);
+        }
+        Err(HeadError::Timeout) => {
+            debug!(%peer, "HTTP: no complete request within {HEAD_TIMEOUT:?}");
+            return respond(&mut stream, 408, "text/plain", b"request timeout\n", "", false);
+        }
+    };
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(&buf[..n]) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => {
+            return respond(&mut stream, 400, "text/plain", b"incomplete request\n", "", false);
+        }
+        Err(httparse::Error::TooManyHeaders) => {
+            return respond(&mut stream, 431, "text/plain", b"too many headers\n", "", false);
+        }
+        Err(e) => {
+            debug!(%peer, error = %e, "HTTP: bad request");
+            return respond(&mut stream, 400, "text/plain", format!("bad request: {e}\n").as_bytes(), "", false);
+        }
+    }
+    let method = req.method.unwrap_or("");
+    let path = req.path.unwrap_or("/").split('?').next().unwrap_or("/");
+    let head_only = match method {
+        "GET" => false,
+        "HEAD" => true,
+        _ => {
+            return respond(&mut stream, 405, "text/plain", b"only GET and HEAD\n", "Allow: GET, HEAD\r\n", false);
+        }
+    };
+    debug!(%peer, method, path, "HTTP request");
+    match path {
+        "/" | "/index.html" => respond(&mut stream, 200, "text/html; charset=utf-8", PAGE.as_bytes(), "", head_only),
+        "/stream.mjpg" => stream_mjpeg(&mut stream, peer, ctx, head_only),
+        "/snapshot.jpg" => snapshot(&mut stream, peer, ctx, head_only),
+        "/stats" => {
+            let body = ctx.stats.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            match body {
+                Some(json) => respond(&mut stream, 200, "application/json", json.as_bytes(), "", head_only),
+                None => respond(&mut stream, 503, "application/json", b"{\"error\":\"no stats yet\"}", "", head_only),
+            }
+        }
+        _ => respond(
+            &mut stream,
+            404,
+            "text/plain",
+            b"not found: try /, /stream.mjpg, /snapshot.jpg or /stats\n",
+            "",
+            head_only,
+        ),
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "",
+    }
+}
+
+fn respond(
+    stream: &mut TcpStream,
+    status: u16,
+    content_type: &str,
+    body: &[u8],
+    extra_headers: &str,
+    head_only: bool,
+) -> io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\n\
+         Access-Control-Allow-Origin: *\r\nConnection: close\r\n{extra_headers}\r\n",
+        reason(status),
+        body.len()
+    );
+    let body = if head_only { &[][..] } else { body };
+    write_all_vectored(stream, &mut [IoSlice::new(head.as_bytes()), IoSlice::new(body)])?;
+    stream.flush()
+}
+
+/// `X-Timestamp`: the capture time, seconds on the sender's monotonic clock.
+fn timestamp(f: &Shared) -> String {
+    format!("{}.{:06}", f.header.capture_us / 1_000_000, f.header.capture_us % 1_000_000)
+}
+
+fn stream_mjpeg(stream: &mut TcpStream, peer: SocketAddr, ctx: &Ctx, head_only: bool) -> io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: multipart/x-mixed-replace; boundary={BOUNDARY}\r\n\
+         Cache-Control: no-store, no-cache, must-revalidate, max-age=0\r\nPragma: no-cache\r\nExpires: 0\r\n\
+         Access-Control-Allow-Origin: *\r\nX-Accel-Buffering: no\r\nConnection: close\r\n\r\n--{BOUNDARY}\r\n"
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.flush()?;
+    if head_only {
+        return Ok(());
+    }
+    let sub = ctx.hub.subscribe(ViewerKind::Http, peer.to_string());
+    info!(%peer, viewer = sub.id, "HTTP viewer joined /stream.mjpg");
+    let tail = format!("\r\n--{BOUNDARY}\r\n");
+    let mut part = String::with_capacity(160);
+    loop {
+        let f = match sub.rx.recv_timeout(POLL) {
+            Ok(f) => f,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return Ok(()),
+        };
+        let jpeg = f.jpeg.as_slice();
+        part.clear();
+        let _ = write!(
+            part,
+            "Content-Type: image/jpeg\r\nContent-Length: {}\r\nX-Timestamp: {}\r\nX-Framecast-Seq: {}\r\n\r\n",
+            jpeg.len(),
+            timestamp(&f),
+            f.header.seq
+        );
+        // The next part's boundary goes out with this frame, so that browsers show the
+        // frame now rather than when the next one starts.
+        let res = write_all_vectored(
+            stream,
+            &mut [IoSlice::new(part.as_bytes()), IoSlice::new(jpeg), IoSlice::new(tail.as_bytes())],
+        )
+        .and_then(|()| stream.flush());
+        if let Err(e) = res {
+            info!(%peer, viewer = sub.id, reason = %e, "HTTP viewer left");
+            return Ok(());
+        }
+        let len = jpeg.len() as u64;
+        sub.counters.frames.fetch_add(1, Ordering::Relaxed);
+        sub.counters.bytes.fetch_add(len, Ordering::Relaxed);
+        ctx.meter.update(|c| {
+            c.sent += 1;
+            c.bytes += len;
+        });
+    }
+}
+
+fn snapshot(stream: &mut TcpStream, peer: SocketAddr, ctx: &Ctx, head_only: bool) -> io::Result<()> {
+    let fresh = |f: &Shared| now_us().saturating_sub(f.header.capture_us) < 1_000_000;
+    let frame = match ctx.hub.latest().filter(fresh) {
+        Some(f) => Some(f),
+        None => {
+            // Nothing recent (encoding pauses while nobody watches): watch for one frame.
+            let sub = ctx.hub.subscribe(ViewerKind::Http, format!("{peer} (snapshot)"));
+            sub.rx.recv_timeout(Duration::from_secs(3)).ok()
+        }
+    };
+    match frame {
+        Some(f) => {
+            let extra = format!("X-Timestamp: {}\r\nX-Framecast-Seq: {}\r\n", timestamp(&f), f.header.seq);
+            respond(stream, 200, "image/jpeg", f.jpeg.as_slice(), &extra, head_only)
+        }
+        None => respond(stream, 503, "text/plain", b"no frame yet\n", "Retry-After: 1\r\n", head_only),
+    }
+}
+
+/// The page at `/`: the stream, and stats refreshed every second from `/stats`.
+pub const PAGE: &str = r#"<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>framecast</title>
+<style>
+  body { margin: 0; background: #111; color: #ddd; font: 14px/1.4 system-ui, sans-serif; }
+  main { max-width: 100vw; display: flex; flex-direction: column; align-items: center; }
+  img { display: block; max-width: 100%; height: auto; background: #000; }
+  #stats { padding: 6px 10px; font-variant-numeric: tabular-nums; }
+  #stats span { margin-right: 1.2em; white-space: nowrap; }
+</style>
+</head>
+<body>
+<main>
+  <img id="video" src="stream.mjpg" alt="live stream">
+  <div id="stats"><span>connecting...</span></div>
+</main>
+<script>
+  const box = document.getElementById("stats");
+  function show(s) {
+    const parts = [
+      ["fps", s.fps.toFixed(1)],
+      ["kbit/s", Math.round(s.kbps)],
+      ["KB/frame", (s.mean_frame_bytes / 1000).toFixed(1)],
+      ["quality", s.quality === 0 ? "camera" : s.quality],
+      ["viewers", s.viewers === undefined ? "-" : s.viewers],
+    ];
+    box.innerHTML = parts.map(([k, v]) => `<span>${k} <b>${v}</b></span>`).join("");
+  }
+  async function poll() {
+    try {
+      const r = await fetch("stats", { cache: "no-store" });
+      if (r.ok) show(await r.json());
+    } catch (e) { box.textContent = "stats unavailable"; }
+  }
+  poll();
+  setInterval(poll, 1000);
+</script>
+</body>
+</html>
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reader that hands out its bytes in the given chunks, then times out.
+    struct Chunks(Vec<Vec<u8>>);
+    impl Read for Chunks {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.0.is_empty() {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let c = self.0.remove(0);
+            let n = c.len().min(buf.len());
+            buf[..n].copy_from_slice(&c[..n]);
+            if n < c.len() {
+                self.0.insert(0, c[n..].to_vec());
+            }
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn head_split_across_reads() {
+        let mut buf = [0u8; 64];
+        let mut r = Chunks(vec![b"GET / HT".to_vec(), b"TP/1.1\r\nHost: x\r".to_vec(), b"\n\r\n".to_vec()]);
+        let n = read_head(&mut r, &mut buf, Instant::now() + Duration::from_secs(1)).unwrap();
+        assert_eq!(&buf[..n], b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    }
+
+    #[test]
+    fn oversized_and_slow_heads_are_refused() {
+        let mut buf = [0u8; 16];
+        let mut r = Chunks(vec![vec![b'a'; 40]]);
+        assert_eq!(read_head(&mut r, &mut buf, Instant::now() + Duration::from_secs(1)), Err(HeadError::TooLarge));
+        let mut r = Chunks(vec![b"GET / HTTP/1.1\r\n".to_vec()]);
+        let mut big = [0u8; 64];
+        assert_eq!(read_head(&mut r, &mut big, Instant::now()), Err(HeadError::Timeout));
+        let mut r: &[u8] = b"GET /";
+        assert_eq!(read_head(&mut r, &mut big, Instant::now() + Duration::from_secs(1)), Err(HeadError::Closed));
+    }
+
+    #[test]
+    fn page_polls_stats_and_shows_the_stream() {
+        assert!(PAGE.contains(r#"src="stream.mjpg""#));
+        assert!(PAGE.contains(r#"fetch("stats""#));
+        assert!(PAGE.contains("viewport"));
+    }
+}
