@@ -42,15 +42,16 @@ rust_min="${rust_min:-1.81}"
 
 build_pkgs=(build-essential cmake nasm libclang-dev clang pkg-config libx11-6 libxcursor1)
 # xvfb: Xvfb; x11-apps: xwd; x11-utils: xwininfo; imagemagick: convert;
-# libjpeg-turbo-progs: tjbench, the reference numbers the benches are compared with.
-test_pkgs=(xvfb x11-apps x11-utils imagemagick libjpeg-turbo-progs)
+# libjpeg-turbo-progs: tjbench, the reference numbers the benches are compared with;
+# chromium and ffmpeg: real clients of the HTTP endpoint.
+test_pkgs=(xvfb x11-apps x11-utils imagemagick libjpeg-turbo-progs chromium ffmpeg)
 
 say() { printf 'setup.sh: %s\n' "$*"; }
 
 print_other_platforms() {
     local fedora_test="" brew_test=""
     if $test_deps; then
-        fedora_test=$'\n    sudo dnf install -y xorg-x11-server-Xvfb xwd xwininfo ImageMagick libjpeg-turbo-utils'
+        fedora_test=$'\n    sudo dnf install -y xorg-x11-server-Xvfb xwd xwininfo ImageMagick libjpeg-turbo-utils chromium ffmpeg'
         brew_test=$'\n    brew install imagemagick jpeg-turbo    # tjbench; the window test is X11-only and skips on macOS'
     fi
     cat <<EOF
@@ -159,7 +160,7 @@ fi
 # What the build and the tests call, by name, in case a package was renamed or split.
 tools=(cc cmake nasm)
 if $test_deps; then
-    tools+=(Xvfb xwd xwininfo convert tjbench)
+    tools+=(Xvfb xwd xwininfo convert tjbench chromium ffmpeg ffprobe)
 fi
 absent=()
 for tool in "${tools[@]}"; do
