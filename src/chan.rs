@@ -69,6 +69,23 @@ impl<T> LatestSender<T> {
         }
     }
 
+    /// Hands `item` on: waiting for room when `wait` (a lossless stream), else newest-wins,
+    /// passing an evicted item to `on_evict` (to count and recycle it). Returns false once
+    /// the consumer is gone.
+    pub fn deliver(&self, item: T, wait: bool, on_evict: impl FnOnce(T)) -> bool {
+        if wait {
+            return self.send_blocking(item).is_ok();
+        }
+        match self.push(item) {
+            Pushed::Sent => true,
+            Pushed::Replaced(old) => {
+                on_evict(old);
+                true
+            }
+            Pushed::Disconnected(_) => false,
+        }
+    }
+
     /// True once the consumer has dropped its receiver.
     pub fn is_disconnected(&self) -> bool {
         Arc::strong_count(&self.alive) == 1
@@ -173,6 +190,19 @@ mod tests {
         assert!(start.elapsed() >= std::time::Duration::from_millis(90), "did not wait for room");
         assert_eq!(consumer.join().unwrap(), (1, 2), "nothing was evicted");
         assert_eq!(tx.send_blocking(3), Err(3));
+    }
+
+    #[test]
+    fn deliver_reports_evictions_and_a_gone_consumer() {
+        let (tx, rx) = latest(1);
+        let mut evicted = Vec::new();
+        assert!(tx.deliver(1, false, |o| evicted.push(o)));
+        assert!(tx.deliver(2, false, |o| evicted.push(o)));
+        assert_eq!(evicted, vec![1]);
+        assert_eq!(rx.try_recv(), Ok(2));
+        drop(rx);
+        assert!(!tx.deliver(3, false, |_| unreachable!("nothing queued to evict")));
+        assert!(!tx.deliver(4, true, |_| unreachable!()));
     }
 
     #[test]

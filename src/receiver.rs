@@ -21,7 +21,7 @@ use anyhow::{anyhow, Context};
 use crossbeam_channel::{bounded, never, select, Receiver, RecvTimeoutError, Sender};
 use tracing::{debug, info, warn};
 
-use crate::chan::{latest, LatestReceiver, LatestSender, Pool, Pushed};
+use crate::chan::{latest, LatestReceiver, LatestSender, Pool};
 use crate::clock::{clock_id, now_us, ClockSync, Exchange};
 use crate::codec::Decoder;
 use crate::net::io::{configure, connect_with_retry};
@@ -80,7 +80,6 @@ struct Decoded {
     received_us: u64,
     decoded_us: u64,
     capture_local_us: Option<u64>,
-    lossless: bool,
     pixels: Vec<u32>,
 }
 
@@ -295,22 +294,14 @@ fn decode_loop(
             received_us: inc.received_us,
             decoded_us: end,
             capture_local_us: inc.capture_local_us,
-            lossless: inc.lossless,
             pixels,
         };
-        if out.lossless {
-            if tx.send_blocking(out).is_err() {
-                break;
-            }
-            continue;
-        }
-        match tx.push(out) {
-            Pushed::Sent => {}
-            Pushed::Replaced(old) => {
-                meter.count_drop(DropCause::DisplayBusy);
-                pixel_pool.put(old.pixels);
-            }
-            Pushed::Disconnected(_) => break,
+        let delivered = tx.deliver(out, inc.lossless, |old| {
+            meter.count_drop(DropCause::DisplayBusy);
+            pixel_pool.put(old.pixels);
+        });
+        if !delivered {
+            break;
         }
     }
     Ok(())
@@ -528,19 +519,12 @@ impl<D: Fn() -> bool> Conn<'_, D> {
                     buf.clear();
                     buf.extend_from_slice(jpeg);
                     let inc = Incoming { conn: self.id, header, received_us, capture_local_us, lossless, jpeg: buf };
-                    if lossless {
-                        if self.tx.send_blocking(inc).is_err() {
-                            return Ok(());
-                        }
-                        continue;
-                    }
-                    match self.tx.push(inc) {
-                        Pushed::Sent => {}
-                        Pushed::Replaced(old) => {
-                            self.meter.count_drop(DropCause::DecoderBusy);
-                            self.pool.put(old.jpeg);
-                        }
-                        Pushed::Disconnected(_) => return Ok(()),
+                    let delivered = self.tx.deliver(inc, lossless, |old| {
+                        self.meter.count_drop(DropCause::DecoderBusy);
+                        self.pool.put(old.jpeg);
+                    });
+                    if !delivered {
+                        return Ok(());
                     }
                     if (self.done)() {
                         return Ok(());

@@ -24,7 +24,7 @@ use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use tracing::{debug, info, warn};
 
 use crate::capture::{CaptureError, FrameSource, RawFrame};
-use crate::chan::{latest, LatestReceiver, LatestSender, Pool, Pushed};
+use crate::chan::{latest, LatestReceiver, LatestSender, Pool};
 use crate::clock::{clock_id, now_us};
 use crate::codec::Encoder;
 use crate::hub::{FrameRing, Hub, Subscription, ViewerKind};
@@ -255,20 +255,14 @@ fn capture_loop(
         frame.capture_us = now_us();
         meter.update(|c| c.captured += 1);
         count += 1;
-        if period.is_none() && !source.self_paced() {
-            // As fast as possible: wait for the encoder rather than render frames to drop.
-            if tx.send_blocking(frame).is_err() {
-                break;
-            }
-            continue;
-        }
-        match tx.push(frame) {
-            Pushed::Sent => {}
-            Pushed::Replaced(old) => {
-                meter.count_drop(DropCause::EncoderBusy);
-                pool.put(old);
-            }
-            Pushed::Disconnected(_) => break,
+        // As fast as possible: wait for the encoder rather than render frames to drop.
+        let lossless = period.is_none() && !source.self_paced();
+        let delivered = tx.deliver(frame, lossless, |old| {
+            meter.count_drop(DropCause::EncoderBusy);
+            pool.put(old);
+        });
+        if !delivered {
+            break;
         }
     }
     Ok(())
