@@ -40,6 +40,8 @@ pub enum Cmd {
     Cameras,
     /// Summarise --stats-json logs as a table, and plot them with --svg.
     Report(ReportArgs),
+    /// Relay TCP through a simulated slow link (rate, delay, jitter, router queue, stalls).
+    Netsim(NetsimArgs),
 }
 
 #[derive(Debug, Args)]
@@ -341,6 +343,70 @@ impl RecvArgs {
             once: self.once,
             dump: self.dump_dir.map(|dir| DumpConfig { dir, every: self.dump_every }),
             connect_patience: CONNECT_PATIENCE,
+        })
+    }
+}
+
+/// `framecast netsim`: each direction of each relayed connection is a link of its own.
+#[derive(Debug, Args)]
+pub struct NetsimArgs {
+    /// Accept connections on ADDR:PORT.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: SocketAddr,
+    /// Relay each connection to HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub forward: String,
+    /// Bottleneck rate of each direction: 5mbit, 500kbit, 2MB/s.
+    #[arg(long, value_parser = crate::netsim::parse_rate)]
+    pub rate: u64,
+    /// One-way delay added to each direction: 20ms, 0.1s.
+    #[arg(long, default_value = "0", value_parser = crate::netsim::parse_duration)]
+    pub delay: Duration,
+    /// Random extra delay, uniform in [0, JITTER]; packets are never reordered.
+    #[arg(long, default_value = "0", value_parser = crate::netsim::parse_duration)]
+    pub jitter: Duration,
+    /// Router buffer of each direction; when full, the relay stops reading (backpressure).
+    #[arg(long, default_value = "64KB", value_parser = crate::netsim::parse_size)]
+    pub queue: usize,
+    /// Stall the link (nothing departs) every PERIOD, from the relay's start: 10s.
+    #[arg(long, value_name = "PERIOD", requires = "stall", value_parser = crate::netsim::parse_duration)]
+    pub stall_every: Option<Duration>,
+    /// How long each stall lasts: 500ms.
+    #[arg(long, value_name = "LENGTH", requires = "stall_every", value_parser = crate::netsim::parse_duration)]
+    pub stall: Option<Duration>,
+}
+
+impl NetsimArgs {
+    pub fn into_config(self) -> anyhow::Result<crate::netsim::NetsimConfig> {
+        use std::net::ToSocketAddrs;
+        let stall = match (self.stall_every, self.stall) {
+            (Some(every), Some(length)) => {
+                if length.is_zero() || length >= every {
+                    bail!("--stall {length:?} must be more than 0 and shorter than --stall-every {every:?}");
+                }
+                Some(crate::netsim::Stall { every, length })
+            }
+            _ => None,
+        };
+        let forward_addrs: Vec<SocketAddr> = self
+            .forward
+            .to_socket_addrs()
+            .with_context(|| format!("--forward {}: cannot resolve", self.forward))?
+            .collect();
+        if forward_addrs.is_empty() {
+            bail!("--forward {}: resolves to no address", self.forward);
+        }
+        Ok(crate::netsim::NetsimConfig {
+            listener: bind(self.listen, "--listen")?,
+            forward: self.forward,
+            forward_addrs,
+            link: crate::netsim::LinkParams {
+                rate_bps: self.rate,
+                delay: self.delay,
+                jitter: self.jitter,
+                queue_bytes: self.queue,
+                stall,
+            },
         })
     }
 }

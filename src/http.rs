@@ -11,9 +11,11 @@
 //! clients at once (503). Each MJPEG client is a hub viewer with its own newest-frame-wins
 //! slot, so a slow client loses frames alone.
 //!
-//! Chrome (and other Chromium-based browsers) shows a multipart part only once the next
-//! part's boundary arrives, which delays every frame by one frame interval. The remedy (as
-//! µStreamer does) is to send the boundary right after each JPEG instead of before the next.
+//! Chrome (and other Chromium-based browsers) shows a multipart part only once it has read
+//! the next part's headers, which delays every frame by one frame interval. The remedy (as
+//! µStreamer's `advance_headers`) is to send the next boundary and part headers right after
+//! each JPEG: `/stream.mjpg?advance_headers=1`, which the page uses. Those parts carry no
+//! `Content-Length`, so other clients get the plain stream.
 
 use std::fmt::Write as _;
 use std::io::{self, IoSlice, Read, Write};
@@ -40,6 +42,8 @@ pub const MAX_HEAD: usize = 8 * 1024;
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Clients served at once.
 pub const MAX_CLIENTS: usize = 64;
+/// Kernel send buffer of an MJPEG client (Linux doubles it): about two 720p frames.
+const CLIENT_SNDBUF: usize = 32 * 1024;
 /// How long a write to a client may block before the client is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(100);
@@ -168,7 +172,7 @@ fn handle(mut stream: TcpStream, peer: SocketAddr, ctx: &Ctx) -> io::Result<()> 
         }
     }
     let method = req.method.unwrap_or("");
-    let path = req.path.unwrap_or("/").split('?').next().unwrap_or("/");
+    let (path, query) = req.path.unwrap_or("/").split_once('?').unwrap_or((req.path.unwrap_or("/"), ""));
     let head_only = match method {
         "GET" => false,
         "HEAD" => true,
@@ -179,7 +183,10 @@ fn handle(mut stream: TcpStream, peer: SocketAddr, ctx: &Ctx) -> io::Result<()> 
     debug!(%peer, method, path, "HTTP request");
     match path {
         "/" | "/index.html" => respond(&mut stream, 200, "text/html; charset=utf-8", PAGE.as_bytes(), "", head_only),
-        "/stream.mjpg" => stream_mjpeg(&mut stream, peer, ctx, head_only),
+        "/stream.mjpg" => {
+            let advance = query.split('&').any(|kv| kv == "advance_headers=1");
+            stream_mjpeg(&mut stream, peer, ctx, head_only, advance)
+        }
         "/snapshot.jpg" => snapshot(&mut stream, peer, ctx, head_only),
         "/stats" => {
             let body = ctx.stats.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -236,11 +243,15 @@ fn timestamp(f: &Shared) -> String {
     format!("{}.{:06}", f.header.capture_us / 1_000_000, f.header.capture_us % 1_000_000)
 }
 
-fn stream_mjpeg(stream: &mut TcpStream, peer: SocketAddr, ctx: &Ctx, head_only: bool) -> io::Result<()> {
+fn stream_mjpeg(stream: &mut TcpStream, peer: SocketAddr, ctx: &Ctx, head_only: bool, advance: bool) -> io::Result<()> {
+    // A small send buffer: a client that reads slowly holds a frame or two in the kernel,
+    // not seconds of video; its newest-wins slot drops the rest.
+    let _ = socket2::SockRef::from(&*stream).set_send_buffer_size(CLIENT_SNDBUF);
     let head = format!(
         "HTTP/1.1 200 OK\r\nContent-Type: multipart/x-mixed-replace; boundary={BOUNDARY}\r\n\
          Cache-Control: no-store, no-cache, must-revalidate, max-age=0\r\nPragma: no-cache\r\nExpires: 0\r\n\
-         Access-Control-Allow-Origin: *\r\nX-Accel-Buffering: no\r\nConnection: close\r\n\r\n--{BOUNDARY}\r\n"
+         Access-Control-Allow-Origin: *\r\nX-Accel-Buffering: no\r\nConnection: close\r\n\r\n--{BOUNDARY}\r\n{}",
+        if advance { "Content-Type: image/jpeg\r\n\r\n" } else { "" }
     );
     stream.write_all(head.as_bytes())?;
     stream.flush()?;
@@ -248,8 +259,15 @@ fn stream_mjpeg(stream: &mut TcpStream, peer: SocketAddr, ctx: &Ctx, head_only: 
         return Ok(());
     }
     let sub = ctx.hub.subscribe(ViewerKind::Http, peer.to_string());
-    info!(%peer, viewer = sub.id, "HTTP viewer joined /stream.mjpg");
-    let tail = format!("\r\n--{BOUNDARY}\r\n");
+    info!(%peer, viewer = sub.id, advance_headers = advance, "HTTP viewer joined /stream.mjpg");
+    // With advance headers the next part's headers follow each frame at once: Chrome shows
+    // a part only when it has read the next part's headers. Those cannot carry the next
+    // frame's length, so it is opt-in (the page uses it); other clients get Content-Length.
+    let tail = if advance {
+        format!("\r\n--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n\r\n")
+    } else {
+        format!("\r\n--{BOUNDARY}\r\n")
+    };
     let mut part = String::with_capacity(160);
     loop {
         let f = match sub.rx.recv_timeout(POLL) {
@@ -259,15 +277,15 @@ fn stream_mjpeg(stream: &mut TcpStream, peer: SocketAddr, ctx: &Ctx, head_only: 
         };
         let jpeg = f.jpeg.as_slice();
         part.clear();
-        let _ = write!(
-            part,
-            "Content-Type: image/jpeg\r\nContent-Length: {}\r\nX-Timestamp: {}\r\nX-Framecast-Seq: {}\r\n\r\n",
-            jpeg.len(),
-            timestamp(&f),
-            f.header.seq
-        );
-        // The next part's boundary goes out with this frame, so that browsers show the
-        // frame now rather than when the next one starts.
+        if !advance {
+            let _ = write!(
+                part,
+                "Content-Type: image/jpeg\r\nContent-Length: {}\r\nX-Timestamp: {}\r\nX-Framecast-Seq: {}\r\n\r\n",
+                jpeg.len(),
+                timestamp(&f),
+                f.header.seq
+            );
+        }
         let res = write_all_vectored(
             stream,
             &mut [IoSlice::new(part.as_bytes()), IoSlice::new(jpeg), IoSlice::new(tail.as_bytes())],
@@ -323,7 +341,7 @@ pub const PAGE: &str = r#"<!doctype html>
 </head>
 <body>
 <main>
-  <img id="video" src="stream.mjpg" alt="live stream">
+  <img id="video" src="stream.mjpg?advance_headers=1" alt="live stream">
   <div id="stats"><span>connecting...</span></div>
 </main>
 <script>
@@ -333,7 +351,7 @@ pub const PAGE: &str = r#"<!doctype html>
       ["fps", s.fps.toFixed(1)],
       ["kbit/s", Math.round(s.kbps)],
       ["KB/frame", (s.mean_frame_bytes / 1000).toFixed(1)],
-      ["quality", s.quality === 0 ? "camera" : s.quality],
+      ["quality", s.quality == null ? "-" : s.quality === 0 ? "camera" : s.quality],
       ["viewers", s.viewers === undefined ? "-" : s.viewers],
     ];
     box.innerHTML = parts.map(([k, v]) => `<span>${k} <b>${v}</b></span>`).join("");
@@ -394,7 +412,7 @@ mod tests {
 
     #[test]
     fn page_polls_stats_and_shows_the_stream() {
-        assert!(PAGE.contains(r#"src="stream.mjpg""#));
+        assert!(PAGE.contains(r#"src="stream.mjpg?advance_headers=1""#));
         assert!(PAGE.contains(r#"fetch("stats""#));
         assert!(PAGE.contains("viewport"));
     }

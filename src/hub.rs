@@ -10,6 +10,7 @@ use serde::Serialize;
 use tracing::info;
 
 use crate::chan::{latest, LatestReceiver, LatestSender, Pushed};
+use crate::clock::now_us;
 use crate::codec::JpegBuf;
 use crate::net::FrameHeader;
 use crate::stats::{DropCause, Meter};
@@ -23,6 +24,9 @@ pub struct EncodedFrame {
 }
 
 pub type Shared = Arc<EncodedFrame>;
+
+/// A new viewer is sent the newest frame at once if it was captured this recently, µs.
+const FRESH_US: u64 = 50_000;
 
 /// How a viewer watches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -104,6 +108,11 @@ impl Hub {
         g.next_id += 1;
         let id = g.next_id;
         if !g.closed {
+            // A frame from the last few milliseconds goes out at once rather than after the
+            // next encode.
+            if let Some(f) = g.latest.as_ref().filter(|f| now_us().saturating_sub(f.header.capture_us) < FRESH_US) {
+                tx.push(f.clone());
+            }
             let slot = Slot { id, kind, peer, joined: Instant::now(), tx: Arc::new(tx), counters: counters.clone() };
             g.slots.push(slot);
         }
@@ -258,6 +267,25 @@ mod tests {
         assert_eq!(slow.counters.drops.load(Ordering::Relaxed), 9);
         assert_eq!(fast.counters.drops.load(Ordering::Relaxed), 0);
         assert_eq!(meter.summary().drops.get("socket_busy"), Some(&9));
+    }
+
+    #[test]
+    fn a_new_viewer_gets_a_fresh_frame_at_once_but_not_a_stale_one() {
+        let hub = Hub::new();
+        let meter = Meter::new(Side::Sender);
+        let fresh = |seq, capture_us| {
+            Arc::new(EncodedFrame {
+                header: FrameHeader { seq, capture_us, ..Default::default() },
+                jpeg: JpegBuf::default(),
+            })
+        };
+        let _first = hub.subscribe(ViewerKind::Native, "first".into());
+        hub.publish(fresh(1, now_us()), false, &meter);
+        let late = hub.subscribe(ViewerKind::Http, "late".into());
+        assert_eq!(late.rx.try_recv().unwrap().header.seq, 1);
+        hub.publish(fresh(2, now_us().saturating_sub(10 * FRESH_US)), false, &meter);
+        let later = hub.subscribe(ViewerKind::Http, "later".into());
+        assert!(later.rx.try_recv().is_err(), "a stale frame is not sent to a new viewer");
     }
 
     #[test]

@@ -14,6 +14,8 @@
 //! - [`http`]: the sender's HTTP endpoint (page, MJPEG stream, snapshot, stats), one thread per client.
 //! - [`stats`]: per-side counters, reports, the human line and JSON lines.
 //! - [`report`]: `framecast report`, tables and SVG plots from JSON-lines stats logs.
+//! - [`netsim`]: `framecast netsim`, a TCP relay that simulates a slow link (rate, delay,
+//!   jitter, router queue, stalls); a reader and a writer thread per direction per connection.
 //! - [`clock`]: monotonic microsecond timestamps shared by processes on one host.
 //! - [`cli`]: the command line, validated into the configs the pipelines take.
 //!
@@ -34,6 +36,7 @@ pub mod codec;
 pub mod http;
 pub mod hub;
 pub mod net;
+pub mod netsim;
 pub mod receiver;
 pub mod report;
 pub mod sender;

@@ -76,6 +76,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Demo(args) => demo(args)?,
         Cmd::Cameras => cameras()?,
+        Cmd::Netsim(args) => framecast::netsim::run(args.into_config()?)?,
         Cmd::Report(args) => {
             use std::io::Write;
             let runs = framecast::report::load(&args.logs)?;

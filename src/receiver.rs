@@ -146,7 +146,7 @@ pub fn run(cfg: RecvConfig, sink: &mut dyn FrameSink, stop: Arc<AtomicBool>) -> 
                 }
             }
         });
-        stats::spawn_reporter(meter.clone(), cfg.stats.clone(), json, done_rx, Some(on_report))?
+        stats::spawn_reporter(meter.clone(), cfg.stats.clone(), json, done_rx, None, Some(on_report))?
     };
 
     let view_result = view_loop(

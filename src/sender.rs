@@ -133,19 +133,22 @@ pub fn run(cfg: SendConfig, open_source: SourceFactory, stop: Arc<AtomicBool>) -
     let latest_report = Arc::new(Mutex::new(None::<String>));
     let (done_tx, done_rx) = bounded::<()>(0);
     let reporter = {
-        let (hub, meter2, latest_report) = (hub.clone(), meter.clone(), latest_report.clone());
-        let on_report: stats::OnReport = Box::new(move |r: &Report| {
-            if let Ok(json) = serde_json::to_string(r) {
-                *latest_report.lock().unwrap_or_else(|p| p.into_inner()) = Some(json);
-            }
-            // Viewer links as of now, for the next report.
+        let (hub, meter2) = (hub.clone(), meter.clone());
+        // Viewer links as of the end of each interval.
+        let before: stats::BeforeReport = Box::new(move || {
             let links = hub.links();
             meter2.update(|c| {
                 c.viewers = Some(links.len() as u64);
                 c.links = serde_json::to_value(&links).ok();
             });
         });
-        stats::spawn_reporter(meter.clone(), cfg.stats.clone(), json, done_rx, Some(on_report))?
+        let latest_report = latest_report.clone();
+        let on_report: stats::OnReport = Box::new(move |r: &Report| {
+            if let Ok(json) = serde_json::to_string(r) {
+                *latest_report.lock().unwrap_or_else(|p| p.into_inner()) = Some(json);
+            }
+        });
+        stats::spawn_reporter(meter.clone(), cfg.stats.clone(), json, done_rx, Some(before), Some(on_report))?
     };
     let http = match cfg.http {
         Some(listener) => {

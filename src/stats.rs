@@ -538,6 +538,8 @@ impl Default for StatsConfig {
 
 /// Called with every interval report.
 pub type OnReport = Box<dyn Fn(&Report) + Send>;
+/// Called just before each report is built (to sample state such as connected viewers).
+pub type BeforeReport = Box<dyn Fn() + Send>;
 
 /// Opens the JSON-lines file (truncating it), so a bad path fails before any thread starts.
 pub fn open_json(cfg: &StatsConfig) -> anyhow::Result<Option<BufWriter<File>>> {
@@ -558,6 +560,7 @@ pub fn spawn_reporter(
     cfg: StatsConfig,
     mut json: Option<BufWriter<File>>,
     done: Receiver<()>,
+    before: Option<BeforeReport>,
     on_report: Option<OnReport>,
 ) -> std::io::Result<JoinHandle<Report>> {
     let name = match meter.side() {
@@ -570,7 +573,13 @@ pub fn spawn_reporter(
             return meter.summary();
         }
         let mut since = Instant::now();
+        let sample = || {
+            if let Some(f) = &before {
+                f();
+            }
+        };
         while let Err(RecvTimeoutError::Timeout) = done.recv_timeout(cfg.interval.saturating_sub(since.elapsed())) {
+            sample();
             let r = meter.take_interval(since);
             since = Instant::now();
             tracing::info!(target: "framecast::stats", "{}", r.human_line());
