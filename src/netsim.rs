@@ -22,8 +22,9 @@
 //!   k-th stall covers [k·every, k·every + stall), k ≥ 1.
 //!
 //! `--rate` counts payload bytes (TCP/IP headers are not modelled) and applies to each
-//! direction on its own. The relay's own receive buffers are kept small ([`SOCKET_RCVBUF`]) so
-//! that the standing queue a sender can build is `--queue`, not the kernel's buffers.
+//! direction on its own. The relay's own receive buffers are kept small ([`SOCKET_RCVBUF`]), so
+//! that the standing queue a sender can build is `--queue` plus a few tens of KB in the
+//! kernel, not megabytes (the sender's own send buffer is the sender's business).
 //!
 //! A half-close (EOF) travels through the link after the data before it; an error on either
 //! side ends that connection (logged), and the relay keeps serving others.
@@ -47,9 +48,6 @@ pub const PACKET: usize = 1500;
 /// little beyond `--queue` on the sender's behalf.
 pub const SOCKET_RCVBUF: usize = 16 * 1024;
 
-fn rcvbuf() -> Option<usize> { // EXPERIMENT
-    match std::env::var("NS_RCVBUF").ok().and_then(|v| v.parse().ok()) { Some(0) => None, Some(n) => Some(n), None => Some(SOCKET_RCVBUF) }
-}
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Wi-Fi-like stalls: every `every`, nothing departs for `length`.
@@ -448,7 +446,7 @@ pub fn run(cfg: NetsimConfig) -> anyhow::Result<()> {
     let epoch = Instant::now();
     let NetsimConfig { listener, forward, forward_addrs, link } = cfg;
     // Accepted sockets inherit the listener's receive buffer (and their window scale).
-    if let Some(n) = rcvbuf() { let _ = socket2::SockRef::from(&listener).set_recv_buffer_size(n); }
+    let _ = socket2::SockRef::from(&listener).set_recv_buffer_size(SOCKET_RCVBUF);
     let listen = listener.local_addr()?;
     info!(
         %listen,
@@ -496,7 +494,7 @@ fn connect(addrs: &[SocketAddr]) -> io::Result<TcpStream> {
     let mut last = io::Error::new(io::ErrorKind::NotFound, "no address to connect to");
     for a in addrs {
         let sock = socket2::Socket::new(socket2::Domain::for_address(*a), socket2::Type::STREAM, None)?;
-        if let Some(n) = rcvbuf() { let _ = sock.set_recv_buffer_size(n); }
+        let _ = sock.set_recv_buffer_size(SOCKET_RCVBUF);
         match sock.connect_timeout(&(*a).into(), CONNECT_TIMEOUT) {
             Ok(()) => return Ok(sock.into()),
             Err(e) => last = io::Error::new(e.kind(), format!("{a}: {e}")),
@@ -521,8 +519,11 @@ pub fn relay(id: u64, client: TcpStream, server: TcpStream, p: &LinkParams, epoc
             aborted: AtomicBool::new(false),
         });
         let seed = epoch.elapsed().as_nanos() as u64 ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let fwd = spawn_link(&conn, 0, "fwd", client.try_clone()?, server.try_clone()?, p, epoch, seed)?;
-        let rev = spawn_link(&conn, 1, "rev", server.try_clone()?, client.try_clone()?, p, epoch, !seed)
+        let (fwd_src, fwd_dst, rev_src, rev_dst) =
+            (client.try_clone()?, server.try_clone()?, server.try_clone()?, client.try_clone()?);
+        let fwd = spawn_link(&conn, 0, "fwd", fwd_src, fwd_dst, p, epoch, seed)?;
+        // The fwd link runs already: if rev cannot start, stop it too.
+        let rev = spawn_link(&conn, 1, "rev", rev_src, rev_dst, p, epoch, !seed)
             .inspect_err(|e| conn.fail("rev", "starting", e))?;
         Ok((conn, fwd, rev))
     })();
