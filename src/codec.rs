@@ -149,31 +149,49 @@ impl Encoder {
                 })
             }
             Layout::Jpeg => {
-                let dec = match &mut self.dec {
-                    Some(d) => d,
-                    None => self.dec.insert(Decompressor::new()?),
-                };
-                let header = dec.read_header(&frame.data)?;
-                let sub = from_subsamp(header.subsamp).unwrap_or(Subsampling::S420);
-                let len = yuv_len(header.width as u32, header.height as u32, sub);
-                self.yuv.resize(len, 0);
-                dec.decompress_to_yuv(
-                    &frame.data,
-                    YuvImage {
-                        pixels: &mut self.yuv[..],
-                        width: header.width,
-                        align: 1,
-                        height: header.height,
-                        subsamp: to_subsamp(sub),
-                    },
-                )?;
-                let yuv = std::mem::take(&mut self.yuv);
-                let res = self.compress_planar(&yuv, header.width, header.height, sub, out);
-                self.yuv = yuv;
-                res?;
+                let res = self.reencode(frame, out);
+                if res.is_err() {
+                    // A bad JPEG can leave the handle unusable (see `Decoder::decode`).
+                    self.dec = None;
+                }
+                let sub = res?;
                 Ok(Encoded { quality: self.quality, subsampling: sub, passthrough: false })
             }
         }
+    }
+
+    /// Decodes a JPEG source to planar YUV (checking its size first) and compresses that.
+    fn reencode(&mut self, frame: &RawFrame, out: &mut JpegBuf) -> Result<Subsampling, CodecError> {
+        let dec = match &mut self.dec {
+            Some(d) => d,
+            None => self.dec.insert(Decompressor::new()?),
+        };
+        let header = dec.read_header(&frame.data)?;
+        if header.width != frame.width as usize || header.height != frame.height as usize {
+            return Err(CodecError::SizeMismatch {
+                got_w: header.width,
+                got_h: header.height,
+                want_w: frame.width as usize,
+                want_h: frame.height as usize,
+            });
+        }
+        let sub = from_subsamp(header.subsamp).unwrap_or(Subsampling::S420);
+        let len = yuv_len(header.width as u32, header.height as u32, sub);
+        self.yuv.resize(len, 0);
+        dec.decompress_to_yuv(
+            &frame.data,
+            YuvImage {
+                pixels: &mut self.yuv[..],
+                width: header.width,
+                align: 1,
+                height: header.height,
+                subsamp: to_subsamp(sub),
+            },
+        )?;
+        let yuv = std::mem::take(&mut self.yuv);
+        let res = self.compress_planar(&yuv, header.width, header.height, sub, out);
+        self.yuv = yuv;
+        res.map(|()| sub)
     }
 
     fn compress_planar(
@@ -223,7 +241,18 @@ impl Decoder {
     /// Decodes `jpeg`, which must be `width`x`height` (the size is checked from the JPEG's
     /// own header before any pixel is decoded, so a JPEG that claims a huge size costs
     /// nothing), into `out`, resized to `width * height` pixels.
+    ///
+    /// After any error the libjpeg-turbo handle is replaced: libjpeg-turbo 3.1 can leave a
+    /// handle mid-header after a bad JPEG, failing every later frame (found by fuzzing).
     pub fn decode(&mut self, jpeg: &[u8], width: usize, height: usize, out: &mut Vec<u32>) -> Result<(), CodecError> {
+        let res = self.decode_inner(jpeg, width, height, out);
+        if res.is_err() {
+            self.tj = Decompressor::new()?;
+        }
+        res
+    }
+
+    fn decode_inner(&mut self, jpeg: &[u8], width: usize, height: usize, out: &mut Vec<u32>) -> Result<(), CodecError> {
         let header = self.tj.read_header(jpeg)?;
         if header.width != width || header.height != height {
             return Err(CodecError::SizeMismatch {
@@ -367,6 +396,32 @@ mod tests {
         let _ = dec.decode(truncated, 64, 48, &mut px);
         // The decoder is still usable afterwards.
         dec.decode(out.as_slice(), 64, 48, &mut px).unwrap();
+    }
+
+    #[test]
+    fn decoder_and_reencoder_recover_after_a_bad_header() {
+        // Found by fuzzing: libjpeg-turbo 3.1 leaves a handle mid-header after this.
+        let bad = [0xff, 0xd8, 0xff, 0xc0, 0x00, 0x00];
+        let f = frame(64, 48, Subsampling::S420, 0);
+        let mut good = JpegBuf::default();
+        Encoder::new(75, Subsampling::S420, false).unwrap().encode(&f, &mut good).unwrap();
+        let mut dec = Decoder::new().unwrap();
+        let mut px = Vec::new();
+        for _ in 0..3 {
+            assert!(dec.decode(&bad, 64, 48, &mut px).is_err());
+            dec.decode(good.as_slice(), 64, 48, &mut px).expect("a good frame decodes after a bad one");
+        }
+        let mut enc = Encoder::new(60, Subsampling::S420, true).unwrap();
+        let mut out = JpegBuf::default();
+        let cam = |data: &[u8]| RawFrame { layout: Layout::Jpeg, data: data.to_vec(), ..f.clone() };
+        assert!(enc.encode(&cam(&bad), &mut out).is_err());
+        enc.encode(&cam(good.as_slice()), &mut out).expect("re-encoding works after a bad camera frame");
+        let mut big = cam(good.as_slice());
+        big.width = 32;
+        assert!(
+            matches!(enc.encode(&big, &mut out), Err(CodecError::SizeMismatch { .. })),
+            "size checked before decoding"
+        );
     }
 
     #[test]
