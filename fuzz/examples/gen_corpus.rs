@@ -1,0 +1,213 @@
+//! Writes the seed corpora of the fuzz targets: real streams and real JPEGs made with
+//! framecast's own encoder on the test pattern (plus progressive, arithmetic and optimised
+//! JPEGs, which only a camera or another encoder would send).
+//!
+//! ```text
+//! cargo run --manifest-path fuzz/Cargo.toml --example gen_corpus [-- OUT_DIR]
+//! ```
+//!
+//! `OUT_DIR` defaults to `fuzz/corpus`; the files go to `OUT_DIR/{decode,handshake,jpeg}/`.
+//! The corpora are generated, not committed (`/fuzz/corpus` is git-ignored).
+
+use std::path::{Path, PathBuf};
+
+use framecast::capture::pattern::TestPattern;
+use framecast::capture::{Layout, RawFrame};
+use framecast::codec::{to_subsamp, Encoder, JpegBuf};
+use framecast::net::proto::{
+    Ack, FrameHeader, Hello, Message, Ping, Pong, Role, StreamInfo, Subsampling, MSG_HEADER_LEN,
+};
+use framecast_fuzz::DecodeInput;
+use turbojpeg::{Compressor, Image, PixelFormat};
+
+const SUBSAMPLINGS: [Subsampling; 4] = [Subsampling::S444, Subsampling::S422, Subsampling::S420, Subsampling::Gray];
+
+/// A JPEG of test pattern frame `seq` from framecast's encoder (compressed from planes).
+fn jpeg(w: u32, h: u32, sub: Subsampling, quality: u8, seq: u64) -> Vec<u8> {
+    let mut f = RawFrame::empty();
+    TestPattern::new(w, h, sub).render(seq, &mut f.data);
+    f.width = w;
+    f.height = h;
+    f.layout = Layout::Yuv(sub);
+    let mut out = JpegBuf::default();
+    Encoder::new(quality, sub, false).expect("encoder").encode(&f, &mut out).expect("encode");
+    out.as_slice().to_vec()
+}
+
+/// A JPEG with the coding options framecast's encoder never uses, from the RGB test pattern.
+fn jpeg_with(w: u32, h: u32, sub: Subsampling, set: impl FnOnce(&mut Compressor)) -> Vec<u8> {
+    let rgb = TestPattern::new(w, h, sub).render_rgb(7);
+    let mut c = Compressor::new().expect("compressor");
+    c.set_quality(80).unwrap();
+    c.set_subsamp(to_subsamp(sub)).unwrap();
+    set(&mut c);
+    let (w, h) = (w as usize, h as usize);
+    c.compress_to_vec(Image { pixels: &rgb[..], width: w, pitch: w * 3, height: h, format: PixelFormat::RGB })
+        .expect("compress")
+}
+
+fn frame_header(seq: u64, info: StreamInfo, sub: Subsampling, quality: u8) -> FrameHeader {
+    FrameHeader {
+        seq,
+        capture_us: 1_000_000 + 40_000 * seq,
+        encode_start_us: 1_000_500 + 40_000 * seq,
+        encode_end_us: 1_002_000 + 40_000 * seq,
+        send_us: 1_002_100 + 40_000 * seq,
+        width: info.width as u16,
+        height: info.height as u16,
+        quality,
+        subsampling: sub as u8,
+        flags: 0,
+        jpeg_len: 0, // set by encode
+    }
+}
+
+fn hello(role: Role) -> Vec<u8> {
+    let mut b = Vec::new();
+    Hello::new(role, *b"fuzz-clock-id-16").encode(&mut b);
+    b
+}
+
+/// What a receiver reads from a sender: hello, stream-info, real frames in every
+/// subsampling, a pong, a size change and a frame at the new size.
+fn sender_stream() -> Vec<u8> {
+    let mut b = hello(Role::Sender);
+    let info = StreamInfo { width: 64, height: 48, fps_milli: 25_000 };
+    Message::StreamInfo(info).encode(&mut b);
+    for (i, sub) in SUBSAMPLINGS.into_iter().enumerate() {
+        let q = [30, 75, 90, 50][i];
+        let j = jpeg(64, 48, sub, q, i as u64);
+        Message::Frame(frame_header(i as u64, info, sub, q), &j).encode(&mut b);
+    }
+    Message::Pong(Pong { id: 1, t1_us: 5_000, t2_us: 1_000_050, t3_us: 1_000_060 }).encode(&mut b);
+    let small = StreamInfo { width: 16, height: 16, fps_milli: 0 };
+    Message::StreamInfo(small).encode(&mut b);
+    let j = jpeg(16, 16, Subsampling::S420, 75, 9);
+    Message::Frame(frame_header(9, small, Subsampling::S420, 75), &j).encode(&mut b);
+    // A camera's MJPEG forwarded as is: quality unknown, passthrough flag.
+    let h = FrameHeader {
+        quality: 0,
+        flags: FrameHeader::FLAG_PASSTHROUGH,
+        ..frame_header(10, small, Subsampling::S422, 0)
+    };
+    Message::Frame(h, &jpeg(16, 16, Subsampling::S422, 85, 10)).encode(&mut b);
+    b
+}
+
+/// What a sender reads from its viewer: hello, acks, pings, a quality change and a report.
+fn receiver_stream() -> Vec<u8> {
+    let mut b = hello(Role::Receiver);
+    for id in 0..3 {
+        Message::Ping(Ping { id, t1_us: 2_000_000 + id * 100_000 }).encode(&mut b);
+    }
+    for seq in 0..3 {
+        Message::Ack(Ack {
+            seq,
+            received_us: 2_001_000 + seq,
+            decoded_us: 2_002_000 + seq,
+            displayed_us: if seq == 1 { 0 } else { 2_003_000 + seq },
+        })
+        .encode(&mut b);
+    }
+    Message::SetQuality(60).encode(&mut b);
+    Message::Report(br#"{"schema":2,"side":"recv","frames":30,"fps":29.97,"kbps":1234.5}"#).encode(&mut b);
+    Message::Report(b"").encode(&mut b);
+    b
+}
+
+/// Streams that go wrong in the ways `tests/malformed.rs` lists, so the fuzzer starts next
+/// to each error path.
+fn broken_streams() -> Vec<(&'static str, Vec<u8>)> {
+    let good = sender_stream();
+    let first_frame = 24 + 20;
+    let mut out = Vec::new();
+    out.push(("truncated-in-frame", good[..first_frame + 100].to_vec()));
+    out.push(("truncated-in-header", good[..first_frame + 5].to_vec()));
+    let mut b = hello(Role::Sender);
+    b.extend_from_slice(&good[first_frame..]);
+    out.push(("frame-before-stream-info", b));
+    let mut b = good[..first_frame].to_vec();
+    b.extend_from_slice(&[2, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]);
+    out.push(("frame-too-large", b));
+    let mut b = good.clone();
+    b[first_frame + MSG_HEADER_LEN + 40] ^= 1; // frame width
+    out.push(("frame-wrong-size", b));
+    let mut b = good[..first_frame].to_vec();
+    Message::Report(&[b'{', 0xff, b'}']).encode(&mut b);
+    out.push(("report-not-utf8", b));
+    let mut b = good;
+    b[4..6].copy_from_slice(&2u16.to_be_bytes());
+    out.push(("wrong-version", b));
+    out
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) {
+    std::fs::write(dir.join(name), bytes).unwrap_or_else(|e| panic!("{}: {e}", dir.join(name).display()));
+}
+
+fn main() {
+    let out: PathBuf = std::env::args_os()
+        .nth(1)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus"));
+    let dirs = ["decode", "handshake", "jpeg"].map(|t| out.join(t));
+    for d in &dirs {
+        std::fs::create_dir_all(d).unwrap_or_else(|e| panic!("{}: {e}", d.display()));
+    }
+    let [decode, handshake, jpeg_dir] = &dirs;
+    let mut count = 0;
+
+    // decode: each stream cut at a few points (the start, after the hello, inside the first
+    // message, one byte before the end).
+    let streams = [("sender", Role::Sender, sender_stream()), ("receiver", Role::Receiver, receiver_stream())];
+    for (name, role, s) in &streams {
+        for split in [0, 24, 24 + 13, s.len() - 1] {
+            write(decode, &format!("{name}-split{split}"), &DecodeInput::encode(*role, split as u16, s));
+            count += 1;
+        }
+    }
+    for (name, s) in broken_streams() {
+        write(decode, name, &DecodeInput::encode(Role::Sender, 30, &s));
+        count += 1;
+    }
+
+    // handshake: both hellos, then the classic wrong peers.
+    let mut v2 = hello(Role::Sender);
+    v2[4..6].copy_from_slice(&2u16.to_be_bytes());
+    let mut flags = hello(Role::Receiver);
+    flags[7] = 0x80;
+    let hs: [(&str, Vec<u8>); 6] = [
+        ("sender", hello(Role::Sender)),
+        ("receiver", hello(Role::Receiver)),
+        ("version2", v2),
+        ("flags", flags),
+        ("http", b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n".to_vec()),
+        ("tls", vec![0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03]),
+    ];
+    for (name, b) in &hs {
+        write(handshake, name, b);
+        count += 1;
+    }
+
+    // jpeg: 64x48 (the size the target declares) in every subsampling and a few qualities,
+    // with every coding option, and one of another size.
+    for sub in SUBSAMPLINGS {
+        for q in [10, 75, 100] {
+            write(jpeg_dir, &format!("{sub}-q{q}.jpg"), &jpeg(64, 48, sub, q, 3));
+            count += 1;
+        }
+        write(
+            jpeg_dir,
+            &format!("{sub}-progressive.jpg"),
+            &jpeg_with(64, 48, sub, |c| c.set_progressive(true).unwrap()),
+        );
+        write(jpeg_dir, &format!("{sub}-arithmetic.jpg"), &jpeg_with(64, 48, sub, |c| c.set_arithmetic(true).unwrap()));
+        write(jpeg_dir, &format!("{sub}-optimized.jpg"), &jpeg_with(64, 48, sub, |c| c.set_optimize(true).unwrap()));
+        count += 3;
+    }
+    write(jpeg_dir, "444-lossless.jpg", &jpeg_with(64, 48, Subsampling::S444, |c| c.set_lossless(true).unwrap()));
+    write(jpeg_dir, "420-32x32.jpg", &jpeg(32, 32, Subsampling::S420, 75, 0));
+    count += 2;
+
+    println!("wrote {count} seed inputs under {}", out.display());
+}
