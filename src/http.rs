@@ -300,7 +300,7 @@ fn stream_mjpeg(stream: &mut TcpStream, peer: SocketAddr, ctx: &Ctx, head_only: 
         sub.counters.bytes.fetch_add(len, Ordering::Relaxed);
         ctx.meter.update(|c| {
             c.sent += 1;
-            c.bytes += len;
+            c.frame_moved(len);
         });
     }
 }

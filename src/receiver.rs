@@ -504,7 +504,7 @@ impl<D: Fn() -> bool> Conn<'_, D> {
                     .filter(|&cap| cap <= received_us);
                     self.meter.update(|c| {
                         c.received += 1;
-                        c.bytes += len;
+                        c.frame_moved(len);
                         // Both on the sender's clock: known without any sync.
                         let _ = c.lat_encoded.record(header.encode_end_us.saturating_sub(header.capture_us).max(1));
                         let _ = c.lat_sent.record(header.send_us.saturating_sub(header.capture_us).max(1));

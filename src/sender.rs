@@ -512,7 +512,7 @@ impl ViewerContext {
                 }
                 self.meter.update(|c| {
                     c.sent += 1;
-                    c.bytes += len;
+                    c.frame_moved(len);
                 });
                 sub.counters.frames.fetch_add(1, Ordering::Relaxed);
                 sub.counters.bytes.fetch_add(len, Ordering::Relaxed);

@@ -99,6 +99,8 @@ pub struct Counters {
     /// Sender: viewers connected, and each one's link (`hub::LinkReport`s).
     pub viewers: Option<u64>,
     pub links: Option<serde_json::Value>,
+    /// When the first frame was sent (sender) or received (receiver).
+    pub first_frame: Option<Instant>,
 }
 
 /// How the receiver relates the sender's timestamps to its own clock.
@@ -172,11 +174,18 @@ impl Default for Counters {
             viewer: None,
             viewers: None,
             links: None,
+            first_frame: None,
         }
     }
 }
 
 impl Counters {
+    /// Counts a frame sent (sender) or received (receiver) of `bytes` JPEG bytes.
+    pub fn frame_moved(&mut self, bytes: u64) {
+        self.first_frame.get_or_insert_with(Instant::now);
+        self.bytes += bytes;
+    }
+
     pub fn drop_frame(&mut self, cause: DropCause) {
         *self.drops.entry(cause).or_insert(0) += 1;
     }
@@ -504,10 +513,13 @@ impl Meter {
     }
 
     /// The whole-run report.
+    /// The whole-run report. Its `seconds` (and so its rates) run from the first frame sent
+    /// or received, not from start-up: a listening side may wait long for its peer.
     pub fn summary(&self) -> Report {
-        let secs = self.started.elapsed().as_secs_f64();
+        let t = self.started.elapsed().as_secs_f64();
         let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        Report::build(self.side, "summary", &g.total, secs, secs)
+        let secs = g.total.first_frame.map_or(t, |f| f.elapsed().as_secs_f64());
+        Report::build(self.side, "summary", &g.total, t, secs)
     }
 }
 
@@ -687,6 +699,21 @@ mod tests {
         assert!(line.contains("q75"), "{line}");
         assert!(line.contains("enc 1.50 ms"), "{line}");
         assert!(line.contains("drops 1 (encoder_busy=1)"), "{line}");
+    }
+
+    #[test]
+    fn summary_rates_run_from_the_first_frame() {
+        let m = Meter::new(Side::Receiver);
+        std::thread::sleep(Duration::from_millis(300)); // waiting for a peer
+        m.update(|c| {
+            c.received += 1;
+            c.decoded += 1;
+            c.frame_moved(1000);
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        let s = m.summary();
+        assert!(s.t >= 0.4, "{s:?}");
+        assert!(s.seconds >= 0.09 && s.seconds < 0.3, "the wait is not counted: {s:?}");
     }
 
     #[test]
