@@ -31,7 +31,7 @@ use tracing::{debug, info, warn};
 
 use crate::clock::now_us;
 use crate::hub::{Hub, Shared, ViewerKind};
-use crate::net::io::write_all_vectored;
+use crate::net::io::{wait_for_peer, write_all_vectored};
 use crate::stats::Meter;
 
 /// The multipart boundary of `/stream.mjpg`.
@@ -91,7 +91,9 @@ pub fn serve(
                 })?;
                 clients.push((handle, keep));
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => thread::sleep(POLL / 5),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                wait_for_peer(&listener, POLL)?;
+            }
             Err(e) => {
                 warn!(error = %e, "HTTP accept failed");
                 thread::sleep(POLL);

@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 use crate::chan::{latest, LatestReceiver, LatestSender, Pool};
 use crate::clock::{clock_id, now_us, ClockSync, Exchange};
 use crate::codec::Decoder;
-use crate::net::io::{configure, connect_with_retry};
+use crate::net::io::{configure, connect_with_retry, wait_for_peer};
 use crate::net::proto::{Ping, MAX_REPORT_LEN};
 use crate::net::{Ack, Event, FrameHeader, Hello, Message, MessageReader, MessageWriter, NetError, Role};
 use crate::sender::join;
@@ -405,7 +405,9 @@ fn net_loop(
                             info!("waiting for the next sender");
                         }
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => thread::sleep(Duration::from_millis(20)),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        wait_for_peer(&listener, POLL)?;
+                    }
                     Err(e) => {
                         warn!(error = %e, "accept failed");
                         thread::sleep(POLL);

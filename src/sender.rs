@@ -28,7 +28,7 @@ use crate::chan::{latest, LatestReceiver, LatestSender, Pool};
 use crate::clock::{clock_id, now_us};
 use crate::codec::Encoder;
 use crate::hub::{FrameRing, Hub, Subscription, ViewerKind};
-use crate::net::io::{configure, connect_with_retry};
+use crate::net::io::{configure, connect_with_retry, wait_for_peer};
 use crate::net::proto::Pong;
 use crate::net::{
     Event, FrameHeader, Hello, Message, MessageReader, MessageWriter, NetError, Role, StreamInfo, Subsampling,
@@ -428,7 +428,9 @@ fn net_loop(
                         })?;
                         viewers.push(handle);
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => thread::sleep(POLL / 5),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        wait_for_peer(&listener, POLL)?;
+                    }
                     Err(e) => {
                         warn!(error = %e, "accept failed");
                         thread::sleep(POLL);

@@ -271,6 +271,29 @@ pub fn write_all_vectored<W: Write + ?Sized>(w: &mut W, mut bufs: &mut [IoSlice<
     Ok(())
 }
 
+/// Waits until `listener` has a connection to accept, or `timeout` passes, without
+/// busy-polling: accept loops stay responsive to new peers (a sleep-and-retry loop adds half
+/// its period to every connect) and still look at their stop conditions regularly.
+pub fn wait_for_peer(listener: &std::net::TcpListener, timeout: Duration) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    let mut fds = libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    // SAFETY: one valid pollfd for the duration of the call.
+    let n = unsafe { libc::poll(&mut fds, 1, ms) };
+    match n {
+        -1 => {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                Ok(false)
+            } else {
+                Err(e)
+            }
+        }
+        0 => Ok(false),
+        _ => Ok(true),
+    }
+}
+
 /// Sets the socket options every framecast connection uses.
 pub fn configure(stream: &TcpStream, read_timeout: Duration) -> io::Result<()> {
     stream.set_nodelay(true)?;
