@@ -45,6 +45,20 @@ fn from_subsamp(s: Subsamp) -> Option<Subsampling> {
     })
 }
 
+/// A JPEG must be the size its frame says, checked from its header before any pixel is
+/// decoded (so a JPEG that claims a huge size costs nothing).
+fn check_size(header: &turbojpeg::DecompressHeader, width: usize, height: usize) -> Result<(), CodecError> {
+    if header.width != width || header.height != height {
+        return Err(CodecError::SizeMismatch {
+            got_w: header.width,
+            got_h: header.height,
+            want_w: width,
+            want_h: height,
+        });
+    }
+    Ok(())
+}
+
 /// A reusable output buffer for one JPEG. Its storage is allocated once at libjpeg-turbo's
 /// worst-case size (zeroed pages from the allocator are not resident until written), and
 /// only the first `len` bytes are the JPEG.
@@ -133,14 +147,7 @@ impl Encoder {
             }
             Layout::Jpeg if !self.reencode_jpeg => {
                 let header = turbojpeg::read_header(&frame.data)?;
-                if header.width != frame.width as usize || header.height != frame.height as usize {
-                    return Err(CodecError::SizeMismatch {
-                        got_w: header.width,
-                        got_h: header.height,
-                        want_w: frame.width as usize,
-                        want_h: frame.height as usize,
-                    });
-                }
+                check_size(&header, frame.width as usize, frame.height as usize)?;
                 out.set_from(&frame.data);
                 Ok(Encoded {
                     quality: 0,
@@ -167,14 +174,7 @@ impl Encoder {
             None => self.dec.insert(Decompressor::new()?),
         };
         let header = dec.read_header(&frame.data)?;
-        if header.width != frame.width as usize || header.height != frame.height as usize {
-            return Err(CodecError::SizeMismatch {
-                got_w: header.width,
-                got_h: header.height,
-                want_w: frame.width as usize,
-                want_h: frame.height as usize,
-            });
-        }
+        check_size(&header, frame.width as usize, frame.height as usize)?;
         let sub = from_subsamp(header.subsamp).unwrap_or(Subsampling::S420);
         let len = yuv_len(header.width as u32, header.height as u32, sub);
         self.yuv.resize(len, 0);
@@ -254,14 +254,7 @@ impl Decoder {
 
     fn decode_inner(&mut self, jpeg: &[u8], width: usize, height: usize, out: &mut Vec<u32>) -> Result<(), CodecError> {
         let header = self.tj.read_header(jpeg)?;
-        if header.width != width || header.height != height {
-            return Err(CodecError::SizeMismatch {
-                got_w: header.width,
-                got_h: header.height,
-                want_w: width,
-                want_h: height,
-            });
-        }
+        check_size(&header, width, height)?;
         out.resize(width * height, 0);
         self.tj.decompress(
             jpeg,
