@@ -132,24 +132,29 @@ pub fn write_ppm(path: &Path, pic: &Picture<'_>) -> std::io::Result<()> {
     std::fs::write(path, out)
 }
 
-/// Reads a binary PPM written by [`write_ppm`]: (width, height, RGB bytes).
+/// Reads an 8-bit binary PPM (P6), such as [`write_ppm`] or ImageMagick writes (header
+/// comments allowed): (width, height, RGB bytes).
 pub fn read_ppm(bytes: &[u8]) -> Option<(usize, usize, &[u8])> {
     let mut fields = Vec::new();
     let mut i = 0;
     while fields.len() < 4 {
-        while bytes.get(i)?.is_ascii_whitespace() {
-            i += 1;
+        match *bytes.get(i)? {
+            b'#' => i += bytes[i..].iter().position(|&b| b == b'\n')?,
+            b if b.is_ascii_whitespace() => i += 1,
+            _ => {
+                let start = i;
+                while !bytes.get(i)?.is_ascii_whitespace() {
+                    i += 1;
+                }
+                fields.push(std::str::from_utf8(&bytes[start..i]).ok()?);
+            }
         }
-        let start = i;
-        while !bytes.get(i)?.is_ascii_whitespace() {
-            i += 1;
-        }
-        fields.push(std::str::from_utf8(&bytes[start..i]).ok()?);
     }
     if fields[0] != "P6" || fields[3] != "255" {
         return None;
     }
     let (w, h): (usize, usize) = (fields[1].parse().ok()?, fields[2].parse().ok()?);
+    // Exactly one whitespace byte separates the header from the pixels.
     let data = bytes.get(i + 1..i + 1 + w.checked_mul(h)?.checked_mul(3)?)?;
     Some((w, h, data))
 }
@@ -169,6 +174,9 @@ mod tests {
         assert_eq!((w, h), (2, 2));
         assert_eq!(rgb, &[255, 0, 0, 0, 255, 0, 0, 0, 255, 0x12, 0x34, 0x56]);
         assert!(read_ppm(b"P5\n2 2\n255\n....").is_none());
+        let (w, h, rgb) = read_ppm(b"P6\n# xwdump\n2 1 # size\n255\n\x01\x02\x03\x04\x05\x06").unwrap();
+        assert_eq!((w, h, rgb), (2, 1, &[1u8, 2, 3, 4, 5, 6][..]), "comments are skipped");
+        assert!(read_ppm(b"P6\n2 1\n255\n\x01").is_none(), "short pixel data");
         std::fs::remove_file(p).unwrap();
     }
 

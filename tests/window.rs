@@ -205,38 +205,13 @@ fn screenshot(display: &str, xwd_path: &Path, png: &Path) -> (usize, usize, Vec<
     let xwd_arg = format!("xwd:{}", xwd_path.display());
     let ppm = output(Command::new(imagemagick()).args([&xwd_arg, "-strip", "-depth", "8", "ppm:-"]));
     let _ = Command::new(imagemagick()).arg(&xwd_arg).arg(png).stdin(Stdio::null()).status();
-    parse_ppm(&ppm).unwrap_or_else(|| {
+    let parsed = framecast::view::read_ppm(&ppm).map(|(w, h, rgb)| (w, h, rgb.to_vec()));
+    parsed.unwrap_or_else(|| {
         panic!(
             "ImageMagick did not write an 8-bit binary PPM: {:?}",
             String::from_utf8_lossy(&ppm[..ppm.len().min(64)])
         )
     })
-}
-
-/// Parses an 8-bit binary PPM (P6), comments allowed: (width, height, RGB bytes).
-fn parse_ppm(bytes: &[u8]) -> Option<(usize, usize, Vec<u8>)> {
-    let mut fields = Vec::new();
-    let mut i = 0;
-    while fields.len() < 4 {
-        match *bytes.get(i)? {
-            b'#' => i += bytes[i..].iter().position(|&b| b == b'\n')?,
-            b if b.is_ascii_whitespace() => i += 1,
-            _ => {
-                let start = i;
-                while !bytes.get(i)?.is_ascii_whitespace() {
-                    i += 1;
-                }
-                fields.push(std::str::from_utf8(&bytes[start..i]).ok()?);
-            }
-        }
-    }
-    if fields[0] != "P6" || fields[3] != "255" {
-        return None;
-    }
-    let (w, h): (usize, usize) = (fields[1].parse().ok()?, fields[2].parse().ok()?);
-    // Exactly one whitespace byte separates the header from the pixels.
-    let data = bytes.get(i + 1..i + 1 + w.checked_mul(h)?.checked_mul(3)?)?;
-    Some((w, h, data.to_vec()))
 }
 
 /// Compares the centre of each bar with [`BARS`]; returns a description of every mismatch.
@@ -260,14 +235,6 @@ fn check_bars(screen: &(usize, usize, Vec<u8>), win: &Win) -> Result<String, Str
     } else {
         Err(report)
     }
-}
-
-#[test]
-fn ppm_parser_takes_comments() {
-    let (w, h, rgb) = parse_ppm(b"P6\n# xwdump\n2 1 # size\n255\n\x01\x02\x03\x04\x05\x06").unwrap();
-    assert_eq!((w, h, rgb), (2, 1, vec![1, 2, 3, 4, 5, 6]));
-    assert!(parse_ppm(b"P6\n2 1\n255\n\x01").is_none());
-    assert!(parse_ppm(b"P5\n1 1\n255\n\x01").is_none());
 }
 
 #[test]
