@@ -12,6 +12,7 @@ use crate::capture::camera::CameraSource;
 use crate::capture::pattern::PatternSource;
 use crate::capture::y4m::Y4mSource;
 use crate::capture::{FrameSource, SourceSpec};
+use crate::control::ControlConfig;
 use crate::net::proto::{MAX_DIMENSION, MAX_PIXELS};
 use crate::net::Subsampling;
 use crate::receiver::{self, DumpConfig, RecvConfig};
@@ -159,6 +160,67 @@ impl RunArgs {
     }
 }
 
+/// Congestion control and the rate controller (sender).
+#[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "Congestion and rate control")]
+pub struct LinkArgs {
+    /// Keep the sent bit rate near KBPS kbit/s: quality moves within --min-quality and
+    /// --max-quality, then the frame rate goes down.
+    #[arg(long, value_name = "KBPS", value_parser = clap::value_parser!(u32).range(16..=10_000_000))]
+    pub target_kbps: Option<u32>,
+    /// Keep capture->received latency p95 under MS milliseconds, using the most bandwidth
+    /// that allows (measured from acknowledgements). With --target-kbps: the lower of both.
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u32).range(10..=60_000))]
+    pub max_latency_ms: Option<u32>,
+    /// Lowest quality the rate controller may choose.
+    #[arg(long, value_name = "1-100", default_value_t = 20, value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub min_quality: u8,
+    /// Highest quality the rate controller may choose.
+    #[arg(long, value_name = "1-100", default_value_t = 90, value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub max_quality: u8,
+    /// Most frames written to a viewer and not yet acknowledged [default: 100 ms of video,
+    /// at least 2]. Newer frames wait in a one-frame slot and replace each other.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub max_in_flight: Option<u32>,
+    /// No bound on frames in flight and the kernel's default send queue: latency then grows
+    /// on a link slower than the stream, as with other MJPEG streamers (for comparison).
+    #[arg(long, conflicts_with_all = ["target_kbps", "max_latency_ms", "max_in_flight"])]
+    pub no_congestion_control: bool,
+}
+
+impl LinkArgs {
+    /// The congestion settings and the rate controller for a stream at `fps`.
+    pub fn validate(&self, fps: u32) -> anyhow::Result<(Option<sender::Congestion>, Option<ControlConfig>)> {
+        if self.min_quality > self.max_quality {
+            bail!("--min-quality {} is above --max-quality {}", self.min_quality, self.max_quality);
+        }
+        let congestion = (!self.no_congestion_control).then(|| {
+            let mut c = sender::Congestion::for_fps(fps);
+            if let Some(n) = self.max_in_flight {
+                c.max_in_flight = n as usize;
+            }
+            c
+        });
+        let control = ControlConfig {
+            target_kbps: self.target_kbps,
+            max_latency_ms: self.max_latency_ms,
+            min_quality: self.min_quality,
+            max_quality: self.max_quality,
+            fps,
+        };
+        if !control.is_active() {
+            return Ok((congestion, None));
+        }
+        if fps == 0 {
+            bail!(
+                "--{} needs a live frame rate: --fps 0 streams as fast as possible, which leaves nothing to control",
+                if self.target_kbps.is_some() { "target-kbps" } else { "max-latency-ms" }
+            );
+        }
+        Ok((congestion, Some(control)))
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct SendArgs {
     /// Connect to a listening viewer at HOST:PORT [default: 127.0.0.1:8089].
@@ -173,6 +235,8 @@ pub struct SendArgs {
     pub http: Option<SocketAddr>,
     #[command(flatten)]
     pub source: SourceArgs,
+    #[command(flatten)]
+    pub link: LinkArgs,
     #[command(flatten)]
     pub run: RunArgs,
 }
@@ -194,6 +258,14 @@ pub struct RecvArgs {
     /// Save decoded frames as PPM files in DIR (every --dump-every'th frame).
     #[arg(long, value_name = "DIR")]
     pub dump_dir: Option<PathBuf>,
+    /// Ask the sender for this JPEG quality when connected (with a rate controller on the
+    /// sender: the highest quality it may choose). In a window, Up/Down move it at runtime.
+    #[arg(long, value_name = "1-100", value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub quality: Option<u8>,
+    /// Write one CSV line per displayed frame to PATH: seq, bytes, quality, time, and
+    /// capture->received/decoded/displayed latency in ms (empty until the clocks are synced).
+    #[arg(long, value_name = "PATH")]
+    pub frame_log: Option<PathBuf>,
     /// With --dump-dir: save frames whose sequence number is a multiple of N.
     #[arg(long, value_name = "N", default_value_t = 30, requires = "dump_dir", value_parser = clap::value_parser!(u64).range(1..))]
     pub dump_every: u64,
@@ -223,6 +295,8 @@ pub struct DemoArgs {
     pub no_stats: bool,
     #[command(flatten)]
     pub source: SourceArgs,
+    #[command(flatten)]
+    pub link: LinkArgs,
 }
 
 const CONNECT_PATIENCE: Duration = Duration::from_secs(10);
@@ -300,6 +374,9 @@ fn source_name(s: &SourceSpec) -> String {
 impl SendArgs {
     pub fn into_config(self) -> anyhow::Result<(SendConfig, SourceFactory)> {
         let (factory, subsampling, reencode_jpeg) = self.source.validate()?;
+        let (congestion, control) = self.link.validate(self.source.fps)?;
+        // A controller moves quality, so a camera's own MJPEG is re-encoded.
+        let reencode_jpeg = reencode_jpeg || control.is_some();
         let endpoint = match (self.connect, self.listen) {
             (_, Some(addr)) => sender::Endpoint::Listen(bind(addr, "--listen")?),
             (Some(c), None) => sender::Endpoint::Connect(c),
@@ -319,6 +396,8 @@ impl SendArgs {
                 stats: self.run.stats(),
                 connect_patience: CONNECT_PATIENCE,
                 http,
+                congestion,
+                control,
             },
             factory,
         ))
@@ -343,6 +422,8 @@ impl RecvArgs {
             once: self.once,
             dump: self.dump_dir.map(|dir| DumpConfig { dir, every: self.dump_every }),
             connect_patience: CONNECT_PATIENCE,
+            quality: self.quality,
+            frame_log: self.frame_log,
         })
     }
 }

@@ -2,7 +2,7 @@
 //! HTTP, through a newest-frame-wins slot of its own. A slow or stalled viewer loses frames
 //! in its own slot and never slows the encoder or the other viewers.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -45,6 +45,9 @@ pub struct LinkCounters {
     pub frames: AtomicU64,
     pub bytes: AtomicU64,
     pub drops: AtomicU64,
+    /// Set by a native viewer's writer while it waits for acknowledgements (its window of
+    /// unacknowledged frames is full): frames replaced meanwhile count as `congestion`.
+    pub congested: AtomicBool,
 }
 
 /// One viewer's link, as the stats report it.
@@ -127,15 +130,17 @@ impl Hub {
     }
 
     /// Sends `frame` to every viewer. Without `backpressure` a viewer still busy with its
-    /// previous frame loses that one (counted as `socket_busy`); with it (a lossless
-    /// benchmark stream) the hub waits for each viewer in turn.
-    pub fn publish(&self, frame: Shared, backpressure: bool, meter: &Meter) {
+    /// previous frame loses that one (counted as `socket_busy`, or `congestion` while the
+    /// viewer waits for acknowledgements); with it (a lossless benchmark stream) the hub waits
+    /// for each viewer in turn. Returns the number of frames lost to congestion.
+    pub fn publish(&self, frame: Shared, backpressure: bool, meter: &Meter) -> usize {
         let targets: Vec<(Arc<LatestSender<Shared>>, Arc<LinkCounters>)> = {
             let mut g = self.lock();
             prune(&mut g);
             g.latest = Some(frame.clone());
             g.slots.iter().map(|s| (s.tx.clone(), s.counters.clone())).collect()
         };
+        let mut congested = 0;
         for (tx, counters) in targets {
             if backpressure {
                 let _ = tx.send_blocking(frame.clone());
@@ -143,9 +148,15 @@ impl Hub {
             }
             if let Pushed::Replaced(_) = tx.push(frame.clone()) {
                 counters.drops.fetch_add(1, Ordering::Relaxed);
-                meter.count_drop(DropCause::SocketBusy);
+                if counters.congested.load(Ordering::Relaxed) {
+                    congested += 1;
+                    meter.count_drop(DropCause::Congestion);
+                } else {
+                    meter.count_drop(DropCause::SocketBusy);
+                }
             }
         }
+        congested
     }
 
     /// The newest published frame.
@@ -267,6 +278,21 @@ mod tests {
         assert_eq!(slow.counters.drops.load(Ordering::Relaxed), 9);
         assert_eq!(fast.counters.drops.load(Ordering::Relaxed), 0);
         assert_eq!(meter.summary().drops.get("socket_busy"), Some(&9));
+    }
+
+    #[test]
+    fn drops_while_waiting_for_acks_count_as_congestion() {
+        let hub = Hub::new();
+        let meter = Meter::new(Side::Sender);
+        let v = hub.subscribe(ViewerKind::Native, "v".into());
+        assert_eq!(hub.publish(frame(1), false, &meter), 0);
+        v.counters.congested.store(true, Ordering::Relaxed);
+        assert_eq!(hub.publish(frame(2), false, &meter), 1);
+        v.counters.congested.store(false, Ordering::Relaxed);
+        assert_eq!(hub.publish(frame(3), false, &meter), 0);
+        let drops = meter.summary().drops;
+        assert_eq!((drops.get("congestion"), drops.get("socket_busy")), (Some(&1), Some(&1)));
+        assert_eq!(v.rx.try_recv().unwrap().header.seq, 3);
     }
 
     #[test]

@@ -11,6 +11,8 @@
 //! - [`view`]: frame sinks (minifb window, headless) on the receiver's main thread.
 //! - [`sender`] and [`receiver`]: the two pipelines, wiring the stages with [`chan`].
 //! - [`hub`]: the sender's fan-out of each encoded frame to every viewer.
+//! - [`control`]: the sender's rate controller (`--target-kbps`, `--max-latency-ms`): quality
+//!   and fps from measured frame sizes, acknowledgements and congestion drops.
 //! - [`http`]: the sender's HTTP endpoint (page, MJPEG stream, snapshot, stats), one thread per client.
 //! - [`stats`]: per-side counters, reports, the human line and JSON lines.
 //! - [`report`]: `framecast report`, tables and SVG plots from JSON-lines stats logs.
@@ -33,6 +35,7 @@ pub mod chan;
 pub mod cli;
 pub mod clock;
 pub mod codec;
+pub mod control;
 pub mod http;
 pub mod hub;
 pub mod net;

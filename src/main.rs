@@ -92,6 +92,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let (source, subsampling, reencode_jpeg) = args.source.validate()?;
+    let (congestion, control) = args.link.validate(args.source.fps)?;
+    let reencode_jpeg = reencode_jpeg || control.is_some();
     let mut sink: Box<dyn FrameSink> = if args.headless {
         Box::new(Headless)
     } else if !display_available() {
@@ -114,6 +116,8 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
         stats: StatsConfig { json: args.send_stats_json, enabled: !args.no_stats, ..StatsConfig::default() },
         connect_patience: std::time::Duration::from_secs(5),
         http: None,
+        congestion,
+        control,
     };
     let recv_cfg = RecvConfig {
         endpoint: receiver::Endpoint::Listen(listener),
@@ -123,6 +127,8 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
         once: true,
         dump: None,
         connect_patience: std::time::Duration::from_secs(5),
+        quality: None,
+        frame_log: None,
     };
     let sender = {
         let stop = stop.clone();

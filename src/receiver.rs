@@ -25,7 +25,7 @@ use crate::chan::{latest, LatestReceiver, LatestSender, Pool};
 use crate::clock::{clock_id, now_us, ClockSync, Exchange};
 use crate::codec::Decoder;
 use crate::net::io::{configure, connect_with_retry, wait_for_peer};
-use crate::net::proto::{Ping, MAX_REPORT_LEN};
+use crate::net::proto::{Ping, MAX_QUALITY_STEP, MAX_REPORT_LEN};
 use crate::net::{Ack, Event, FrameHeader, Hello, Message, MessageReader, MessageWriter, NetError, Role};
 use crate::sender::join;
 use crate::stats::{self, ClockStatus, DropCause, Meter, Report, Side, StatsConfig};
@@ -60,6 +60,55 @@ pub struct RecvConfig {
     pub dump: Option<DumpConfig>,
     /// How long `Connect` keeps retrying a refused connection.
     pub connect_patience: Duration,
+    /// Ask each sender for this JPEG quality when it connects (`SetQuality`).
+    pub quality: Option<u8>,
+    /// Write one CSV line per displayed frame (sizes and latencies) to this file.
+    pub frame_log: Option<PathBuf>,
+}
+
+/// What the view sends back to the sender, besides acknowledgements.
+enum Feedback {
+    /// The latest stats interval, as JSON.
+    Report(Vec<u8>),
+    /// Quality up or down by this many key presses.
+    Step(i8),
+}
+
+/// `--frame-log`: one CSV line per displayed frame.
+struct FrameLog {
+    out: std::io::BufWriter<std::fs::File>,
+    started_us: u64,
+}
+
+impl FrameLog {
+    const HEADER: &'static str =
+        "seq,bytes,quality,t_s,capture_to_received_ms,capture_to_decoded_ms,capture_to_displayed_ms";
+
+    fn create(path: &std::path::Path) -> anyhow::Result<Self> {
+        use std::io::Write;
+        let file =
+            std::fs::File::create(path).with_context(|| format!("--frame-log: cannot create {}", path.display()))?;
+        let mut out = std::io::BufWriter::new(file);
+        writeln!(out, "{}", Self::HEADER)?;
+        Ok(FrameLog { out, started_us: now_us() })
+    }
+
+    fn write(&mut self, f: &Decoded, shown_us: u64) -> std::io::Result<()> {
+        use std::io::Write;
+        let ms =
+            |t: u64| f.capture_local_us.map_or(String::new(), |c| format!("{:.3}", t.saturating_sub(c) as f64 / 1e3));
+        writeln!(
+            self.out,
+            "{},{},{},{:.4},{},{},{}",
+            f.header.seq,
+            f.header.jpeg_len,
+            f.header.quality,
+            shown_us.saturating_sub(self.started_us) as f64 / 1e6,
+            ms(f.received_us),
+            ms(f.decoded_us),
+            ms(shown_us)
+        )
+    }
 }
 
 struct Incoming {
@@ -112,7 +161,8 @@ pub fn run(cfg: RecvConfig, sink: &mut dyn FrameSink, stop: Arc<AtomicBool>) -> 
     let (out_tx, out_rx) = latest::<Decoded>(1);
     let (ack_tx, ack_rx) = bounded::<AckEvent>(256);
     let (conn_tx, conn_rx) = bounded::<NewConn>(4);
-    let (report_tx, report_rx) = bounded::<Vec<u8>>(2);
+    let (report_tx, report_rx) = bounded::<Feedback>(8);
+    let mut frame_log = cfg.frame_log.as_deref().map(FrameLog::create).transpose()?;
 
     let net = {
         let (meter, pool, stop, finish) = (meter.clone(), jpeg_pool.clone(), stop.clone(), finish.clone());
@@ -129,12 +179,17 @@ pub fn run(cfg: RecvConfig, sink: &mut dyn FrameSink, stop: Arc<AtomicBool>) -> 
             .name("decode".into())
             .spawn(move || decode_loop(in_rx, jpeg_pool, out_tx, pixel_pool, meter, count, limit))?
     };
-    let feedback =
-        thread::Builder::new().name("feedback".into()).spawn(move || feedback_loop(conn_rx, ack_rx, report_rx))?;
+    let feedback = {
+        let quality = cfg.quality;
+        thread::Builder::new()
+            .name("feedback".into())
+            .spawn(move || feedback_loop(conn_rx, ack_rx, report_rx, quality))?
+    };
     let status = Arc::new(Mutex::new(None::<String>));
     let (done_tx, done_rx) = bounded::<()>(0);
     let reporter = {
         let status = status.clone();
+        let report_tx = report_tx.clone();
         let on_report: stats::OnReport = Box::new(move |r: &Report| {
             let text =
                 format!("{:.1} fps, {:.0} kbit/s, q{}", r.fps, r.kbps, r.quality.map_or("-".into(), |q| q.to_string()));
@@ -142,7 +197,7 @@ pub fn run(cfg: RecvConfig, sink: &mut dyn FrameSink, stop: Arc<AtomicBool>) -> 
             // The sender logs what its viewer sees.
             if let Ok(json) = serde_json::to_vec(r) {
                 if json.len() <= MAX_REPORT_LEN {
-                    let _ = report_tx.try_send(json);
+                    let _ = report_tx.try_send(Feedback::Report(json));
                 }
             }
         });
@@ -161,7 +216,16 @@ pub fn run(cfg: RecvConfig, sink: &mut dyn FrameSink, stop: Arc<AtomicBool>) -> 
         cfg.frames,
         cfg.duration,
         cfg.dump.as_ref(),
+        frame_log.as_mut(),
+        &report_tx,
     );
+    drop(report_tx);
+    if let Some(log) = frame_log.as_mut() {
+        use std::io::Write;
+        if let Err(e) = log.out.flush() {
+            warn!(error = %e, "--frame-log: cannot write");
+        }
+    }
 
     // Wind down: net-rx sees `finish` within one poll, decode follows when net-rx is gone.
     finish.store(true, Ordering::Relaxed);
@@ -193,6 +257,8 @@ fn view_loop(
     frames: Option<u64>,
     duration: Option<Duration>,
     dump: Option<&DumpConfig>,
+    mut frame_log: Option<&mut FrameLog>,
+    feedback: &Sender<Feedback>,
 ) -> anyhow::Result<()> {
     let deadline = duration.map(|d| Instant::now() + d);
     let limit_reached = || frames.is_some_and(|n| decoded.load(Ordering::Relaxed) >= n);
@@ -216,6 +282,9 @@ fn view_loop(
                         let path = d.dir.join(format!("frame-{:08}.ppm", f.header.seq));
                         write_ppm(&path, &pic).with_context(|| format!("cannot write {}", path.display()))?;
                     }
+                }
+                if let Some(log) = frame_log.as_deref_mut() {
+                    log.write(&f, shown).context("--frame-log: cannot write")?;
                 }
                 meter.update(|c| {
                     c.displayed += 1;
@@ -247,6 +316,12 @@ fn view_loop(
         if !sink.poll() {
             info!("window closed");
             break;
+        }
+        let steps = sink.take_quality_steps();
+        if steps != 0 {
+            let steps = steps.clamp(-MAX_QUALITY_STEP, MAX_QUALITY_STEP);
+            info!(steps, "asking the sender for {} quality", if steps > 0 { "more" } else { "less" });
+            let _ = feedback.try_send(Feedback::Step(steps));
         }
     }
     Ok(())
@@ -314,10 +389,15 @@ const PING_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Writes everything the receiver sends back on the current connection: acknowledgements,
 /// clock-sync pings and the per-interval stats report.
-fn feedback_loop(conn_rx: Receiver<NewConn>, ack_rx: Receiver<AckEvent>, report_rx: Receiver<Vec<u8>>) {
+fn feedback_loop(
+    conn_rx: Receiver<NewConn>,
+    ack_rx: Receiver<AckEvent>,
+    report_rx: Receiver<Feedback>,
+    quality: Option<u8>,
+) {
     let mut current: Option<NewConn> = None;
     let (mut conn_rx, mut ack_rx, mut report_rx) = (Some(conn_rx), Some(ack_rx), Some(report_rx));
-    let (nothing_conn, nothing_ack, nothing_report) = (never::<NewConn>(), never::<AckEvent>(), never::<Vec<u8>>());
+    let (nothing_conn, nothing_ack, nothing_report) = (never::<NewConn>(), never::<AckEvent>(), never::<Feedback>());
     let mut pings = 0u32;
     let mut next_ping = Instant::now();
     while conn_rx.is_some() || ack_rx.is_some() {
@@ -336,6 +416,10 @@ fn feedback_loop(conn_rx: Receiver<NewConn>, ack_rx: Receiver<AckEvent>, report_
                     current = Some(c);
                     pings = 0;
                     next_ping = Instant::now();
+                    if let Some(q) = quality {
+                        info!(quality = q, "asking the sender for quality {q}");
+                        send(&mut current, &Message::SetQuality(q));
+                    }
                 }
                 Err(_) => conn_rx = None,
             },
@@ -345,7 +429,8 @@ fn feedback_loop(conn_rx: Receiver<NewConn>, ack_rx: Receiver<AckEvent>, report_
                 Err(_) => ack_rx = None,
             },
             recv(report_rx.as_ref().unwrap_or(&nothing_report)) -> r => match r {
-                Ok(json) => send(&mut current, &Message::Report(&json)),
+                Ok(Feedback::Report(json)) => send(&mut current, &Message::Report(&json)),
+                Ok(Feedback::Step(n)) => send(&mut current, &Message::QualityStep(n)),
                 Err(_) => report_rx = None,
             },
             default(wait) => {

@@ -15,7 +15,7 @@
 use std::collections::VecDeque;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -27,8 +27,9 @@ use crate::capture::{CaptureError, FrameSource, RawFrame};
 use crate::chan::{latest, LatestReceiver, LatestSender, Pool};
 use crate::clock::{clock_id, now_us};
 use crate::codec::Encoder;
+use crate::control::{ControlConfig, Controller};
 use crate::hub::{FrameRing, Hub, Subscription, ViewerKind};
-use crate::net::io::{configure, connect_with_retry, wait_for_peer};
+use crate::net::io::{configure, connect_with_retry, limit_send_queue, wait_for_peer};
 use crate::net::proto::Pong;
 use crate::net::{
     Event, FrameHeader, Hello, Message, MessageReader, MessageWriter, NetError, Role, StreamInfo, Subsampling,
@@ -64,6 +65,48 @@ pub struct SendConfig {
     pub connect_patience: Duration,
     /// Serve HTTP (page, MJPEG stream, snapshot, stats) on this socket.
     pub http: Option<TcpListener>,
+    /// Bounded queueing towards native viewers; `None` with `--no-congestion-control`.
+    pub congestion: Option<Congestion>,
+    /// The rate controller, with `--target-kbps` or `--max-latency-ms`.
+    pub control: Option<ControlConfig>,
+}
+
+/// How much a native viewer's connection may hold: frames written and not yet acknowledged,
+/// and bytes the kernel holds written but not yet sent. Frames beyond that wait in the
+/// viewer's newest-wins slot, where a newer one replaces them (counted as `congestion`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Congestion {
+    pub max_in_flight: usize,
+    pub send_queue: u32,
+}
+
+impl Congestion {
+    /// Kernel bytes written but unsent (`TCP_NOTSENT_LOWAT`).
+    pub const SEND_QUEUE: u32 = 16 * 1024;
+
+    /// The default for a stream of `fps` frames per second: about 100 ms of video, at least
+    /// two frames (so the next is on its way while one is acknowledged). A lossless stream
+    /// (`fps` 0) is paced by TCP itself and gets a deeper window.
+    pub fn for_fps(fps: u32) -> Self {
+        let max_in_flight = if fps == 0 { 16 } else { (fps as usize).div_ceil(10).max(2) };
+        Congestion { max_in_flight, send_queue: Self::SEND_QUEUE }
+    }
+}
+
+/// What a viewer asked for on the reverse channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ViewerRequest {
+    /// `SetQuality`: encode at this quality (with a controller: the quality ceiling).
+    Quality(u8),
+    /// `QualityStep`: one key press up (+1) or down (−1): quality ±5, or the bit-rate target
+    /// ×1.25^step when one is set.
+    Step(i8),
+}
+
+type SharedControl = Option<Arc<Mutex<Controller>>>;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Opens the source on the capture thread (a camera handle may not move between threads).
@@ -89,7 +132,8 @@ pub fn run(cfg: SendConfig, open_source: SourceFactory, stop: Arc<AtomicBool>) -
     let json = stats::open_json(&cfg.stats)?;
     let raw_pool: Pool<RawFrame> = Pool::new(4);
     let (raw_tx, raw_rx) = latest::<RawFrame>(1);
-    let (quality_tx, quality_rx) = bounded::<u8>(16);
+    let (quality_tx, quality_rx) = bounded::<ViewerRequest>(16);
+    let control: SharedControl = cfg.control.clone().map(|c| Arc::new(Mutex::new(Controller::new(c, cfg.quality))));
     let (info_tx, info_rx) = bounded::<Result<SourceInfo, CaptureError>>(1);
     let hub = Arc::new(Hub::new());
     // The viewer we connect to is expected: it joins now, so frames encoded while the
@@ -127,7 +171,8 @@ pub fn run(cfg: SendConfig, open_source: SourceFactory, stop: Arc<AtomicBool>) -
             reencode: cfg.reencode_jpeg,
             backpressure,
         };
-        spawn("encode", move || encode_loop(enc, raw_rx, raw_pool, hub, quality_rx, meter))?
+        let control = control.clone();
+        spawn("encode", move || encode_loop(enc, raw_rx, raw_pool, hub, quality_rx, control, meter))?
     };
     let stream = StreamInfo { width: info.width, height: info.height, fps_milli: cfg.fps.saturating_mul(1000) };
     let latest_report = Arc::new(Mutex::new(None::<String>));
@@ -158,7 +203,14 @@ pub fn run(cfg: SendConfig, open_source: SourceFactory, stop: Arc<AtomicBool>) -
         None => None,
     };
     let net = {
-        let ctx = ViewerContext { stream_info: stream, hub: hub.clone(), quality_tx, meter: meter.clone() };
+        let ctx = ViewerContext {
+            stream_info: stream,
+            hub: hub.clone(),
+            quality_tx,
+            meter: meter.clone(),
+            congestion: cfg.congestion,
+            control,
+        };
         let (endpoint, patience, stop, finish) = (cfg.endpoint, cfg.connect_patience, stop.clone(), finish.clone());
         spawn("net-tx", move || net_loop(endpoint, patience, ctx, early, stop, finish))?
     };
@@ -283,7 +335,8 @@ fn encode_loop(
     rx: LatestReceiver<RawFrame>,
     raw_pool: Pool<RawFrame>,
     hub: Arc<Hub>,
-    quality_rx: Receiver<u8>,
+    requests: Receiver<ViewerRequest>,
+    control: SharedControl,
     meter: Meter,
 ) -> anyhow::Result<()> {
     // Close the hub however this thread ends, so every viewer finishes.
@@ -295,7 +348,8 @@ fn encode_loop(
     }
     let _close = CloseHub(hub.clone());
     let EncodeSettings { quality, subsampling, reencode, backpressure } = settings;
-    let mut enc = Encoder::new(quality, subsampling, reencode).context("cannot create the JPEG encoder")?;
+    let start_quality = control.as_ref().map_or(quality, |c| lock(c).setting().quality);
+    let mut enc = Encoder::new(start_quality, subsampling, reencode).context("cannot create the JPEG encoder")?;
     let mut ring = FrameRing::default();
     let mut said_mode = false;
     let mut paused: Option<bool> = None;
@@ -317,11 +371,40 @@ fn encode_loop(
             info!(viewers = hub.viewers(), "encoding resumed");
         }
         paused = Some(false);
-        if let Some(q) = quality_rx.try_iter().last() {
-            if q != enc.quality() {
-                info!(from = enc.quality(), to = q, "viewer asked for a new quality");
-                enc.set_quality(q)?;
+        let now = now_us();
+        let wanted = match &control {
+            Some(ctl) => {
+                let mut c = lock(ctl);
+                for r in requests.try_iter() {
+                    let what = match r {
+                        ViewerRequest::Quality(q) => c.request_quality(q),
+                        ViewerRequest::Step(n) => c.step(n),
+                    };
+                    info!("{what}");
+                }
+                if !c.admit(now) {
+                    drop(c);
+                    meter.count_drop(DropCause::RateLimit);
+                    raw_pool.put(raw);
+                    continue;
+                }
+                if let Some(d) = c.tick(now) {
+                    debug!(quality = d.setting.quality, fps = d.setting.fps, "rate control: {}", d.reason);
+                }
+                let status = c.status();
+                meter.update(|m| m.control = Some(status.clone()));
+                c.setting().quality
             }
+            None => requests.try_iter().fold(enc.quality(), |q, r| match r {
+                ViewerRequest::Quality(to) => to,
+                ViewerRequest::Step(n) => (i32::from(q) + 5 * i32::from(n)).clamp(1, 100) as u8,
+            }),
+        };
+        if wanted != enc.quality() {
+            if control.is_none() {
+                info!(from = enc.quality(), to = wanted, "viewer asked for a new quality");
+            }
+            enc.set_quality(wanted)?;
         }
         let slot = ring.take();
         let frame = Arc::get_mut(slot).expect("the ring hands out frames nobody else holds");
@@ -364,7 +447,15 @@ fn encode_loop(
             c.quality = Some(info.quality);
         });
         raw_pool.put(raw);
-        hub.publish(slot.clone(), backpressure, &meter);
+        let len = frame.jpeg.as_slice().len() as u64;
+        let congested = hub.publish(slot.clone(), backpressure, &meter);
+        if let Some(ctl) = &control {
+            let mut c = lock(ctl);
+            c.on_encoded(end, len, info.quality);
+            for _ in 0..congested {
+                c.on_congestion_drop(end);
+            }
+        }
     }
     Ok(())
 }
@@ -374,8 +465,73 @@ fn encode_loop(
 struct ViewerContext {
     stream_info: StreamInfo,
     hub: Arc<Hub>,
-    quality_tx: Sender<u8>,
+    quality_tx: Sender<ViewerRequest>,
     meter: Meter,
+    congestion: Option<Congestion>,
+    control: SharedControl,
+}
+
+/// A frame written to a viewer and not yet acknowledged.
+#[derive(Clone, Copy, Debug)]
+struct Sent {
+    seq: u64,
+    send_us: u64,
+    capture_us: u64,
+    bytes: u64,
+}
+
+/// A native viewer's frames in flight, shared by its writer and its ack-rx thread.
+#[derive(Default)]
+struct Flight {
+    sent: Mutex<VecDeque<Sent>>,
+    acked: Condvar,
+}
+
+impl Flight {
+    /// Most frames remembered when nothing bounds them (no congestion control).
+    const MEMORY: usize = 256;
+
+    /// Waits up to `timeout` for fewer than `max` frames in flight; marks the link congested
+    /// while it waits.
+    fn wait_for_room(&self, max: usize, congested: &std::sync::atomic::AtomicBool, timeout: Duration) -> bool {
+        let mut q = lock(&self.sent);
+        if q.len() >= max {
+            congested.store(true, Ordering::Relaxed);
+            q = self.acked.wait_timeout_while(q, timeout, |q| q.len() >= max).unwrap_or_else(|p| p.into_inner()).0;
+        }
+        let room = q.len() < max;
+        if room {
+            congested.store(false, Ordering::Relaxed);
+        }
+        room
+    }
+
+    fn push(&self, s: Sent) -> usize {
+        let mut q = lock(&self.sent);
+        if q.len() >= Self::MEMORY {
+            q.pop_front();
+        }
+        q.push_back(s);
+        q.len()
+    }
+
+    /// An acknowledgement of `seq` also covers every frame before it (the viewer drops
+    /// stale frames without acknowledging them). Returns the frame acknowledged, if it was
+    /// in flight, and the bytes of every frame it covered.
+    fn ack(&self, seq: u64) -> (Option<Sent>, u64) {
+        let mut q = lock(&self.sent);
+        let (mut matched, mut bytes) = (None, 0);
+        while q.front().is_some_and(|s| s.seq <= seq) {
+            let s = q.pop_front().expect("front exists");
+            bytes += s.bytes;
+            if s.seq == seq {
+                matched = Some(s);
+            }
+        }
+        drop(q);
+        self.acked.notify_all();
+        (matched, bytes)
+    }
 }
 
 fn net_loop(
@@ -460,6 +616,14 @@ impl ViewerContext {
     fn serve(&self, stream: TcpStream, peer: &str, sub: Option<Subscription>) -> anyhow::Result<Outcome> {
         configure(&stream, POLL)?;
         stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
+        if let Some(cc) = self.congestion {
+            match limit_send_queue(&stream, cc.send_queue) {
+                Ok(how) => debug!(%peer, max_in_flight = cc.max_in_flight, "send queue limited with {how}"),
+                Err(e) => {
+                    warn!(%peer, error = %e, "cannot limit the kernel send queue; latency may grow on a slow link")
+                }
+            }
+        }
         let mut writer = MessageWriter::new(stream.try_clone()?);
         let mut reader = MessageReader::new(stream.try_clone()?);
         writer.write_hello(&Hello::new(Role::Sender, clock_id()))?;
@@ -470,20 +634,30 @@ impl ViewerContext {
         let writer = Arc::new(Mutex::new(writer));
         let sub = sub.unwrap_or_else(|| self.hub.subscribe(ViewerKind::Native, peer.to_string()));
 
-        let sent_at = Arc::new(Mutex::new(VecDeque::<(u64, u64)>::with_capacity(256)));
+        let flight = Arc::new(Flight::default());
         let peer_gone = Arc::new(AtomicBool::new(false));
         let acks = {
-            let (sent_at, peer_gone, writer) = (sent_at.clone(), peer_gone.clone(), writer.clone());
-            let (meter, quality_tx) = (self.meter.clone(), self.quality_tx.clone());
+            let (flight, peer_gone, writer) = (flight.clone(), peer_gone.clone(), writer.clone());
+            let (meter, quality_tx, control) = (self.meter.clone(), self.quality_tx.clone(), self.control.clone());
             thread::Builder::new()
                 .name("ack-rx".into())
-                .spawn(move || ack_loop(reader, writer, sent_at, meter, quality_tx, peer_gone))?
+                .spawn(move || ack_loop(reader, writer, flight, meter, quality_tx, control, peer_gone))?
         };
 
         let result = (|| -> anyhow::Result<Outcome> {
             loop {
                 if peer_gone.load(Ordering::Relaxed) {
                     return Ok(Outcome::PeerLeft);
+                }
+                if let Some(cc) = self.congestion {
+                    // The newest frame waits in the slot until the viewer has acknowledged
+                    // enough: a stalled link holds a bounded number of frames, not seconds.
+                    if !flight.wait_for_room(cc.max_in_flight, &sub.counters.congested, POLL) {
+                        if self.hub.is_closed() {
+                            return Ok(Outcome::Finished);
+                        }
+                        continue;
+                    }
                 }
                 let frame = match sub.rx.recv_timeout(POLL) {
                     Ok(f) => f,
@@ -497,7 +671,7 @@ impl ViewerContext {
                     w.write_frame(&header, frame.jpeg.as_slice())
                 };
                 let len = frame.jpeg.as_slice().len() as u64;
-                let (seq, send_us) = (header.seq, header.send_us);
+                let (seq, send_us, capture_us) = (header.seq, header.send_us, header.capture_us);
                 drop(frame);
                 if let Err(e) = res {
                     if peer_gone.load(Ordering::Relaxed) {
@@ -505,12 +679,9 @@ impl ViewerContext {
                     }
                     return Err(e).context("cannot write a frame");
                 }
-                {
-                    let mut q = sent_at.lock().unwrap_or_else(|p| p.into_inner());
-                    if q.len() == q.capacity() {
-                        q.pop_front();
-                    }
-                    q.push_back((seq, send_us));
+                let in_flight = flight.push(Sent { seq, send_us, capture_us, bytes: len });
+                if let Some(ctl) = &self.control {
+                    lock(ctl).on_in_flight(in_flight);
                 }
                 self.meter.update(|c| {
                     c.sent += 1;
@@ -540,9 +711,10 @@ impl ViewerContext {
 fn ack_loop(
     mut reader: MessageReader<TcpStream>,
     writer: Arc<Mutex<MessageWriter<TcpStream>>>,
-    sent_at: Arc<Mutex<VecDeque<(u64, u64)>>>,
+    flight: Arc<Flight>,
     meter: Meter,
-    quality_tx: Sender<u8>,
+    quality_tx: Sender<ViewerRequest>,
+    control: SharedControl,
     peer_gone: Arc<AtomicBool>,
 ) {
     let peer: Option<SocketAddr> = reader.get_ref().peer_addr().ok();
@@ -550,18 +722,21 @@ fn ack_loop(
         match reader.next_event() {
             Ok(Event::Message(Message::Ack(a))) => {
                 let now = now_us();
-                let sent = {
-                    let q = sent_at.lock().unwrap_or_else(|p| p.into_inner());
-                    q.iter().rev().find(|(s, _)| *s == a.seq).map(|(_, t)| *t)
-                };
-                if let Some(t) = sent {
+                let (acked, bytes) = flight.ack(a.seq);
+                if let Some(s) = acked {
                     meter.update(|c| {
-                        let _ = c.ack_rtt.record(now.saturating_sub(t).max(1));
+                        let _ = c.ack_rtt.record(now.saturating_sub(s.send_us).max(1));
                     });
+                    if let Some(ctl) = &control {
+                        lock(ctl).on_acked(now, bytes, s.capture_us);
+                    }
                 }
             }
             Ok(Event::Message(Message::SetQuality(q))) => {
-                let _ = quality_tx.try_send(q);
+                let _ = quality_tx.try_send(ViewerRequest::Quality(q));
+            }
+            Ok(Event::Message(Message::QualityStep(n))) => {
+                let _ = quality_tx.try_send(ViewerRequest::Step(n));
             }
             Ok(Event::Message(Message::Ping(p))) => {
                 let t2 = now_us();

@@ -37,6 +37,11 @@ pub enum DropCause {
     DisplayBusy,
     /// Receiver: the JPEG inside a well-formed frame did not decode.
     CorruptJpeg,
+    /// Sender: a newer encoded frame replaced one waiting for the viewer's window of
+    /// unacknowledged frames to open (the link is slower than the stream).
+    Congestion,
+    /// Sender: skipped by the rate controller, which lowered the frame rate.
+    RateLimit,
 }
 
 impl DropCause {
@@ -49,6 +54,8 @@ impl DropCause {
             DropCause::DecoderBusy => "decoder_busy",
             DropCause::DisplayBusy => "display_busy",
             DropCause::CorruptJpeg => "corrupt_jpeg",
+            DropCause::Congestion => "congestion",
+            DropCause::RateLimit => "rate_limit",
         }
     }
 }
@@ -99,6 +106,8 @@ pub struct Counters {
     /// Sender: viewers connected, and each one's link (`hub::LinkReport`s).
     pub viewers: Option<u64>,
     pub links: Option<serde_json::Value>,
+    /// Sender: the rate controller's state (with `--target-kbps` or `--max-latency-ms`).
+    pub control: Option<crate::control::ControlStatus>,
     /// When the first frame was sent (sender) or received (receiver).
     pub first_frame: Option<Instant>,
 }
@@ -174,6 +183,7 @@ impl Default for Counters {
             viewer: None,
             viewers: None,
             links: None,
+            control: None,
             first_frame: None,
         }
     }
@@ -290,6 +300,9 @@ pub struct Report {
     /// Sender: each viewer's link: id, kind, peer, seconds, frames, bytes, drops.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub links: Option<serde_json::Value>,
+    /// Sender: the rate controller's state at the end of the span.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub control: Option<crate::control::ControlStatus>,
 }
 
 impl Report {
@@ -333,6 +346,7 @@ impl Report {
             viewer: c.viewer.clone(),
             viewers: if sender { c.viewers } else { None },
             links: if sender { c.links.clone() } else { None },
+            control: c.control.clone(),
         }
     }
 
@@ -352,6 +366,10 @@ impl Report {
             Some(0) => s.push_str("  q cam"),
             Some(q) => s.push_str(&format!("  q{q:<3}")),
             None => s.push_str("  q -  "),
+        }
+        if let Some(c) = &self.control {
+            let rate = if c.rate_kbps.is_finite() { format!("{:.0}", c.rate_kbps) } else { "-".into() };
+            s.push_str(&format!("  ctl q{} {:.1} fps rate {rate} kbit/s", c.quality, c.fps));
         }
         if let Some(ms) = self.encode_ms {
             s.push_str(&format!("  enc {ms:.2} ms"));
@@ -507,6 +525,7 @@ impl Meter {
             g.interval.viewers = c.viewers;
             g.interval.links = c.links.clone();
             g.interval.quality = c.quality;
+            g.interval.control = c.control.clone();
             c
         };
         Report::build(self.side, "interval", &c, (now - self.started).as_secs_f64(), (now - since).as_secs_f64())

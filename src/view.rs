@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use minifb::{Key, ScaleMode, Window, WindowOptions};
+use minifb::{Key, KeyRepeat, ScaleMode, Window, WindowOptions};
 
 /// A decoded frame: `pixels` are `0x00RRGGBB`, row by row.
 #[derive(Clone, Copy, Debug)]
@@ -34,6 +34,10 @@ pub trait FrameSink {
     fn poll(&mut self) -> bool;
     /// Updates the status text (the window title).
     fn set_status(&mut self, _status: &str) {}
+    /// Quality key presses since the last call: +1 per Up (or +), −1 per Down (or −).
+    fn take_quality_steps(&mut self) -> i8 {
+        0
+    }
 }
 
 /// Shows nothing; the receiver still decodes, counts and measures every frame.
@@ -63,6 +67,7 @@ pub struct WindowSink {
     size: (usize, usize),
     title: String,
     open: bool,
+    steps: i8,
 }
 
 impl WindowSink {
@@ -72,7 +77,7 @@ impl WindowSink {
         if !display_available() {
             return Err(ViewError::NoDisplay);
         }
-        Ok(WindowSink { window: None, size: (0, 0), title: "framecast".into(), open: true })
+        Ok(WindowSink { window: None, size: (0, 0), title: "framecast".into(), open: true, steps: 0 })
     }
 
     fn open(&mut self, width: usize, height: usize) -> Result<&mut Window, ViewError> {
@@ -94,28 +99,45 @@ impl WindowSink {
     }
 }
 
+impl WindowSink {
+    /// Reads the keys after a window update: Esc closes, Up/Down (or +/−) move quality.
+    fn keys(&mut self) {
+        let Some(w) = &self.window else { return };
+        if !w.is_open() || w.is_key_down(Key::Escape) {
+            self.open = false;
+        }
+        for k in w.get_keys_pressed(KeyRepeat::No) {
+            match k {
+                Key::Up | Key::Equal | Key::NumPadPlus => self.steps = self.steps.saturating_add(1),
+                Key::Down | Key::Minus | Key::NumPadMinus => self.steps = self.steps.saturating_sub(1),
+                _ => {}
+            }
+        }
+    }
+}
+
 impl FrameSink for WindowSink {
     fn show(&mut self, pic: &Picture<'_>) -> Result<(), ViewError> {
         let w = self.open(pic.width, pic.height)?;
         w.update_with_buffer(pic.pixels, pic.width, pic.height).map_err(|e| ViewError::Update(e.to_string()))?;
-        if !w.is_open() || w.is_key_down(Key::Escape) {
-            self.open = false;
-        }
+        self.keys();
         Ok(())
     }
 
     fn poll(&mut self) -> bool {
         if let Some(w) = &mut self.window {
             w.update();
-            if !w.is_open() || w.is_key_down(Key::Escape) {
-                self.open = false;
-            }
         }
+        self.keys();
         self.open
     }
 
+    fn take_quality_steps(&mut self) -> i8 {
+        std::mem::take(&mut self.steps)
+    }
+
     fn set_status(&mut self, status: &str) {
-        self.title = format!("framecast - {status}");
+        self.title = format!("framecast - {status} (Up/Down: quality)");
         if let Some(w) = &mut self.window {
             w.set_title(&self.title);
         }

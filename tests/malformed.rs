@@ -254,7 +254,7 @@ fn header_rows() -> Vec<Row> {
     // After hello and stream-info: 2 good messages.
     let e = |input: &str, rest: &[u8], want: ProtocolError| expect_protocol(input, &after_info(INFO, rest), 2, want);
 
-    for ty in [0u8, 8, 0x47, 255] {
+    for ty in [0u8, 9, 0x47, 255] {
         rows.push(e(
             &format!("message type {ty} (only its first byte sent)"),
             &[ty],
@@ -273,7 +273,14 @@ fn header_rows() -> Vec<Row> {
             },
         ));
     }
-    let fixed = [("stream-info", 1u8, 12u32), ("ack", 3, 32), ("ping", 4, 16), ("pong", 5, 32), ("set-quality", 6, 4)];
+    let fixed = [
+        ("stream-info", 1u8, 12u32),
+        ("ack", 3, 32),
+        ("ping", 4, 16),
+        ("pong", 5, 32),
+        ("set-quality", 6, 4),
+        ("quality-step", 8, 4),
+    ];
     for (name, ty, len) in fixed {
         for wrong in [0, len - 1, len + 1, u32::MAX] {
             rows.push(e(

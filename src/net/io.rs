@@ -301,6 +301,33 @@ pub fn configure(stream: &TcpStream, read_timeout: Duration) -> io::Result<()> {
     Ok(())
 }
 
+/// Keeps the kernel's queue of bytes written but not yet sent small, so that a slow link
+/// makes the writer wait (and the newest frame win before the socket) instead of queueing
+/// seconds of video in the kernel: `TCP_NOTSENT_LOWAT` where the platform has it (Linux,
+/// Android), otherwise a small `SO_SNDBUF`. Returns which of the two was set.
+pub fn limit_send_queue(stream: &TcpStream, bytes: u32) -> io::Result<&'static str> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        use std::os::fd::AsRawFd;
+        let v: libc::c_int = bytes.min(i32::MAX as u32) as libc::c_int;
+        // SAFETY: a valid socket descriptor and a pointer to a c_int of the given size.
+        let rc = unsafe {
+            libc::setsockopt(
+                stream.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_NOTSENT_LOWAT,
+                (&v as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            return Ok("TCP_NOTSENT_LOWAT");
+        }
+    }
+    socket2::SockRef::from(stream).set_send_buffer_size(bytes as usize * 2)?;
+    Ok("SO_SNDBUF")
+}
+
 /// Connects to `addr` (HOST:PORT), retrying refused connections with a capped backoff until
 /// `patience` has passed or `stop` is set. Other errors (a name that does not resolve, no
 /// route) fail at once.
@@ -419,6 +446,7 @@ mod tests {
             Message::Ping(p) => Got::Other(Message::Ping(p)),
             Message::Pong(p) => Got::Other(Message::Pong(p)),
             Message::SetQuality(q) => Got::Other(Message::SetQuality(q)),
+            Message::QualityStep(n) => Got::Other(Message::QualityStep(n)),
             Message::Report(r) => Got::Report(r.to_vec()),
         }
     }

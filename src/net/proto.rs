@@ -174,6 +174,7 @@ pub enum MsgType {
     Pong = 5,
     SetQuality = 6,
     Report = 7,
+    QualityStep = 8,
 }
 
 impl MsgType {
@@ -186,6 +187,7 @@ impl MsgType {
             5 => Self::Pong,
             6 => Self::SetQuality,
             7 => Self::Report,
+            8 => Self::QualityStep,
             _ => return None,
         })
     }
@@ -199,6 +201,7 @@ impl MsgType {
             Self::Pong => "pong",
             Self::SetQuality => "set-quality",
             Self::Report => "report",
+            Self::QualityStep => "quality-step",
         }
     }
 
@@ -212,6 +215,7 @@ impl MsgType {
             Self::Pong => Some(32),
             Self::SetQuality => Some(4),
             Self::Report => None,
+            Self::QualityStep => Some(4),
         }
     }
 }
@@ -309,7 +313,12 @@ pub enum Message<'a> {
     SetQuality(u8),
     /// Viewer → sender: its latest stats interval, as a JSON object (UTF-8).
     Report(&'a [u8]),
+    /// Viewer → sender: quality up (+n) or down (−n) by n key presses, 1 ≤ |n| ≤ [`MAX_QUALITY_STEP`].
+    QualityStep(i8),
 }
+
+/// The most key presses one `QualityStep` carries.
+pub const MAX_QUALITY_STEP: i8 = 10;
 
 impl Message<'_> {
     /// Appends the whole message (header and payload) to `out`.
@@ -350,6 +359,10 @@ impl Message<'_> {
             Message::Report(json) => {
                 put_header(out, MsgType::Report, json.len() as u32);
                 out.extend_from_slice(json);
+            }
+            Message::QualityStep(n) => {
+                put_header(out, MsgType::QualityStep, 4);
+                out.extend_from_slice(&[*n as u8, 0, 0, 0]);
             }
         }
     }
@@ -547,6 +560,18 @@ impl Decoder {
                 }
                 Message::Report(p)
             }
+            MsgType::QualityStep => {
+                let n = p[0] as i8;
+                if n == 0 || n.unsigned_abs() > MAX_QUALITY_STEP as u8 || p[1..4] != [0, 0, 0] {
+                    return Err(ProtocolError::malformed(
+                        at,
+                        format!(
+                            "quality-step payload {p:02x?}, expected a step of 1..={MAX_QUALITY_STEP} up or down (two's complement) and three zero bytes"
+                        ),
+                    ));
+                }
+                Message::QualityStep(n)
+            }
         };
         self.offset += total as u64;
         Ok(Some((msg, total)))
@@ -711,6 +736,7 @@ mod tests {
         assert_eq!(pong, want);
 
         assert_eq!(enc(&Message::SetQuality(42)), [6, 0, 0, 0, 0, 0, 0, 4, 42, 0, 0, 0]);
+        assert_eq!(enc(&Message::QualityStep(-1)), [8, 0, 0, 0, 0, 0, 0, 4, 0xff, 0, 0, 0]);
     }
 
     #[test]
@@ -761,6 +787,8 @@ mod tests {
             Message::Pong(Pong { id: 1, t1_us: u64::MAX, t2_us: 3, t3_us: 4 }),
             Message::SetQuality(1),
             Message::SetQuality(100),
+            Message::QualityStep(1),
+            Message::QualityStep(-MAX_QUALITY_STEP),
         ];
         for m in msgs {
             let b = enc(&m);
@@ -851,7 +879,7 @@ mod tests {
 
     #[test]
     fn unknown_message_type_rejected_from_its_first_byte() {
-        for ty in [0u8, 8, 0x47, 255] {
+        for ty in [0u8, 9, 0x47, 255] {
             let d = decoder_with(INFO);
             let b = [ty, 0, 0, 0, 0, 0, 0, 4, 1, 2, 3, 4];
             for len in 1..=b.len() {
@@ -1043,6 +1071,19 @@ mod tests {
             let mut b = vec![6, 0, 0, 0, 0, 0, 0, 4];
             b.extend_from_slice(&payload);
             assert_eq!(malformed(decoder_with(INFO).decode(&b).unwrap_err()).0, 52, "{payload:?}");
+        }
+    }
+
+    #[test]
+    fn quality_step_payload_checked() {
+        for payload in [[0u8, 0, 0, 0], [11, 0, 0, 0], [0xf5, 0, 0, 0], [0x80, 0, 0, 0], [1, 1, 0, 0], [1, 0, 0, 1]] {
+            let mut b = vec![8, 0, 0, 0, 0, 0, 0, 4];
+            b.extend_from_slice(&payload);
+            assert_eq!(malformed(decoder_with(INFO).decode(&b).unwrap_err()).0, 52, "{payload:?}");
+        }
+        for n in [-10i8, -1, 1, 10] {
+            let b = enc(&Message::QualityStep(n));
+            assert_eq!(decoder_with(INFO).decode(&b).unwrap(), Some((Message::QualityStep(n), 12)));
         }
     }
 

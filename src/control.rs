@@ -1,0 +1,614 @@
+//! The sender's rate controller (`--target-kbps`, `--max-latency-ms`): it chooses the JPEG
+//! quality and the encoded frame rate from what it measures, so that the bytes put on the link
+//! match what the link can carry.
+//!
+//! It is pure code over timestamps (µs on the sender's clock) and byte counts, fed by the
+//! encoder (each frame's size and quality), by each native viewer's writer (frames dropped
+//! because too many were unacknowledged: congestion) and by the acknowledgements coming back
+//! (delivered bytes and the capture→acknowledged delay). Every [`TICK_US`] it decides:
+//!
+//! 1. **The allowed rate.** With a target, that target. With a latency budget, a delay-based
+//!    estimate in the spirit of GCC: when the measured latency nears the budget or frames are
+//!    lost to congestion, the rate drops to 0.85 × the rate acknowledgements arrive at (the
+//!    path's delivery rate, as BBR estimates it); while latency stays well inside the budget it
+//!    grows, quickly far below the rate where trouble last started and slowly near it. With
+//!    both, the lower of the two.
+//! 2. **Quality, then fps.** The bit rate at the current quality is predicted from the mean
+//!    size of frames encoded at each quality (remembered per quality value, so a step that was
+//!    too big once is not tried again at once). Over the rate: quality goes down, in steps that
+//!    grow with the excess; at `min_quality`, the frame rate goes down instead. Under it with
+//!    room: the frame rate comes back first, then quality goes up one or two steps at a time,
+//!    and only if the remembered size at the next step fits. A dead band of −8…+5 % around the
+//!    rate keeps it from hunting.
+//!
+//! The latency the controller sees is capture → acknowledgement on the sender's clock: the
+//! viewer's capture→displayed plus the acknowledgement's trip back, so it errs on the safe
+//! side by up to half a round trip.
+
+use std::collections::VecDeque;
+use std::fmt;
+
+use serde::Serialize;
+
+/// How often the controller decides, µs.
+pub const TICK_US: u64 = 250_000;
+/// The span measurements are taken over, µs.
+const WINDOW_US: u64 = 1_000_000;
+/// Frames at a new quality before its size is trusted for the next decision.
+const SETTLE_FRAMES: u32 = 3;
+/// Sizes remembered per quality are forgotten after this long, µs (the scene may change).
+const SIZE_MEMORY_US: u64 = 10_000_000;
+
+/// What the controller aims for (see `cli` for the flags).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ControlConfig {
+    pub target_kbps: Option<u32>,
+    pub max_latency_ms: Option<u32>,
+    pub min_quality: u8,
+    pub max_quality: u8,
+    /// The capture rate, frames per second (> 0: a controller needs a live rate).
+    pub fps: u32,
+}
+
+impl ControlConfig {
+    /// Whether anything is controlled at all.
+    pub fn is_active(&self) -> bool {
+        self.target_kbps.is_some() || self.max_latency_ms.is_some()
+    }
+}
+
+/// What the encoder should do now.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Setting {
+    pub quality: u8,
+    /// Frames per second to encode (at most the capture rate).
+    pub fps: f64,
+}
+
+/// The controller's state for the stats line and JSON (`control` field).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ControlStatus {
+    /// "target", "latency" or "target+latency".
+    pub mode: &'static str,
+    pub quality: u8,
+    pub fps: f64,
+    /// The rate the controller allows now, kbit/s.
+    pub rate_kbps: f64,
+    /// Rate predicted at the current quality and fps, kbit/s.
+    pub predicted_kbps: f64,
+    /// Rate at which acknowledged bytes arrived over the last second, kbit/s.
+    pub delivered_kbps: f64,
+    /// p95 of capture→acknowledged over the last second, ms.
+    pub latency_p95_ms: Option<f64>,
+    /// Frames written to a viewer and not yet acknowledged, after the latest write.
+    pub in_flight: usize,
+    /// Why the last change was made.
+    pub reason: String,
+}
+
+/// One decision, for the debug log.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    pub setting: Setting,
+    pub reason: String,
+}
+
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "q{} {:.1} fps: {}", self.setting.quality, self.setting.fps, self.reason)
+    }
+}
+
+#[derive(Clone, Copy, Default)]
+struct SizeMemo {
+    bytes: f64,
+    at_us: u64,
+}
+
+/// The controller. See the module documentation.
+pub struct Controller {
+    cfg: ControlConfig,
+    setting: Setting,
+    /// The rate a latency budget allows; `None` until latency first limits it.
+    latency_rate: Option<f64>,
+    /// Where trouble last started (delivered kbit/s), for the slow probing near it.
+    trouble_kbps: Option<f64>,
+    /// (time, bytes, quality) of frames encoded in the last window.
+    encoded: VecDeque<(u64, u64, u8)>,
+    /// (time, bytes, capture→ack µs) of acknowledgements in the last window.
+    acked: VecDeque<(u64, u64, u64)>,
+    /// (time) of frames lost to congestion in the last window.
+    congested: VecDeque<u64>,
+    /// Frames offered by capture in the last window (the achievable fps).
+    offered: VecDeque<u64>,
+    sizes: Vec<SizeMemo>,
+    frames_at_quality: u32,
+    last_tick: Option<u64>,
+    in_flight: usize,
+    last_decrease: u64,
+    next_due: u64,
+    status: ControlStatus,
+}
+
+impl Controller {
+    pub fn new(cfg: ControlConfig, start_quality: u8) -> Self {
+        let quality = start_quality.clamp(cfg.min_quality, cfg.max_quality);
+        let setting = Setting { quality, fps: f64::from(cfg.fps) };
+        let mode = match (cfg.target_kbps.is_some(), cfg.max_latency_ms.is_some()) {
+            (true, true) => "target+latency",
+            (true, false) => "target",
+            _ => "latency",
+        };
+        let status = ControlStatus {
+            mode,
+            quality,
+            fps: setting.fps,
+            rate_kbps: cfg.target_kbps.map_or(0.0, f64::from),
+            predicted_kbps: 0.0,
+            delivered_kbps: 0.0,
+            latency_p95_ms: None,
+            in_flight: 0,
+            reason: "start".into(),
+        };
+        Controller {
+            cfg,
+            setting,
+            latency_rate: None,
+            trouble_kbps: None,
+            encoded: VecDeque::new(),
+            acked: VecDeque::new(),
+            congested: VecDeque::new(),
+            offered: VecDeque::new(),
+            sizes: vec![SizeMemo::default(); 101],
+            frames_at_quality: 0,
+            last_tick: None,
+            in_flight: 0,
+            last_decrease: 0,
+            next_due: 0,
+            status,
+        }
+    }
+
+    pub fn setting(&self) -> Setting {
+        self.setting
+    }
+
+    pub fn status(&self) -> ControlStatus {
+        self.status.clone()
+    }
+
+    /// A captured frame reached the encoder: returns whether to encode it (frames above the
+    /// chosen fps are skipped, evenly spread).
+    pub fn admit(&mut self, now: u64) -> bool {
+        self.offered.push_back(now);
+        let nominal = f64::from(self.cfg.fps);
+        if self.setting.fps >= nominal - 1e-6 {
+            self.next_due = now;
+            return true;
+        }
+        let period = (1e6 / self.setting.fps.max(0.1)) as u64;
+        let half_frame = (5e5 / nominal) as u64;
+        if now + half_frame >= self.next_due {
+            // Keep the schedule, but never owe more than one period.
+            self.next_due = (self.next_due + period).max(now.saturating_sub(period) + period);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// A frame of `bytes` was encoded at `quality`.
+    pub fn on_encoded(&mut self, now: u64, bytes: u64, quality: u8) {
+        self.encoded.push_back((now, bytes, quality));
+        let memo = &mut self.sizes[usize::from(quality.min(100))];
+        memo.bytes = if memo.bytes == 0.0 || now - memo.at_us > SIZE_MEMORY_US {
+            bytes as f64
+        } else {
+            memo.bytes * 0.7 + bytes as f64 * 0.3
+        };
+        memo.at_us = now;
+        if quality == self.setting.quality {
+            self.frames_at_quality += 1;
+        }
+    }
+
+    /// Frames of `bytes` captured at `capture_us` were acknowledged at `now`.
+    pub fn on_acked(&mut self, now: u64, bytes: u64, capture_us: u64) {
+        self.acked.push_back((now, bytes, now.saturating_sub(capture_us)));
+    }
+
+    /// A viewer's writer has `frames` unacknowledged after its latest write.
+    pub fn on_in_flight(&mut self, frames: usize) {
+        self.in_flight = frames;
+    }
+
+    /// A frame was lost because the viewer's window of unacknowledged frames was full.
+    pub fn on_congestion_drop(&mut self, now: u64) {
+        self.congested.push_back(now);
+    }
+
+    /// Decides, at most once per [`TICK_US`]; returns the decision when the setting changed.
+    pub fn tick(&mut self, now: u64) -> Option<Decision> {
+        if self.last_tick.is_some_and(|t| now < t + TICK_US) {
+            return None;
+        }
+        self.last_tick = Some(now);
+        let since = now.saturating_sub(WINDOW_US);
+        for q in [&mut self.offered, &mut self.congested] {
+            while q.front().is_some_and(|t| *t < since) {
+                q.pop_front();
+            }
+        }
+        while self.encoded.front().is_some_and(|e| e.0 < since) {
+            self.encoded.pop_front();
+        }
+        while self.acked.front().is_some_and(|a| a.0 < since) {
+            self.acked.pop_front();
+        }
+
+        let delivered_kbps = self.delivered_kbps(now);
+        // Latency over the last half window reacts sooner; the whole window when that is thin.
+        let recent = now.saturating_sub(WINDOW_US / 2);
+        let latency_p95 = p95(self.acked.iter().filter(|a| a.0 >= recent).map(|a| a.2))
+            .or_else(|| p95(self.acked.iter().map(|a| a.2)));
+        let congestion = self.congested.len();
+        let rate = self.allowed_rate(now, delivered_kbps, latency_p95, congestion);
+        let before = self.setting;
+        let reason = rate.and_then(|r| self.fit(r));
+        let rate = rate.unwrap_or(self.status.rate_kbps);
+        let predicted = self.predicted_kbps(self.setting.quality, self.setting.fps);
+        self.status = ControlStatus {
+            quality: self.setting.quality,
+            fps: (self.setting.fps * 10.0).round() / 10.0,
+            rate_kbps: rate.round(),
+            predicted_kbps: predicted.map_or(0.0, f64::round),
+            delivered_kbps: delivered_kbps.round(),
+            latency_p95_ms: latency_p95.map(|us| (us as f64 / 100.0).round() / 10.0),
+            in_flight: self.in_flight,
+            reason: reason.clone().unwrap_or_else(|| self.status.reason.clone()),
+            ..self.status.clone()
+        };
+        (self.setting != before).then(|| Decision {
+            setting: self.setting,
+            reason: format!(
+                "{}; rate {:.0} kbit/s, delivered {:.0} kbit/s, latency p95 {}, in flight {}, congestion drops {} in 1 s",
+                reason.unwrap_or_default(),
+                rate,
+                delivered_kbps,
+                latency_p95.map_or("unknown".into(), |us| format!("{:.1} ms", us as f64 / 1000.0)),
+                self.in_flight,
+                congestion
+            ),
+        })
+    }
+
+    /// Acknowledged bytes per second over the window, kbit/s.
+    fn delivered_kbps(&self, now: u64) -> f64 {
+        let (Some(first), Some(_)) = (self.acked.front(), self.acked.back()) else { return 0.0 };
+        let span = now.saturating_sub(first.0).max(TICK_US) as f64 / 1e6;
+        let bytes: u64 = self.acked.iter().skip(1).map(|a| a.1).sum();
+        bytes as f64 * 8.0 / 1000.0 / span
+    }
+
+    /// The rate allowed now, kbit/s (infinite: nothing limits), or `None` to hold the
+    /// current setting (a latency budget with no measurement yet, or a stall).
+    fn allowed_rate(&mut self, now: u64, delivered: f64, latency_p95: Option<u64>, congestion: usize) -> Option<f64> {
+        let target = self.cfg.target_kbps.map_or(f64::INFINITY, f64::from);
+        let Some(budget_ms) = self.cfg.max_latency_ms else { return Some(target) };
+        let budget = u64::from(budget_ms) * 1000;
+        let Some(lat) = latency_p95 else {
+            // No acknowledgement in a whole second: not started, a stall, or a dead viewer.
+            return self.latency_rate.map(|r| r.min(target)).or(target.is_finite().then_some(target));
+        };
+        let lost = congestion >= 2;
+        if lat > budget * 8 / 10 || lost {
+            // Over the budget: drain the queue too (down to 0.6 of the delivery rate); near it,
+            // a gentler cut. At most once per half window: the measurements lag a cut.
+            let severe = lat > budget || lost;
+            let factor = if severe { 0.85 * (budget as f64 / lat as f64).clamp(0.7, 1.0) } else { 0.92 };
+            if now >= self.last_decrease + WINDOW_US / 2 || self.last_decrease == 0 {
+                let cut = delivered.max(64.0) * factor;
+                self.latency_rate = Some(self.latency_rate.map_or(cut, |r| r.min(cut)));
+                // Where trouble starts: the delivery rate at the first cut of an episode.
+                let episode = now < self.last_decrease + 4 * WINDOW_US;
+                self.trouble_kbps = Some(match self.trouble_kbps {
+                    Some(t) if episode => t.max(delivered),
+                    _ => delivered.max(64.0),
+                });
+                self.last_decrease = now;
+            }
+        } else if lat < budget * 6 / 10 {
+            let ceiling = self.predicted_kbps(self.cfg.max_quality, f64::from(self.cfg.fps));
+            let r = match (self.latency_rate, self.trouble_kbps) {
+                (None, _) => None,
+                // Far below where trouble started: grow fast; close to it: slowly; past it: very
+                // slowly, as the path may have more room now.
+                (Some(r), Some(t)) if r >= t => Some(r * 1.005 + 4.0),
+                (Some(r), Some(t)) if r > 0.9 * t => Some((r * 1.01 + 8.0).min(t)),
+                (Some(r), _) => Some(r * 1.08),
+            };
+            self.latency_rate = r.filter(|r| !matches!(ceiling, Some(c) if *r >= c * 1.2));
+            // else not limiting
+        }
+        Some(target.min(self.latency_rate.unwrap_or(f64::INFINITY)))
+    }
+
+    /// Bit rate at `quality` and `fps` predicted from remembered frame sizes, kbit/s.
+    fn predicted_kbps(&self, quality: u8, fps: f64) -> Option<f64> {
+        let memo = self.sizes[usize::from(quality)];
+        let newest = self.encoded.back().map_or(0, |e| e.0);
+        (memo.bytes > 0.0 && newest.saturating_sub(memo.at_us) <= SIZE_MEMORY_US)
+            .then(|| memo.bytes * 8.0 * fps / 1000.0)
+    }
+
+    /// Frames per second capture actually delivers (at most the configured rate).
+    fn achievable_fps(&self) -> f64 {
+        let nominal = f64::from(self.cfg.fps);
+        match (self.offered.front(), self.offered.back()) {
+            (Some(first), Some(last)) if last - first >= WINDOW_US / 2 => {
+                ((self.offered.len() - 1) as f64 * 1e6 / (last - first) as f64).min(nominal)
+            }
+            _ => nominal,
+        }
+    }
+
+    /// Moves quality and fps towards `rate`; returns the reason when something changed.
+    fn fit(&mut self, rate: f64) -> Option<String> {
+        if self.frames_at_quality < SETTLE_FRAMES {
+            return None;
+        }
+        if !rate.is_finite() {
+            // Nothing limits: towards the best the encoder may do, two steps at a time, so that
+            // a latency budget sees each step before the next.
+            let best =
+                Setting { quality: (self.setting.quality + 2).min(self.cfg.max_quality), fps: f64::from(self.cfg.fps) };
+            if self.setting != best {
+                let q = self.setting.quality;
+                self.set(best);
+                return Some(format!("no limit: quality {q} -> {}", best.quality));
+            }
+            return None;
+        }
+        let q = self.setting.quality;
+        let fps_cap = self.achievable_fps();
+        let fps = self.setting.fps.min(fps_cap);
+        let predicted = self.predicted_kbps(q, fps)?;
+        let bytes_per_frame = self.sizes[usize::from(q)].bytes;
+        if predicted > rate * 1.05 {
+            if q > self.cfg.min_quality {
+                // ~4 % of size per quality step: step by the log of the excess.
+                let steps = ((predicted / rate).ln() / 1.04f64.ln()).ceil().clamp(1.0, 10.0) as u8;
+                let to = q.saturating_sub(steps).max(self.cfg.min_quality);
+                self.set(Setting { quality: to, fps: self.setting.fps });
+                return Some(format!("predicted {predicted:.0} kbit/s over the rate: quality {q} -> {to}"));
+            }
+            let to = (rate * 1000.0 / 8.0 / bytes_per_frame).clamp(1.0, fps_cap);
+            if (to - self.setting.fps).abs() >= 0.1 {
+                self.set(Setting { quality: q, fps: to });
+                return Some(format!("quality at its minimum {q}: fps {fps:.1} -> {to:.1}"));
+            }
+            return None;
+        }
+        if predicted < rate * 0.92 {
+            if self.setting.fps < fps_cap - 0.05 {
+                let to = (rate * 1000.0 / 8.0 / bytes_per_frame).min(fps_cap);
+                if to > self.setting.fps + 0.05 {
+                    self.set(Setting { quality: q, fps: to });
+                    return Some(format!("room: fps {:.1} -> {to:.1}", fps));
+                }
+                return None;
+            }
+            if q < self.cfg.max_quality {
+                let step = if predicted < rate * 0.7 { 2 } else { 1 };
+                let to = (q + step).min(self.cfg.max_quality);
+                if let Some(next) = self.predicted_kbps(to, fps) {
+                    if next > rate * 1.02 {
+                        return None; // the next step was seen to be too big
+                    }
+                }
+                self.set(Setting { quality: to, fps: self.setting.fps });
+                return Some(format!("predicted {predicted:.0} kbit/s leaves room: quality {q} -> {to}"));
+            }
+        }
+        None
+    }
+
+    fn set(&mut self, s: Setting) {
+        if s.quality != self.setting.quality {
+            self.frames_at_quality = 0;
+        }
+        self.setting = s;
+    }
+
+    /// Applies a viewer's request: a new quality ceiling (`SetQuality`), or a step of the
+    /// target (`QualityStep` while a target is set). Returns what changed, for the log.
+    pub fn request_quality(&mut self, quality: u8) -> String {
+        let q = quality.clamp(self.cfg.min_quality.min(quality), 100);
+        self.cfg.max_quality = q;
+        self.cfg.min_quality = self.cfg.min_quality.min(q);
+        if self.setting.quality > q {
+            self.set(Setting { quality: q, fps: self.setting.fps });
+        }
+        format!("viewer set the quality ceiling to {q}")
+    }
+
+    /// Scales the bit-rate target by 1.25^`steps` (a viewer's key); with no target, moves the
+    /// quality ceiling by 5 per step. Returns what changed, for the log.
+    pub fn step(&mut self, steps: i8) -> String {
+        match self.cfg.target_kbps {
+            Some(t) => {
+                let to = (f64::from(t) * 1.25f64.powi(i32::from(steps))).clamp(16.0, 1_000_000.0) as u32;
+                self.cfg.target_kbps = Some(to);
+                format!("viewer moved the target from {t} to {to} kbit/s")
+            }
+            None => {
+                let to = (i32::from(self.cfg.max_quality) + 5 * i32::from(steps)).clamp(1, 100) as u8;
+                self.request_quality(to)
+            }
+        }
+    }
+}
+
+/// 95th percentile of `values` (nearest rank), or `None` when there are fewer than 3.
+fn p95(values: impl Iterator<Item = u64>) -> Option<u64> {
+    let mut v: Vec<u64> = values.collect();
+    if v.len() < 3 {
+        return None;
+    }
+    v.sort_unstable();
+    let rank = ((v.len() as f64) * 0.95).ceil() as usize;
+    Some(v[rank.clamp(1, v.len()) - 1])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A JPEG whose size falls ~4 % per quality step below 100, like a natural scene.
+    fn size_at(quality: u8, scale: f64) -> u64 {
+        (scale * 1.04f64.powi(i32::from(quality) - 100)) as u64
+    }
+
+    /// A bottleneck link: a FIFO drained at `kbps`, plus a fixed one-way `delay_us`; frames are
+    /// acknowledged when they have crossed it and the ack has come back.
+    struct Link {
+        kbps: f64,
+        delay_us: u64,
+        busy_until: u64,
+        in_flight: VecDeque<(u64, u64, u64)>, // (ack time, bytes, capture time)
+    }
+
+    impl Link {
+        fn send(&mut self, now: u64, bytes: u64) {
+            let tx = (bytes as f64 * 8.0 / self.kbps * 1000.0) as u64;
+            self.busy_until = self.busy_until.max(now) + tx;
+            self.in_flight.push_back((self.busy_until + 2 * self.delay_us, bytes, now));
+        }
+    }
+
+    struct Run {
+        qualities: Vec<u8>,
+        fps: Vec<f64>,
+        sent_bytes: Vec<(u64, u64)>,
+        latencies: Vec<(u64, u64)>,
+    }
+
+    /// Drives the controller for `secs` at `fps` against `link`, with at most `window` frames
+    /// unacknowledged (more are dropped as congestion).
+    fn simulate(cfg: ControlConfig, link: &mut Link, scale: f64, secs: u64, window: usize) -> Run {
+        let mut c = Controller::new(cfg.clone(), 75);
+        let period = 1_000_000 / u64::from(cfg.fps);
+        let mut run = Run { qualities: vec![], fps: vec![], sent_bytes: vec![], latencies: vec![] };
+        let mut now = 0;
+        while now < secs * 1_000_000 {
+            while link.in_flight.front().is_some_and(|f| f.0 <= now) {
+                let (at, bytes, cap) = link.in_flight.pop_front().unwrap();
+                c.on_acked(at, bytes, cap);
+                run.latencies.push((at, at - cap));
+            }
+            if c.admit(now) {
+                let s = c.setting();
+                let bytes = size_at(s.quality, scale);
+                c.on_encoded(now, bytes, s.quality);
+                if link.in_flight.len() >= window {
+                    c.on_congestion_drop(now);
+                } else {
+                    link.send(now, bytes);
+                    run.sent_bytes.push((now, bytes));
+                }
+            }
+            // CTL_DEBUG=1 prints every decision, for tuning.
+            if let Some(d) = c.tick(now) {
+                if std::env::var("CTL_DEBUG").is_ok() {
+                    eprintln!("{:.2} {d} | {:?}", now as f64 / 1e6, c.status());
+                }
+            }
+            run.qualities.push(c.setting().quality);
+            run.fps.push(c.setting().fps);
+            now += period;
+        }
+        run
+    }
+
+    fn kbps_between(run: &Run, from_s: u64, to_s: u64) -> f64 {
+        let bytes: u64 =
+            run.sent_bytes.iter().filter(|(t, _)| *t >= from_s * 1_000_000 && *t < to_s * 1_000_000).map(|b| b.1).sum();
+        bytes as f64 * 8.0 / 1000.0 / (to_s - from_s) as f64
+    }
+
+    fn cfg(target: Option<u32>, latency: Option<u32>) -> ControlConfig {
+        ControlConfig { target_kbps: target, max_latency_ms: latency, min_quality: 10, max_quality: 95, fps: 30 }
+    }
+
+    #[test]
+    fn target_is_met_within_ten_percent_and_quality_settles() {
+        let mut link = Link { kbps: 20_000.0, delay_us: 20_000, busy_until: 0, in_flight: VecDeque::new() };
+        // q75 is ~60 KB: 14 Mbit/s at 30 fps, far over the 4 Mbit/s target.
+        let run = simulate(cfg(Some(4000), None), &mut link, 135_000.0, 30, 8);
+        let kbps = kbps_between(&run, 5, 30);
+        assert!((kbps - 4000.0).abs() < 400.0, "mean {kbps:.0} kbit/s after 5 s");
+        let late = &run.qualities[run.qualities.len() - 300..];
+        let (lo, hi) = (late.iter().min().unwrap(), late.iter().max().unwrap());
+        assert!(hi - lo <= 3, "quality wandered {lo}..{hi} in the last 10 s");
+        assert!(run.fps.iter().rev().take(300).all(|f| (*f - 30.0).abs() < 0.01), "fps stays at 30");
+    }
+
+    #[test]
+    fn at_minimum_quality_the_frame_rate_goes_down_instead() {
+        let mut link = Link { kbps: 20_000.0, delay_us: 20_000, busy_until: 0, in_flight: VecDeque::new() };
+        // Even quality 10 is ~19 KB a frame (4.6 Mbit/s at 30 fps), as the test pattern is.
+        let run = simulate(cfg(Some(2000), None), &mut link, 19_000.0 * 1.04f64.powi(90), 30, 8);
+        assert_eq!(*run.qualities.last().unwrap(), 10);
+        let fps = *run.fps.last().unwrap();
+        assert!((11.0..=15.0).contains(&fps), "fps {fps} for 2000 kbit/s of 19 KB frames");
+        let kbps = kbps_between(&run, 5, 30);
+        assert!((kbps - 2000.0).abs() < 200.0, "mean {kbps:.0} kbit/s");
+    }
+
+    #[test]
+    fn latency_budget_finds_the_link_rate_and_stays_under_it() {
+        let mut link = Link { kbps: 5000.0, delay_us: 20_000, busy_until: 0, in_flight: VecDeque::new() };
+        let run = simulate(cfg(None, Some(150)), &mut link, 135_000.0, 60, 3);
+        let late: Vec<u64> = run.latencies.iter().filter(|l| l.0 > 10_000_000).map(|l| l.1).collect();
+        let p95 = p95(late.iter().copied()).unwrap();
+        assert!(p95 < 150_000, "p95 {} ms after warm-up", p95 / 1000);
+        let kbps = kbps_between(&run, 10, 60);
+        assert!(kbps > 3000.0 && kbps < 5000.0, "uses most of the 5 Mbit/s link: {kbps:.0} kbit/s");
+    }
+
+    #[test]
+    fn without_a_limit_quality_goes_to_the_maximum() {
+        let mut link = Link { kbps: 100_000.0, delay_us: 1000, busy_until: 0, in_flight: VecDeque::new() };
+        let run = simulate(cfg(None, Some(500)), &mut link, 50_000.0, 10, 1000);
+        assert_eq!(*run.qualities.last().unwrap(), 95);
+    }
+
+    #[test]
+    fn viewer_requests() {
+        let mut c = Controller::new(cfg(Some(4000), None), 75);
+        assert!(c.step(1).contains("5000"));
+        assert_eq!(c.cfg.target_kbps, Some(5000));
+        c.request_quality(50);
+        assert_eq!(c.setting().quality, 50);
+        assert_eq!(c.cfg.max_quality, 50);
+        let mut c = Controller::new(cfg(None, Some(100)), 75);
+        c.step(-1);
+        assert_eq!(c.cfg.max_quality, 90);
+    }
+
+    #[test]
+    fn admit_spreads_skipped_frames_evenly() {
+        let mut c = Controller::new(cfg(Some(1000), None), 10);
+        c.setting.fps = 15.0;
+        let admitted: Vec<bool> = (0..30u64).map(|i| c.admit(i * 33_333)).collect();
+        assert_eq!(admitted.iter().filter(|a| **a).count(), 15);
+        assert!(admitted.windows(2).all(|w| w[0] != w[1]), "every other frame: {admitted:?}");
+    }
+
+    #[test]
+    fn p95_by_nearest_rank() {
+        assert_eq!(p95([1, 2].into_iter()), None);
+        assert_eq!(p95(1..=100), Some(95));
+        assert_eq!(p95([5, 1, 3].into_iter()), Some(5));
+    }
+}
