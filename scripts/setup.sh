@@ -41,17 +41,17 @@ rust_min="$(sed -n 's/^rust-version *= *"\([0-9.]*\)".*/\1/p' "$repo_root/Cargo.
 rust_min="${rust_min:-1.81}"
 
 build_pkgs=(build-essential cmake nasm libclang-dev clang pkg-config libx11-6 libxcursor1)
-# xvfb: Xvfb; x11-apps: xwd; x11-utils: xwininfo; imagemagick: convert;
+# xvfb: Xvfb; x11-apps: xwd; x11-utils: xwininfo; imagemagick: convert; xdotool: key presses into the window;
 # libjpeg-turbo-progs: tjbench, the reference numbers the benches are compared with;
 # chromium and ffmpeg: real clients of the HTTP endpoint.
-test_pkgs=(xvfb x11-apps x11-utils imagemagick libjpeg-turbo-progs chromium ffmpeg)
+test_pkgs=(xvfb x11-apps x11-utils xdotool imagemagick libjpeg-turbo-progs chromium ffmpeg)
 
 say() { printf 'setup.sh: %s\n' "$*"; }
 
 print_other_platforms() {
     local fedora_test="" brew_test=""
     if $test_deps; then
-        fedora_test=$'\n    sudo dnf install -y xorg-x11-server-Xvfb xwd xwininfo ImageMagick libjpeg-turbo-utils chromium ffmpeg'
+        fedora_test=$'\n    sudo dnf install -y xorg-x11-server-Xvfb xwd xwininfo xdotool ImageMagick libjpeg-turbo-utils chromium ffmpeg'
         brew_test=$'\n    brew install imagemagick jpeg-turbo    # tjbench; the window test is X11-only and skips on macOS'
     fi
     cat <<EOF
