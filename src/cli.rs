@@ -178,13 +178,17 @@ pub struct LinkArgs {
     /// Highest quality the rate controller may choose.
     #[arg(long, value_name = "1-100", default_value_t = 90, value_parser = clap::value_parser!(u8).range(1..=100))]
     pub max_quality: u8,
+    /// When the rate controller has quality at its minimum, halve the frame size before
+    /// lowering the frame rate (raw sources: test pattern, Y4M, YUYV/NV12 cameras).
+    #[arg(long)]
+    pub allow_downscale: bool,
     /// Most frames written to a viewer and not yet acknowledged [default: 100 ms of video,
     /// at least 2]. Newer frames wait in a one-frame slot and replace each other.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=256))]
     pub max_in_flight: Option<u32>,
     /// No bound on frames in flight and the kernel's default send queue: latency then grows
     /// on a link slower than the stream, as with other MJPEG streamers (for comparison).
-    #[arg(long, conflicts_with_all = ["target_kbps", "max_latency_ms", "max_in_flight"])]
+    #[arg(long, conflicts_with_all = ["target_kbps", "max_latency_ms", "max_in_flight", "allow_downscale"])]
     pub no_congestion_control: bool,
 }
 
@@ -207,8 +211,14 @@ impl LinkArgs {
             min_quality: self.min_quality,
             max_quality: self.max_quality,
             fps,
+            allow_downscale: self.allow_downscale,
         };
         if !control.is_active() {
+            if self.allow_downscale {
+                bail!(
+                    "--allow-downscale is a choice of the rate controller: give --target-kbps or --max-latency-ms too"
+                );
+            }
             return Ok((congestion, None));
         }
         if fps == 0 {
@@ -262,7 +272,7 @@ pub struct RecvArgs {
     /// sender: the highest quality it may choose). In a window, Up/Down move it at runtime.
     #[arg(long, value_name = "1-100", value_parser = clap::value_parser!(u8).range(1..=100))]
     pub quality: Option<u8>,
-    /// Write one CSV line per displayed frame to PATH: seq, bytes, quality, time, and
+    /// Write one CSV line per displayed frame to PATH: seq, size, bytes, quality, time, and
     /// capture->received/decoded/displayed latency in ms (empty until the clocks are synced).
     #[arg(long, value_name = "PATH")]
     pub frame_log: Option<PathBuf>,

@@ -48,6 +48,9 @@ pub struct ControlConfig {
     pub max_quality: u8,
     /// The capture rate, frames per second (> 0: a controller needs a live rate).
     pub fps: u32,
+    /// At minimum quality, halve the frame size rather than the frame rate
+    /// (`--allow-downscale`).
+    pub allow_downscale: bool,
 }
 
 impl ControlConfig {
@@ -63,6 +66,8 @@ pub struct Setting {
     pub quality: u8,
     /// Frames per second to encode (at most the capture rate).
     pub fps: f64,
+    /// Encode at half the width and height.
+    pub half: bool,
 }
 
 /// The controller's state for the stats line and JSON (`control` field).
@@ -72,6 +77,8 @@ pub struct ControlStatus {
     pub mode: &'static str,
     pub quality: u8,
     pub fps: f64,
+    /// Frames are encoded at half size (`--allow-downscale`).
+    pub half_size: bool,
     /// The rate the controller allows now, kbit/s.
     pub rate_kbps: f64,
     /// Rate predicted at the current quality and fps, kbit/s.
@@ -133,7 +140,7 @@ pub struct Controller {
 impl Controller {
     pub fn new(cfg: ControlConfig, start_quality: u8) -> Self {
         let quality = start_quality.clamp(cfg.min_quality, cfg.max_quality);
-        let setting = Setting { quality, fps: f64::from(cfg.fps) };
+        let setting = Setting { quality, fps: f64::from(cfg.fps), half: false };
         let mode = match (cfg.target_kbps.is_some(), cfg.max_latency_ms.is_some()) {
             (true, true) => "target+latency",
             (true, false) => "target",
@@ -143,6 +150,7 @@ impl Controller {
             mode,
             quality,
             fps: setting.fps,
+            half_size: false,
             rate_kbps: cfg.target_kbps.map_or(0.0, f64::from),
             predicted_kbps: 0.0,
             delivered_kbps: 0.0,
@@ -159,7 +167,7 @@ impl Controller {
             acked: VecDeque::new(),
             congested: VecDeque::new(),
             offered: VecDeque::new(),
-            sizes: vec![SizeMemo::default(); 101],
+            sizes: vec![SizeMemo::default(); 2 * 101],
             frames_at_quality: 0,
             last_tick: None,
             in_flight: 0,
@@ -197,17 +205,17 @@ impl Controller {
         }
     }
 
-    /// A frame of `bytes` was encoded at `quality`.
-    pub fn on_encoded(&mut self, now: u64, bytes: u64, quality: u8) {
+    /// A frame of `bytes` was encoded at `quality`, at half size or not.
+    pub fn on_encoded(&mut self, now: u64, bytes: u64, quality: u8, half: bool) {
         self.encoded.push_back((now, bytes, quality));
-        let memo = &mut self.sizes[usize::from(quality.min(100))];
+        let memo = &mut self.sizes[memo_index(quality, half)];
         memo.bytes = if memo.bytes == 0.0 || now - memo.at_us > SIZE_MEMORY_US {
             bytes as f64
         } else {
             memo.bytes * 0.7 + bytes as f64 * 0.3
         };
         memo.at_us = now;
-        if quality == self.setting.quality {
+        if quality == self.setting.quality && half == self.setting.half {
             self.frames_at_quality += 1;
         }
     }
@@ -256,10 +264,11 @@ impl Controller {
         let before = self.setting;
         let reason = rate.and_then(|r| self.fit(r));
         let rate = rate.unwrap_or(self.status.rate_kbps);
-        let predicted = self.predicted_kbps(self.setting.quality, self.setting.fps);
+        let predicted = self.predicted_kbps(self.setting.quality, self.setting.half, self.setting.fps);
         self.status = ControlStatus {
             quality: self.setting.quality,
             fps: (self.setting.fps * 10.0).round() / 10.0,
+            half_size: self.setting.half,
             rate_kbps: rate.round(),
             predicted_kbps: predicted.map_or(0.0, f64::round),
             delivered_kbps: delivered_kbps.round(),
@@ -318,7 +327,7 @@ impl Controller {
                 self.last_decrease = now;
             }
         } else if lat < budget * 6 / 10 {
-            let ceiling = self.predicted_kbps(self.cfg.max_quality, f64::from(self.cfg.fps));
+            let ceiling = self.predicted_kbps(self.cfg.max_quality, false, f64::from(self.cfg.fps));
             let r = match (self.latency_rate, self.trouble_kbps) {
                 (None, _) => None,
                 // Far below where trouble started: grow fast; close to it: slowly; past it: very
@@ -333,9 +342,10 @@ impl Controller {
         Some(target.min(self.latency_rate.unwrap_or(f64::INFINITY)))
     }
 
-    /// Bit rate at `quality` and `fps` predicted from remembered frame sizes, kbit/s.
-    fn predicted_kbps(&self, quality: u8, fps: f64) -> Option<f64> {
-        let memo = self.sizes[usize::from(quality)];
+    /// Bit rate at `quality` (at half size or not) and `fps` predicted from remembered frame
+    /// sizes, kbit/s.
+    fn predicted_kbps(&self, quality: u8, half: bool, fps: f64) -> Option<f64> {
+        let memo = self.sizes[memo_index(quality, half)];
         let newest = self.encoded.back().map_or(0, |e| e.0);
         (memo.bytes > 0.0 && newest.saturating_sub(memo.at_us) <= SIZE_MEMORY_US)
             .then(|| memo.bytes * 8.0 * fps / 1000.0)
@@ -352,39 +362,41 @@ impl Controller {
         }
     }
 
-    /// Moves quality and fps towards `rate`; returns the reason when something changed.
+    /// Moves quality, fps and size towards `rate`; returns the reason when something changed.
     fn fit(&mut self, rate: f64) -> Option<String> {
         if self.frames_at_quality < SETTLE_FRAMES {
             return None;
         }
+        let fps_cap = self.achievable_fps();
+        let Setting { quality: q, half, .. } = self.setting;
         if !rate.is_finite() {
             // Nothing limits: towards the best the encoder may do, two steps at a time, so that
             // a latency budget sees each step before the next.
-            let best =
-                Setting { quality: (self.setting.quality + 2).min(self.cfg.max_quality), fps: f64::from(self.cfg.fps) };
+            let best = Setting { quality: (q + 2).min(self.cfg.max_quality), fps: fps_cap, half: false };
             if self.setting != best {
-                let q = self.setting.quality;
                 self.set(best);
-                return Some(format!("no limit: quality {q} -> {}", best.quality));
+                return Some(format!("no limit: quality {q} -> {}, full size and rate", best.quality));
             }
             return None;
         }
-        let q = self.setting.quality;
-        let fps_cap = self.achievable_fps();
         let fps = self.setting.fps.min(fps_cap);
-        let predicted = self.predicted_kbps(q, fps)?;
-        let bytes_per_frame = self.sizes[usize::from(q)].bytes;
+        let predicted = self.predicted_kbps(q, half, fps)?;
+        let bytes_per_frame = self.sizes[memo_index(q, half)].bytes;
         if predicted > rate * 1.05 {
             if q > self.cfg.min_quality {
                 // ~4 % of size per quality step: step by the log of the excess.
                 let steps = ((predicted / rate).ln() / 1.04f64.ln()).ceil().clamp(1.0, 10.0) as u8;
                 let to = q.saturating_sub(steps).max(self.cfg.min_quality);
-                self.set(Setting { quality: to, fps: self.setting.fps });
+                self.set(Setting { quality: to, ..self.setting });
                 return Some(format!("predicted {predicted:.0} kbit/s over the rate: quality {q} -> {to}"));
             }
             let to = (rate * 1000.0 / 8.0 / bytes_per_frame).clamp(1.0, fps_cap);
+            if self.cfg.allow_downscale && !half && to < 0.6 * fps_cap {
+                self.set(Setting { quality: q, fps: fps_cap, half: true });
+                return Some(format!("quality at its minimum {q} and fps would fall to {to:.1}: half size"));
+            }
             if (to - self.setting.fps).abs() >= 0.1 {
-                self.set(Setting { quality: q, fps: to });
+                self.set(Setting { fps: to, ..self.setting });
                 return Some(format!("quality at its minimum {q}: fps {fps:.1} -> {to:.1}"));
             }
             return None;
@@ -393,20 +405,34 @@ impl Controller {
             if self.setting.fps < fps_cap - 0.05 {
                 let to = (rate * 1000.0 / 8.0 / bytes_per_frame).min(fps_cap);
                 if to > self.setting.fps + 0.05 {
-                    self.set(Setting { quality: q, fps: to });
-                    return Some(format!("room: fps {:.1} -> {to:.1}", fps));
+                    self.set(Setting { fps: to, ..self.setting });
+                    return Some(format!("room: fps {fps:.1} -> {to:.1}"));
                 }
                 return None;
+            }
+            if half {
+                // Back to full size at the lowest quality if that fits at the full rate: a full
+                // frame is about 3.5 half frames when its size is not remembered.
+                let full = self.predicted_kbps(self.cfg.min_quality, false, fps_cap).unwrap_or(
+                    self.sizes[memo_index(self.cfg.min_quality.max(q), true)].bytes * 3.5 * 8.0 * fps_cap / 1000.0,
+                );
+                if full < rate * 0.9 {
+                    self.set(Setting { quality: self.cfg.min_quality, fps: fps_cap, half: false });
+                    return Some(format!(
+                        "full size at quality {} predicted {full:.0} kbit/s: fits",
+                        self.cfg.min_quality
+                    ));
+                }
             }
             if q < self.cfg.max_quality {
                 let step = if predicted < rate * 0.7 { 2 } else { 1 };
                 let to = (q + step).min(self.cfg.max_quality);
-                if let Some(next) = self.predicted_kbps(to, fps) {
+                if let Some(next) = self.predicted_kbps(to, half, fps) {
                     if next > rate * 1.02 {
                         return None; // the next step was seen to be too big
                     }
                 }
-                self.set(Setting { quality: to, fps: self.setting.fps });
+                self.set(Setting { quality: to, ..self.setting });
                 return Some(format!("predicted {predicted:.0} kbit/s leaves room: quality {q} -> {to}"));
             }
         }
@@ -414,7 +440,7 @@ impl Controller {
     }
 
     fn set(&mut self, s: Setting) {
-        if s.quality != self.setting.quality {
+        if s.quality != self.setting.quality || s.half != self.setting.half {
             self.frames_at_quality = 0;
         }
         self.setting = s;
@@ -427,7 +453,7 @@ impl Controller {
         self.cfg.max_quality = q;
         self.cfg.min_quality = self.cfg.min_quality.min(q);
         if self.setting.quality > q {
-            self.set(Setting { quality: q, fps: self.setting.fps });
+            self.set(Setting { quality: q, ..self.setting });
         }
         format!("viewer set the quality ceiling to {q}")
     }
@@ -447,6 +473,10 @@ impl Controller {
             }
         }
     }
+}
+
+fn memo_index(quality: u8, half: bool) -> usize {
+    usize::from(half) * 101 + usize::from(quality.min(100))
 }
 
 /// 95th percentile of `values` (nearest rank), or `None` when there are fewer than 3.
@@ -508,8 +538,8 @@ mod tests {
             }
             if c.admit(now) {
                 let s = c.setting();
-                let bytes = size_at(s.quality, scale);
-                c.on_encoded(now, bytes, s.quality);
+                let bytes = size_at(s.quality, scale) / if s.half { 4 } else { 1 };
+                c.on_encoded(now, bytes, s.quality, s.half);
                 if link.in_flight.len() >= window {
                     c.on_congestion_drop(now);
                 } else {
@@ -537,7 +567,14 @@ mod tests {
     }
 
     fn cfg(target: Option<u32>, latency: Option<u32>) -> ControlConfig {
-        ControlConfig { target_kbps: target, max_latency_ms: latency, min_quality: 10, max_quality: 95, fps: 30 }
+        ControlConfig {
+            target_kbps: target,
+            max_latency_ms: latency,
+            min_quality: 10,
+            max_quality: 95,
+            fps: 30,
+            allow_downscale: false,
+        }
     }
 
     #[test]
@@ -563,6 +600,20 @@ mod tests {
         assert!((11.0..=15.0).contains(&fps), "fps {fps} for 2000 kbit/s of 19 KB frames");
         let kbps = kbps_between(&run, 5, 30);
         assert!((kbps - 2000.0).abs() < 200.0, "mean {kbps:.0} kbit/s");
+    }
+
+    #[test]
+    fn with_downscale_allowed_size_goes_before_the_frame_rate() {
+        let mut link = Link { kbps: 20_000.0, delay_us: 20_000, busy_until: 0, in_flight: VecDeque::new() };
+        let mut c = cfg(Some(2000), None);
+        c.allow_downscale = true;
+        let scale = 19_000.0 * 1.04f64.powi(90); // quality 10 is 19 KB at full size, as above
+        let run = simulate(c, &mut link, scale, 30, 8);
+        assert!(run.fps.iter().rev().take(300).all(|f| *f > 29.0), "fps kept at half size");
+        let kbps = kbps_between(&run, 10, 30);
+        assert!((kbps - 2000.0).abs() < 200.0, "mean {kbps:.0} kbit/s");
+        let q = *run.qualities.last().unwrap();
+        assert!(q > 20, "quality climbs at half size: {q}");
     }
 
     #[test]

@@ -82,7 +82,7 @@ struct FrameLog {
 
 impl FrameLog {
     const HEADER: &'static str =
-        "seq,bytes,quality,t_s,capture_to_received_ms,capture_to_decoded_ms,capture_to_displayed_ms";
+        "seq,width,height,bytes,quality,t_s,capture_to_received_ms,capture_to_decoded_ms,capture_to_displayed_ms";
 
     fn create(path: &std::path::Path) -> anyhow::Result<Self> {
         use std::io::Write;
@@ -99,8 +99,10 @@ impl FrameLog {
             |t: u64| f.capture_local_us.map_or(String::new(), |c| format!("{:.3}", t.saturating_sub(c) as f64 / 1e3));
         writeln!(
             self.out,
-            "{},{},{},{:.4},{},{},{}",
+            "{},{},{},{},{},{:.4},{},{},{}",
             f.header.seq,
+            f.header.width,
+            f.header.height,
             f.header.jpeg_len,
             f.header.quality,
             shown_us.saturating_sub(self.started_us) as f64 / 1e6,

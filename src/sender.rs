@@ -353,6 +353,9 @@ fn encode_loop(
     let mut ring = FrameRing::default();
     let mut said_mode = false;
     let mut paused: Option<bool> = None;
+    // Frames halved for `--allow-downscale`, and whether a source that cannot be was reported.
+    let mut small = RawFrame::empty();
+    let mut said_no_halve = false;
     for raw in rx.iter() {
         if hub.viewers() == 0 {
             if paused != Some(true) {
@@ -393,13 +396,18 @@ fn encode_loop(
                 }
                 let status = c.status();
                 meter.update(|m| m.control = Some(status.clone()));
-                c.setting().quality
+                let s = c.setting();
+                (s.quality, s.half)
             }
-            None => requests.try_iter().fold(enc.quality(), |q, r| match r {
-                ViewerRequest::Quality(to) => to,
-                ViewerRequest::Step(n) => (i32::from(q) + 5 * i32::from(n)).clamp(1, 100) as u8,
-            }),
+            None => {
+                let q = requests.try_iter().fold(enc.quality(), |q, r| match r {
+                    ViewerRequest::Quality(to) => to,
+                    ViewerRequest::Step(n) => (i32::from(q) + 5 * i32::from(n)).clamp(1, 100) as u8,
+                });
+                (q, false)
+            }
         };
+        let (wanted, half) = wanted;
         if wanted != enc.quality() {
             if control.is_none() {
                 info!(from = enc.quality(), to = wanted, "viewer asked for a new quality");
@@ -409,7 +417,14 @@ fn encode_loop(
         let slot = ring.take();
         let frame = Arc::get_mut(slot).expect("the ring hands out frames nobody else holds");
         let start = now_us();
-        let res = enc.encode(&raw, &mut frame.jpeg);
+        let halved = half && crate::capture::scale::halve(&raw, &mut small);
+        if half && !halved && !said_no_halve {
+            warn!(
+                "--allow-downscale: this source's frames are JPEG, which framecast does not scale; sending full size"
+            );
+            said_no_halve = true;
+        }
+        let res = enc.encode(if halved { &small } else { &raw }, &mut frame.jpeg);
         let end = now_us();
         let info = match res {
             Ok(i) => i,
@@ -428,14 +443,15 @@ fn encode_loop(
             }
             said_mode = true;
         }
+        let (width, height) = if halved { (small.width, small.height) } else { (raw.width, raw.height) };
         frame.header = FrameHeader {
             seq: raw.seq,
             capture_us: raw.capture_us,
             encode_start_us: start,
             encode_end_us: end,
             send_us: 0,
-            width: raw.width as u16,
-            height: raw.height as u16,
+            width: width as u16,
+            height: height as u16,
             quality: info.quality,
             subsampling: info.subsampling as u8,
             flags: if info.passthrough { FrameHeader::FLAG_PASSTHROUGH } else { 0 },
@@ -451,7 +467,7 @@ fn encode_loop(
         let congested = hub.publish(slot.clone(), backpressure, &meter);
         if let Some(ctl) = &control {
             let mut c = lock(ctl);
-            c.on_encoded(end, len, info.quality);
+            c.on_encoded(end, len, info.quality, halved);
             for _ in 0..congested {
                 c.on_congestion_drop(end);
             }
@@ -635,6 +651,7 @@ impl ViewerContext {
         let sub = sub.unwrap_or_else(|| self.hub.subscribe(ViewerKind::Native, peer.to_string()));
 
         let flight = Arc::new(Flight::default());
+        let mut announced = self.stream_info;
         let peer_gone = Arc::new(AtomicBool::new(false));
         let acks = {
             let (flight, peer_gone, writer) = (flight.clone(), peer_gone.clone(), writer.clone());
@@ -667,8 +684,16 @@ impl ViewerContext {
                 let mut header = frame.header;
                 let res = {
                     let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
+                    let size = (u32::from(header.width), u32::from(header.height));
+                    let mut res = Ok(());
+                    if size != (announced.width, announced.height) {
+                        // The rate controller changed the frame size: announce it first.
+                        announced = StreamInfo { width: size.0, height: size.1, ..announced };
+                        debug!(%peer, width = size.0, height = size.1, "frame size changed");
+                        res = w.write_message(&Message::StreamInfo(announced));
+                    }
                     header.send_us = now_us();
-                    w.write_frame(&header, frame.jpeg.as_slice())
+                    res.and_then(|()| w.write_frame(&header, frame.jpeg.as_slice()))
                 };
                 let len = frame.jpeg.as_slice().len() as u64;
                 let (seq, send_us, capture_us) = (header.seq, header.send_us, header.capture_us);

@@ -369,7 +369,8 @@ impl Report {
         }
         if let Some(c) = &self.control {
             let rate = if c.rate_kbps.is_finite() { format!("{:.0}", c.rate_kbps) } else { "-".into() };
-            s.push_str(&format!("  ctl q{} {:.1} fps rate {rate} kbit/s", c.quality, c.fps));
+            let half = if c.half_size { " half size" } else { "" };
+            s.push_str(&format!("  ctl q{} {:.1} fps{half} rate {rate} kbit/s", c.quality, c.fps));
         }
         if let Some(ms) = self.encode_ms {
             s.push_str(&format!("  enc {ms:.2} ms"));

@@ -61,7 +61,7 @@ pub fn display_available() -> bool {
     ["DISPLAY", "WAYLAND_DISPLAY"].iter().any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()))
 }
 
-/// A minifb window, opened at the first frame's size and reopened if the size changes.
+/// A minifb window, opened at the first frame's size; frames of another size are drawn scaled into it.
 pub struct WindowSink {
     window: Option<Window>,
     size: (usize, usize),
@@ -81,8 +81,9 @@ impl WindowSink {
     }
 
     fn open(&mut self, width: usize, height: usize) -> Result<&mut Window, ViewError> {
-        if self.window.is_none() || self.size != (width, height) {
-            self.window = None;
+        // A frame of another size (the sender's rate controller halved it, or a new sender) is
+        // drawn scaled into the open window rather than reopening it.
+        if self.window.is_none() {
             let opts =
                 WindowOptions { resize: true, scale_mode: ScaleMode::AspectRatioStretch, ..WindowOptions::default() };
             let mut w = Window::new(&self.title, width, height, opts).map_err(|e| ViewError::Window {

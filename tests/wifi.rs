@@ -13,6 +13,7 @@ use common::{free_port, records_of, scratch_dir, Proc};
 /// One displayed frame from `--frame-log`.
 #[derive(Debug, Clone, Copy)]
 struct Frame {
+    width: u32,
     bytes: u64,
     quality: u8,
     t: f64,
@@ -25,16 +26,17 @@ fn frame_log(path: &Path) -> Vec<Frame> {
     let mut lines = text.lines();
     assert_eq!(
         lines.next(),
-        Some("seq,bytes,quality,t_s,capture_to_received_ms,capture_to_decoded_ms,capture_to_displayed_ms")
+        Some("seq,width,height,bytes,quality,t_s,capture_to_received_ms,capture_to_decoded_ms,capture_to_displayed_ms")
     );
     lines
         .map(|l| {
             let f: Vec<&str> = l.split(',').collect();
             Frame {
-                bytes: f[1].parse().unwrap(),
-                quality: f[2].parse().unwrap(),
-                t: f[3].parse().unwrap(),
-                latency: f[6].parse().unwrap_or_else(|_| panic!("latency unknown in {l:?}")),
+                width: f[1].parse().unwrap(),
+                bytes: f[3].parse().unwrap(),
+                quality: f[4].parse().unwrap(),
+                t: f[5].parse().unwrap(),
+                latency: f[8].parse().unwrap_or_else(|_| panic!("latency unknown in {l:?}")),
             }
         })
         .collect()
@@ -154,6 +156,19 @@ fn target_bitrate_is_held() {
     let last = records_of(&r.send_json, "interval").pop().expect("sender intervals");
     assert_eq!(last.pointer("/control/mode").and_then(|v| v.as_str()), Some("target"), "{last}");
     assert!(r.sender.stderr().contains("ctl q"), "the stats line shows the controller's choice");
+}
+
+#[test]
+fn downscale_keeps_the_frame_rate_on_a_low_target() {
+    let _serial = common::serial();
+    // 1500 kbit/s: quality 20 at full size (~21 KB) would leave about 9 fps.
+    let r = run("wifi-downscale", 10, &[], &["--target-kbps", "1500", "--allow-downscale"]);
+    let steady = after(&r.frames, 5.0);
+    let (rate, fps) = (kbps(&steady), (steady.len() - 1) as f64 / (steady.last().unwrap().t - steady[0].t));
+    eprintln!("target 1500 with downscale: {rate:.0} kbit/s, {fps:.1} fps after 5 s");
+    assert!(steady.iter().all(|f| f.width == 640), "frames are halved to 640 wide after 5 s");
+    assert!(fps > 18.0, "well above the ~9 fps full size would leave: {fps:.1} fps");
+    assert!((rate - 1500.0).abs() < 300.0, "mean {rate:.0} kbit/s, target 1500");
 }
 
 #[test]

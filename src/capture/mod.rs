@@ -5,6 +5,7 @@
 
 pub mod camera;
 pub mod pattern;
+pub mod scale;
 pub mod y4m;
 
 use std::path::PathBuf;
