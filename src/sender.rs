@@ -112,7 +112,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Opens the source on the capture thread (a camera handle may not move between threads).
 pub type SourceFactory = Box<dyn FnOnce() -> Result<Box<dyn FrameSource>, CaptureError> + Send>;
 
-/// How long a write may block before the viewer is considered gone.
+/// How long a write may block, or the window of unacknowledged frames stay full, before the
+/// viewer is considered gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Read timeout, which is also how often blocked threads look at their stop conditions.
 const POLL: Duration = Duration::from_millis(100);
@@ -652,6 +653,7 @@ impl ViewerContext {
 
         let flight = Arc::new(Flight::default());
         let mut announced = self.stream_info;
+        let mut window_full_since: Option<Instant> = None;
         let peer_gone = Arc::new(AtomicBool::new(false));
         let acks = {
             let (flight, peer_gone, writer) = (flight.clone(), peer_gone.clone(), writer.clone());
@@ -673,8 +675,19 @@ impl ViewerContext {
                         if self.hub.is_closed() {
                             return Ok(Outcome::Finished);
                         }
+                        // Nothing is written while the window is full, so no write timeout
+                        // can notice a viewer that vanished without closing: this does.
+                        let since = *window_full_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() > WRITE_TIMEOUT {
+                            return Err(anyhow!(
+                                "no acknowledgement from the viewer for {} s with {} frames in flight; dropping it",
+                                WRITE_TIMEOUT.as_secs(),
+                                cc.max_in_flight
+                            ));
+                        }
                         continue;
                     }
+                    window_full_since = None;
                 }
                 let frame = match sub.rx.recv_timeout(POLL) {
                     Ok(f) => f,

@@ -198,3 +198,25 @@ fn latency_recovers_within_a_second_after_each_stall() {
         assert_eq!(late, 0, "frames over 250 ms more than 1 s after the stall ending at {end:.2} s");
     }
 }
+
+#[test]
+fn a_viewer_that_stops_acknowledging_is_dropped() {
+    let _serial = common::serial();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let sender = Proc::spawn("send", &["send", "--listen", &addr, "--size", "320x240", "--fps", "30"]);
+    assert!(sender.wait_for_stderr("waiting for viewers", Duration::from_secs(10)), "{}", sender.stderr());
+    let recv = Proc::spawn("recv", &["recv", "--connect", &addr, "--headless", "--once"]);
+    assert!(recv.wait_for_stderr("recv-stats", Duration::from_secs(10)), "{}", recv.stderr());
+    // A viewer gone without a word (a dropped Wi-Fi link): frozen, so it neither reads nor
+    // acknowledges, and its socket stays open.
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill").args([sig, &recv.id().to_string()]).status().unwrap();
+        assert!(ok.success(), "kill {sig}");
+    };
+    signal("-STOP");
+    let dropped = sender.wait_for_stderr("no acknowledgement from the viewer", Duration::from_secs(20));
+    signal("-CONT");
+    assert!(dropped, "the sender kept a silent viewer:\n{}", sender.stderr());
+    assert!(sender.wait_for_stderr("viewer left", Duration::from_secs(5)), "{}", sender.stderr());
+}
