@@ -11,8 +11,9 @@
 //!    estimate in the spirit of GCC: when the measured latency nears the budget or frames are
 //!    lost to congestion, the rate drops to 0.85 × the rate acknowledgements arrive at (the
 //!    path's delivery rate, as BBR estimates it); while latency stays well inside the budget it
-//!    grows, quickly far below the rate where trouble last started and slowly near it. With
-//!    both, the lower of the two.
+//!    grows, quickly far below the rate where trouble last started and slowly near it. A
+//!    pause in acknowledgements far longer than usual is a stall, not a slower path: the rate
+//!    is held through it and for a window after. With both, the lower of the two.
 //! 2. **Quality, then fps.** The bit rate at the current quality is predicted from the mean
 //!    size of frames encoded at each quality (remembered per quality value, so a step that was
 //!    too big once is not tried again at once). Over the rate: quality goes down, in steps that
@@ -131,6 +132,11 @@ pub struct Controller {
     sizes: Vec<SizeMemo>,
     frames_at_quality: u32,
     last_tick: Option<u64>,
+    /// The latest acknowledgement, the usual gap between two, and until when a stall (a
+    /// pause in acknowledgements far longer than usual) holds the latency-based rate.
+    last_ack: Option<u64>,
+    ack_gap_us: f64,
+    hold_until: u64,
     in_flight: usize,
     last_decrease: u64,
     next_due: u64,
@@ -170,6 +176,9 @@ impl Controller {
             sizes: vec![SizeMemo::default(); 2 * 101],
             frames_at_quality: 0,
             last_tick: None,
+            last_ack: None,
+            ack_gap_us: 0.0,
+            hold_until: 0,
             in_flight: 0,
             last_decrease: 0,
             next_due: 0,
@@ -223,6 +232,24 @@ impl Controller {
     /// Frames of `bytes` captured at `capture_us` were acknowledged at `now`.
     pub fn on_acked(&mut self, now: u64, bytes: u64, capture_us: u64) {
         self.acked.push_back((now, bytes, now.saturating_sub(capture_us)));
+        if let Some(prev) = self.last_ack {
+            let gap = now.saturating_sub(prev) as f64;
+            if self.is_stall(gap) {
+                // The frames queued behind a stall arrive late and together: their latency and
+                // delivery rate say nothing about the path's rate. Judge again once they are
+                // out of the window.
+                self.hold_until = now + WINDOW_US;
+            } else {
+                self.ack_gap_us = if self.ack_gap_us == 0.0 { gap } else { 0.9 * self.ack_gap_us + 0.1 * gap };
+            }
+        }
+        self.last_ack = Some(now);
+    }
+
+    /// A gap between acknowledgements long enough to be a stall (Wi-Fi retries, a moving
+    /// robot's dead spot) rather than a slow link: over 300 ms and 4 times the usual gap.
+    fn is_stall(&self, gap_us: f64) -> bool {
+        self.ack_gap_us > 0.0 && gap_us > 300_000.0 && gap_us > 4.0 * self.ack_gap_us
     }
 
     /// A viewer's writer has `frames` unacknowledged after its latest write.
@@ -305,6 +332,11 @@ impl Controller {
         let target = self.cfg.target_kbps.map_or(f64::INFINITY, f64::from);
         let Some(budget_ms) = self.cfg.max_latency_ms else { return Some(target) };
         let budget = u64::from(budget_ms) * 1000;
+        let silent = self.last_ack.is_some_and(|t| self.is_stall(now.saturating_sub(t) as f64));
+        if silent || now < self.hold_until {
+            // In a stall, or just after one: hold.
+            return Some(target.min(self.latency_rate.unwrap_or(f64::INFINITY)));
+        }
         let Some(lat) = latency_p95 else {
             // No acknowledgement in a whole second: not started, a stall, or a dead viewer.
             return self.latency_rate.map(|r| r.min(target)).or(target.is_finite().then_some(target));
@@ -506,6 +538,8 @@ mod tests {
         delay_us: u64,
         busy_until: u64,
         in_flight: VecDeque<(u64, u64, u64)>, // (ack time, bytes, capture time)
+        /// Every 10 s nothing crosses for this long (a Wi-Fi stall).
+        stall_us: u64,
     }
 
     impl Link {
@@ -535,6 +569,9 @@ mod tests {
                 let (at, bytes, cap) = link.in_flight.pop_front().unwrap();
                 c.on_acked(at, bytes, cap);
                 run.latencies.push((at, at - cap));
+            }
+            if link.stall_us > 0 && now % 10_000_000 < period {
+                link.busy_until = link.busy_until.max(now) + link.stall_us;
             }
             if c.admit(now) {
                 let s = c.setting();
@@ -579,7 +616,8 @@ mod tests {
 
     #[test]
     fn target_is_met_within_ten_percent_and_quality_settles() {
-        let mut link = Link { kbps: 20_000.0, delay_us: 20_000, busy_until: 0, in_flight: VecDeque::new() };
+        let mut link =
+            Link { kbps: 20_000.0, delay_us: 20_000, busy_until: 0, in_flight: VecDeque::new(), stall_us: 0 };
         // q75 is ~60 KB: 14 Mbit/s at 30 fps, far over the 4 Mbit/s target.
         let run = simulate(cfg(Some(4000), None), &mut link, 135_000.0, 30, 8);
         let kbps = kbps_between(&run, 5, 30);
@@ -592,7 +630,8 @@ mod tests {
 
     #[test]
     fn at_minimum_quality_the_frame_rate_goes_down_instead() {
-        let mut link = Link { kbps: 20_000.0, delay_us: 20_000, busy_until: 0, in_flight: VecDeque::new() };
+        let mut link =
+            Link { kbps: 20_000.0, delay_us: 20_000, busy_until: 0, in_flight: VecDeque::new(), stall_us: 0 };
         // Even quality 10 is ~19 KB a frame (4.6 Mbit/s at 30 fps), as the test pattern is.
         let run = simulate(cfg(Some(2000), None), &mut link, 19_000.0 * 1.04f64.powi(90), 30, 8);
         assert_eq!(*run.qualities.last().unwrap(), 10);
@@ -604,7 +643,8 @@ mod tests {
 
     #[test]
     fn with_downscale_allowed_size_goes_before_the_frame_rate() {
-        let mut link = Link { kbps: 20_000.0, delay_us: 20_000, busy_until: 0, in_flight: VecDeque::new() };
+        let mut link =
+            Link { kbps: 20_000.0, delay_us: 20_000, busy_until: 0, in_flight: VecDeque::new(), stall_us: 0 };
         let mut c = cfg(Some(2000), None);
         c.allow_downscale = true;
         let scale = 19_000.0 * 1.04f64.powi(90); // quality 10 is 19 KB at full size, as above
@@ -618,7 +658,7 @@ mod tests {
 
     #[test]
     fn latency_budget_finds_the_link_rate_and_stays_under_it() {
-        let mut link = Link { kbps: 5000.0, delay_us: 20_000, busy_until: 0, in_flight: VecDeque::new() };
+        let mut link = Link { kbps: 5000.0, delay_us: 20_000, busy_until: 0, in_flight: VecDeque::new(), stall_us: 0 };
         let run = simulate(cfg(None, Some(150)), &mut link, 135_000.0, 60, 3);
         let late: Vec<u64> = run.latencies.iter().filter(|l| l.0 > 10_000_000).map(|l| l.1).collect();
         let p95 = p95(late.iter().copied()).unwrap();
@@ -628,8 +668,17 @@ mod tests {
     }
 
     #[test]
+    fn a_stall_is_not_taken_for_a_slower_link() {
+        let mut link =
+            Link { kbps: 5000.0, delay_us: 20_000, busy_until: 0, in_flight: VecDeque::new(), stall_us: 500_000 };
+        let run = simulate(cfg(None, Some(150)), &mut link, 135_000.0, 60, 3);
+        let kbps = kbps_between(&run, 10, 60);
+        assert!(kbps > 3500.0, "stalls every 10 s cut the rate to {kbps:.0} kbit/s on a 5 Mbit/s link");
+    }
+
+    #[test]
     fn without_a_limit_quality_goes_to_the_maximum() {
-        let mut link = Link { kbps: 100_000.0, delay_us: 1000, busy_until: 0, in_flight: VecDeque::new() };
+        let mut link = Link { kbps: 100_000.0, delay_us: 1000, busy_until: 0, in_flight: VecDeque::new(), stall_us: 0 };
         let run = simulate(cfg(None, Some(500)), &mut link, 50_000.0, 10, 1000);
         assert_eq!(*run.qualities.last().unwrap(), 95);
     }
