@@ -393,7 +393,7 @@ fn net_loop(
         }
         Endpoint::Connect(addr) => {
             // Each connection syncs clocks afresh (a restarted sender has a new clock).
-            keep_connected(&addr, "sender", Backoff::reconnect(), &done, |stream, n| {
+            let session = |stream: TcpStream, n: u64| {
                 let peer = stream.peer_addr().ok();
                 if n > 1 {
                     meter.update(|c| c.reconnects += 1);
@@ -401,8 +401,8 @@ fn net_loop(
                 info!(sender = ?peer, connection = n, "connected to sender");
                 serve(stream, peer);
                 Session::Again
-            })
-            .context("--connect")?;
+            };
+            keep_connected(&addr, "sender", Backoff::reconnect(), &done, session, || {}).context("--connect")?;
         }
         Endpoint::Listen(listener) => {
             listener.set_nonblocking(true).context("cannot poll the listening socket")?;

@@ -557,15 +557,15 @@ fn net_loop(
             // Without --once the viewer may come and go: call it again with backoff until the
             // pipeline ends. The first connection uses the subscription made at start-up;
             // each later one subscribes afresh once its handshake is done.
-            let mut early = early;
+            let early = std::cell::RefCell::new(early);
             let done = || stop.load(Ordering::Relaxed) || ctx.hub.is_closed();
-            let res = keep_connected(&addr, "viewer", Backoff::reconnect(), &done, |stream, n| {
+            let serve = |stream: TcpStream, n: u64| {
                 let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
                 if n > 1 {
                     ctx.meter.update(|c| c.reconnects += 1);
                 }
                 info!(viewer = %peer, connection = n, "connected to viewer");
-                match ctx.serve(stream, &peer, early.take()) {
+                match ctx.serve(stream, &peer, early.borrow_mut().take()) {
                     Ok(Outcome::Finished) => {
                         info!("stream finished");
                         return Session::Stop;
@@ -574,7 +574,10 @@ fn net_loop(
                     Err(e) => warn!(viewer = %peer, error = format!("{e:#}"), "lost the viewer"),
                 }
                 Session::Again
-            });
+            };
+            // While the viewer is away nobody is subscribed, so encoding pauses.
+            let away = || drop(early.borrow_mut().take());
+            let res = keep_connected(&addr, "viewer", Backoff::reconnect(), &done, serve, away);
             if let Err(e) = res {
                 finish.store(true, Ordering::Relaxed);
                 return Err(e).context("--connect");

@@ -409,15 +409,16 @@ pub enum Session {
 
 /// Connects to `addr` (HOST:PORT) and hands each connection to `serve` (with its number, from
 /// 1), again and again: when the connection ends or an attempt fails it waits `backoff`'s
-/// next delay, logging each attempt with its reason, until `serve` says
-/// [`Session::Stop`] or `done()` is true. `peer` names the other side in the log ("viewer",
-/// "sender"). Fails only for an address that can never work (no port, bad syntax).
+/// next delay, logging each attempt with its reason (and calling `failed`), until `serve`
+/// says [`Session::Stop`] or `done()` is true. `peer` names the other side in the log
+/// ("viewer", "sender"). Fails only for an address that can never work (no port, bad syntax).
 pub fn keep_connected(
     addr: &str,
     peer: &str,
     mut backoff: Backoff,
     done: &dyn Fn() -> bool,
     mut serve: impl FnMut(TcpStream, u64) -> Session,
+    mut failed: impl FnMut(),
 ) -> io::Result<()> {
     use std::net::ToSocketAddrs;
     let mut connections = 0u64;
@@ -461,6 +462,7 @@ pub fn keep_connected(
                 d
             }
             Err(e) => {
+                failed();
                 let d = backoff.next_delay();
                 tracing::info!(
                     %addr,
@@ -1097,32 +1099,38 @@ mod tests {
             let (_b, _) = l.accept().unwrap();
         });
         let mut seen = Vec::new();
+        let mut failures = 0;
         let backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(100));
-        keep_connected(&addr, "test peer", backoff, &|| started.elapsed() > Duration::from_secs(20), |_s, n| {
+        let done = || started.elapsed() > Duration::from_secs(20);
+        let serve = |_s, n| {
             seen.push(n);
             if n == 2 {
                 Session::Stop
             } else {
                 Session::Again
             }
-        })
-        .unwrap();
+        };
+        keep_connected(&addr, "test peer", backoff, &done, serve, || failures += 1).unwrap();
         listener.join().unwrap();
         assert_eq!(seen, [1, 2]);
+        assert!(failures >= 2, "{failures} failed attempts before the peer listened");
         assert!(started.elapsed() >= Duration::from_millis(400), "connected before the peer listened");
         assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
     }
 
     #[test]
     fn keep_connected_rejects_an_address_without_a_port_and_honours_done() {
-        let e =
-            keep_connected("localhost", "viewer", Backoff::reconnect(), &|| false, |_, _| Session::Stop).unwrap_err();
+        let never = || false;
+        let e = keep_connected("localhost", "viewer", Backoff::reconnect(), &never, |_, _| Session::Stop, || {})
+            .unwrap_err();
         assert!(e.to_string().contains("HOST:PORT"), "{e}");
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let t = std::time::Instant::now();
         let done = || t.elapsed() > Duration::from_millis(300);
-        keep_connected(&format!("127.0.0.1:{port}"), "viewer", Backoff::reconnect(), &done, |_, _| Session::Again)
-            .unwrap();
+        let mut failures = 0;
+        let addr = format!("127.0.0.1:{port}");
+        keep_connected(&addr, "viewer", Backoff::reconnect(), &done, |_, _| Session::Again, || failures += 1).unwrap();
         assert!(t.elapsed() < Duration::from_secs(2), "did not stop when done: {:?}", t.elapsed());
+        assert!((2..=4).contains(&failures), "{failures} failed attempts in 300 ms with 100 ms doubling");
     }
 }
