@@ -83,7 +83,7 @@ fn viewer_reconnects_to_a_sender_killed_mid_frame_and_restarted() {
     );
     assert!(log.contains("reason=\"refused\"") || log.contains("reason=refused"), "no reason in the retry log:\n{log}");
 
-    let mut second = Proc::spawn(
+    let second = Proc::spawn(
         "send2",
         &["send", "--listen", &addr, "--size", "640x480", "--duration", "20", "--stats-json", s_json.to_str().unwrap()],
     );
