@@ -49,7 +49,7 @@ fn viewer_reconnects_to_a_sender_killed_mid_frame_and_restarted() {
     let (r_json, s_json) = (dir.join("R.jsonl"), dir.join("S2.jsonl"));
     let addr = format!("127.0.0.1:{}", free_port());
     // Big frames: 1920x1080 at quality 95.
-    let big = ["--size", "1920x1080", "--quality", "95"];
+    let big = ["--size", "1920x1080", "--quality", "95", "--subsampling", "444"];
     let mut first = Proc::spawn("send1", &[&["send", "--listen", &addr][..], &big].concat());
     wait_listening(&first);
     let mut recv = Proc::spawn(
@@ -59,8 +59,9 @@ fn viewer_reconnects_to_a_sender_killed_mid_frame_and_restarted() {
     assert!(recv.wait_for_stderr("stream", Duration::from_secs(10)), "no stream info:\n{}", recv.stderr());
     std::thread::sleep(Duration::from_millis(1500));
     signal(&recv, libc::SIGSTOP);
-    // Long enough for the kernel's socket buffers (several MB on loopback) to fill.
-    std::thread::sleep(Duration::from_millis(2000));
+    // Long enough for the kernel's socket buffers (several MB on loopback) to fill, so that
+    // the sender blocks half-way through writing a frame.
+    std::thread::sleep(Duration::from_millis(3000));
     signal(&first, libc::SIGKILL);
     first.wait(Duration::from_secs(5));
     signal(&recv, libc::SIGCONT);
@@ -360,4 +361,55 @@ fn a_lost_source_is_reopened_and_viewers_see_no_signal_meanwhile() {
         }
     }
     assert!(greys >= 2, "{greys} dumped frames look like the no-signal frame");
+}
+
+/// (f) The other way round: a connecting sender outlives its viewer. The listening viewer
+/// leaves; the sender retries with backoff (encoding paused, no viewer) and streams to the
+/// next viewer that listens on the same address. With `--once` it ends with its viewer.
+#[test]
+fn connecting_sender_calls_its_viewer_again_until_it_is_back() {
+    let _serial = common::serial();
+    let dir = scratch_dir("faults-send-reconnect");
+    let s_json = dir.join("S.jsonl");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let recv_args = ["recv", "--listen", &addr, "--headless", "--once", "--frames", "20"];
+    let mut first = Proc::spawn("recv1", &recv_args);
+    assert!(first.wait_for_stderr("waiting for a sender", Duration::from_secs(10)));
+    let mut send = Proc::spawn(
+        "send",
+        &[
+            "send",
+            "--connect",
+            &addr,
+            "--size",
+            "320x240",
+            "--duration",
+            "30",
+            "--stats-json",
+            s_json.to_str().unwrap(),
+        ],
+    );
+    first.expect_success(Duration::from_secs(15));
+    assert!(
+        send.wait_for_stderr_n("cannot connect to the viewer; retrying", 3, Duration::from_secs(10)),
+        "the sender did not keep calling its viewer:\n{}",
+        send.stderr()
+    );
+    assert!(send.is_running(), "the sender ended with its viewer although --once was not given");
+    let mut second = Proc::spawn("recv2", &recv_args);
+    second.expect_success(Duration::from_secs(20));
+    assert!(send.wait_for_stderr("connection=2", Duration::from_secs(5)), "{}", send.stderr());
+    signal(&send, libc::SIGINT);
+    send.expect_success(Duration::from_secs(10));
+    let s = summary(&s_json);
+    assert_eq!(num(&s, "reconnects"), 1, "{s}");
+    assert!(s["drops"]["no_viewer"].as_u64().is_some_and(|n| n > 0), "encoding did not pause meanwhile: {s}");
+
+    // --once: the sender ends when its viewer leaves.
+    let mut third = Proc::spawn("recv3", &recv_args);
+    assert!(third.wait_for_stderr("waiting for a sender", Duration::from_secs(10)));
+    let mut once = Proc::spawn("send-once", &["send", "--connect", &addr, "--once", "--size", "320x240"]);
+    third.expect_success(Duration::from_secs(15));
+    once.expect_success(Duration::from_secs(10));
+    assert!(once.stderr().contains("viewer closed the connection"), "{}", once.stderr());
 }
