@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::capture::camera::CameraSource;
 use crate::capture::pattern::PatternSource;
 use crate::capture::y4m::Y4mSource;
-use crate::capture::{FrameSource, SourceSpec};
+use crate::capture::{CaptureError, FrameSource, SourceSpec};
 use crate::control::ControlConfig;
 use crate::net::proto::{MAX_DIMENSION, MAX_PIXELS};
 use crate::net::Subsampling;
@@ -233,9 +233,13 @@ impl LinkArgs {
 
 #[derive(Debug, Args)]
 pub struct SendArgs {
-    /// Connect to a listening viewer at HOST:PORT [default: 127.0.0.1:8089].
+    /// Connect to a listening viewer at HOST:PORT [default: 127.0.0.1:8089], and again (with
+    /// backoff) whenever it goes away.
     #[arg(long, value_name = "HOST:PORT", conflicts_with = "listen")]
     pub connect: Option<String>,
+    /// With --connect: end when the viewer disconnects instead of reconnecting.
+    #[arg(long, conflicts_with = "listen")]
+    pub once: bool,
     /// Listen for viewers on ADDR:PORT (e.g. 0.0.0.0:8089), any number at once.
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: Option<SocketAddr>,
@@ -256,13 +260,14 @@ pub struct RecvArgs {
     /// Listen for senders on ADDR:PORT [default: 0.0.0.0:8089].
     #[arg(long, value_name = "ADDR:PORT", conflicts_with = "connect")]
     pub listen: Option<SocketAddr>,
-    /// Connect to a listening sender at HOST:PORT.
+    /// Connect to a listening sender at HOST:PORT, and again (with backoff) whenever it goes away.
     #[arg(long, value_name = "HOST:PORT")]
     pub connect: Option<String>,
     /// Decode, count and measure, but open no window.
     #[arg(long)]
     pub headless: bool,
-    /// Exit when the first sender disconnects instead of waiting for the next.
+    /// Exit when the first sender disconnects instead of waiting for the next (--listen) or
+    /// reconnecting (--connect).
     #[arg(long)]
     pub once: bool,
     /// Save decoded frames as PPM files in DIR (every --dump-every'th frame).
@@ -339,7 +344,18 @@ impl SourceArgs {
         let factory: SourceFactory = match &self.source {
             SourceSpec::TestPattern => {
                 check_even(sub)?;
-                Box::new(move || Ok(Box::new(PatternSource::new(size.width, size.height, sub)) as Box<dyn FrameSource>))
+                let pattern =
+                    move || Box::new(PatternSource::new(size.width, size.height, sub)) as Box<dyn FrameSource>;
+                // Test-only, hidden from --help: a pattern that fails on demand (capture::fault).
+                match std::env::var(crate::capture::fault::ENV) {
+                    Ok(spec) => {
+                        let fault: crate::capture::fault::Fault =
+                            spec.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+                        let opener = crate::capture::fault::FlakyOpener::new(fault);
+                        Box::new(move || opener.open(pattern()))
+                    }
+                    Err(_) => Box::new(move || Ok(pattern())),
+                }
             }
             SourceSpec::Y4m(path) => {
                 let src = Y4mSource::open(path, self.looping).context("--source")?;
@@ -359,7 +375,13 @@ impl SourceArgs {
                         bail!("--subsampling {want} differs from the Y4M file's {}; omit --subsampling or convert the file (ffmpeg -pix_fmt)", src.subsampling());
                     }
                 }
-                Box::new(move || Ok(Box::new(src) as Box<dyn FrameSource>))
+                // Opened once: a file that fails mid-stream ends the stream (never reopened).
+                let (mut src, path) = (Some(src), path.clone());
+                Box::new(move || {
+                    src.take()
+                        .map(|s| Box::new(s) as Box<dyn FrameSource>)
+                        .ok_or_else(|| CaptureError::File { path: path.clone(), what: "cannot be opened twice".into() })
+                })
             }
             SourceSpec::Camera(index) => {
                 let (index, fps) = (*index, self.fps);
@@ -405,6 +427,7 @@ impl SendArgs {
                 duration: self.run.duration,
                 stats: self.run.stats(),
                 connect_patience: CONNECT_PATIENCE,
+                once: self.once,
                 http,
                 congestion,
                 control,

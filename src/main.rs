@@ -115,6 +115,7 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
         duration: args.duration,
         stats: StatsConfig { json: args.send_stats_json, enabled: !args.no_stats, ..StatsConfig::default() },
         connect_patience: std::time::Duration::from_secs(5),
+        once: true,
         http: None,
         congestion,
         control,

@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 use crate::chan::{latest, LatestReceiver, LatestSender, Pool};
 use crate::clock::{clock_id, now_us, ClockSync, Exchange};
 use crate::codec::Decoder;
-use crate::net::io::{configure, connect_with_retry, wait_for_peer};
+use crate::net::io::{configure, connect_with_retry, keep_connected, wait_for_peer, Backoff, Session};
 use crate::net::proto::{Ping, MAX_QUALITY_STEP, MAX_REPORT_LEN};
 use crate::net::{Ack, Event, FrameHeader, Hello, Message, MessageReader, MessageWriter, NetError, Role};
 use crate::sender::join;
@@ -55,10 +55,12 @@ pub struct RecvConfig {
     pub frames: Option<u64>,
     pub duration: Option<Duration>,
     pub stats: StatsConfig,
-    /// Stop when the first sender disconnects (instead of waiting for the next).
+    /// Stop when the first sender disconnects (instead of waiting for the next, or connecting
+    /// again).
     pub once: bool,
     pub dump: Option<DumpConfig>,
-    /// How long `Connect` keeps retrying a refused connection.
+    /// How long `Connect` with `once` keeps retrying a refused connection (without `once` it
+    /// retries with backoff for as long as the receiver runs).
     pub connect_patience: Duration,
     /// Ask each sender for this JPEG quality when it connects (`SetQuality`).
     pub quality: Option<u8>,
@@ -470,11 +472,24 @@ fn net_loop(
         }
     };
     match endpoint {
-        Endpoint::Connect(addr) => {
+        Endpoint::Connect(addr) if once => {
             let stream = connect_with_retry(&addr, patience, &stop).context("--connect")?;
             let peer = stream.peer_addr().ok();
             info!(sender = ?peer, "connected to sender");
             serve(stream, peer);
+        }
+        Endpoint::Connect(addr) => {
+            // Each connection syncs clocks afresh (a restarted sender has a new clock).
+            let session = |stream: TcpStream, n: u64| {
+                let peer = stream.peer_addr().ok();
+                if n > 1 {
+                    meter.update(|c| c.reconnects += 1);
+                }
+                info!(sender = ?peer, connection = n, "connected to sender");
+                serve(stream, peer);
+                Session::Again
+            };
+            keep_connected(&addr, "sender", Backoff::reconnect(), &done, session, || {}).context("--connect")?;
         }
         Endpoint::Listen(listener) => {
             listener.set_nonblocking(true).context("cannot poll the listening socket")?;

@@ -23,23 +23,24 @@ use anyhow::{anyhow, Context};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use tracing::{debug, info, warn};
 
-use crate::capture::{CaptureError, FrameSource, RawFrame};
+use crate::capture::{nosignal, CaptureError, FrameSource, Layout, RawFrame};
 use crate::chan::{latest, LatestReceiver, LatestSender, Pool};
 use crate::clock::{clock_id, now_us};
 use crate::codec::Encoder;
 use crate::control::{ControlConfig, Controller};
 use crate::hub::{FrameRing, Hub, Subscription, ViewerKind};
-use crate::net::io::{configure, connect_with_retry, limit_send_queue, wait_for_peer};
+use crate::net::io::{configure, connect_with_retry, keep_connected, limit_send_queue, wait_for_peer, Backoff, Session};
 use crate::net::proto::Pong;
 use crate::net::{
     Event, FrameHeader, Hello, Message, MessageReader, MessageWriter, NetError, Role, StreamInfo, Subsampling,
 };
-use crate::stats::{self, DropCause, Meter, Report, Side, StatsConfig};
+use crate::stats::{self, DropCause, Meter, Report, Side, SourceLost, StatsConfig};
 
 /// Where the sender's native viewers are.
 #[derive(Debug)]
 pub enum Endpoint {
-    /// Connect to a listening viewer at HOST:PORT; the stream ends when it leaves.
+    /// Connect to a listening viewer at HOST:PORT, again whenever it goes away (or, with
+    /// `once`, end the stream when it leaves).
     Connect(String),
     /// Serve any number of viewers on a bound socket, joining and leaving at any time.
     Listen(TcpListener),
@@ -61,8 +62,11 @@ pub struct SendConfig {
     pub frames: Option<u64>,
     pub duration: Option<Duration>,
     pub stats: StatsConfig,
-    /// How long `Connect` keeps retrying a refused connection.
+    /// How long `Connect` with `once` keeps retrying a refused connection.
     pub connect_patience: Duration,
+    /// `Connect`: end the stream when the viewer leaves (`--once`) instead of calling it
+    /// again with backoff until the source ends or Ctrl-C.
+    pub once: bool,
     /// Serve HTTP (page, MJPEG stream, snapshot, stats) on this socket.
     pub http: Option<TcpListener>,
     /// Bounded queueing towards native viewers; `None` with `--no-congestion-control`.
@@ -110,7 +114,23 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Opens the source on the capture thread (a camera handle may not move between threads).
-pub type SourceFactory = Box<dyn FnOnce() -> Result<Box<dyn FrameSource>, CaptureError> + Send>;
+/// Called again to reopen a source that failed mid-stream (a camera unplugged or busy).
+pub type SourceFactory = Box<dyn FnMut() -> Result<Box<dyn FrameSource>, CaptureError> + Send>;
+
+/// How the capture thread rides out a source that fails mid-stream: reopen attempts with
+/// capped exponential backoff, and a "no signal" frame for the viewers every so often.
+#[derive(Clone, Copy, Debug)]
+struct Recovery {
+    first: Duration,
+    cap: Duration,
+    no_signal_every: Duration,
+}
+
+const RECOVERY: Recovery = Recovery {
+    first: Duration::from_millis(100),
+    cap: Duration::from_secs(5),
+    no_signal_every: Duration::from_secs(1),
+};
 
 /// How long a write may block, or the window of unacknowledged frames stay full, before the
 /// viewer is considered gone.
@@ -150,7 +170,10 @@ pub fn run(cfg: SendConfig, open_source: SourceFactory, stop: Arc<AtomicBool>) -
         let (meter, pool) = (meter.clone(), raw_pool.clone());
         let stops = [stop.clone(), finish.clone()];
         let limits = (cfg.fps, cfg.frames, cfg.duration);
-        spawn("capture", move || capture_loop(open_source, info_tx, raw_tx, pool, meter, stops, limits))?
+        let sub = cfg.subsampling;
+        spawn("capture", move || {
+            capture_loop(open_source, info_tx, raw_tx, pool, meter, stops, limits, (sub, RECOVERY))
+        })?
     };
     let info = match info_rx.recv() {
         Ok(Ok(info)) => info,
@@ -212,8 +235,9 @@ pub fn run(cfg: SendConfig, open_source: SourceFactory, stop: Arc<AtomicBool>) -
             congestion: cfg.congestion,
             control,
         };
-        let (endpoint, patience, stop, finish) = (cfg.endpoint, cfg.connect_patience, stop.clone(), finish.clone());
-        spawn("net-tx", move || net_loop(endpoint, patience, ctx, early, stop, finish))?
+        let (endpoint, stop, finish) = (cfg.endpoint, stop.clone(), finish.clone());
+        let connect = (cfg.connect_patience, cfg.once);
+        spawn("net-tx", move || net_loop(endpoint, connect, ctx, early, stop, finish))?
     };
 
     // Join source first and sink last.
@@ -255,14 +279,16 @@ pub(crate) fn join(h: JoinHandle<anyhow::Result<()>>, name: &str) -> anyhow::Res
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn capture_loop(
-    open_source: SourceFactory,
+    mut open_source: SourceFactory,
     info_tx: Sender<Result<SourceInfo, CaptureError>>,
     tx: LatestSender<RawFrame>,
     pool: Pool<RawFrame>,
     meter: Meter,
     stops: [Arc<AtomicBool>; 2],
     (fps, frames, duration): (u32, Option<u64>, Option<Duration>),
+    (sub, recovery): (Subsampling, Recovery),
 ) -> anyhow::Result<()> {
     let mut source = match open_source() {
         Ok(s) => s,
@@ -277,10 +303,18 @@ fn capture_loop(
         return Ok(());
     }
     let period = (fps > 0 && !source.self_paced()).then(|| Duration::from_secs_f64(1.0 / f64::from(fps)));
+    // As fast as possible: wait for the encoder rather than render frames to drop.
+    let lossless = period.is_none() && !source.self_paced();
     let started = Instant::now();
     let deadline = duration.map(|d| started + d);
     let mut next_at = started;
     let mut count = 0u64;
+    // Sequence numbers run on across a reopened source (which starts again from 0) and the
+    // no-signal frames sent while it was away.
+    let (mut seq_offset, mut next_seq) = (0u64, 0u64);
+    // Recycled buffers that may hold a no-signal frame: a source must not take them for
+    // one of its own (the test pattern redraws only its moving parts into its own buffers).
+    let mut foreign_buffers = 0usize;
     loop {
         if stops.iter().any(|s| s.load(Ordering::Relaxed)) {
             info!("stop requested; capture ends");
@@ -304,15 +338,39 @@ fn capture_loop(
             break;
         }
         let mut frame = pool.get(RawFrame::empty);
-        if !source.next_frame(&mut frame).context("capture failed")? {
-            info!(frames = count, "source ended");
-            break;
+        if foreign_buffers > 0 {
+            foreign_buffers -= 1;
+            frame.layout = Layout::Jpeg;
         }
+        match source.next_frame(&mut frame) {
+            Ok(true) => {}
+            Ok(false) => {
+                info!(frames = count, "source ended");
+                break;
+            }
+            // A file that cannot be read stays unreadable: that ends the stream.
+            Err(e @ CaptureError::File { .. }) => return Err(e).context("capture failed"),
+            Err(e) => {
+                pool.put(frame);
+                drop(source);
+                let away = SourceAway { size: (width, height), sub, lossless, deadline, recovery };
+                match away.ride_out(&mut open_source, e, &tx, &pool, &meter, &stops, &mut next_seq) {
+                    Some(s) => {
+                        source = s;
+                        seq_offset = next_seq;
+                        foreign_buffers = 64;
+                        next_at = Instant::now();
+                        continue;
+                    }
+                    None => break,
+                }
+            }
+        }
+        frame.seq += seq_offset;
+        next_seq = frame.seq + 1;
         frame.capture_us = now_us();
         meter.update(|c| c.captured += 1);
         count += 1;
-        // As fast as possible: wait for the encoder rather than render frames to drop.
-        let lossless = period.is_none() && !source.self_paced();
         let delivered = tx.deliver(frame, lossless, |old| {
             meter.count_drop(DropCause::EncoderBusy);
             pool.put(old);
@@ -322,6 +380,93 @@ fn capture_loop(
         }
     }
     Ok(())
+}
+
+/// What the capture thread needs while its source is away.
+struct SourceAway {
+    size: (u32, u32),
+    sub: Subsampling,
+    lossless: bool,
+    deadline: Option<Instant>,
+    recovery: Recovery,
+}
+
+impl SourceAway {
+    /// Sends no-signal frames and tries to reopen the source with backoff until it opens at
+    /// the stream's size (returned), or the run ends (`None`).
+    #[allow(clippy::too_many_arguments)]
+    fn ride_out(
+        &self,
+        open_source: &mut SourceFactory,
+        error: CaptureError,
+        tx: &LatestSender<RawFrame>,
+        pool: &Pool<RawFrame>,
+        meter: &Meter,
+        stops: &[Arc<AtomicBool>; 2],
+        next_seq: &mut u64,
+    ) -> Option<Box<dyn FrameSource>> {
+        let lost = SourceLost::now();
+        let since = lost.utc();
+        warn!(error = %error, %since, "source lost; reopening it with backoff (viewers see a no-signal frame)");
+        meter.update(|c| {
+            c.source_losses += 1;
+            c.source_lost = Some(lost);
+        });
+        let (w, h) = self.size;
+        let mut backoff = Backoff::new(self.recovery.first, self.recovery.cap);
+        let mut next_open = Instant::now() + backoff.next_delay();
+        let mut next_card = Instant::now();
+        let mut attempt = 0u64;
+        loop {
+            if stops.iter().any(|s| s.load(Ordering::Relaxed)) {
+                info!("stop requested while the source was lost; capture ends");
+                return None;
+            }
+            if self.deadline.is_some_and(|d| Instant::now() >= d) {
+                info!("duration reached while the source was lost; capture ends");
+                return None;
+            }
+            let now = Instant::now();
+            if now >= next_card {
+                let mut card = pool.get(RawFrame::empty);
+                nosignal::render(&mut card, w, h, self.sub, &since);
+                card.seq = *next_seq;
+                *next_seq += 1;
+                card.capture_us = now_us();
+                meter.update(|c| c.no_signal_frames += 1);
+                let delivered = tx.deliver(card, self.lossless, |old| {
+                    meter.count_drop(DropCause::EncoderBusy);
+                    pool.put(old);
+                });
+                if !delivered {
+                    return None;
+                }
+                next_card = now + self.recovery.no_signal_every;
+            }
+            if now >= next_open {
+                attempt += 1;
+                let problem = match open_source() {
+                    Ok(s) if s.size() == (w, h) => {
+                        info!(
+                            attempt,
+                            lost_for_s = format!("{:.1}", lost.at.elapsed().as_secs_f64()),
+                            source = %s.describe(),
+                            "source reopened; streaming resumes"
+                        );
+                        meter.update(|c| c.source_lost = None);
+                        return Some(s);
+                    }
+                    Ok(s) => format!("it reopened at {}x{}, not the stream's {w}x{h}", s.size().0, s.size().1),
+                    Err(e) => e.to_string(),
+                };
+                let d = backoff.next_delay();
+                info!(attempt, error = %problem, retry_in_ms = d.as_millis() as u64, "cannot reopen the source");
+                next_open = Instant::now() + d;
+            }
+            let wait = next_open.min(next_card).saturating_duration_since(Instant::now());
+            thread::sleep(wait.min(POLL / 2));
+        }
+    }
 }
 
 struct EncodeSettings {
@@ -553,7 +698,7 @@ impl Flight {
 
 fn net_loop(
     endpoint: Endpoint,
-    patience: Duration,
+    (patience, once): (Duration, bool),
     ctx: ViewerContext,
     early: Option<Subscription>,
     stop: Arc<AtomicBool>,
@@ -561,7 +706,7 @@ fn net_loop(
 ) -> anyhow::Result<()> {
     match endpoint {
         Endpoint::None => Ok(()),
-        Endpoint::Connect(addr) => {
+        Endpoint::Connect(addr) if once => {
             let stream = match connect_with_retry(&addr, patience, &stop) {
                 Ok(s) => s,
                 Err(e) => {
@@ -578,6 +723,37 @@ fn net_loop(
                 Ok(Outcome::Finished) => info!("stream finished"),
                 Ok(Outcome::PeerLeft) => info!("viewer closed the connection"),
                 Err(e) => return Err(e).context("connection to the viewer failed"),
+            }
+            Ok(())
+        }
+        Endpoint::Connect(addr) => {
+            // Without --once the viewer may come and go: call it again with backoff until the
+            // pipeline ends. The first connection uses the subscription made at start-up;
+            // each later one subscribes afresh once its handshake is done.
+            let early = std::cell::RefCell::new(early);
+            let done = || stop.load(Ordering::Relaxed) || ctx.hub.is_closed();
+            let serve = |stream: TcpStream, n: u64| {
+                let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+                if n > 1 {
+                    ctx.meter.update(|c| c.reconnects += 1);
+                }
+                info!(viewer = %peer, connection = n, "connected to viewer");
+                match ctx.serve(stream, &peer, early.borrow_mut().take()) {
+                    Ok(Outcome::Finished) => {
+                        info!("stream finished");
+                        return Session::Stop;
+                    }
+                    Ok(Outcome::PeerLeft) => info!(viewer = %peer, "viewer closed the connection"),
+                    Err(e) => warn!(viewer = %peer, error = format!("{e:#}"), "lost the viewer"),
+                }
+                Session::Again
+            };
+            // While the viewer is away nobody is subscribed, so encoding pauses.
+            let away = || drop(early.borrow_mut().take());
+            let res = keep_connected(&addr, "viewer", Backoff::reconnect(), &done, serve, away);
+            if let Err(e) = res {
+                finish.store(true, Ordering::Relaxed);
+                return Err(e).context("--connect");
             }
             Ok(())
         }
@@ -809,4 +985,118 @@ fn ack_loop(
         }
     }
     peer_gone.store(true, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::chroma_size;
+
+    /// A 16x16 grey source whose luma is `fill`; fails after `frames` frames, or ends.
+    struct Scripted {
+        fill: u8,
+        frames: u64,
+        next: u64,
+        then_fail: bool,
+    }
+
+    impl FrameSource for Scripted {
+        fn describe(&self) -> String {
+            format!("scripted {}", self.fill)
+        }
+        fn size(&self) -> (u32, u32) {
+            (16, 16)
+        }
+        fn next_frame(&mut self, frame: &mut RawFrame) -> Result<bool, CaptureError> {
+            if self.next == self.frames {
+                return if self.then_fail { Err(CaptureError::Camera("unplugged".into())) } else { Ok(false) };
+            }
+            let (cw, ch) = chroma_size(16, 16, Subsampling::S420);
+            frame.data.clear();
+            frame.data.resize(256, self.fill);
+            frame.data.resize(256 + 2 * cw * ch, 128);
+            (frame.width, frame.height, frame.layout) = (16, 16, Layout::Yuv(Subsampling::S420));
+            frame.seq = self.next;
+            self.next += 1;
+            Ok(true)
+        }
+    }
+
+    #[test]
+    fn a_source_that_fails_mid_stream_is_reopened_and_no_signal_frames_fill_the_gap() {
+        // Opens: A (3 frames, then fails), two failures (busy), B (5 frames, then ends).
+        let mut opens = 0;
+        let factory: SourceFactory = Box::new(move || {
+            opens += 1;
+            match opens {
+                1 => Ok(Box::new(Scripted { fill: 10, frames: 3, next: 0, then_fail: true }) as Box<dyn FrameSource>),
+                2 | 3 => Err(CaptureError::Camera("busy".into())),
+                _ => Ok(Box::new(Scripted { fill: 200, frames: 5, next: 0, then_fail: false })),
+            }
+        });
+        let (info_tx, info_rx) = bounded(1);
+        let (tx, rx) = latest::<RawFrame>(1);
+        let meter = Meter::new(Side::Sender);
+        let stops = [Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false))];
+        let recovery = Recovery {
+            first: Duration::from_millis(20),
+            cap: Duration::from_millis(40),
+            no_signal_every: Duration::from_millis(25),
+        };
+        let (m, pool) = (meter.clone(), Pool::new(4));
+        let t = thread::spawn(move || {
+            capture_loop(factory, info_tx, tx, pool, m, stops, (0, None, None), (Subsampling::S420, recovery))
+        });
+        assert!(matches!(info_rx.recv().unwrap(), Ok(SourceInfo { width: 16, height: 16, .. })));
+        // fps 0 and a source that is not live: every frame is delivered (no drops).
+        let got: Vec<(u64, u8)> = rx.iter().map(|f| (f.seq, f.data[0])).collect();
+        t.join().unwrap().unwrap();
+        let seqs: Vec<u64> = got.iter().map(|g| g.0).collect();
+        assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "sequence numbers do not run on: {seqs:?}");
+        let kinds: Vec<u8> = got.iter().map(|g| g.1).collect();
+        let a = kinds.iter().take_while(|&&k| k == 10).count();
+        let cards = kinds[a..].iter().take_while(|&&k| k != 200).count();
+        let b = kinds[a + cards..].iter().filter(|&&k| k == 200).count();
+        assert_eq!((a, b, a + cards + b), (3, 5, kinds.len()), "frames: {kinds:?}");
+        // The no-signal frame's top-left pixel is its grey background or its white band.
+        assert!(cards >= 1 && kinds[a..a + cards].iter().all(|&k| k == 48 || k == 235), "frames: {kinds:?}");
+        let r = meter.summary();
+        assert_eq!(r.source_losses, 1);
+        assert_eq!(r.no_signal_frames, cards as u64);
+        assert_eq!(r.captured, Some(8));
+        assert!(r.source_lost_since.is_none(), "the source is back but the stats say lost");
+    }
+
+    #[test]
+    fn a_source_that_stays_away_ends_capture_at_the_deadline_and_stays_reported_lost() {
+        let mut first = true;
+        let factory: SourceFactory = Box::new(move || {
+            if std::mem::take(&mut first) {
+                Ok(Box::new(Scripted { fill: 1, frames: 2, next: 0, then_fail: true }) as Box<dyn FrameSource>)
+            } else {
+                Err(CaptureError::Camera("unplugged".into()))
+            }
+        });
+        let (info_tx, _info_rx) = bounded(1);
+        let (tx, rx) = latest::<RawFrame>(1);
+        let meter = Meter::new(Side::Sender);
+        let stops = [Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false))];
+        let recovery = Recovery {
+            first: Duration::from_millis(10),
+            cap: Duration::from_millis(20),
+            no_signal_every: Duration::from_millis(30),
+        };
+        let (m, pool) = (meter.clone(), Pool::new(4));
+        let limits = (0, None, Some(Duration::from_millis(300)));
+        let t = thread::spawn(move || {
+            capture_loop(factory, info_tx, tx, pool, m, stops, limits, (Subsampling::S420, recovery))
+        });
+        let n = rx.iter().count();
+        t.join().unwrap().unwrap();
+        let r = meter.summary();
+        assert!(n >= 4, "{n} frames");
+        assert_eq!(r.source_losses, 1);
+        assert!(r.no_signal_frames >= 2, "{r:?}");
+        assert!(r.source_lost_since.is_some(), "the source never came back but the stats do not say so");
+    }
 }

@@ -110,6 +110,50 @@ pub struct Counters {
     pub control: Option<crate::control::ControlStatus>,
     /// When the first frame was sent (sender) or received (receiver).
     pub first_frame: Option<Instant>,
+    /// Connections made again after one was lost (`--connect`).
+    pub reconnects: u64,
+    /// Sender: times the source failed mid-stream, and "no signal" frames sent meanwhile.
+    pub source_losses: u64,
+    pub no_signal_frames: u64,
+    /// Sender: the source is lost now, since this time (state, not a count).
+    pub source_lost: Option<SourceLost>,
+}
+
+/// When the sender's source was lost.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SourceLost {
+    /// Wall-clock time of the loss, ms since the Unix epoch (for the log and the frame).
+    pub unix_ms: u64,
+    pub at: Instant,
+}
+
+impl SourceLost {
+    pub fn now() -> Self {
+        let unix_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        SourceLost { unix_ms, at: Instant::now() }
+    }
+
+    /// The time of loss as `YYYY-MM-DDTHH:MM:SSZ` (UTC).
+    pub fn utc(&self) -> String {
+        utc_string(self.unix_ms / 1000)
+    }
+}
+
+/// Seconds since the Unix epoch as `YYYY-MM-DDTHH:MM:SSZ` (proleptic Gregorian, UTC).
+pub fn utc_string(secs: u64) -> String {
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem / 60 % 60, rem % 60)
 }
 
 /// How the receiver relates the sender's timestamps to its own clock.
@@ -185,6 +229,10 @@ impl Default for Counters {
             links: None,
             control: None,
             first_frame: None,
+            reconnects: 0,
+            source_losses: 0,
+            no_signal_frames: 0,
+            source_lost: None,
         }
     }
 }
@@ -303,6 +351,25 @@ pub struct Report {
     /// Sender: the rate controller's state at the end of the span.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub control: Option<crate::control::ControlStatus>,
+    /// Connections made again after one was lost (`--connect`); absent when 0.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub reconnects: u64,
+    /// Sender: times the source failed mid-stream; absent when 0.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub source_losses: u64,
+    /// Sender: "no signal" frames sent while the source was lost; absent when 0.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub no_signal_frames: u64,
+    /// Sender, while the source is lost: since when (UTC, `YYYY-MM-DDTHH:MM:SSZ`) and for how
+    /// many seconds at the end of this span.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_lost_since: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_lost_s: Option<f64>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Report {
@@ -347,6 +414,11 @@ impl Report {
             viewers: if sender { c.viewers } else { None },
             links: if sender { c.links.clone() } else { None },
             control: c.control.clone(),
+            reconnects: c.reconnects,
+            source_losses: c.source_losses,
+            no_signal_frames: c.no_signal_frames,
+            source_lost_since: c.source_lost.map(|l| l.utc()),
+            source_lost_s: c.source_lost.map(|l| round3(l.at.elapsed().as_secs_f64())),
         }
     }
 
@@ -396,6 +468,12 @@ impl Report {
         }
         if let Some(n) = self.viewers {
             s.push_str(&format!("  viewers {n}"));
+        }
+        if self.reconnects > 0 {
+            s.push_str(&format!("  reconnects {}", self.reconnects));
+        }
+        if let (Some(since), Some(secs)) = (&self.source_lost_since, self.source_lost_s) {
+            s.push_str(&format!("  SOURCE LOST since {since} ({secs:.0} s, no-signal frames sent)"));
         }
         if let Some(v) = &self.viewer {
             let fps = v.get("fps").and_then(|f| f.as_f64()).unwrap_or(0.0);
@@ -449,6 +527,18 @@ impl Report {
         }
         if let (Some(g), Some(o)) = (self.seq_gaps, self.out_of_order) {
             s.push_str(&format!("; sequence gaps {g}, out of order {o}"));
+        }
+        if self.reconnects > 0 {
+            s.push_str(&format!("; reconnects {}", self.reconnects));
+        }
+        if self.source_losses > 0 {
+            s.push_str(&format!(
+                "; source lost {} times, {} no-signal frames",
+                self.source_losses, self.no_signal_frames
+            ));
+        }
+        if let Some(since) = &self.source_lost_since {
+            s.push_str(&format!("; source lost since {since}"));
         }
         if let Some(n) = self.latency_unknown_frames.filter(|n| *n > 0) {
             s.push_str(&format!("; {n} frames before the clock was known"));
@@ -527,6 +617,7 @@ impl Meter {
             g.interval.links = c.links.clone();
             g.interval.quality = c.quality;
             g.interval.control = c.control.clone();
+            g.interval.source_lost = c.source_lost;
             c
         };
         Report::build(self.side, "interval", &c, (now - self.started).as_secs_f64(), (now - since).as_secs_f64())
@@ -675,6 +766,43 @@ mod tests {
         let p = r.ack_rtt_ms.unwrap();
         assert!((p.p50 - 50.0).abs() < 0.1 && (p.p99 - 99.0).abs() < 0.1, "{p:?}");
         assert!((p.max - 100.0).abs() < 0.1, "{p:?}");
+    }
+
+    #[test]
+    fn utc_strings() {
+        assert_eq!(utc_string(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc_string(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(utc_string(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(utc_string(4_102_444_799), "2099-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn source_loss_and_reconnects_are_reported_and_the_loss_carries_over() {
+        let meter = Meter::new(Side::Sender);
+        let lost = SourceLost { unix_ms: 1_700_000_000_123, at: Instant::now() };
+        meter.update(|c| {
+            c.source_losses += 1;
+            c.no_signal_frames += 2;
+            c.reconnects += 1;
+            c.source_lost = Some(lost);
+        });
+        let r = meter.take_interval(Instant::now());
+        assert_eq!((r.source_losses, r.no_signal_frames, r.reconnects), (1, 2, 1));
+        assert_eq!(r.source_lost_since.as_deref(), Some("2023-11-14T22:13:20Z"));
+        let line = r.human_line();
+        assert!(line.contains("SOURCE LOST since 2023-11-14T22:13:20Z") && line.contains("reconnects 1"), "{line}");
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["source_lost_since"], "2023-11-14T22:13:20Z");
+        // The next interval still says the source is lost, with no new counts.
+        let r = meter.take_interval(Instant::now());
+        assert_eq!((r.source_losses, r.reconnects), (0, 0));
+        assert!(r.source_lost_s.is_some());
+        let json = serde_json::to_value(&r).unwrap();
+        assert!(json.get("reconnects").is_none() && json.get("source_losses").is_none(), "{json}");
+        meter.update(|c| c.source_lost = None);
+        let r = meter.take_interval(Instant::now());
+        assert!(r.source_lost_since.is_none() && !r.human_line().contains("LOST"));
+        assert!(meter.summary().summary_text().contains("source lost 1 times"));
     }
 
     #[test]

@@ -45,7 +45,7 @@ fn bad_send_flags_name_the_flag_and_what_is_allowed() {
         (&["--source", "/no/such.y4m"], &["--source", "/no/such.y4m", "no such file"]),
         (&["--size", "641x480"], &["--size 641x480", "even"]),
     ] {
-        let mut args = vec!["send", "--connect", &connect, "--frames", "1"];
+        let mut args = vec!["send", "--connect", &connect, "--once", "--frames", "1"];
         args.extend_from_slice(extra);
         let stderr = fails(&args);
         for n in needles {

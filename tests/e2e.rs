@@ -49,7 +49,18 @@ fn stream_120_frames_with_stats_and_dumps() {
     );
     let mut send = Proc::spawn(
         "send",
-        &["send", "--connect", &addr, "--size", "640x480", "--frames", "120", "--stats-json", s_json.to_str().unwrap()],
+        &[
+            "send",
+            "--connect",
+            &addr,
+            "--once",
+            "--size",
+            "640x480",
+            "--frames",
+            "120",
+            "--stats-json",
+            s_json.to_str().unwrap(),
+        ],
     );
     // The sender exits once the receiver has its 120 frames and closes; the receiver must be
     // done by then (if a frame was dropped it would wait for more, so do not wait long).
@@ -155,7 +166,8 @@ fn read_peer_hello(stream: &mut TcpStream) -> [u8; HELLO_LEN] {
 /// receiver waiting; the exact count is `listening_sender_serves_the_next_viewer`'s job.
 fn real_sender_streams_30_frames(port: u16, recv: &mut Proc, json: &std::path::Path) {
     let addr = format!("127.0.0.1:{port}");
-    let mut send = Proc::spawn("send", &["send", "--connect", &addr, "--size", "320x240", "--duration", "10"]);
+    let mut send =
+        Proc::spawn("send", &["send", "--connect", &addr, "--once", "--size", "320x240", "--duration", "10"]);
     recv.expect_success(EXIT);
     send.expect_success(EXIT);
     let r = summary(json);

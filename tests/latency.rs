@@ -41,7 +41,7 @@ fn stream(
     recv_args.extend_from_slice(recv_extra);
     let mut recv = Proc::spawn(&format!("recv{tag}"), &recv_args);
     std::thread::sleep(sender_delay);
-    let mut send_args = vec!["send", "--connect", &addr, "--stats-json", send_json.to_str().unwrap()];
+    let mut send_args = vec!["send", "--connect", &addr, "--once", "--stats-json", send_json.to_str().unwrap()];
     send_args.extend_from_slice(send_extra);
     let mut send = Proc::spawn_with(&format!("send{tag}"), &send_args, |c| {
         match sender_skew {

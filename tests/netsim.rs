@@ -336,7 +336,7 @@ fn stream_through_netsim() {
     let (ns, port) = netsim(&["--forward", &recv_addr, "--rate", "20mbit", "--delay", "10ms"]);
     let mut send = Proc::spawn(
         "send",
-        &["send", "--connect", &format!("127.0.0.1:{port}"), "--size", "640x480", "--frames", "30"],
+        &["send", "--connect", &format!("127.0.0.1:{port}"), "--once", "--size", "640x480", "--frames", "30"],
     );
     recv.expect_success(Duration::from_secs(15));
     send.expect_success(Duration::from_secs(10));

@@ -4,6 +4,8 @@
 //! allocate per frame.
 
 pub mod camera;
+pub mod fault;
+pub mod nosignal;
 pub mod pattern;
 pub mod scale;
 pub mod y4m;

@@ -363,6 +363,157 @@ pub fn connect_with_retry(
     }
 }
 
+/// Capped exponential backoff with jitter for reconnect loops: `first`, then doubling up to
+/// `cap`, each delay shortened by up to a fifth at random so that peers that lost a link at
+/// the same moment do not all come back in step.
+#[derive(Clone, Debug)]
+pub struct Backoff {
+    first: Duration,
+    cap: Duration,
+    next: Duration,
+    seed: u64,
+}
+
+impl Backoff {
+    pub fn new(first: Duration, cap: Duration) -> Self {
+        let seed =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
+        Backoff { first, cap, next: first, seed: seed | 1 }
+    }
+
+    /// 100 ms doubling to 5 s: what `--connect` uses while its peer is away.
+    pub fn reconnect() -> Self {
+        Backoff::new(Duration::from_millis(100), Duration::from_secs(5))
+    }
+
+    /// The delay before the next attempt; the one after is twice as long, up to the cap.
+    pub fn next_delay(&mut self) -> Duration {
+        // xorshift64: jitter needs no cryptographic quality.
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        let base = self.next;
+        self.next = (self.next * 2).min(self.cap);
+        let cut = base.as_micros() as u64 / 5;
+        base - Duration::from_micros(if cut == 0 { 0 } else { self.seed % cut })
+    }
+
+    /// Back to the first delay (after a connection that worked).
+    pub fn reset(&mut self) {
+        self.next = self.first;
+    }
+}
+
+/// A word or two for the log saying why a connection attempt or a connection failed.
+pub fn reason(e: &io::Error) -> &'static str {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => "refused",
+        io::ErrorKind::ConnectionReset => "reset",
+        io::ErrorKind::ConnectionAborted => "aborted",
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => "timed out",
+        io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => "unreachable",
+        io::ErrorKind::NetworkDown => "network down",
+        io::ErrorKind::AddrNotAvailable => "address not available",
+        io::ErrorKind::NotFound => "does not resolve",
+        io::ErrorKind::BrokenPipe | io::ErrorKind::UnexpectedEof => "closed",
+        _ => "error",
+    }
+}
+
+/// How long one connection attempt may take before it counts as timed out.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// A connection that lasted this long worked: the next reconnect starts from the first delay.
+const STABLE: Duration = Duration::from_secs(1);
+
+/// What a [`keep_connected`] session decided when its connection ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Session {
+    /// Connect again (the peer left, or the connection failed).
+    Again,
+    /// The run is over: stop connecting.
+    Stop,
+}
+
+/// Connects to `addr` (HOST:PORT) and hands each connection to `serve` (with its number, from
+/// 1), again and again: when the connection ends or an attempt fails it waits `backoff`'s
+/// next delay, logging each attempt with its reason (and calling `failed`), until `serve`
+/// says [`Session::Stop`] or `done()` is true. `peer` names the other side in the log
+/// ("viewer", "sender"). Fails only for an address that can never work (no port, bad syntax).
+pub fn keep_connected(
+    addr: &str,
+    peer: &str,
+    mut backoff: Backoff,
+    done: &dyn Fn() -> bool,
+    mut serve: impl FnMut(TcpStream, u64) -> Session,
+    mut failed: impl FnMut(),
+) -> io::Result<()> {
+    use std::net::ToSocketAddrs;
+    let mut connections = 0u64;
+    let mut attempt = 0u64;
+    while !done() {
+        attempt += 1;
+        let res = match addr.to_socket_addrs() {
+            Ok(addrs) => {
+                let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{addr} resolves to no address"));
+                let mut ok = None;
+                for a in addrs {
+                    match TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
+                        Ok(s) => {
+                            ok = Some(s);
+                            break;
+                        }
+                        Err(e) => last = e,
+                    }
+                }
+                ok.ok_or(last)
+            }
+            Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
+                return Err(io::Error::new(e.kind(), format!("{addr}: {e} (expected HOST:PORT)")));
+            }
+            // A name that does not resolve now may later (mDNS, Wi-Fi coming back).
+            Err(e) => Err(io::Error::new(io::ErrorKind::NotFound, e.to_string())),
+        };
+        let delay = match res {
+            Ok(stream) => {
+                connections += 1;
+                attempt = 0;
+                let started = std::time::Instant::now();
+                if serve(stream, connections) == Session::Stop || done() {
+                    return Ok(());
+                }
+                if started.elapsed() >= STABLE {
+                    backoff.reset();
+                }
+                let d = backoff.next_delay();
+                tracing::info!(%addr, retry_in_ms = d.as_millis() as u64, "reconnecting to the {peer}");
+                d
+            }
+            Err(e) => {
+                failed();
+                let d = backoff.next_delay();
+                tracing::info!(
+                    %addr,
+                    attempt,
+                    reason = reason(&e),
+                    error = %e,
+                    retry_in_ms = d.as_millis() as u64,
+                    "cannot connect to the {peer}; retrying"
+                );
+                d
+            }
+        };
+        let until = std::time::Instant::now() + delay;
+        while !done() {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            std::thread::sleep(left.min(Duration::from_millis(50)));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -946,5 +1097,68 @@ mod tests {
                 prop_assert_eq!(r.get_ref().handed_out, HELLO_LEN);
             }
         }
+    }
+
+    #[test]
+    fn backoff_doubles_to_the_cap_with_jitter_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let d: Vec<Duration> = (0..9).map(|_| b.next_delay()).collect();
+        let nominal = [100u64, 200, 400, 800, 1600, 3200, 5000, 5000, 5000];
+        for (got, want) in d.iter().zip(nominal) {
+            let want = Duration::from_millis(want);
+            assert!(*got <= want && *got >= want * 4 / 5, "{got:?} vs nominal {want:?}: {d:?}");
+        }
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn keep_connected_retries_a_refused_peer_until_it_listens_then_stops_when_told() {
+        // A port that refuses: bind, note the port, close; listen on it again later.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let addr = format!("127.0.0.1:{port}");
+        let started = std::time::Instant::now();
+        let listener = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(400));
+            let l = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+            // Two connections: the first is closed at once, the second served until it ends.
+            let (a, _) = l.accept().unwrap();
+            drop(a);
+            let (_b, _) = l.accept().unwrap();
+        });
+        let mut seen = Vec::new();
+        let mut failures = 0;
+        let backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(100));
+        let done = || started.elapsed() > Duration::from_secs(20);
+        let serve = |_s, n| {
+            seen.push(n);
+            if n == 2 {
+                Session::Stop
+            } else {
+                Session::Again
+            }
+        };
+        keep_connected(&addr, "test peer", backoff, &done, serve, || failures += 1).unwrap();
+        listener.join().unwrap();
+        assert_eq!(seen, [1, 2]);
+        assert!(failures >= 2, "{failures} failed attempts before the peer listened");
+        assert!(started.elapsed() >= Duration::from_millis(400), "connected before the peer listened");
+        assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+    }
+
+    #[test]
+    fn keep_connected_rejects_an_address_without_a_port_and_honours_done() {
+        let never = || false;
+        let e = keep_connected("localhost", "viewer", Backoff::reconnect(), &never, |_, _| Session::Stop, || {})
+            .unwrap_err();
+        assert!(e.to_string().contains("HOST:PORT"), "{e}");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let t = std::time::Instant::now();
+        let done = || t.elapsed() > Duration::from_millis(300);
+        let mut failures = 0;
+        let addr = format!("127.0.0.1:{port}");
+        keep_connected(&addr, "viewer", Backoff::reconnect(), &done, |_, _| Session::Again, || failures += 1).unwrap();
+        assert!(t.elapsed() < Duration::from_secs(2), "did not stop when done: {:?}", t.elapsed());
+        assert!((2..=4).contains(&failures), "{failures} failed attempts in 300 ms with 100 ms doubling");
     }
 }
