@@ -29,7 +29,9 @@ use crate::clock::{clock_id, now_us};
 use crate::codec::Encoder;
 use crate::control::{ControlConfig, Controller};
 use crate::hub::{FrameRing, Hub, Subscription, ViewerKind};
-use crate::net::io::{configure, connect_with_retry, keep_connected, limit_send_queue, wait_for_peer, Backoff, Session};
+use crate::net::io::{
+    configure, connect_with_retry, keep_connected, limit_send_queue, wait_for_peer, Backoff, Session,
+};
 use crate::net::proto::Pong;
 use crate::net::{
     Event, FrameHeader, Hello, Message, MessageReader, MessageWriter, NetError, Role, StreamInfo, Subsampling,
