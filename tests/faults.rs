@@ -48,8 +48,10 @@ fn viewer_reconnects_to_a_sender_killed_mid_frame_and_restarted() {
     let dir = scratch_dir("faults-sigkill");
     let (r_json, s_json) = (dir.join("R.jsonl"), dir.join("S2.jsonl"));
     let addr = format!("127.0.0.1:{}", free_port());
-    // Big frames: 1920x1080 at quality 95.
-    let big = ["--size", "1920x1080", "--quality", "95", "--subsampling", "444"];
+    // Big frames: 1920x1080 at quality 95, and a window of unacknowledged frames deep enough
+    // for the stopped viewer's socket to fill (the default ~100 ms would stop the sender
+    // between frames, which is the point of congestion control but not of this test).
+    let big = ["--size", "1920x1080", "--quality", "95", "--subsampling", "444", "--max-in-flight", "64"];
     let mut first = Proc::spawn("send1", &[&["send", "--listen", &addr][..], &big].concat());
     wait_listening(&first);
     let mut recv = Proc::spawn(
