@@ -7,12 +7,14 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use tracing::warn;
 
 use crate::capture::camera::CameraSource;
 use crate::capture::pattern::PatternSource;
 use crate::capture::y4m::Y4mSource;
 use crate::capture::{FrameSource, SourceSpec};
 use crate::net::proto::{MAX_DIMENSION, MAX_PIXELS};
+use crate::net::secure::{Key, KEY_ENV};
 use crate::net::Subsampling;
 use crate::receiver::{self, DumpConfig, RecvConfig};
 use crate::sender::{self, SendConfig, SourceFactory};
@@ -42,6 +44,45 @@ pub enum Cmd {
     Report(ReportArgs),
     /// Relay TCP through a simulated slow link (rate, delay, jitter, router queue, stalls).
     Netsim(NetsimArgs),
+    /// Write a new random pre-shared key to PATH (mode 0600) for --key-file.
+    Keygen(KeygenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// Where to write the key (64 hex digits and a newline); an existing file is not replaced.
+    #[arg(value_name = "PATH")]
+    pub path: PathBuf,
+}
+
+/// The pre-shared key.
+#[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "Access control")]
+pub struct KeyArgs {
+    /// Pre-shared key file: 64 hex digits (make one with `framecast keygen PATH`). Both ends
+    /// need the same key: peers prove they hold it, everything after the handshake is
+    /// encrypted and authenticated, and HTTP requires a token derived from it.
+    #[arg(long, value_name = "PATH", env = KEY_ENV)]
+    pub key_file: Option<PathBuf>,
+}
+
+impl KeyArgs {
+    pub fn load(&self) -> anyhow::Result<Option<Key>> {
+        match &self.key_file {
+            None => Ok(None),
+            Some(path) => Key::load(path).map(Some).context("--key-file (or FRAMECAST_KEY_FILE)"),
+        }
+    }
+}
+
+/// Warns about a socket that other hosts can reach while no key protects it.
+fn warn_if_open(flag: &str, addr: SocketAddr, key: Option<&Key>) {
+    if key.is_none() && !addr.ip().is_loopback() {
+        warn!(
+            "{flag} {addr}: reachable from other hosts without a key: anyone on the network can connect; \
+             use --key-file (see `framecast keygen`) or a loopback address"
+        );
+    }
 }
 
 #[derive(Debug, Args)]
@@ -175,6 +216,8 @@ pub struct SendArgs {
     pub source: SourceArgs,
     #[command(flatten)]
     pub run: RunArgs,
+    #[command(flatten)]
+    pub key: KeyArgs,
 }
 
 #[derive(Debug, Args)]
@@ -199,6 +242,8 @@ pub struct RecvArgs {
     pub dump_every: u64,
     #[command(flatten)]
     pub run: RunArgs,
+    #[command(flatten)]
+    pub key: KeyArgs,
 }
 
 #[derive(Debug, Args)]
@@ -223,6 +268,8 @@ pub struct DemoArgs {
     pub no_stats: bool,
     #[command(flatten)]
     pub source: SourceArgs,
+    #[command(flatten)]
+    pub key: KeyArgs,
 }
 
 const CONNECT_PATIENCE: Duration = Duration::from_secs(10);
@@ -300,6 +347,12 @@ fn source_name(s: &SourceSpec) -> String {
 impl SendArgs {
     pub fn into_config(self) -> anyhow::Result<(SendConfig, SourceFactory)> {
         let (factory, subsampling, reencode_jpeg) = self.source.validate()?;
+        let key = self.key.load()?;
+        for (flag, addr) in [("--listen", self.listen), ("--http", self.http)] {
+            if let Some(addr) = addr {
+                warn_if_open(flag, addr, key.as_ref());
+            }
+        }
         let endpoint = match (self.connect, self.listen) {
             (_, Some(addr)) => sender::Endpoint::Listen(bind(addr, "--listen")?),
             (Some(c), None) => sender::Endpoint::Connect(c),
@@ -319,6 +372,7 @@ impl SendArgs {
                 stats: self.run.stats(),
                 connect_patience: CONNECT_PATIENCE,
                 http,
+                key,
             },
             factory,
         ))
@@ -327,11 +381,12 @@ impl SendArgs {
 
 impl RecvArgs {
     pub fn into_config(self) -> anyhow::Result<RecvConfig> {
+        let key = self.key.load()?;
         let endpoint = match (self.listen, self.connect) {
             (_, Some(c)) => receiver::Endpoint::Connect(c),
-            (Some(addr), None) => receiver::Endpoint::Listen(bind(addr, "--listen")?),
-            (None, None) => {
-                let addr = SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT));
+            (listen, None) => {
+                let addr = listen.unwrap_or(SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)));
+                warn_if_open("--listen", addr, key.as_ref());
                 receiver::Endpoint::Listen(bind(addr, "--listen")?)
             }
         };
@@ -343,6 +398,7 @@ impl RecvArgs {
             once: self.once,
             dump: self.dump_dir.map(|dir| DumpConfig { dir, every: self.dump_every }),
             connect_patience: CONNECT_PATIENCE,
+            key,
         })
     }
 }

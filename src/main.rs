@@ -77,6 +77,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Demo(args) => demo(args)?,
         Cmd::Cameras => cameras()?,
         Cmd::Netsim(args) => framecast::netsim::run(args.into_config()?)?,
+        Cmd::Keygen(args) => {
+            framecast::net::secure::Key::write_new(&args.path)?;
+            info!(path = %args.path.display(), "wrote a new key (mode 0600); give both ends --key-file with a copy of it");
+        }
         Cmd::Report(args) => {
             use std::io::Write;
             let runs = framecast::report::load(&args.logs)?;
@@ -92,6 +96,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let (source, subsampling, reencode_jpeg) = args.source.validate()?;
+    let key = args.key.load()?;
     let mut sink: Box<dyn FrameSink> = if args.headless {
         Box::new(Headless)
     } else if !display_available() {
@@ -114,6 +119,7 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
         stats: StatsConfig { json: args.send_stats_json, enabled: !args.no_stats, ..StatsConfig::default() },
         connect_patience: std::time::Duration::from_secs(5),
         http: None,
+        key: key.clone(),
     };
     let recv_cfg = RecvConfig {
         endpoint: receiver::Endpoint::Listen(listener),
@@ -123,6 +129,7 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
         once: true,
         dump: None,
         connect_patience: std::time::Duration::from_secs(5),
+        key,
     };
     let sender = {
         let stop = stop.clone();

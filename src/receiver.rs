@@ -26,6 +26,7 @@ use crate::clock::{clock_id, now_us, ClockSync, Exchange};
 use crate::codec::Decoder;
 use crate::net::io::{configure, connect_with_retry, wait_for_peer};
 use crate::net::proto::{Ping, MAX_REPORT_LEN};
+use crate::net::secure::{self, Key, LinkWrite};
 use crate::net::{Ack, Event, FrameHeader, Hello, Message, MessageReader, MessageWriter, NetError, Role};
 use crate::sender::join;
 use crate::stats::{self, ClockStatus, DropCause, Meter, Report, Side, StatsConfig};
@@ -60,6 +61,8 @@ pub struct RecvConfig {
     pub dump: Option<DumpConfig>,
     /// How long `Connect` keeps retrying a refused connection.
     pub connect_patience: Duration,
+    /// Pre-shared key: the sender must prove it holds it, and the stream is encrypted.
+    pub key: Option<Key>,
 }
 
 struct Incoming {
@@ -90,7 +93,7 @@ struct AckEvent {
 
 struct NewConn {
     conn: u64,
-    writer: MessageWriter<TcpStream>,
+    writer: MessageWriter<LinkWrite>,
 }
 
 const POLL: Duration = Duration::from_millis(100);
@@ -116,10 +119,10 @@ pub fn run(cfg: RecvConfig, sink: &mut dyn FrameSink, stop: Arc<AtomicBool>) -> 
 
     let net = {
         let (meter, pool, stop, finish) = (meter.clone(), jpeg_pool.clone(), stop.clone(), finish.clone());
-        let (endpoint, once, patience) = (cfg.endpoint, cfg.once, cfg.connect_patience);
+        let (endpoint, once, patience, key) = (cfg.endpoint, cfg.once, cfg.connect_patience, cfg.key);
         thread::Builder::new()
             .name("net-rx".into())
-            .spawn(move || net_loop(endpoint, once, patience, in_tx, pool, conn_tx, meter, stop, finish))?
+            .spawn(move || net_loop(endpoint, once, patience, in_tx, pool, conn_tx, meter, stop, finish, key))?
     };
     let decode = {
         let (meter, jpeg_pool, pixel_pool, count) =
@@ -370,13 +373,22 @@ fn net_loop(
     meter: Meter,
     stop: Arc<AtomicBool>,
     finish: Arc<AtomicBool>,
+    key: Option<Key>,
 ) -> anyhow::Result<()> {
     let done = || stop.load(Ordering::Relaxed) || finish.load(Ordering::Relaxed) || tx.is_disconnected();
     let mut conn_id = 0u64;
     let mut serve = |stream: TcpStream, peer: Option<SocketAddr>| {
         conn_id += 1;
-        let mut c =
-            Conn { id: conn_id, tx: &tx, pool: &pool, conn_tx: &conn_tx, meter: &meter, done: &done, last_seq: None };
+        let mut c = Conn {
+            id: conn_id,
+            tx: &tx,
+            pool: &pool,
+            conn_tx: &conn_tx,
+            meter: &meter,
+            done: &done,
+            last_seq: None,
+            key: key.as_ref(),
+        };
         match c.serve(stream) {
             Ok(()) => info!(sender = ?peer, "sender disconnected"),
             Err(e) => warn!(sender = ?peer, error = format!("{e:#}"), "dropped connection from sender"),
@@ -427,6 +439,7 @@ struct Conn<'a, D: Fn() -> bool> {
     meter: &'a Meter,
     done: &'a D,
     last_seq: Option<u64>,
+    key: Option<&'a Key>,
 }
 
 impl<D: Fn() -> bool> Conn<'_, D> {
@@ -444,8 +457,12 @@ impl<D: Fn() -> bool> Conn<'_, D> {
         stream.set_write_timeout(Some(Duration::from_secs(5)))?;
         let mut writer = MessageWriter::new(stream.try_clone()?);
         let mut reader = MessageReader::new(stream);
-        writer.write_hello(&Hello::new(Role::Receiver, clock_id()))?;
+        let ours = Hello::new(Role::Receiver, clock_id()).keyed(self.key.is_some());
+        writer.write_hello(&ours)?;
         let hello = reader.read_hello(Role::Sender, HANDSHAKE_TIMEOUT).context("handshake")?;
+        // With a key: the sender proves it holds it before any of its messages is read.
+        let (mut reader, writer) =
+            secure::upgrade(reader, writer, &ours, &hello, self.key, HANDSHAKE_TIMEOUT).context("access control")?;
         let same_clock = hello.clock_id == clock_id();
         info!(
             same_clock,

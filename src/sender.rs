@@ -30,6 +30,7 @@ use crate::codec::Encoder;
 use crate::hub::{FrameRing, Hub, Subscription, ViewerKind};
 use crate::net::io::{configure, connect_with_retry, wait_for_peer};
 use crate::net::proto::Pong;
+use crate::net::secure::{self, Key, LinkRead, LinkWrite};
 use crate::net::{
     Event, FrameHeader, Hello, Message, MessageReader, MessageWriter, NetError, Role, StreamInfo, Subsampling,
 };
@@ -64,6 +65,9 @@ pub struct SendConfig {
     pub connect_patience: Duration,
     /// Serve HTTP (page, MJPEG stream, snapshot, stats) on this socket.
     pub http: Option<TcpListener>,
+    /// Pre-shared key: viewers must prove they hold it, the stream is encrypted, and HTTP
+    /// requires the token derived from it.
+    pub key: Option<Key>,
 }
 
 /// Opens the source on the capture thread (a camera handle may not move between threads).
@@ -153,12 +157,14 @@ pub fn run(cfg: SendConfig, open_source: SourceFactory, stop: Arc<AtomicBool>) -
     let http = match cfg.http {
         Some(listener) => {
             let (hub, meter, latest_report) = (hub.clone(), meter.clone(), latest_report.clone());
-            Some(spawn("http", move || crate::http::serve(listener, hub, meter, latest_report))?)
+            let token = cfg.key.as_ref().map(Key::http_token);
+            Some(spawn("http", move || crate::http::serve(listener, hub, meter, latest_report, token))?)
         }
         None => None,
     };
     let net = {
-        let ctx = ViewerContext { stream_info: stream, hub: hub.clone(), quality_tx, meter: meter.clone() };
+        let key = cfg.key.map(Arc::new);
+        let ctx = ViewerContext { stream_info: stream, hub: hub.clone(), quality_tx, meter: meter.clone(), key };
         let (endpoint, patience, stop, finish) = (cfg.endpoint, cfg.connect_patience, stop.clone(), finish.clone());
         spawn("net-tx", move || net_loop(endpoint, patience, ctx, early, stop, finish))?
     };
@@ -376,6 +382,7 @@ struct ViewerContext {
     hub: Arc<Hub>,
     quality_tx: Sender<u8>,
     meter: Meter,
+    key: Option<Arc<Key>>,
 }
 
 fn net_loop(
@@ -462,9 +469,14 @@ impl ViewerContext {
         stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
         let mut writer = MessageWriter::new(stream.try_clone()?);
         let mut reader = MessageReader::new(stream.try_clone()?);
-        writer.write_hello(&Hello::new(Role::Sender, clock_id()))?;
+        let ours = Hello::new(Role::Sender, clock_id()).keyed(self.key.is_some());
+        writer.write_hello(&ours)?;
         let hello = reader.read_hello(Role::Receiver, Duration::from_secs(5)).context("handshake")?;
-        debug!(version = hello.version, "viewer handshake done");
+        // With a key: the viewer proves it holds it before anything else is sent.
+        let (reader, mut writer) =
+            secure::upgrade(reader, writer, &ours, &hello, self.key.as_deref(), Duration::from_secs(5))
+                .context("access control")?;
+        debug!(version = hello.version, secure = reader.get_ref().is_secure(), "viewer handshake done");
         writer.write_message(&Message::StreamInfo(self.stream_info))?;
         // Shared with ack-rx, which answers clock-sync pings between frames.
         let writer = Arc::new(Mutex::new(writer));
@@ -538,8 +550,8 @@ impl ViewerContext {
 }
 
 fn ack_loop(
-    mut reader: MessageReader<TcpStream>,
-    writer: Arc<Mutex<MessageWriter<TcpStream>>>,
+    mut reader: MessageReader<LinkRead>,
+    writer: Arc<Mutex<MessageWriter<LinkWrite>>>,
     sent_at: Arc<Mutex<VecDeque<(u64, u64)>>>,
     meter: Meter,
     quality_tx: Sender<u8>,
