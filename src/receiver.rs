@@ -379,17 +379,9 @@ fn net_loop(
     let mut conn_id = 0u64;
     let mut serve = |stream: TcpStream, peer: Option<SocketAddr>| {
         conn_id += 1;
-        let mut c = Conn {
-            id: conn_id,
-            tx: &tx,
-            pool: &pool,
-            conn_tx: &conn_tx,
-            meter: &meter,
-            done: &done,
-            last_seq: None,
-            key: key.as_ref(),
-        };
-        match c.serve(stream) {
+        let mut c =
+            Conn { id: conn_id, tx: &tx, pool: &pool, conn_tx: &conn_tx, meter: &meter, done: &done, last_seq: None };
+        match c.serve(stream, key.as_ref()) {
             Ok(()) => info!(sender = ?peer, "sender disconnected"),
             Err(e) => warn!(sender = ?peer, error = format!("{e:#}"), "dropped connection from sender"),
         }
@@ -439,11 +431,10 @@ struct Conn<'a, D: Fn() -> bool> {
     meter: &'a Meter,
     done: &'a D,
     last_seq: Option<u64>,
-    key: Option<&'a Key>,
 }
 
 impl<D: Fn() -> bool> Conn<'_, D> {
-    fn serve(&mut self, stream: TcpStream) -> anyhow::Result<()> {
+    fn serve(&mut self, stream: TcpStream, key: Option<&Key>) -> anyhow::Result<()> {
         // The feedback thread keeps a clone of the socket for acks; whatever ends this
         // connection must close it for both, so the sender sees the end at once.
         struct CloseOnDrop(TcpStream);
@@ -457,12 +448,12 @@ impl<D: Fn() -> bool> Conn<'_, D> {
         stream.set_write_timeout(Some(Duration::from_secs(5)))?;
         let mut writer = MessageWriter::new(stream.try_clone()?);
         let mut reader = MessageReader::new(stream);
-        let ours = Hello::new(Role::Receiver, clock_id()).keyed(self.key.is_some());
+        let ours = Hello::new(Role::Receiver, clock_id()).keyed(key.is_some());
         writer.write_hello(&ours)?;
         let hello = reader.read_hello(Role::Sender, HANDSHAKE_TIMEOUT).context("handshake")?;
         // With a key: the sender proves it holds it before any of its messages is read.
         let (mut reader, writer) =
-            secure::upgrade(reader, writer, &ours, &hello, self.key, HANDSHAKE_TIMEOUT).context("access control")?;
+            secure::upgrade(reader, writer, &ours, &hello, key, HANDSHAKE_TIMEOUT).context("access control")?;
         let same_clock = hello.clock_id == clock_id();
         info!(
             same_clock,
