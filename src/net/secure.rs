@@ -859,6 +859,117 @@ mod tests {
         assert!(matches!(e, HandshakeError::Closed { .. } | HandshakeError::Io(_)), "{e:?}");
     }
 
+    /// One end of a real TCP connection, through hellos and `upgrade`, as the pipelines do it.
+    fn tcp_end(
+        role: Role,
+        stream: TcpStream,
+        key: Option<Key>,
+    ) -> Result<(MessageReader<LinkRead>, MessageWriter<LinkWrite>), HandshakeError> {
+        stream.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let mut writer = MessageWriter::new(stream.try_clone().unwrap());
+        let mut reader = MessageReader::new(stream);
+        let ours = Hello::new(role, [1; 16]).keyed(key.is_some());
+        writer.write_hello(&ours).unwrap();
+        let theirs = reader.read_hello(opposite(role), Duration::from_secs(5)).unwrap();
+        upgrade(reader, writer, &ours, &theirs, key.as_ref(), Duration::from_secs(5))
+    }
+
+    fn connect_pair(
+        sender_key: Option<Key>,
+        viewer_key: Option<Key>,
+    ) -> (
+        Result<(MessageReader<LinkRead>, MessageWriter<LinkWrite>), HandshakeError>,
+        Result<(MessageReader<LinkRead>, MessageWriter<LinkWrite>), HandshakeError>,
+    ) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let viewer = std::thread::spawn(move || tcp_end(Role::Receiver, l.accept().unwrap().0, viewer_key));
+        let sender = tcp_end(Role::Sender, TcpStream::connect(addr).unwrap(), sender_key);
+        (sender, viewer.join().unwrap())
+    }
+
+    #[test]
+    fn message_reader_and_writer_work_unchanged_over_the_secure_layer() {
+        use super::super::proto::{FrameHeader, Ping, StreamInfo};
+        use super::super::{Event, Message};
+        let (sender, viewer) = connect_pair(Some(KEY), Some(KEY));
+        let ((mut s_rd, mut s_wr), (mut v_rd, mut v_wr)) = (sender.unwrap(), viewer.unwrap());
+        assert!(s_rd.get_ref().is_secure() && v_rd.get_ref().is_secure());
+        let info = StreamInfo { width: 1280, height: 720, fps_milli: 0 };
+        let jpeg: Vec<u8> = (0..200_000u32).map(|i| (i * 7) as u8).collect();
+        let header = FrameHeader {
+            seq: 9,
+            capture_us: 1,
+            encode_start_us: 2,
+            encode_end_us: 3,
+            send_us: 4,
+            width: 1280,
+            height: 720,
+            quality: 75,
+            subsampling: 2,
+            flags: 0,
+            jpeg_len: jpeg.len() as u32,
+        };
+        s_wr.write_message(&Message::StreamInfo(info)).unwrap();
+        s_wr.write_frame(&header, &jpeg).unwrap();
+        v_wr.write_message(&Message::Ping(Ping { id: 5, t1_us: 6 })).unwrap();
+        let mut got = Vec::new();
+        let t0 = Instant::now();
+        while got.len() < 2 && t0.elapsed() < Duration::from_secs(10) {
+            match v_rd.next_event().unwrap() {
+                Event::Message(Message::StreamInfo(i)) => got.push(format!("{i:?}")),
+                Event::Message(Message::Frame(h, j)) => {
+                    assert_eq!(h, header);
+                    assert!(j == &jpeg[..], "the JPEG arrives intact");
+                    got.push("frame".into());
+                }
+                Event::Message(m) => panic!("unexpected {m:?}"),
+                Event::Idle => {}
+                Event::Eof => panic!("early end"),
+            }
+        }
+        assert_eq!(got, [format!("{info:?}"), "frame".to_string()]);
+        let t0 = Instant::now();
+        loop {
+            match s_rd.next_event().unwrap() {
+                Event::Message(Message::Ping(p)) => break assert_eq!((p.id, p.t1_us), (5, 6)),
+                Event::Idle if t0.elapsed() < Duration::from_secs(10) => {}
+                other => panic!("expected the ping, got {other:?}"),
+            }
+        }
+        // Error offsets still count plaintext stream bytes after the 24-byte hello.
+        s_wr.get_mut().write_all(&[9]).unwrap();
+        s_wr.get_mut().flush().unwrap();
+        let e = loop {
+            match v_rd.next_event() {
+                Ok(Event::Idle) => {}
+                other => break other.unwrap_err(),
+            }
+        };
+        let offset = 24 + 8 + 12 + 8 + 52 + jpeg.len();
+        assert!(e.to_string().contains(&format!("offset {offset}")), "{e}");
+    }
+
+    #[test]
+    fn both_ends_say_which_one_lacks_the_key() {
+        let (sender, viewer) = connect_pair(Some(KEY), None);
+        let (s, v) = (sender.err().unwrap(), viewer.err().unwrap());
+        assert_eq!(
+            s.to_string(),
+            "the viewer has no key but this sender requires one: give both ends the same --key-file"
+        );
+        assert_eq!(
+            v.to_string(),
+            "the sender requires a key but this viewer has none: give both ends the same --key-file (or \
+             FRAMECAST_KEY_FILE)"
+        );
+        let (sender, viewer) = connect_pair(None, Some(KEY));
+        assert!(matches!(sender.err().unwrap(), HandshakeError::WeHaveNoKey { peer: Role::Receiver }));
+        assert!(matches!(viewer.err().unwrap(), HandshakeError::PeerHasNoKey { peer: Role::Sender }));
+        let (sender, viewer) = connect_pair(None, None);
+        assert!(!sender.unwrap().0.get_ref().is_secure() && !viewer.unwrap().0.get_ref().is_secure());
+    }
+
     #[test]
     fn key_files_are_64_hex_digits() {
         let p = Path::new("k");
