@@ -303,6 +303,9 @@ impl Write for LinkWrite {
     }
 }
 
+/// The message reader and writer of a connection, after [`upgrade`].
+pub type Halves = (MessageReader<LinkRead>, MessageWriter<LinkWrite>);
+
 /// Runs after both hellos: checks that both peers agree on whether a key is required, runs
 /// the Noise handshake when it is, and returns the halves the messages go through.
 ///
@@ -315,7 +318,7 @@ pub fn upgrade(
     theirs: &Hello,
     key: Option<&Key>,
     timeout: Duration,
-) -> Result<(MessageReader<LinkRead>, MessageWriter<LinkWrite>), HandshakeError> {
+) -> Result<Halves, HandshakeError> {
     let peer = theirs.role;
     let key = match (key, theirs.keyed) {
         (None, false) => return Ok((reader.map_inner(LinkRead::Plain), writer.map_inner(LinkWrite::Plain))),
@@ -860,11 +863,7 @@ mod tests {
     }
 
     /// One end of a real TCP connection, through hellos and `upgrade`, as the pipelines do it.
-    fn tcp_end(
-        role: Role,
-        stream: TcpStream,
-        key: Option<Key>,
-    ) -> Result<(MessageReader<LinkRead>, MessageWriter<LinkWrite>), HandshakeError> {
+    fn tcp_end(role: Role, stream: TcpStream, key: Option<Key>) -> Result<Halves, HandshakeError> {
         stream.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
         let mut writer = MessageWriter::new(stream.try_clone().unwrap());
         let mut reader = MessageReader::new(stream);
@@ -877,10 +876,7 @@ mod tests {
     fn connect_pair(
         sender_key: Option<Key>,
         viewer_key: Option<Key>,
-    ) -> (
-        Result<(MessageReader<LinkRead>, MessageWriter<LinkWrite>), HandshakeError>,
-        Result<(MessageReader<LinkRead>, MessageWriter<LinkWrite>), HandshakeError>,
-    ) {
+    ) -> (Result<Halves, HandshakeError>, Result<Halves, HandshakeError>) {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let viewer = std::thread::spawn(move || tcp_end(Role::Receiver, l.accept().unwrap().0, viewer_key));
