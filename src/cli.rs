@@ -2,7 +2,7 @@
 //! pipelines take. Every invalid value is rejected here with a message naming the flag.
 
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -62,15 +62,21 @@ pub struct KeyArgs {
     /// Pre-shared key file: 64 hex digits (make one with `framecast keygen PATH`). Both ends
     /// need the same key: peers prove they hold it, everything after the handshake is
     /// encrypted and authenticated, and HTTP requires a token derived from it.
-    #[arg(long, value_name = "PATH", env = KEY_ENV)]
+    /// [default: $FRAMECAST_KEY_FILE when set]
+    #[arg(long, value_name = "PATH")]
     pub key_file: Option<PathBuf>,
 }
 
 impl KeyArgs {
+    /// The key from `--key-file`, else from the file `FRAMECAST_KEY_FILE` names (an empty
+    /// variable counts as unset).
     pub fn load(&self) -> anyhow::Result<Option<Key>> {
-        match &self.key_file {
+        if let Some(path) = &self.key_file {
+            return Key::load(path).map(Some).context("--key-file");
+        }
+        match std::env::var_os(KEY_ENV).filter(|v| !v.is_empty()) {
+            Some(path) => Key::load(Path::new(&path)).map(Some).context(KEY_ENV),
             None => Ok(None),
-            Some(path) => Key::load(path).map(Some).context("--key-file (or FRAMECAST_KEY_FILE)"),
         }
     }
 }

@@ -340,12 +340,16 @@ fn bad_key_files_are_clear_errors() {
         let mut p = Proc::spawn("send", &["send", "--listen", "127.0.0.1:0", "--key-file", path.to_str().unwrap()]);
         assert!(!p.wait(EXIT).success());
         let log = p.stderr();
-        assert!(log.contains("--key-file") && log.contains(want), "{log}");
+        assert!(log.contains("--key-file:") && log.contains(want), "{log}");
     }
     // The environment variable is the alternative to the flag.
     let mut p = Proc::spawn_with("recv", &["recv", "--listen", "127.0.0.1:0", "--headless"], |c| {
         c.env("FRAMECAST_KEY_FILE", &short);
     });
     assert!(!p.wait(EXIT).success());
-    assert!(p.stderr().contains("found 4 hex digits"), "{}", p.stderr());
+    assert!(
+        p.stderr().contains("FRAMECAST_KEY_FILE: key file") && p.stderr().contains("found 4 hex digits"),
+        "{}",
+        p.stderr()
+    );
 }
