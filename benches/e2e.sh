@@ -4,6 +4,11 @@
 #
 #   bash benches/e2e.sh                       # 1280x720, 10 s, 3 runs
 #   RUNS=5 DURATION=20 SIZE=640x480 bash benches/e2e.sh
+#   KEY=both bash benches/e2e.sh              # with and without --key-file, runs alternating
+#
+# KEY=0 (default) runs without a key, KEY=1 with a new key (--key-file: Noise handshake, every
+# message encrypted and authenticated), KEY=both alternates the two and gives a median for
+# each, to measure what encryption costs.
 #
 # Per run: end-to-end fps and frames (the receiver's summary: frames decoded), CPU seconds
 # (user + sys from /usr/bin/time -v), CPU ms per decoded frame (all threads of both ends:
@@ -18,6 +23,13 @@ SIZE=${SIZE:-1280x720}
 DURATION=${DURATION:-10}
 RUNS=${RUNS:-3}
 QUALITY=${QUALITY:-75}
+KEY=${KEY:-0}
+case "$KEY" in
+    0) modes=(plain) ;;
+    1) modes=(key) ;;
+    both) modes=(plain key) ;;
+    *) echo "KEY must be 0, 1 or both, not '$KEY'" >&2; exit 2 ;;
+esac
 
 if [ ! -x /usr/bin/time ]; then
     echo "/usr/bin/time not found; install it with: apt-get install -y time" >&2
@@ -35,19 +47,30 @@ target_dir=$(cargo metadata --format-version 1 --no-deps |
     python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
 bin="$target_dir/release/framecast"
 
+if [ "$KEY" != 0 ]; then
+    "$bin" keygen "$tmp/key" 2>/dev/null
+fi
+
 for i in $(seq "$RUNS"); do
-    cmd=("$bin" demo --headless --fps 0 --size "$SIZE" --quality "$QUALITY" --duration "$DURATION"
-        --recv-stats-json "$tmp/recv-$i.jsonl" --send-stats-json "$tmp/send-$i.jsonl")
-    echo "== run $i/$RUNS: ${cmd[*]}" >&2
-    cut -d' ' -f1 /proc/loadavg >"$tmp/load-$i.txt"
-    /usr/bin/time -v -o "$tmp/time-$i.txt" "${cmd[@]}" 2>"$tmp/log-$i.txt" ||
-        { echo "run $i failed; its log:" >&2; tail -20 "$tmp/log-$i.txt" >&2; exit 1; }
+    for mode in "${modes[@]}"; do
+        id="$mode-$i"
+        cmd=("$bin" demo --headless --fps 0 --size "$SIZE" --quality "$QUALITY" --duration "$DURATION"
+            --recv-stats-json "$tmp/recv-$id.jsonl" --send-stats-json "$tmp/send-$id.jsonl")
+        if [ "$mode" = key ]; then
+            cmd+=(--key-file "$tmp/key")
+        fi
+        echo "== run $i/$RUNS ($mode): ${cmd[*]}" >&2
+        cut -d' ' -f1 /proc/loadavg >"$tmp/load-$id.txt"
+        /usr/bin/time -v -o "$tmp/time-$id.txt" "${cmd[@]}" 2>"$tmp/log-$id.txt" ||
+            { echo "run $id failed; its log:" >&2; tail -20 "$tmp/log-$id.txt" >&2; exit 1; }
+    done
 done
 
-python3 - "$tmp" "$RUNS" "$SIZE" "$DURATION" "$QUALITY" <<'EOF'
+python3 - "$tmp" "$RUNS" "$SIZE" "$DURATION" "$QUALITY" "${modes[@]}" <<'EOF'
 import json, statistics, sys
 
 tmp, runs, size, duration, quality = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+modes = sys.argv[6:]
 
 def summary(path):
     rows = [json.loads(l) for l in open(path) if l.strip()]
@@ -60,12 +83,12 @@ def time_v(path):
         out[key] = val
     return out
 
-rows = []
-for i in range(1, runs + 1):
-    recv, send = summary(f"{tmp}/recv-{i}.jsonl"), summary(f"{tmp}/send-{i}.jsonl")
-    t = time_v(f"{tmp}/time-{i}.txt")
+def run(mode, i):
+    id = f"{mode}-{i}"
+    recv, send = summary(f"{tmp}/recv-{id}.jsonl"), summary(f"{tmp}/send-{id}.jsonl")
+    t = time_v(f"{tmp}/time-{id}.txt")
     cpu = float(t["User time (seconds)"]) + float(t["System time (seconds)"])
-    rows.append({
+    return {
         "fps": recv["fps"],
         "frames": recv["frames"],
         "captured": send.get("captured", 0),
@@ -76,9 +99,9 @@ for i in range(1, runs + 1):
         "rss_mb": int(t["Maximum resident set size (kbytes)"]) / 1024,
         "enc_ms": send.get("encode_ms") or 0.0,
         "dec_ms": recv.get("decode_ms") or 0.0,
-        "load": float(open(f"{tmp}/load-{i}.txt").read()),
+        "load": float(open(f"{tmp}/load-{id}.txt").read()),
         "causes": {**send.get("drops", {}), **recv.get("drops", {})},
-    })
+    }
 
 cols = [("fps", "fps", "{:.1f}"), ("frames", "frames", "{:d}"), ("captured", "captured", "{:d}"),
         ("sent", "sent", "{:d}"), ("drops", "drops", "{:d}"), ("cpu_s", "CPU s", "{:.2f}"),
@@ -93,13 +116,17 @@ print()
 print(f"framecast demo --headless --fps 0 --size {size} --quality {quality} --duration {duration}, {runs} runs")
 print("frames/fps: decoded by the receiver; captured/sent: sender; drops: both ends, all causes;")
 print("CPU: user+sys of the whole process (both ends); CPU ms/frame = CPU s / decoded frames")
-print(f"{'':<8}" + "".join(f"{h:>13}" for _, h, _ in cols))
-for i, r in enumerate(rows, 1):
-    print(f"{'run ' + str(i):<8}" + "".join(f"{cell(r[k], f):>13}" for k, _, f in cols))
-med = {k: statistics.median(r[k] for r in rows) for k, _, _ in cols}
-print(f"{'median':<8}" + "".join(f"{cell(med[k], f):>13}" for k, _, f in cols))
-for i, r in enumerate(rows, 1):
-    print(f"run {i} drops by cause: " + ", ".join(f"{k}={v}" for k, v in sorted(r["causes"].items())))
+for mode in modes:
+    rows = [run(mode, i) for i in range(1, runs + 1)]
+    if len(modes) > 1 or mode == "key":
+        print(f"-- {'with --key-file (encrypted)' if mode == 'key' else 'without a key (plaintext)'}")
+    print(f"{'':<8}" + "".join(f"{h:>13}" for _, h, _ in cols))
+    for i, r in enumerate(rows, 1):
+        print(f"{'run ' + str(i):<8}" + "".join(f"{cell(r[k], f):>13}" for k, _, f in cols))
+    med = {k: statistics.median(r[k] for r in rows) for k, _, _ in cols}
+    print(f"{'median':<8}" + "".join(f"{cell(med[k], f):>13}" for k, _, f in cols))
+    for i, r in enumerate(rows, 1):
+        print(f"run {i} drops by cause: " + ", ".join(f"{k}={v}" for k, v in sorted(r["causes"].items())))
 print("'load before' is the 1-minute load average when the run started: a run that shared the cores")
 print("with other work reads low on fps and high on CPU ms/frame.")
 EOF

@@ -2,11 +2,12 @@
 //! pipelines take. Every invalid value is rejected here with a message naming the flag.
 
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use tracing::warn;
 
 use crate::capture::camera::CameraSource;
 use crate::capture::pattern::PatternSource;
@@ -14,6 +15,7 @@ use crate::capture::y4m::Y4mSource;
 use crate::capture::{CaptureError, FrameSource, SourceSpec};
 use crate::control::ControlConfig;
 use crate::net::proto::{MAX_DIMENSION, MAX_PIXELS};
+use crate::net::secure::{Key, KEY_ENV};
 use crate::net::Subsampling;
 use crate::receiver::{self, DumpConfig, RecvConfig};
 use crate::sender::{self, SendConfig, SourceFactory};
@@ -43,6 +45,51 @@ pub enum Cmd {
     Report(ReportArgs),
     /// Relay TCP through a simulated slow link (rate, delay, jitter, router queue, stalls).
     Netsim(NetsimArgs),
+    /// Write a new random pre-shared key to PATH (mode 0600) for --key-file.
+    Keygen(KeygenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// Where to write the key (64 hex digits and a newline); an existing file is not replaced.
+    #[arg(value_name = "PATH")]
+    pub path: PathBuf,
+}
+
+/// The pre-shared key.
+#[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "Access control")]
+pub struct KeyArgs {
+    /// Pre-shared key file: 64 hex digits (make one with `framecast keygen PATH`). Both ends
+    /// need the same key: peers prove they hold it, everything after the handshake is
+    /// encrypted and authenticated, and HTTP requires a token derived from it.
+    /// [default: $FRAMECAST_KEY_FILE when set]
+    #[arg(long, value_name = "PATH")]
+    pub key_file: Option<PathBuf>,
+}
+
+impl KeyArgs {
+    /// The key from `--key-file`, else from the file `FRAMECAST_KEY_FILE` names (an empty
+    /// variable counts as unset).
+    pub fn load(&self) -> anyhow::Result<Option<Key>> {
+        if let Some(path) = &self.key_file {
+            return Key::load(path).map(Some).context("--key-file");
+        }
+        match std::env::var_os(KEY_ENV).filter(|v| !v.is_empty()) {
+            Some(path) => Key::load(Path::new(&path)).map(Some).context(KEY_ENV),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Warns about a socket that other hosts can reach while no key protects it.
+fn warn_if_open(flag: &str, addr: SocketAddr, key: Option<&Key>) {
+    if key.is_none() && !addr.ip().is_loopback() {
+        warn!(
+            "{flag} {addr}: reachable from other hosts without a key: anyone on the network can connect; \
+             use --key-file (see `framecast keygen`) or a loopback address"
+        );
+    }
 }
 
 #[derive(Debug, Args)]
@@ -253,6 +300,8 @@ pub struct SendArgs {
     pub link: LinkArgs,
     #[command(flatten)]
     pub run: RunArgs,
+    #[command(flatten)]
+    pub key: KeyArgs,
 }
 
 #[derive(Debug, Args)]
@@ -286,6 +335,8 @@ pub struct RecvArgs {
     pub dump_every: u64,
     #[command(flatten)]
     pub run: RunArgs,
+    #[command(flatten)]
+    pub key: KeyArgs,
 }
 
 #[derive(Debug, Args)]
@@ -312,6 +363,8 @@ pub struct DemoArgs {
     pub source: SourceArgs,
     #[command(flatten)]
     pub link: LinkArgs,
+    #[command(flatten)]
+    pub key: KeyArgs,
 }
 
 const CONNECT_PATIENCE: Duration = Duration::from_secs(10);
@@ -409,6 +462,12 @@ impl SendArgs {
         let (congestion, control) = self.link.validate(self.source.fps)?;
         // A controller moves quality, so a camera's own MJPEG is re-encoded.
         let reencode_jpeg = reencode_jpeg || control.is_some();
+        let key = self.key.load()?;
+        for (flag, addr) in [("--listen", self.listen), ("--http", self.http)] {
+            if let Some(addr) = addr {
+                warn_if_open(flag, addr, key.as_ref());
+            }
+        }
         let endpoint = match (self.connect, self.listen) {
             (_, Some(addr)) => sender::Endpoint::Listen(bind(addr, "--listen")?),
             (Some(c), None) => sender::Endpoint::Connect(c),
@@ -431,6 +490,7 @@ impl SendArgs {
                 http,
                 congestion,
                 control,
+                key,
             },
             factory,
         ))
@@ -439,11 +499,12 @@ impl SendArgs {
 
 impl RecvArgs {
     pub fn into_config(self) -> anyhow::Result<RecvConfig> {
+        let key = self.key.load()?;
         let endpoint = match (self.listen, self.connect) {
             (_, Some(c)) => receiver::Endpoint::Connect(c),
-            (Some(addr), None) => receiver::Endpoint::Listen(bind(addr, "--listen")?),
-            (None, None) => {
-                let addr = SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT));
+            (listen, None) => {
+                let addr = listen.unwrap_or(SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)));
+                warn_if_open("--listen", addr, key.as_ref());
                 receiver::Endpoint::Listen(bind(addr, "--listen")?)
             }
         };
@@ -457,6 +518,7 @@ impl RecvArgs {
             connect_patience: CONNECT_PATIENCE,
             quality: self.quality,
             frame_log: self.frame_log,
+            key,
         })
     }
 }

@@ -11,6 +11,12 @@
 //! clients at once (503). Each MJPEG client is a hub viewer with its own newest-frame-wins
 //! slot, so a slow client loses frames alone.
 //!
+//! With a key (`--key-file`) every request needs the access token derived from it (a keyed
+//! BLAKE2s hash of a fixed label, so the key itself never crosses plain HTTP): `?token=T` in
+//! the URL, `Authorization: Bearer T`, or the `framecast_token` cookie that a page opened
+//! with `?token=` sets, so the page's own requests carry it. Anything else gets 401. Plain
+//! HTTP has no encryption: whoever can watch the network can copy the token (and the video).
+//!
 //! Chrome (and other Chromium-based browsers) shows a multipart part only once it has read
 //! the next part's headers, which delays every frame by one frame interval. The remedy (as
 //! µStreamer's `advance_headers`) is to send the next boundary and part headers right after
@@ -54,7 +60,12 @@ struct Ctx {
     hub: Arc<Hub>,
     meter: Meter,
     stats: Arc<Mutex<Option<String>>>,
+    /// The access token every request must carry (when the sender has a key).
+    token: Option<Arc<str>>,
 }
+
+/// The cookie a page opened with `?token=` sets, so that its own requests carry the token.
+pub const TOKEN_COOKIE: &str = "framecast_token";
 
 /// Serves HTTP on `listener` until the hub closes (the stream ended).
 pub fn serve(
@@ -62,11 +73,19 @@ pub fn serve(
     hub: Arc<Hub>,
     meter: Meter,
     stats: Arc<Mutex<Option<String>>>,
+    token: Option<String>,
 ) -> anyhow::Result<()> {
     listener.set_nonblocking(true).context("cannot poll the HTTP socket")?;
     let addr = listener.local_addr().context("HTTP socket")?;
-    info!(%addr, "HTTP: page at http://{addr}/, MJPEG at /stream.mjpg, /snapshot.jpg, /stats");
-    let ctx = Ctx { hub, meter, stats };
+    match &token {
+        None => info!(%addr, "HTTP: page at http://{addr}/, MJPEG at /stream.mjpg, /snapshot.jpg, /stats"),
+        Some(t) => info!(
+            %addr,
+            "HTTP (key required): page at http://{addr}/?token={t}, MJPEG at /stream.mjpg?token={t}, \
+             /snapshot.jpg, /stats (token in ?token=, a Bearer header or the page's cookie)"
+        ),
+    }
+    let ctx = Ctx { hub, meter, stats, token: token.map(Arc::from) };
     let active = Arc::new(AtomicUsize::new(0));
     let mut clients: Vec<(JoinHandle<()>, TcpStream)> = Vec::new();
     while !ctx.hub.is_closed() {
@@ -183,8 +202,33 @@ fn handle(mut stream: TcpStream, peer: SocketAddr, ctx: &Ctx) -> io::Result<()> 
         }
     };
     debug!(%peer, method, path, "HTTP request");
+    let mut page_headers = String::new();
+    if let Some(token) = &ctx.token {
+        match presented_token(req.headers, query) {
+            Some((t, from_query)) if crate::net::secure::token_matches(t, token) => {
+                if from_query {
+                    page_headers = format!("Set-Cookie: {TOKEN_COOKIE}={t}; Path=/; HttpOnly; SameSite=Strict\r\n");
+                }
+            }
+            presented => {
+                let why = if presented.is_some() { "wrong access token" } else { "no access token" };
+                info!(%peer, path, "HTTP: {why}; refused (401)");
+                return respond(
+                    &mut stream,
+                    401,
+                    "text/plain",
+                    b"this stream needs its access token: add ?token=TOKEN to the URL (the sender logs the \
+                      URL at start), or send Authorization: Bearer TOKEN\n",
+                    "WWW-Authenticate: Bearer realm=\"framecast\"\r\n",
+                    head_only,
+                );
+            }
+        }
+    }
     match path {
-        "/" | "/index.html" => respond(&mut stream, 200, "text/html; charset=utf-8", PAGE.as_bytes(), "", head_only),
+        "/" | "/index.html" => {
+            respond(&mut stream, 200, "text/html; charset=utf-8", PAGE.as_bytes(), &page_headers, head_only)
+        }
         "/stream.mjpg" => {
             let advance = query.split('&').any(|kv| kv == "advance_headers=1");
             stream_mjpeg(&mut stream, peer, ctx, head_only, advance)
@@ -208,10 +252,32 @@ fn handle(mut stream: TcpStream, peer: SocketAddr, ctx: &Ctx) -> io::Result<()> 
     }
 }
 
+/// The token a request carries, and whether it came in the query string: `?token=`, then
+/// `Authorization: Bearer`, then the page's cookie.
+fn presented_token<'a>(headers: &'a [httparse::Header<'a>], query: &'a str) -> Option<(&'a str, bool)> {
+    if let Some(t) = query.split('&').find_map(|kv| kv.strip_prefix("token=")) {
+        return Some((t, true));
+    }
+    let values = |name: &'static str| {
+        headers
+            .iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(name))
+            .filter_map(|h| std::str::from_utf8(h.value).ok())
+    };
+    if let Some(t) = values("authorization").find_map(|v| v.trim().strip_prefix("Bearer ")) {
+        return Some((t.trim(), false));
+    }
+    values("cookie")
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| c.trim().strip_prefix(TOKEN_COOKIE).and_then(|r| r.strip_prefix('=')))
+        .map(|t| (t, false))
+}
+
 fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
         400 => "Bad Request",
+        401 => "Unauthorized",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
@@ -410,6 +476,19 @@ mod tests {
         assert_eq!(read_head(&mut r, &mut big, Instant::now()), Err(HeadError::Timeout));
         let mut r: &[u8] = b"GET /";
         assert_eq!(read_head(&mut r, &mut big, Instant::now() + Duration::from_secs(1)), Err(HeadError::Closed));
+    }
+
+    #[test]
+    fn tokens_are_found_in_the_query_a_bearer_header_or_the_cookie() {
+        let h = |name: &'static str, value: &'static [u8]| httparse::Header { name, value };
+        assert_eq!(presented_token(&[], "advance_headers=1&token=abc"), Some(("abc", true)));
+        assert_eq!(presented_token(&[h("Authorization", b"Bearer xyz")], ""), Some(("xyz", false)));
+        assert_eq!(presented_token(&[h("cookie", b"a=b; framecast_token=t1")], ""), Some(("t1", false)));
+        assert_eq!(
+            presented_token(&[h("Cookie", b"framecast_tokenx=t1"), h("Authorization", b"Basic Zm9v")], ""),
+            None
+        );
+        assert_eq!(presented_token(&[], "tokens=1"), None);
     }
 
     #[test]

@@ -77,6 +77,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Demo(args) => demo(args)?,
         Cmd::Cameras => cameras()?,
         Cmd::Netsim(args) => framecast::netsim::run(args.into_config()?)?,
+        Cmd::Keygen(args) => {
+            framecast::net::secure::Key::write_new(&args.path)?;
+            info!(path = %args.path.display(), "wrote a new key (mode 0600); give both ends --key-file with a copy of it");
+        }
         Cmd::Report(args) => {
             use std::io::Write;
             let runs = framecast::report::load(&args.logs)?;
@@ -94,6 +98,7 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let (source, subsampling, reencode_jpeg) = args.source.validate()?;
     let (congestion, control) = args.link.validate(args.source.fps)?;
     let reencode_jpeg = reencode_jpeg || control.is_some();
+    let key = args.key.load()?;
     let mut sink: Box<dyn FrameSink> = if args.headless {
         Box::new(Headless)
     } else if !display_available() {
@@ -119,6 +124,7 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
         http: None,
         congestion,
         control,
+        key: key.clone(),
     };
     let recv_cfg = RecvConfig {
         endpoint: receiver::Endpoint::Listen(listener),
@@ -130,6 +136,7 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
         connect_patience: std::time::Duration::from_secs(5),
         quality: None,
         frame_log: None,
+        key,
     };
     let sender = {
         let stop = stop.clone();

@@ -26,6 +26,7 @@ use crate::clock::{clock_id, now_us, ClockSync, Exchange};
 use crate::codec::Decoder;
 use crate::net::io::{configure, connect_with_retry, keep_connected, wait_for_peer, Backoff, Session};
 use crate::net::proto::{Ping, MAX_QUALITY_STEP, MAX_REPORT_LEN};
+use crate::net::secure::{self, Key, LinkWrite};
 use crate::net::{Ack, Event, FrameHeader, Hello, Message, MessageReader, MessageWriter, NetError, Role};
 use crate::sender::join;
 use crate::stats::{self, ClockStatus, DropCause, Meter, Report, Side, StatsConfig};
@@ -62,6 +63,8 @@ pub struct RecvConfig {
     /// How long `Connect` with `once` keeps retrying a refused connection (without `once` it
     /// retries with backoff for as long as the receiver runs).
     pub connect_patience: Duration,
+    /// Pre-shared key: the sender must prove it holds it, and the stream is encrypted.
+    pub key: Option<Key>,
     /// Ask each sender for this JPEG quality when it connects (`SetQuality`).
     pub quality: Option<u8>,
     /// Write one CSV line per displayed frame (sizes and latencies) to this file.
@@ -143,7 +146,7 @@ struct AckEvent {
 
 struct NewConn {
     conn: u64,
-    writer: MessageWriter<TcpStream>,
+    writer: MessageWriter<LinkWrite>,
 }
 
 const POLL: Duration = Duration::from_millis(100);
@@ -170,10 +173,10 @@ pub fn run(cfg: RecvConfig, sink: &mut dyn FrameSink, stop: Arc<AtomicBool>) -> 
 
     let net = {
         let (meter, pool, stop, finish) = (meter.clone(), jpeg_pool.clone(), stop.clone(), finish.clone());
-        let (endpoint, once, patience) = (cfg.endpoint, cfg.once, cfg.connect_patience);
+        let (endpoint, once, patience, key) = (cfg.endpoint, cfg.once, cfg.connect_patience, cfg.key);
         thread::Builder::new()
             .name("net-rx".into())
-            .spawn(move || net_loop(endpoint, once, patience, in_tx, pool, conn_tx, meter, stop, finish))?
+            .spawn(move || net_loop(endpoint, once, patience, in_tx, pool, conn_tx, meter, stop, finish, key))?
     };
     let decode = {
         let (meter, jpeg_pool, pixel_pool, count) =
@@ -459,6 +462,7 @@ fn net_loop(
     meter: Meter,
     stop: Arc<AtomicBool>,
     finish: Arc<AtomicBool>,
+    key: Option<Key>,
 ) -> anyhow::Result<()> {
     let done = || stop.load(Ordering::Relaxed) || finish.load(Ordering::Relaxed) || tx.is_disconnected();
     let mut conn_id = 0u64;
@@ -466,7 +470,7 @@ fn net_loop(
         conn_id += 1;
         let mut c =
             Conn { id: conn_id, tx: &tx, pool: &pool, conn_tx: &conn_tx, meter: &meter, done: &done, last_seq: None };
-        match c.serve(stream) {
+        match c.serve(stream, key.as_ref()) {
             Ok(()) => info!(sender = ?peer, "sender disconnected"),
             Err(e) => warn!(sender = ?peer, error = format!("{e:#}"), "dropped connection from sender"),
         }
@@ -532,7 +536,7 @@ struct Conn<'a, D: Fn() -> bool> {
 }
 
 impl<D: Fn() -> bool> Conn<'_, D> {
-    fn serve(&mut self, stream: TcpStream) -> anyhow::Result<()> {
+    fn serve(&mut self, stream: TcpStream, key: Option<&Key>) -> anyhow::Result<()> {
         // The feedback thread keeps a clone of the socket for acks; whatever ends this
         // connection must close it for both, so the sender sees the end at once.
         struct CloseOnDrop(TcpStream);
@@ -546,8 +550,12 @@ impl<D: Fn() -> bool> Conn<'_, D> {
         stream.set_write_timeout(Some(Duration::from_secs(5)))?;
         let mut writer = MessageWriter::new(stream.try_clone()?);
         let mut reader = MessageReader::new(stream);
-        writer.write_hello(&Hello::new(Role::Receiver, clock_id()))?;
+        let ours = Hello::new(Role::Receiver, clock_id()).keyed(key.is_some());
+        writer.write_hello(&ours)?;
         let hello = reader.read_hello(Role::Sender, HANDSHAKE_TIMEOUT).context("handshake")?;
+        // With a key: the sender proves it holds it before any of its messages is read.
+        let (mut reader, writer) =
+            secure::upgrade(reader, writer, &ours, &hello, key, HANDSHAKE_TIMEOUT).context("access control")?;
         let same_clock = hello.clock_id == clock_id();
         info!(
             same_clock,

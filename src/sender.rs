@@ -33,6 +33,7 @@ use crate::net::io::{
     configure, connect_with_retry, keep_connected, limit_send_queue, wait_for_peer, Backoff, Session,
 };
 use crate::net::proto::Pong;
+use crate::net::secure::{self, Key, LinkRead, LinkWrite};
 use crate::net::{
     Event, FrameHeader, Hello, Message, MessageReader, MessageWriter, NetError, Role, StreamInfo, Subsampling,
 };
@@ -71,6 +72,9 @@ pub struct SendConfig {
     pub once: bool,
     /// Serve HTTP (page, MJPEG stream, snapshot, stats) on this socket.
     pub http: Option<TcpListener>,
+    /// Pre-shared key: viewers must prove they hold it, the stream is encrypted, and HTTP
+    /// requires the token derived from it.
+    pub key: Option<Key>,
     /// Bounded queueing towards native viewers; `None` with `--no-congestion-control`.
     pub congestion: Option<Congestion>,
     /// The rate controller, with `--target-kbps` or `--max-latency-ms`.
@@ -224,11 +228,13 @@ pub fn run(cfg: SendConfig, open_source: SourceFactory, stop: Arc<AtomicBool>) -
     let http = match cfg.http {
         Some(listener) => {
             let (hub, meter, latest_report) = (hub.clone(), meter.clone(), latest_report.clone());
-            Some(spawn("http", move || crate::http::serve(listener, hub, meter, latest_report))?)
+            let token = cfg.key.as_ref().map(Key::http_token);
+            Some(spawn("http", move || crate::http::serve(listener, hub, meter, latest_report, token))?)
         }
         None => None,
     };
     let net = {
+        let key = cfg.key.map(Arc::new);
         let ctx = ViewerContext {
             stream_info: stream,
             hub: hub.clone(),
@@ -236,6 +242,7 @@ pub fn run(cfg: SendConfig, open_source: SourceFactory, stop: Arc<AtomicBool>) -
             meter: meter.clone(),
             congestion: cfg.congestion,
             control,
+            key,
         };
         let (endpoint, stop, finish) = (cfg.endpoint, stop.clone(), finish.clone());
         let connect = (cfg.connect_patience, cfg.once);
@@ -631,6 +638,7 @@ struct ViewerContext {
     hub: Arc<Hub>,
     quality_tx: Sender<ViewerRequest>,
     meter: Meter,
+    key: Option<Arc<Key>>,
     congestion: Option<Congestion>,
     control: SharedControl,
 }
@@ -821,9 +829,14 @@ impl ViewerContext {
         }
         let mut writer = MessageWriter::new(stream.try_clone()?);
         let mut reader = MessageReader::new(stream.try_clone()?);
-        writer.write_hello(&Hello::new(Role::Sender, clock_id()))?;
+        let ours = Hello::new(Role::Sender, clock_id()).keyed(self.key.is_some());
+        writer.write_hello(&ours)?;
         let hello = reader.read_hello(Role::Receiver, Duration::from_secs(5)).context("handshake")?;
-        debug!(version = hello.version, "viewer handshake done");
+        // With a key: the viewer proves it holds it before anything else is sent.
+        let (reader, mut writer) =
+            secure::upgrade(reader, writer, &ours, &hello, self.key.as_deref(), Duration::from_secs(5))
+                .context("access control")?;
+        debug!(version = hello.version, secure = reader.get_ref().is_secure(), "viewer handshake done");
         writer.write_message(&Message::StreamInfo(self.stream_info))?;
         // Shared with ack-rx, which answers clock-sync pings between frames.
         let writer = Arc::new(Mutex::new(writer));
@@ -925,8 +938,8 @@ impl ViewerContext {
 }
 
 fn ack_loop(
-    mut reader: MessageReader<TcpStream>,
-    writer: Arc<Mutex<MessageWriter<TcpStream>>>,
+    mut reader: MessageReader<LinkRead>,
+    writer: Arc<Mutex<MessageWriter<LinkWrite>>>,
     flight: Arc<Flight>,
     meter: Meter,
     quality_tx: Sender<ViewerRequest>,

@@ -216,7 +216,7 @@ fn handshake_rows() -> Vec<Row> {
     rows.push(e(
         "hello flags 0x80",
         &b,
-        ProtocolError::Malformed { offset: 7, what: "hello flags 0x80, expected 0".into() },
+        ProtocolError::Malformed { offset: 7, what: "hello flags 0x80, expected 0 or 0x01 (key required)".into() },
     ));
 
     // The connection closes inside the hello, at every length.

@@ -45,6 +45,27 @@ pub struct MessageReader<R> {
     decoder: Decoder,
 }
 
+impl<R> MessageReader<R> {
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
+
+    /// The same reader over another byte source (the same bytes, e.g. decrypted): the parse
+    /// state and any bytes already buffered are kept.
+    pub fn map_inner<S>(self, f: impl FnOnce(R) -> S) -> MessageReader<S> {
+        let MessageReader { inner, buf, start, end, decoder } = self;
+        MessageReader { inner: f(inner), buf, start, end, decoder }
+    }
+
+    /// Removes and returns the bytes read from the source but not parsed yet (after the
+    /// hello, the start of whatever follows it), so another layer can take them over.
+    pub fn take_buffered(&mut self) -> Vec<u8> {
+        let rest = self.buf[self.start..self.end].to_vec();
+        (self.start, self.end) = (0, 0);
+        rest
+    }
+}
+
 impl<R: Read> MessageReader<R> {
     pub fn new(inner: R) -> Self {
         MessageReader { inner, buf: Vec::new(), start: 0, end: 0, decoder: Decoder::new(0) }
@@ -229,6 +250,15 @@ impl<W: Write> MessageWriter<W> {
 
     pub fn get_ref(&self) -> &W {
         &self.inner
+    }
+
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.inner
+    }
+
+    /// The same writer over another sink (e.g. one that encrypts).
+    pub fn map_inner<S>(self, f: impl FnOnce(W) -> S) -> MessageWriter<S> {
+        MessageWriter { inner: f(self.inner), head: self.head }
     }
 
     pub fn write_hello(&mut self, hello: &Hello) -> io::Result<()> {

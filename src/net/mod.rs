@@ -3,6 +3,7 @@
 
 pub mod io;
 pub mod proto;
+pub mod secure;
 
 pub use io::{Event, MessageReader, MessageWriter, NetError};
 pub use proto::{Ack, Decoder, FrameHeader, Hello, Message, ProtocolError, Role, StreamInfo, Subsampling};

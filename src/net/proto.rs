@@ -113,18 +113,29 @@ pub struct Hello {
     /// Identifies the monotonic clock of the peer's host (Linux: the kernel's boot id). Equal
     /// ids mean both ends timestamp with the same clock, so latency can be measured directly.
     pub clock_id: [u8; 16],
+    /// Flag `0x01`: this peer has a key, and a secure handshake follows the hellos (see
+    /// `net::secure`). Both peers must agree; each checks it after the hellos.
+    pub keyed: bool,
 }
 
 impl Hello {
+    /// The hello flag that announces a key (and the secure handshake after the hellos).
+    pub const FLAG_KEYED: u8 = 0x01;
+
     pub fn new(role: Role, clock_id: [u8; 16]) -> Self {
-        Hello { version: VERSION, role, clock_id }
+        Hello { version: VERSION, role, clock_id, keyed: false }
+    }
+
+    /// The same hello, announcing a key or not.
+    pub fn keyed(self, keyed: bool) -> Self {
+        Hello { keyed, ..self }
     }
 
     pub fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&MAGIC);
         out.extend_from_slice(&self.version.to_be_bytes());
         out.push(self.role as u8);
-        out.push(0);
+        out.push(if self.keyed { Self::FLAG_KEYED } else { 0 });
         out.extend_from_slice(&self.clock_id);
     }
 
@@ -154,12 +165,15 @@ impl Hello {
         if role != expected {
             return Err(ProtocolError::WrongRole { offset: 6, expected, got: role });
         }
-        if buf[7] != 0 {
-            return Err(ProtocolError::malformed(7, format!("hello flags {:#04x}, expected 0", buf[7])));
+        if buf[7] & !Self::FLAG_KEYED != 0 {
+            return Err(ProtocolError::malformed(
+                7,
+                format!("hello flags {:#04x}, expected 0 or 0x01 (key required)", buf[7]),
+            ));
         }
         let mut clock_id = [0u8; 16];
         clock_id.copy_from_slice(&buf[8..24]);
-        Ok(Some(Hello { version, role, clock_id }))
+        Ok(Some(Hello { version, role, clock_id, keyed: buf[7] & Self::FLAG_KEYED != 0 }))
     }
 }
 
@@ -870,9 +884,16 @@ mod tests {
             bad[6] = r;
             assert_eq!(malformed(Hello::decode(&bad, Role::Receiver).unwrap_err()).0, 6);
         }
-        let mut bad = b.clone();
-        bad[7] = 0x80;
-        assert_eq!(malformed(Hello::decode(&bad, Role::Receiver).unwrap_err()).0, 7);
+        for f in [0x80u8, 0x02, 0x03, 0xff] {
+            let mut bad = b.clone();
+            bad[7] = f;
+            assert_eq!(malformed(Hello::decode(&bad, Role::Receiver).unwrap_err()).0, 7);
+        }
+        // Flag 0x01 announces a key, and round-trips.
+        let mut keyed = Vec::new();
+        Hello::new(Role::Receiver, [7; 16]).keyed(true).encode(&mut keyed);
+        assert_eq!(keyed[7], 0x01);
+        assert_eq!(Hello::decode(&keyed, Role::Receiver), Ok(Some(Hello::new(Role::Receiver, [7; 16]).keyed(true))));
     }
 
     // ---- message errors ----
