@@ -220,3 +220,32 @@ fn a_viewer_that_stops_acknowledging_is_dropped() {
     assert!(dropped, "the sender kept a silent viewer:\n{}", sender.stderr());
     assert!(sender.wait_for_stderr("viewer left", Duration::from_secs(5)), "{}", sender.stderr());
 }
+
+#[test]
+fn a_headless_viewer_asks_for_its_quality_at_connect() {
+    let _serial = common::serial();
+    let dir = scratch_dir("wifi-recv-quality");
+    for (extra, want_log) in [
+        (&[][..], "viewer asked for a new quality from=75 to=40"),
+        (&["--max-latency-ms", "500"][..], "viewer set the quality ceiling to 40"),
+    ] {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut args = vec!["send", "--listen", &addr, "--size", "320x240", "--quality", "75"];
+        args.extend_from_slice(extra);
+        let sender = Proc::spawn("send", &args);
+        assert!(sender.wait_for_stderr("waiting for viewers", Duration::from_secs(10)), "{}", sender.stderr());
+        let log = dir.join("frames.csv");
+        let mut recv = Proc::spawn(
+            "recv",
+            &["recv", "--connect", &addr, "--headless", "--once", "--frames", "60", "--quality", "40", "--frame-log"]
+                .into_iter()
+                .chain([log.to_str().unwrap()])
+                .collect::<Vec<_>>(),
+        );
+        recv.expect_success(Duration::from_secs(30));
+        assert!(sender.wait_for_stderr(want_log, Duration::from_secs(5)), "{}", sender.stderr());
+        let frames = frame_log(&log);
+        let late = &frames[frames.len() / 2..];
+        assert!(late.iter().all(|f| f.quality <= 40), "{:?}", late.iter().map(|f| f.quality).collect::<Vec<_>>());
+    }
+}
