@@ -12,6 +12,7 @@ use crate::capture::camera::CameraSource;
 use crate::capture::pattern::PatternSource;
 use crate::capture::y4m::Y4mSource;
 use crate::capture::{FrameSource, SourceSpec};
+use crate::codec::Speed;
 use crate::net::proto::{MAX_DIMENSION, MAX_PIXELS};
 use crate::net::Subsampling;
 use crate::receiver::{self, DumpConfig, RecvConfig};
@@ -130,6 +131,28 @@ pub struct SourceArgs {
     /// Start a Y4M file over when it ends.
     #[arg(long = "loop")]
     pub looping: bool,
+    /// libjpeg-turbo's fast integer DCT: less encode time, slightly lower quality.
+    #[arg(long)]
+    pub fast_dct: bool,
+}
+
+/// libjpeg-turbo's faster decoding settings (off by default: they cost image quality).
+#[derive(Debug, Args, Clone, Copy)]
+#[command(next_help_heading = "Decoding")]
+pub struct DecodeArgs {
+    /// Nearest-neighbour chroma upsampling instead of the smooth one: less decode time,
+    /// blockier colour edges.
+    #[arg(long)]
+    pub fast_upsample: bool,
+    /// libjpeg-turbo's fast integer inverse DCT: less decode time, slightly lower quality.
+    #[arg(long)]
+    pub fast_idct: bool,
+}
+
+impl From<DecodeArgs> for Speed {
+    fn from(d: DecodeArgs) -> Speed {
+        Speed { fast_dct: d.fast_idct, fast_upsample: d.fast_upsample }
+    }
 }
 
 /// When to stop, and where stats go.
@@ -198,6 +221,8 @@ pub struct RecvArgs {
     #[arg(long, value_name = "N", default_value_t = 30, requires = "dump_dir", value_parser = clap::value_parser!(u64).range(1..))]
     pub dump_every: u64,
     #[command(flatten)]
+    pub decode: DecodeArgs,
+    #[command(flatten)]
     pub run: RunArgs,
 }
 
@@ -223,6 +248,8 @@ pub struct DemoArgs {
     pub no_stats: bool,
     #[command(flatten)]
     pub source: SourceArgs,
+    #[command(flatten)]
+    pub decode: DecodeArgs,
 }
 
 const CONNECT_PATIENCE: Duration = Duration::from_secs(10);
@@ -319,6 +346,7 @@ impl SendArgs {
                 stats: self.run.stats(),
                 connect_patience: CONNECT_PATIENCE,
                 http,
+                fast_dct: self.source.fast_dct,
             },
             factory,
         ))
@@ -343,6 +371,7 @@ impl RecvArgs {
             once: self.once,
             dump: self.dump_dir.map(|dir| DumpConfig { dir, every: self.dump_every }),
             connect_patience: CONNECT_PATIENCE,
+            decode_speed: self.decode.into(),
         })
     }
 }

@@ -114,6 +114,7 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
         stats: StatsConfig { json: args.send_stats_json, enabled: !args.no_stats, ..StatsConfig::default() },
         connect_patience: std::time::Duration::from_secs(5),
         http: None,
+        fast_dct: args.source.fast_dct,
     };
     let recv_cfg = RecvConfig {
         endpoint: receiver::Endpoint::Listen(listener),
@@ -123,6 +124,7 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
         once: true,
         dump: None,
         connect_patience: std::time::Duration::from_secs(5),
+        decode_speed: args.decode.into(),
     };
     let sender = {
         let stop = stop.clone();

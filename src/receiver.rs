@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 
 use crate::chan::{latest, LatestReceiver, LatestSender, Pool};
 use crate::clock::{clock_id, now_us, ClockSync, Exchange};
-use crate::codec::Decoder;
+use crate::codec::{Decoder, Speed};
 use crate::net::io::{configure, connect_with_retry, wait_for_peer};
 use crate::net::proto::{Ping, MAX_REPORT_LEN};
 use crate::net::{Ack, Event, FrameHeader, Hello, Message, MessageReader, MessageWriter, NetError, Role};
@@ -60,6 +60,8 @@ pub struct RecvConfig {
     pub dump: Option<DumpConfig>,
     /// How long `Connect` keeps retrying a refused connection.
     pub connect_patience: Duration,
+    /// libjpeg-turbo's fast decoding settings.
+    pub decode_speed: Speed,
 }
 
 struct Incoming {
@@ -124,10 +126,10 @@ pub fn run(cfg: RecvConfig, sink: &mut dyn FrameSink, stop: Arc<AtomicBool>) -> 
     let decode = {
         let (meter, jpeg_pool, pixel_pool, count) =
             (meter.clone(), jpeg_pool.clone(), pixel_pool.clone(), decoded_count.clone());
-        let limit = cfg.frames;
+        let (limit, speed) = (cfg.frames, cfg.decode_speed);
         thread::Builder::new()
             .name("decode".into())
-            .spawn(move || decode_loop(in_rx, jpeg_pool, out_tx, pixel_pool, meter, count, limit))?
+            .spawn(move || decode_loop(in_rx, jpeg_pool, out_tx, pixel_pool, meter, count, limit, speed))?
     };
     let feedback =
         thread::Builder::new().name("feedback".into()).spawn(move || feedback_loop(conn_rx, ack_rx, report_rx))?;
@@ -252,6 +254,7 @@ fn view_loop(
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn decode_loop(
     rx: LatestReceiver<Incoming>,
     jpeg_pool: Pool<Vec<u8>>,
@@ -260,8 +263,9 @@ fn decode_loop(
     meter: Meter,
     count: Arc<AtomicU64>,
     limit: Option<u64>,
+    speed: Speed,
 ) -> anyhow::Result<()> {
-    let mut dec = Decoder::new().context("cannot create the JPEG decoder")?;
+    let mut dec = Decoder::with_speed(speed).context("cannot create the JPEG decoder")?;
     for inc in rx.iter() {
         if limit.is_some_and(|n| count.load(Ordering::Relaxed) >= n) {
             // --frames reached: decode no more (the view shows what is queued, then stops).

@@ -26,7 +26,7 @@ use tracing::{debug, info, warn};
 use crate::capture::{CaptureError, FrameSource, RawFrame};
 use crate::chan::{latest, LatestReceiver, LatestSender, Pool};
 use crate::clock::{clock_id, now_us};
-use crate::codec::Encoder;
+use crate::codec::{Encoder, Speed};
 use crate::hub::{FrameRing, Hub, Subscription, ViewerKind};
 use crate::net::io::{configure, connect_with_retry, wait_for_peer};
 use crate::net::proto::Pong;
@@ -64,6 +64,8 @@ pub struct SendConfig {
     pub connect_patience: Duration,
     /// Serve HTTP (page, MJPEG stream, snapshot, stats) on this socket.
     pub http: Option<TcpListener>,
+    /// libjpeg-turbo's fast integer DCT (see `codec::Speed`).
+    pub fast_dct: bool,
 }
 
 /// Opens the source on the capture thread (a camera handle may not move between threads).
@@ -126,6 +128,7 @@ pub fn run(cfg: SendConfig, open_source: SourceFactory, stop: Arc<AtomicBool>) -
             subsampling: cfg.subsampling,
             reencode: cfg.reencode_jpeg,
             backpressure,
+            fast_dct: cfg.fast_dct,
         };
         spawn("encode", move || encode_loop(enc, raw_rx, raw_pool, hub, quality_rx, meter))?
     };
@@ -276,6 +279,7 @@ struct EncodeSettings {
     subsampling: Subsampling,
     reencode: bool,
     backpressure: bool,
+    fast_dct: bool,
 }
 
 fn encode_loop(
@@ -294,8 +298,9 @@ fn encode_loop(
         }
     }
     let _close = CloseHub(hub.clone());
-    let EncodeSettings { quality, subsampling, reencode, backpressure } = settings;
+    let EncodeSettings { quality, subsampling, reencode, backpressure, fast_dct } = settings;
     let mut enc = Encoder::new(quality, subsampling, reencode).context("cannot create the JPEG encoder")?;
+    enc.set_speed(Speed { fast_dct, ..Speed::default() })?;
     let mut ring = FrameRing::default();
     let mut said_mode = false;
     let mut paused: Option<bool> = None;
