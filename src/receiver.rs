@@ -96,6 +96,8 @@ struct NewConn {
 }
 
 const POLL: Duration = Duration::from_millis(100);
+/// Decoded frames in flight between decode and view.
+const PIXEL_BUFFERS: usize = 2;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs the receiver, showing frames on `sink` from the calling thread, until a limit is
@@ -109,7 +111,12 @@ pub fn run(cfg: RecvConfig, sink: &mut dyn FrameSink, stop: Arc<AtomicBool>) -> 
     let finish = Arc::new(AtomicBool::new(false));
     let decoded_count = Arc::new(AtomicU64::new(0));
     let jpeg_pool: Pool<Vec<u8>> = Pool::new(4);
-    let pixel_pool: Pool<Vec<u32>> = Pool::new(4);
+    // Two frames of pixels, no more: the one the view shows and the one being decoded (see
+    // `decode_loop`). At 1920x1080 each is 8 MB.
+    let pixel_pool: Pool<Vec<u32>> = Pool::new(PIXEL_BUFFERS);
+    for _ in 0..PIXEL_BUFFERS {
+        pixel_pool.put(Vec::new());
+    }
     let (in_tx, in_rx) = latest::<Incoming>(1);
     let (out_tx, out_rx) = latest::<Decoded>(1);
     let (ack_tx, ack_rx) = bounded::<AckEvent>(256);
@@ -198,6 +205,10 @@ fn view_loop(
 ) -> anyhow::Result<()> {
     let deadline = duration.map(|d| Instant::now() + d);
     let limit_reached = || frames.is_some_and(|n| decoded.load(Ordering::Relaxed) >= n);
+    // The pixels of the frame on show, handed back to the decoder when the next frame is
+    // taken: the decoder then never has a buffer while a decoded frame waits, so it never
+    // decodes a frame that would be replaced before it is shown (see `decode_loop`).
+    let mut on_show: Option<Vec<u32>> = None;
     loop {
         if stop.load(Ordering::Relaxed) {
             info!("stop requested");
@@ -209,6 +220,9 @@ fn view_loop(
         }
         match rx.recv_timeout(Duration::from_millis(10)) {
             Ok(f) => {
+                if let Some(done) = on_show.take() {
+                    pool.put(done);
+                }
                 let (w, h) = (usize::from(f.header.width), usize::from(f.header.height));
                 let pic = Picture { seq: f.header.seq, width: w, height: h, pixels: &f.pixels };
                 sink.show(&pic)?;
@@ -221,6 +235,7 @@ fn view_loop(
                 }
                 meter.update(|c| {
                     c.displayed += 1;
+                    let _ = c.lat_shown.record(shown.saturating_sub(f.decoded_us).max(1));
                     if let Some(cap) = f.capture_local_us {
                         let _ = c.lat_displayed.record(shown.saturating_sub(cap).max(1));
                     }
@@ -234,7 +249,7 @@ fn view_loop(
                         displayed_us: shown,
                     },
                 });
-                pool.put(f.pixels);
+                on_show = Some(f.pixels);
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
@@ -266,12 +281,21 @@ fn decode_loop(
     speed: Speed,
 ) -> anyhow::Result<()> {
     let mut dec = Decoder::with_speed(speed).context("cannot create the JPEG decoder")?;
-    for inc in rx.iter() {
+    loop {
+        // Decode only what can still be shown: wait until the view hands back a buffer (it does
+        // when it takes the last decoded frame), then take the newest frame received. Frames
+        // that arrive meanwhile replace each other in `rx` and count as `decoder_busy` drops,
+        // so a viewer that falls behind never has a decoded frame dropped (`display_busy`).
+        let mut pixels = match pixel_pool.get_timeout(POLL) {
+            Some(p) => p,
+            None if tx.is_disconnected() => break,
+            None => continue,
+        };
+        let Ok(inc) = rx.recv() else { break };
         if limit.is_some_and(|n| count.load(Ordering::Relaxed) >= n) {
             // --frames reached: decode no more (the view shows what is queued, then stops).
             break;
         }
-        let mut pixels = pixel_pool.get(Vec::new);
         let (w, h) = (usize::from(inc.header.width), usize::from(inc.header.height));
         let start = now_us();
         let res = dec.decode(&inc.jpeg, w, h, &mut pixels);
