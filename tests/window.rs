@@ -343,3 +343,64 @@ fn demo_window_shows_the_colour_bars() {
     assert!(status.success(), "framecast demo failed ({status}); stderr:\n{log}");
     assert!(!log.contains("headless"), "framecast demo ran headless instead of opening a window; stderr:\n{log}");
 }
+
+/// The window keeps up with a 60 fps stream at 1280x720 and adds less than a frame of delay
+/// between decoding and drawing (issue 7; `benches/window.sh` measures the same with more
+/// runs). Bounds are loose so that a busy machine passes: 50 of 60 fps, and p95 of the
+/// decoded→displayed delay under one frame period (16.7 ms).
+#[test]
+fn window_keeps_up_with_60_fps_at_720p() {
+    if !on_path("Xvfb") {
+        let msg = "the window test needs Xvfb (Debian/Ubuntu: apt-get install xvfb, or scripts/setup.sh --test-deps)";
+        if in_ci() {
+            panic!("CI is set, so the window test must run, but {msg}");
+        }
+        eprintln!("skipped: {msg}");
+        return;
+    }
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let pid = std::process::id();
+    let xvfb_log = Scratch(tmp.join(format!("window-fps-{pid}-xvfb.log")));
+    let stats = Scratch(tmp.join(format!("window-fps-{pid}.jsonl")));
+    let (_xvfb, display) = start_xvfb(&xvfb_log.0);
+    let child = Command::new(env!("CARGO_BIN_EXE_framecast"))
+        .args(["demo", "--size", "1280x720", "--fps", "60", "--duration", "3", "--recv-stats-json"])
+        .arg(&stats.0)
+        .env("DISPLAY", format!(":{display}"))
+        .env_remove("WAYLAND_DISPLAY")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start framecast demo");
+    let mut demo = Guard::new(child, "framecast demo");
+    let mut stderr = demo.child().stderr.take().expect("piped");
+    let stderr_reader = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let status = demo.wait_timeout(Duration::from_secs(30));
+    let log = stderr_reader.join().expect("stderr reader");
+    let status = status.unwrap_or_else(|| panic!("framecast demo did not exit in 30 s; stderr so far:\n{log}"));
+    assert!(status.success(), "framecast demo failed ({status}); stderr:\n{log}");
+    assert!(!log.contains("headless"), "framecast demo ran headless instead of opening a window; stderr:\n{log}");
+
+    let text = std::fs::read_to_string(&stats.0).expect("the receiver's stats file");
+    let summary: serde_json::Value = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .rfind(|v| v["type"] == "summary")
+        .unwrap_or_else(|| panic!("no summary line in the receiver's stats:\n{text}"));
+    let (shown, seconds) = (summary["displayed"].as_f64().unwrap_or(0.0), summary["seconds"].as_f64().unwrap_or(0.0));
+    let fps = if seconds > 0.0 { shown / seconds } else { 0.0 };
+    let p95 = summary["latency_decoded_displayed_ms"]["p95"].as_f64();
+    eprintln!(
+        "{shown} frames shown in {seconds:.2} s = {fps:.1} fps; decoded->displayed {}",
+        summary["latency_decoded_displayed_ms"]
+    );
+    assert!(fps >= 50.0, "{fps:.1} fps shown, expected at least 50 of 60; summary: {summary}");
+    let p95 = p95.unwrap_or_else(|| panic!("no decoded->displayed latency in the summary: {summary}"));
+    assert!(p95 < 1000.0 / 60.0, "decoded->displayed p95 {p95:.2} ms, expected under one frame (16.7 ms)");
+}
