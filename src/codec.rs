@@ -374,8 +374,13 @@ impl Decoder {
         if unsafe { raw::tj3DecompressHeader(self.tj.ptr, jpeg.as_ptr(), jpeg.len() as raw::size_t) } != 0 {
             return Err(self.tj.error());
         }
-        let got_w = usize::try_from(self.tj.get(raw::TJPARAM_TJPARAM_JPEGWIDTH)).unwrap_or(0);
-        let got_h = usize::try_from(self.tj.get(raw::TJPARAM_TJPARAM_JPEGHEIGHT)).unwrap_or(0);
+        // -1 when the data ended before a frame header (libjpeg-turbo does not call that an error).
+        let got_w = usize::try_from(self.tj.get(raw::TJPARAM_TJPARAM_JPEGWIDTH)).ok().filter(|&w| w > 0);
+        let got_h = usize::try_from(self.tj.get(raw::TJPARAM_TJPARAM_JPEGHEIGHT)).ok().filter(|&h| h > 0);
+        let (Some(got_w), Some(got_h)) = (got_w, got_h) else {
+            let what = format!("the JPEG ends before its frame header (SOF marker), so it has no size; expected a {width}x{height} JPEG");
+            return Err(turbojpeg::Error::TurboJpegError(what).into());
+        };
         check_size((got_w, got_h), width, height)?;
         let pitch = c_dim(width.checked_mul(4).ok_or(turbojpeg::Error::IntegerOverflow("pitch"))?, "pitch")?;
         // Growing zero-fills once; a pooled buffer of the right size is left as it is.
