@@ -41,12 +41,13 @@ Xvfb -displayfd 3 -screen 0 2048x1536x24 -nolisten tcp 3>"$tmp/display" 2>"$tmp/
 xvfb_pid=$!
 for _ in $(seq 100); do [ -s "$tmp/display" ] && break; sleep 0.1; done
 [ -s "$tmp/display" ] || { echo "Xvfb did not start; its log:" >&2; cat "$tmp/xvfb.log" >&2; exit 1; }
-export DISPLAY=":$(cat "$tmp/display")"
+DISPLAY=":$(cat "$tmp/display")"
+export DISPLAY
 unset WAYLAND_DISPLAY
 
 for i in $(seq "$RUNS"); do
-    # shellcheck disable=SC2086 # EXTRA is a list of flags
-    cmd=("$bin" demo --size "$SIZE" --fps "$FPS" --duration "$DURATION" --recv-stats-json "$tmp/recv-$i.jsonl" $EXTRA)
+    read -ra extra <<<"$EXTRA"
+    cmd=("$bin" demo --size "$SIZE" --fps "$FPS" --duration "$DURATION" --recv-stats-json "$tmp/recv-$i.jsonl" "${extra[@]}")
     echo "== run $i/$RUNS on $DISPLAY: ${cmd[*]}" >&2
     cut -d' ' -f1 /proc/loadavg >"$tmp/load-$i.txt"
     /usr/bin/time -f '%e %U %S' -o "$tmp/time-$i.txt" "${cmd[@]}" 2>"$tmp/log-$i.txt" ||
