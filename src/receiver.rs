@@ -585,3 +585,77 @@ impl<D: Fn() -> bool> Conn<'_, D> {
         self.last_seq = Some(seq);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::pattern::PatternSource;
+    use crate::capture::FrameSource;
+    use crate::net::Subsampling;
+    use crate::sender::{self, SendConfig};
+    use crate::view::ViewError;
+
+    /// A view that takes 20 ms per frame, half the stream's period.
+    struct SlowSink {
+        shown: u64,
+    }
+
+    impl FrameSink for SlowSink {
+        fn show(&mut self, pic: &Picture<'_>) -> Result<(), ViewError> {
+            assert_eq!(pic.pixels.len(), pic.width * pic.height, "a whole decoded frame");
+            self.shown += 1;
+            thread::sleep(Duration::from_millis(20));
+            Ok(())
+        }
+        fn poll(&mut self) -> bool {
+            true
+        }
+    }
+
+    /// A viewer that falls behind drops frames before decoding them, never after: every frame
+    /// decoded is shown.
+    #[test]
+    fn a_slow_view_costs_frames_before_decoding_not_after() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let stop = Arc::new(AtomicBool::new(false));
+        let send_cfg = SendConfig {
+            endpoint: sender::Endpoint::Connect(addr),
+            fps: 100,
+            quality: 75,
+            subsampling: Subsampling::S420,
+            reencode_jpeg: false,
+            frames: Some(120),
+            duration: None,
+            stats: StatsConfig { enabled: false, ..StatsConfig::default() },
+            connect_patience: Duration::from_secs(5),
+            http: None,
+            fast_dct: false,
+        };
+        let source: sender::SourceFactory =
+            Box::new(|| Ok(Box::new(PatternSource::new(160, 120, Subsampling::S420)) as Box<dyn FrameSource>));
+        let sender = {
+            let stop = stop.clone();
+            thread::spawn(move || sender::run(send_cfg, source, stop))
+        };
+        let recv_cfg = RecvConfig {
+            endpoint: Endpoint::Listen(listener),
+            frames: None,
+            duration: Some(Duration::from_secs(10)),
+            stats: StatsConfig::default(),
+            once: true,
+            dump: None,
+            connect_patience: Duration::from_secs(5),
+            decode_speed: Speed::default(),
+        };
+        let mut sink = SlowSink { shown: 0 };
+        let r = run(recv_cfg, &mut sink, stop.clone()).unwrap();
+        stop.store(true, Ordering::Relaxed);
+        sender.join().unwrap().unwrap();
+        assert_eq!(r.drops.get("display_busy"), None, "a decoded frame was dropped unseen: {:?}", r.drops);
+        assert!(r.drops.get("decoder_busy").is_some_and(|&n| n > 20), "frames skipped before decoding: {:?}", r.drops);
+        assert_eq!(r.displayed, Some(r.frames), "every decoded frame is shown");
+        assert_eq!(sink.shown, r.frames);
+        assert!(r.frames >= 20, "{} frames shown", r.frames);
+    }
+}
