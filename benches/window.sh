@@ -8,6 +8,7 @@
 #   bash benches/window.sh                          # 1280x720 at 60 fps, 10 s, 3 runs
 #   SIZE=1920x1080 FPS=30 RUNS=1 bash benches/window.sh
 #   EXTRA="--fast-upsample" bash benches/window.sh  # any other demo flags
+#   FRAMECAST=/path/to/other/framecast bash benches/window.sh   # another build
 #
 # Needs Xvfb (Debian: apt-get install -y xvfb), /usr/bin/time and python3.
 set -euo pipefail
@@ -30,11 +31,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "== cargo build --release" >&2
-cargo build --quiet --release
-target_dir=$(cargo metadata --format-version 1 --no-deps |
-    python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
-bin="$target_dir/release/framecast"
+if [ -n "${FRAMECAST:-}" ]; then
+    bin=$FRAMECAST
+else
+    echo "== cargo build --release" >&2
+    cargo build --quiet --release
+    target_dir=$(cargo metadata --format-version 1 --no-deps |
+        python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+    bin="$target_dir/release/framecast"
+fi
 
 # Xvfb picks a free display and writes its number to fd 3.
 Xvfb -displayfd 3 -screen 0 2048x1536x24 -nolisten tcp 3>"$tmp/display" 2>"$tmp/xvfb.log" &
@@ -68,7 +73,7 @@ rows = []
 for i in range(1, runs + 1):
     s = [json.loads(l) for l in open(f"{tmp}/recv-{i}.jsonl") if '"summary"' in l][-1]
     wall, user, sys_ = (float(x) for x in open(f"{tmp}/time-{i}.txt").read().split()[-3:])
-    shown = s.get("latency_decoded_displayed_ms") or {}
+    shown = s.get("latency_decoded_displayed_ms") or {}  # absent before this field existed
     disp = s.get("latency_capture_displayed_ms") or {}
     rows.append({
         "fps": s["displayed"] / s["seconds"] if s["seconds"] else 0.0,
