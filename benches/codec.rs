@@ -9,7 +9,8 @@
 //! (reading a frame of a Y4M file that is in the page cache). The time per iteration is the
 //! time per frame, and the throughput is in pixels (criterion's "elements"), so Melem/s reads
 //! as megapixels per second. Decoding writes into a reused `Vec<u32>`, as the receiver's
-//! decode stage does into the window's buffer.
+//! decode stage does into the window's buffer. `view/fit/...` scales a decoded 1080p frame
+//! to a resized window.
 //!
 //! Before the timings, the bench prints what the speed settings cost in quality at q75: PSNR
 //! of the decoded frame against the test pattern (RGB made with libjpeg's smooth upsampling,
@@ -32,6 +33,7 @@ use framecast::capture::y4m::Y4mSource;
 use framecast::capture::{FrameSource, Layout, RawFrame};
 use framecast::codec::{Decoder, Encoder, JpegBuf, Speed};
 use framecast::net::Subsampling;
+use framecast::view::{fit, Picture};
 use turbojpeg::PixelFormat;
 
 const SIZES: [(u32, u32); 3] = [(640, 480), (1280, 720), (1920, 1080)];
@@ -258,6 +260,26 @@ fn y4m_read(c: &mut Criterion) {
 
 /// Prints the quality table once, when `codec/psnr_q75` is selected (as it is by default;
 /// the timing itself is of nothing).
+/// Scaling a decoded frame to a window the user resized (a frame the window's size is handed
+/// to minifb as it is).
+fn view_fit(c: &mut Criterion) {
+    let mut g = c.benchmark_group("view/fit");
+    let (w, h) = (1920usize, 1080usize);
+    let px: Vec<u32> = (0..w * h).map(|i| i as u32).collect();
+    let pic = Picture { seq: 0, width: w, height: h, pixels: &px };
+    let (mut out, mut cols) = (Vec::new(), Vec::new());
+    for (ww, wh) in [(1280usize, 720usize), (1600, 1200)] {
+        g.throughput(Throughput::Elements((ww * wh) as u64));
+        g.bench_function(format!("{w}x{h}_to_{ww}x{wh}"), |b| {
+            b.iter(|| {
+                fit(&mut out, &mut cols, ww, wh, black_box(&pic));
+                black_box(out[out.len() / 2])
+            })
+        });
+    }
+    g.finish();
+}
+
 fn quality(c: &mut Criterion) {
     let once = std::sync::Once::new();
     c.bench_function("codec/psnr_q75", |b| {
@@ -272,6 +294,6 @@ criterion_group! {
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))
         .sample_size(20);
-    targets = quality, encode_yuv, encode_rgb, decode, speed, render, y4m_read
+    targets = quality, encode_yuv, encode_rgb, decode, speed, render, y4m_read, view_fit
 }
 criterion_main!(benches);

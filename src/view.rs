@@ -68,8 +68,9 @@ pub struct WindowSink {
     size: (usize, usize),
     title: String,
     open: bool,
-    /// The frame scaled to a resized window.
+    /// The frame scaled to a resized window, and the source column of each of its columns.
     scaled: Vec<u32>,
+    cols: Vec<usize>,
 }
 
 impl WindowSink {
@@ -79,7 +80,14 @@ impl WindowSink {
         if !display_available() {
             return Err(ViewError::NoDisplay);
         }
-        Ok(WindowSink { window: None, size: (0, 0), title: "framecast".into(), open: true, scaled: Vec::new() })
+        Ok(WindowSink {
+            window: None,
+            size: (0, 0),
+            title: "framecast".into(),
+            open: true,
+            scaled: Vec::new(),
+            cols: Vec::new(),
+        })
     }
 
     fn open(&mut self, width: usize, height: usize) -> Result<&mut Window, ViewError> {
@@ -105,7 +113,7 @@ impl FrameSink for WindowSink {
         let (ww, wh) = self.open(pic.width, pic.height)?.get_size();
         let fits = (ww, wh) == (pic.width, pic.height) || ww == 0 || wh == 0;
         if !fits {
-            fit(&mut self.scaled, ww, wh, pic);
+            fit(&mut self.scaled, &mut self.cols, ww, wh, pic);
         }
         let w = self.window.as_mut().expect("opened above");
         let res = if fits {
@@ -139,8 +147,8 @@ impl FrameSink for WindowSink {
 }
 
 /// Scales `pic` into `out` (`width`x`height`, resized) keeping its aspect ratio: nearest
-/// neighbour, centred, black bars.
-pub fn fit(out: &mut Vec<u32>, width: usize, height: usize, pic: &Picture<'_>) {
+/// neighbour, centred, black bars. `cols` is scratch space (the source column of each column).
+pub fn fit(out: &mut Vec<u32>, cols: &mut Vec<usize>, width: usize, height: usize, pic: &Picture<'_>) {
     out.clear();
     out.resize(width * height, 0);
     let (sw, sh) = (pic.width, pic.height);
@@ -153,11 +161,13 @@ pub fn fit(out: &mut Vec<u32>, width: usize, height: usize, pic: &Picture<'_>) {
         ((sw * height / sh).clamp(1, width), height)
     };
     let (x0, y0) = ((width - tw) / 2, (height - th) / 2);
+    cols.clear();
+    cols.extend((0..tw).map(|x| x * sw / tw));
     for y in 0..th {
         let src = &pic.pixels[(y * sh / th) * sw..][..sw];
         let dst = &mut out[(y0 + y) * width + x0..][..tw];
-        for (x, d) in dst.iter_mut().enumerate() {
-            *d = src[x * sw / tw];
+        for (d, &c) in dst.iter_mut().zip(cols.iter()) {
+            *d = src[c];
         }
     }
 }
@@ -225,17 +235,17 @@ mod tests {
         // 4x2: two columns of 1s, two of 2s.
         let px = [1, 1, 2, 2, 1, 1, 2, 2];
         let pic = Picture { seq: 0, width: 4, height: 2, pixels: &px };
-        let mut out = Vec::new();
-        fit(&mut out, 8, 4, &pic);
+        let (mut out, mut cols) = (Vec::new(), Vec::new());
+        fit(&mut out, &mut cols, 8, 4, &pic);
         assert_eq!(&out[..8], &[1, 1, 1, 1, 2, 2, 2, 2], "doubled");
         assert_eq!(out[8..16], out[..8]);
-        fit(&mut out, 4, 4, &pic);
+        fit(&mut out, &mut cols, 4, 4, &pic);
         assert_eq!(out, [0, 0, 0, 0, 1, 1, 2, 2, 1, 1, 2, 2, 0, 0, 0, 0], "letterboxed");
-        fit(&mut out, 8, 2, &pic);
+        fit(&mut out, &mut cols, 8, 2, &pic);
         assert_eq!(out, [0, 0, 1, 1, 2, 2, 0, 0, 0, 0, 1, 1, 2, 2, 0, 0], "pillarboxed");
-        fit(&mut out, 2, 1, &pic);
+        fit(&mut out, &mut cols, 2, 1, &pic);
         assert_eq!(out, [1, 2], "shrunk");
-        fit(&mut out, 0, 3, &pic);
+        fit(&mut out, &mut cols, 0, 3, &pic);
         assert!(out.is_empty());
     }
 
