@@ -10,6 +10,9 @@
 //!
 //! Throughput is in bytes of the stream (MB/s); divide by the messages in the id for a rate.
 //!
+//! `hub/publish/N`: the sender's fan-out of one encoded frame to N viewers' newest-wins slots
+//! (each viewer's slot is drained after every frame, as its writer thread would), in frames.
+//!
 //! ```text
 //! cargo bench --bench net
 //! ```
@@ -19,8 +22,10 @@ use std::io::Cursor;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use framecast::hub::{FrameRing, Hub, ViewerKind};
 use framecast::net::proto::{Ping, Pong};
 use framecast::net::{Ack, Decoder, Event, FrameHeader, Message, MessageReader, StreamInfo, Subsampling};
+use framecast::stats::{Meter, Side};
 
 const W: u16 = 1280;
 const H: u16 = 720;
@@ -126,12 +131,36 @@ fn parse(c: &mut Criterion) {
     g.finish();
 }
 
+fn hub_publish(c: &mut Criterion) {
+    let mut g = c.benchmark_group("hub/publish");
+    g.throughput(Throughput::Elements(1));
+    for viewers in [1usize, 4] {
+        let hub = Hub::new();
+        let subs: Vec<_> = (0..viewers).map(|i| hub.subscribe(ViewerKind::Native, format!("viewer-{i}"))).collect();
+        let meter = Meter::disabled(Side::Sender);
+        let mut ring = FrameRing::default();
+        let mut seq = 0u64;
+        g.bench_function(BenchmarkId::from_parameter(viewers), |b| {
+            b.iter(|| {
+                seq += 1;
+                let slot = ring.take();
+                std::sync::Arc::get_mut(slot).expect("a free frame").header.seq = seq;
+                hub.publish(slot.clone(), false, &meter);
+                for s in &subs {
+                    black_box(s.rx.try_recv().expect("published").header.seq);
+                }
+            })
+        });
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))
         .sample_size(20);
-    targets = parse
+    targets = parse, hub_publish
 }
 criterion_main!(benches);

@@ -129,6 +129,11 @@ impl<T> Pool<T> {
         self.rx.try_recv().unwrap_or_else(|_| make())
     }
 
+    /// A recycled buffer, waiting up to `timeout` for one to come back; `None` if none did.
+    pub fn get_timeout(&self, timeout: std::time::Duration) -> Option<T> {
+        self.rx.recv_timeout(timeout).ok()
+    }
+
     /// Returns a buffer for reuse; it is freed if the pool is full.
     pub fn put(&self, item: T) {
         let _ = self.tx.try_send(item);

@@ -13,6 +13,7 @@ use crate::capture::camera::CameraSource;
 use crate::capture::pattern::PatternSource;
 use crate::capture::y4m::Y4mSource;
 use crate::capture::{CaptureError, FrameSource, SourceSpec};
+use crate::codec::Speed;
 use crate::control::ControlConfig;
 use crate::net::proto::{MAX_DIMENSION, MAX_PIXELS};
 use crate::net::secure::{Key, KEY_ENV};
@@ -178,6 +179,28 @@ pub struct SourceArgs {
     /// Start a Y4M file over when it ends.
     #[arg(long = "loop")]
     pub looping: bool,
+    /// libjpeg-turbo's fast integer DCT: less encode time, slightly lower quality.
+    #[arg(long)]
+    pub fast_dct: bool,
+}
+
+/// libjpeg-turbo's faster decoding settings (off by default: they cost image quality).
+#[derive(Debug, Args, Clone, Copy)]
+#[command(next_help_heading = "Decoding")]
+pub struct DecodeArgs {
+    /// Nearest-neighbour chroma upsampling instead of the smooth one: less decode time,
+    /// blockier colour edges.
+    #[arg(long)]
+    pub fast_upsample: bool,
+    /// libjpeg-turbo's fast integer inverse DCT: less decode time, slightly lower quality.
+    #[arg(long)]
+    pub fast_idct: bool,
+}
+
+impl From<DecodeArgs> for Speed {
+    fn from(d: DecodeArgs) -> Speed {
+        Speed { fast_dct: d.fast_idct, fast_upsample: d.fast_upsample }
+    }
 }
 
 /// When to stop, and where stats go.
@@ -334,6 +357,8 @@ pub struct RecvArgs {
     #[arg(long, value_name = "N", default_value_t = 30, requires = "dump_dir", value_parser = clap::value_parser!(u64).range(1..))]
     pub dump_every: u64,
     #[command(flatten)]
+    pub decode: DecodeArgs,
+    #[command(flatten)]
     pub run: RunArgs,
     #[command(flatten)]
     pub key: KeyArgs,
@@ -365,6 +390,8 @@ pub struct DemoArgs {
     pub link: LinkArgs,
     #[command(flatten)]
     pub key: KeyArgs,
+    #[command(flatten)]
+    pub decode: DecodeArgs,
 }
 
 const CONNECT_PATIENCE: Duration = Duration::from_secs(10);
@@ -491,6 +518,7 @@ impl SendArgs {
                 congestion,
                 control,
                 key,
+                fast_dct: self.source.fast_dct,
             },
             factory,
         ))
@@ -519,6 +547,7 @@ impl RecvArgs {
             quality: self.quality,
             frame_log: self.frame_log,
             key,
+            decode_speed: self.decode.into(),
         })
     }
 }

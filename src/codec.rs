@@ -4,8 +4,17 @@
 //!
 //! Planar YCbCr sources are compressed straight from their planes (no RGB round trip), and
 //! decoding writes straight into the window's `u32` 0RGB buffer (`BGRX` on little-endian).
+//!
+//! The hot paths call libjpeg-turbo's TurboJPEG 3 API through [`Tj`], a small owned handle,
+//! because the `turbojpeg` crate does not expose `TJPARAM_FASTDCT`; the opt-in speed settings
+//! ([`Speed`]) are libjpeg-turbo's fast integer DCT (encoder and decoder) and fast chroma
+//! upsampling (decoder). Both are off by default: they cost image quality (see the README's
+//! performance section for what they cost in PSNR and gain in time).
 
-use turbojpeg::{Compressor, Decompressor, Image, OutputBuf, PixelFormat, Subsamp, YuvImage};
+use std::ffi::{c_int, CStr};
+
+use turbojpeg::raw;
+use turbojpeg::{Decompressor, PixelFormat, Subsamp, YuvImage};
 
 use crate::capture::{yuv_len, Layout, RawFrame};
 use crate::net::Subsampling;
@@ -47,16 +56,74 @@ fn from_subsamp(s: Subsamp) -> Option<Subsampling> {
 
 /// A JPEG must be the size its frame says, checked from its header before any pixel is
 /// decoded (so a JPEG that claims a huge size costs nothing).
-fn check_size(header: &turbojpeg::DecompressHeader, width: usize, height: usize) -> Result<(), CodecError> {
-    if header.width != width || header.height != height {
-        return Err(CodecError::SizeMismatch {
-            got_w: header.width,
-            got_h: header.height,
-            want_w: width,
-            want_h: height,
-        });
+fn check_size(got: (usize, usize), width: usize, height: usize) -> Result<(), CodecError> {
+    if got != (width, height) {
+        return Err(CodecError::SizeMismatch { got_w: got.0, got_h: got.1, want_w: width, want_h: height });
     }
     Ok(())
+}
+
+/// libjpeg-turbo's faster, less accurate settings. All off by default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Speed {
+    /// The fast integer forward DCT (encoder) or inverse DCT (decoder) instead of the
+    /// accurate one (`TJPARAM_FASTDCT`, libjpeg's `JDCT_IFAST`).
+    pub fast_dct: bool,
+    /// Nearest-neighbour chroma upsampling instead of the smooth ("fancy") one
+    /// (`TJPARAM_FASTUPSAMPLE`; decoder only).
+    pub fast_upsample: bool,
+}
+
+/// An owned TurboJPEG 3 handle (`tjhandle`), compressor or decompressor.
+struct Tj {
+    ptr: raw::tjhandle,
+}
+
+// SAFETY: a TurboJPEG handle holds no thread-local state; it is used by one thread at a time
+// (every method takes `&mut self`).
+unsafe impl Send for Tj {}
+
+impl Drop for Tj {
+    fn drop(&mut self) {
+        // SAFETY: `ptr` came from tj3Init and is destroyed once.
+        unsafe { raw::tj3Destroy(self.ptr) }
+    }
+}
+
+impl Tj {
+    fn new(init: raw::TJINIT) -> Result<Self, CodecError> {
+        // SAFETY: plain constructor; a null result is handled below.
+        let ptr = unsafe { raw::tj3Init(init as c_int) };
+        if ptr.is_null() {
+            // SAFETY: with a null handle, tj3GetErrorStr returns the global (thread-local) error.
+            let msg = unsafe { CStr::from_ptr(raw::tj3GetErrorStr(std::ptr::null_mut())) };
+            return Err(turbojpeg::Error::TurboJpegError(msg.to_string_lossy().into_owned()).into());
+        }
+        Ok(Tj { ptr })
+    }
+
+    fn error(&mut self) -> CodecError {
+        // SAFETY: `ptr` is a live handle; the returned string is NUL-terminated and copied at once.
+        let msg = unsafe { CStr::from_ptr(raw::tj3GetErrorStr(self.ptr)) };
+        turbojpeg::Error::TurboJpegError(msg.to_string_lossy().into_owned()).into()
+    }
+
+    fn set(&mut self, param: raw::TJPARAM, value: c_int) -> Result<(), CodecError> {
+        // SAFETY: `ptr` is a live handle; an unknown parameter or value is reported as an error.
+        if unsafe { raw::tj3Set(self.ptr, param as c_int, value) } != 0 {
+            return Err(self.error());
+        }
+        Ok(())
+    }
+
+    fn get(&mut self, param: raw::TJPARAM) -> c_int {
+        // SAFETY: `ptr` is a live handle.
+        unsafe { raw::tj3Get(self.ptr, param as c_int) }
+    }
+}
+
+fn c_dim(v: usize, what: &'static str) -> Result<c_int, CodecError> {
+    c_int::try_from(v).map_err(|_| turbojpeg::Error::IntegerOverflow(what).into())
 }
 
 /// A reusable output buffer for one JPEG. Its storage is allocated once at libjpeg-turbo's
@@ -98,7 +165,7 @@ pub struct Encoded {
 
 /// Compresses raw frames to JPEG. One per encode thread.
 pub struct Encoder {
-    tj: Compressor,
+    tj: Tj,
     quality: u8,
     subsampling: Subsampling,
     /// Re-encode JPEG sources at `quality` instead of forwarding them.
@@ -112,10 +179,17 @@ impl Encoder {
     /// `subsampling` applies to sources that are not already planar YCbCr (planar frames keep
     /// their own layout, which the capture stage chose from `--subsampling`).
     pub fn new(quality: u8, subsampling: Subsampling, reencode_jpeg: bool) -> Result<Self, CodecError> {
-        let mut tj = Compressor::new()?;
-        tj.set_quality(i32::from(quality))?;
-        tj.set_subsamp(to_subsamp(subsampling))?;
+        let mut tj = Tj::new(raw::TJINIT_TJINIT_COMPRESS)?;
+        tj.set(raw::TJPARAM_TJPARAM_QUALITY, c_int::from(quality))?;
+        tj.set(raw::TJPARAM_TJPARAM_SUBSAMP, to_subsamp(subsampling) as c_int)?;
+        // Output goes into our own buffer, sized for the worst case: never reallocated.
+        tj.set(raw::TJPARAM_TJPARAM_NOREALLOC, 1)?;
         Ok(Encoder { tj, quality, subsampling, reencode_jpeg, dec: None, yuv: Vec::new() })
+    }
+
+    /// Applies `speed.fast_dct` to later frames (`fast_upsample` does not apply to encoding).
+    pub fn set_speed(&mut self, speed: Speed) -> Result<(), CodecError> {
+        self.tj.set(raw::TJPARAM_TJPARAM_FASTDCT, c_int::from(speed.fast_dct))
     }
 
     pub fn quality(&self) -> u8 {
@@ -123,7 +197,7 @@ impl Encoder {
     }
 
     pub fn set_quality(&mut self, quality: u8) -> Result<(), CodecError> {
-        self.tj.set_quality(i32::from(quality))?;
+        self.tj.set(raw::TJPARAM_TJPARAM_QUALITY, c_int::from(quality))?;
         self.quality = quality;
         Ok(())
     }
@@ -147,7 +221,7 @@ impl Encoder {
             }
             Layout::Jpeg if !self.reencode_jpeg => {
                 let header = turbojpeg::read_header(&frame.data)?;
-                check_size(&header, frame.width as usize, frame.height as usize)?;
+                check_size((header.width, header.height), frame.width as usize, frame.height as usize)?;
                 out.set_from(&frame.data);
                 Ok(Encoded {
                     quality: 0,
@@ -174,7 +248,7 @@ impl Encoder {
             None => self.dec.insert(Decompressor::new()?),
         };
         let header = dec.read_header(&frame.data)?;
-        check_size(&header, frame.width as usize, frame.height as usize)?;
+        check_size((header.width, header.height), frame.width as usize, frame.height as usize)?;
         let sub = from_subsamp(header.subsamp).unwrap_or(Subsampling::S420);
         let len = yuv_len(header.width as u32, header.height as u32, sub);
         self.yuv.resize(len, 0);
@@ -202,10 +276,26 @@ impl Encoder {
         sub: Subsampling,
         out: &mut JpegBuf,
     ) -> Result<(), CodecError> {
-        out.ensure(turbojpeg::compressed_buf_len(width, height, to_subsamp(sub))?);
-        let mut buf = OutputBuf::borrowed(&mut out.data);
-        self.tj.compress_yuv(YuvImage { pixels: data, width, align: 1, height, subsamp: to_subsamp(sub) }, &mut buf)?;
-        out.len = buf.len();
+        let subsamp = to_subsamp(sub);
+        // Checked by every caller against `yuv_len`; the FFI call below relies on it.
+        let want = turbojpeg::yuv_pixels_len(width, 1, height, subsamp)?;
+        if data.len() != want {
+            let (width, height) = (width as u32, height as u32);
+            return Err(CodecError::BadRawLength { got: data.len(), want, width, height, sub });
+        }
+        let (w, h) = (c_dim(width, "width")?, c_dim(height, "height")?);
+        out.ensure(turbojpeg::compressed_buf_len(width, height, subsamp)?);
+        self.tj.set(raw::TJPARAM_TJPARAM_SUBSAMP, subsamp as c_int)?;
+        let mut ptr = out.data.as_mut_ptr();
+        let mut len = out.data.len() as raw::size_t;
+        // SAFETY: `data` holds exactly the planes of a `width`x`height` image with `subsamp`
+        // and row alignment 1 (asserted above); with NOREALLOC libjpeg-turbo writes at most
+        // `len` bytes at `ptr` (our buffer, sized by tj3JPEGBufSize) and never frees it.
+        let res = unsafe { raw::tj3CompressFromYUV8(self.tj.ptr, data.as_ptr(), w, 1, h, &mut ptr, &mut len) };
+        if res != 0 {
+            return Err(self.tj.error());
+        }
+        out.len = (len as usize).min(out.data.len());
         Ok(())
     }
 
@@ -219,23 +309,50 @@ impl Encoder {
         format: PixelFormat,
         out: &mut JpegBuf,
     ) -> Result<(), CodecError> {
-        self.tj.set_subsamp(to_subsamp(self.subsampling))?;
-        out.ensure(turbojpeg::compressed_buf_len(width, height, to_subsamp(self.subsampling))?);
-        let mut buf = OutputBuf::borrowed(&mut out.data);
-        self.tj.compress(Image { pixels, width, pitch: width * format.size(), height, format }, &mut buf)?;
-        out.len = buf.len();
+        let subsamp = to_subsamp(self.subsampling);
+        let pitch = width.checked_mul(format.size()).ok_or(turbojpeg::Error::IntegerOverflow("pitch"))?;
+        let want = pitch.checked_mul(height).ok_or(turbojpeg::Error::IntegerOverflow("pixels"))?;
+        if pixels.len() < want {
+            return Err(turbojpeg::Error::TurboJpegError(format!(
+                "{} bytes of pixels, expected {want} for {width}x{height} {format:?}",
+                pixels.len()
+            ))
+            .into());
+        }
+        let (w, h, p) = (c_dim(width, "width")?, c_dim(height, "height")?, c_dim(pitch, "pitch")?);
+        out.ensure(turbojpeg::compressed_buf_len(width, height, subsamp)?);
+        self.tj.set(raw::TJPARAM_TJPARAM_SUBSAMP, subsamp as c_int)?;
+        let mut ptr = out.data.as_mut_ptr();
+        let mut len = out.data.len() as raw::size_t;
+        // SAFETY: `pixels` holds `height` rows of `pitch` bytes (checked above); output as in
+        // `compress_planar`.
+        let res =
+            unsafe { raw::tj3Compress8(self.tj.ptr, pixels.as_ptr(), w, p, h, format as c_int, &mut ptr, &mut len) };
+        if res != 0 {
+            return Err(self.tj.error());
+        }
+        out.len = (len as usize).min(out.data.len());
         Ok(())
     }
 }
 
 /// Decompresses JPEG frames into `u32` 0RGB pixels. One per decode thread.
 pub struct Decoder {
-    tj: Decompressor,
+    tj: Tj,
+    speed: Speed,
 }
 
 impl Decoder {
     pub fn new() -> Result<Self, CodecError> {
-        Ok(Decoder { tj: Decompressor::new()? })
+        Self::with_speed(Speed::default())
+    }
+
+    /// A decoder with libjpeg-turbo's fast IDCT and/or fast upsampling (see [`Speed`]).
+    pub fn with_speed(speed: Speed) -> Result<Self, CodecError> {
+        let mut tj = Tj::new(raw::TJINIT_TJINIT_DECOMPRESS)?;
+        tj.set(raw::TJPARAM_TJPARAM_FASTDCT, c_int::from(speed.fast_dct))?;
+        tj.set(raw::TJPARAM_TJPARAM_FASTUPSAMPLE, c_int::from(speed.fast_upsample))?;
+        Ok(Decoder { tj, speed })
     }
 
     /// Decodes `jpeg`, which must be `width`x`height` (the size is checked from the JPEG's
@@ -247,25 +364,44 @@ impl Decoder {
     pub fn decode(&mut self, jpeg: &[u8], width: usize, height: usize, out: &mut Vec<u32>) -> Result<(), CodecError> {
         let res = self.decode_inner(jpeg, width, height, out);
         if res.is_err() {
-            self.tj = Decompressor::new()?;
+            *self = Self::with_speed(self.speed)?;
         }
         res
     }
 
     fn decode_inner(&mut self, jpeg: &[u8], width: usize, height: usize, out: &mut Vec<u32>) -> Result<(), CodecError> {
-        let header = self.tj.read_header(jpeg)?;
-        check_size(&header, width, height)?;
+        // SAFETY: reads at most `jpeg.len()` bytes of `jpeg`.
+        if unsafe { raw::tj3DecompressHeader(self.tj.ptr, jpeg.as_ptr(), jpeg.len() as raw::size_t) } != 0 {
+            return Err(self.tj.error());
+        }
+        // -1 when the data ended before a frame header (libjpeg-turbo does not call that an error).
+        let got_w = usize::try_from(self.tj.get(raw::TJPARAM_TJPARAM_JPEGWIDTH)).ok().filter(|&w| w > 0);
+        let got_h = usize::try_from(self.tj.get(raw::TJPARAM_TJPARAM_JPEGHEIGHT)).ok().filter(|&h| h > 0);
+        let (Some(got_w), Some(got_h)) = (got_w, got_h) else {
+            let what = format!("the JPEG ends before its frame header (SOF marker), so it has no size; expected a {width}x{height} JPEG");
+            return Err(turbojpeg::Error::TurboJpegError(what).into());
+        };
+        check_size((got_w, got_h), width, height)?;
+        let pitch = c_dim(width.checked_mul(4).ok_or(turbojpeg::Error::IntegerOverflow("pitch"))?, "pitch")?;
+        // Growing zero-fills once; a pooled buffer of the right size is left as it is.
         out.resize(width * height, 0);
-        self.tj.decompress(
-            jpeg,
-            Image {
-                pixels: bytemuck::cast_slice_mut::<u32, u8>(out),
-                width,
-                pitch: width * 4,
-                height,
-                format: NATIVE_0RGB,
-            },
-        )?;
+        let px = bytemuck::cast_slice_mut::<u32, u8>(out);
+        // SAFETY: the header just read says the image is `width`x`height` (checked above), and
+        // `px` holds `height` rows of `pitch` = 4 * `width` bytes, which is what a 4-byte
+        // pixel format needs; no scaling factor is set on this handle.
+        let res = unsafe {
+            raw::tj3Decompress8(
+                self.tj.ptr,
+                jpeg.as_ptr(),
+                jpeg.len() as raw::size_t,
+                px.as_mut_ptr(),
+                pitch,
+                NATIVE_0RGB as c_int,
+            )
+        };
+        if res != 0 {
+            return Err(self.tj.error());
+        }
         Ok(())
     }
 }
@@ -415,6 +551,44 @@ mod tests {
             matches!(enc.encode(&big, &mut out), Err(CodecError::SizeMismatch { .. })),
             "size checked before decoding"
         );
+    }
+
+    #[test]
+    fn fast_settings_change_pixels_but_cost_little_quality() {
+        let (w, h) = (320u32, 240u32);
+        let f = frame(w, h, Subsampling::S420, 7);
+        let want = TestPattern::new(w, h, Subsampling::S420).render_rgb(7);
+        let run = |enc_speed: Speed, dec_speed: Speed| {
+            let mut enc = Encoder::new(75, Subsampling::S420, false).unwrap();
+            enc.set_speed(enc_speed).unwrap();
+            let mut out = JpegBuf::default();
+            enc.encode(&f, &mut out).unwrap();
+            let mut px = Vec::new();
+            Decoder::with_speed(dec_speed).unwrap().decode(out.as_slice(), w as usize, h as usize, &mut px).unwrap();
+            (out.as_slice().to_vec(), psnr(&px, &want), px)
+        };
+        let fast = Speed { fast_dct: true, fast_upsample: true };
+        let (jpeg, p_acc, px_acc) = run(Speed::default(), Speed::default());
+        let (jpeg_fast, p_fdct, _) = run(Speed { fast_dct: true, ..Speed::default() }, Speed::default());
+        assert_ne!(jpeg, jpeg_fast, "the fast DCT makes another JPEG");
+        let (_, p_fup, px_fup) = run(Speed::default(), Speed { fast_upsample: true, ..Speed::default() });
+        assert_ne!(px_acc, px_fup, "fast upsampling changes the pixels");
+        let (_, p_all, _) = run(fast, fast);
+        // The reference RGB is made with libjpeg's smooth upsampling, so nearest-neighbour
+        // chroma loses much more against it (at the pattern's hard colour edges) than the DCT.
+        assert!(p_fdct < p_acc && p_fdct > p_acc - 2.0, "fast DCT: {p_fdct:.2} dB vs {p_acc:.2} dB accurate");
+        assert!(p_fup < p_acc - 2.0 && p_fup > 25.0, "fast upsampling: {p_fup:.2} dB vs {p_acc:.2} dB accurate");
+        assert!(p_all < p_fup && p_all > 25.0, "all fast: {p_all:.2} dB vs {p_fup:.2} dB");
+    }
+
+    #[test]
+    fn short_pixel_buffer_is_an_error() {
+        let mut enc = Encoder::new(75, Subsampling::S420, false).unwrap();
+        let e = enc.encode_pixels(&[0; 100], 64, 48, PixelFormat::RGB, &mut JpegBuf::default()).unwrap_err();
+        assert!(e.to_string().contains("expected 9216"), "{e}");
+        let mut out = JpegBuf::default();
+        enc.encode_pixels(&[128; 64 * 48 * 3], 64, 48, PixelFormat::RGB, &mut out).unwrap();
+        assert_eq!(turbojpeg::read_header(out.as_slice()).unwrap().width, 64);
     }
 
     #[test]

@@ -125,6 +125,7 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
         congestion,
         control,
         key: key.clone(),
+        fast_dct: args.source.fast_dct,
     };
     let recv_cfg = RecvConfig {
         endpoint: receiver::Endpoint::Listen(listener),
@@ -137,6 +138,7 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
         quality: None,
         frame_log: None,
         key,
+        decode_speed: args.decode.into(),
     };
     let sender = {
         let stop = stop.clone();

@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 
 use crate::chan::{latest, LatestReceiver, LatestSender, Pool};
 use crate::clock::{clock_id, now_us, ClockSync, Exchange};
-use crate::codec::Decoder;
+use crate::codec::{Decoder, Speed};
 use crate::net::io::{configure, connect_with_retry, keep_connected, wait_for_peer, Backoff, Session};
 use crate::net::proto::{Ping, MAX_QUALITY_STEP, MAX_REPORT_LEN};
 use crate::net::secure::{self, Key, LinkWrite};
@@ -63,6 +63,8 @@ pub struct RecvConfig {
     /// How long `Connect` with `once` keeps retrying a refused connection (without `once` it
     /// retries with backoff for as long as the receiver runs).
     pub connect_patience: Duration,
+    /// libjpeg-turbo's fast decoding settings.
+    pub decode_speed: Speed,
     /// Pre-shared key: the sender must prove it holds it, and the stream is encrypted.
     pub key: Option<Key>,
     /// Ask each sender for this JPEG quality when it connects (`SetQuality`).
@@ -150,6 +152,8 @@ struct NewConn {
 }
 
 const POLL: Duration = Duration::from_millis(100);
+/// Decoded frames in flight between decode and view.
+const PIXEL_BUFFERS: usize = 2;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs the receiver, showing frames on `sink` from the calling thread, until a limit is
@@ -163,7 +167,12 @@ pub fn run(cfg: RecvConfig, sink: &mut dyn FrameSink, stop: Arc<AtomicBool>) -> 
     let finish = Arc::new(AtomicBool::new(false));
     let decoded_count = Arc::new(AtomicU64::new(0));
     let jpeg_pool: Pool<Vec<u8>> = Pool::new(4);
-    let pixel_pool: Pool<Vec<u32>> = Pool::new(4);
+    // Two frames of pixels, no more: the one the view shows and the one being decoded (see
+    // `decode_loop`). At 1920x1080 each is 8 MB.
+    let pixel_pool: Pool<Vec<u32>> = Pool::new(PIXEL_BUFFERS);
+    for _ in 0..PIXEL_BUFFERS {
+        pixel_pool.put(Vec::new());
+    }
     let (in_tx, in_rx) = latest::<Incoming>(1);
     let (out_tx, out_rx) = latest::<Decoded>(1);
     let (ack_tx, ack_rx) = bounded::<AckEvent>(256);
@@ -181,10 +190,10 @@ pub fn run(cfg: RecvConfig, sink: &mut dyn FrameSink, stop: Arc<AtomicBool>) -> 
     let decode = {
         let (meter, jpeg_pool, pixel_pool, count) =
             (meter.clone(), jpeg_pool.clone(), pixel_pool.clone(), decoded_count.clone());
-        let limit = cfg.frames;
+        let (limit, speed) = (cfg.frames, cfg.decode_speed);
         thread::Builder::new()
             .name("decode".into())
-            .spawn(move || decode_loop(in_rx, jpeg_pool, out_tx, pixel_pool, meter, count, limit))?
+            .spawn(move || decode_loop(in_rx, jpeg_pool, out_tx, pixel_pool, meter, count, limit, speed))?
     };
     let feedback = {
         let quality = cfg.quality;
@@ -269,6 +278,10 @@ fn view_loop(
 ) -> anyhow::Result<()> {
     let deadline = duration.map(|d| Instant::now() + d);
     let limit_reached = || frames.is_some_and(|n| decoded.load(Ordering::Relaxed) >= n);
+    // The pixels of the frame on show, handed back to the decoder when the next frame is
+    // taken: the decoder then never has a buffer while a decoded frame waits, so it never
+    // decodes a frame that would be replaced before it is shown (see `decode_loop`).
+    let mut on_show: Option<Vec<u32>> = None;
     loop {
         if stop.load(Ordering::Relaxed) {
             info!("stop requested");
@@ -280,6 +293,9 @@ fn view_loop(
         }
         match rx.recv_timeout(Duration::from_millis(10)) {
             Ok(f) => {
+                if let Some(done) = on_show.take() {
+                    pool.put(done);
+                }
                 let (w, h) = (usize::from(f.header.width), usize::from(f.header.height));
                 let pic = Picture { seq: f.header.seq, width: w, height: h, pixels: &f.pixels };
                 sink.show(&pic)?;
@@ -295,6 +311,7 @@ fn view_loop(
                 }
                 meter.update(|c| {
                     c.displayed += 1;
+                    let _ = c.lat_shown.record(shown.saturating_sub(f.decoded_us).max(1));
                     if let Some(cap) = f.capture_local_us {
                         let _ = c.lat_displayed.record(shown.saturating_sub(cap).max(1));
                     }
@@ -308,7 +325,7 @@ fn view_loop(
                         displayed_us: shown,
                     },
                 });
-                pool.put(f.pixels);
+                on_show = Some(f.pixels);
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
@@ -334,6 +351,7 @@ fn view_loop(
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn decode_loop(
     rx: LatestReceiver<Incoming>,
     jpeg_pool: Pool<Vec<u8>>,
@@ -342,14 +360,24 @@ fn decode_loop(
     meter: Meter,
     count: Arc<AtomicU64>,
     limit: Option<u64>,
+    speed: Speed,
 ) -> anyhow::Result<()> {
-    let mut dec = Decoder::new().context("cannot create the JPEG decoder")?;
-    for inc in rx.iter() {
+    let mut dec = Decoder::with_speed(speed).context("cannot create the JPEG decoder")?;
+    loop {
+        // Decode only what can still be shown: wait until the view hands back a buffer (it does
+        // when it takes the last decoded frame), then take the newest frame received. Frames
+        // that arrive meanwhile replace each other in `rx` and count as `decoder_busy` drops,
+        // so a viewer that falls behind never has a decoded frame dropped (`display_busy`).
+        let mut pixels = match pixel_pool.get_timeout(POLL) {
+            Some(p) => p,
+            None if tx.is_disconnected() => break,
+            None => continue,
+        };
+        let Ok(inc) = rx.recv() else { break };
         if limit.is_some_and(|n| count.load(Ordering::Relaxed) >= n) {
             // --frames reached: decode no more (the view shows what is queued, then stops).
             break;
         }
-        let mut pixels = pixel_pool.get(Vec::new);
         let (w, h) = (usize::from(inc.header.width), usize::from(inc.header.height));
         let start = now_us();
         let res = dec.decode(&inc.jpeg, w, h, &mut pixels);
@@ -665,5 +693,86 @@ impl<D: Fn() -> bool> Conn<'_, D> {
             }
         }
         self.last_seq = Some(seq);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::pattern::PatternSource;
+    use crate::capture::FrameSource;
+    use crate::net::Subsampling;
+    use crate::sender::{self, SendConfig};
+    use crate::view::ViewError;
+
+    /// A view that takes 20 ms per frame, half the stream's period.
+    struct SlowSink {
+        shown: u64,
+    }
+
+    impl FrameSink for SlowSink {
+        fn show(&mut self, pic: &Picture<'_>) -> Result<(), ViewError> {
+            assert_eq!(pic.pixels.len(), pic.width * pic.height, "a whole decoded frame");
+            self.shown += 1;
+            thread::sleep(Duration::from_millis(20));
+            Ok(())
+        }
+        fn poll(&mut self) -> bool {
+            true
+        }
+    }
+
+    /// A viewer that falls behind drops frames before decoding them, never after: every frame
+    /// decoded is shown.
+    #[test]
+    fn a_slow_view_costs_frames_before_decoding_not_after() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let stop = Arc::new(AtomicBool::new(false));
+        let send_cfg = SendConfig {
+            endpoint: sender::Endpoint::Connect(addr),
+            fps: 100,
+            quality: 75,
+            subsampling: Subsampling::S420,
+            reencode_jpeg: false,
+            frames: Some(120),
+            duration: None,
+            stats: StatsConfig { enabled: false, ..StatsConfig::default() },
+            connect_patience: Duration::from_secs(5),
+            http: None,
+            fast_dct: false,
+            once: true,
+            key: None,
+            congestion: Some(sender::Congestion::for_fps(100)),
+            control: None,
+        };
+        let source: sender::SourceFactory =
+            Box::new(|| Ok(Box::new(PatternSource::new(160, 120, Subsampling::S420)) as Box<dyn FrameSource>));
+        let sender = {
+            let stop = stop.clone();
+            thread::spawn(move || sender::run(send_cfg, source, stop))
+        };
+        let recv_cfg = RecvConfig {
+            endpoint: Endpoint::Listen(listener),
+            frames: None,
+            duration: Some(Duration::from_secs(10)),
+            stats: StatsConfig::default(),
+            once: true,
+            dump: None,
+            connect_patience: Duration::from_secs(5),
+            decode_speed: Speed::default(),
+            key: None,
+            quality: None,
+            frame_log: None,
+        };
+        let mut sink = SlowSink { shown: 0 };
+        let r = run(recv_cfg, &mut sink, stop.clone()).unwrap();
+        stop.store(true, Ordering::Relaxed);
+        sender.join().unwrap().unwrap();
+        assert_eq!(r.drops.get("display_busy"), None, "a decoded frame was dropped unseen: {:?}", r.drops);
+        assert!(r.drops.get("decoder_busy").is_some_and(|&n| n > 20), "frames skipped before decoding: {:?}", r.drops);
+        assert_eq!(r.displayed, Some(r.frames), "every decoded frame is shown");
+        assert_eq!(sink.shown, r.frames);
+        assert!(r.frames >= 20, "{} frames shown", r.frames);
     }
 }

@@ -26,7 +26,7 @@ use tracing::{debug, info, warn};
 use crate::capture::{nosignal, CaptureError, FrameSource, Layout, RawFrame};
 use crate::chan::{latest, LatestReceiver, LatestSender, Pool};
 use crate::clock::{clock_id, now_us};
-use crate::codec::Encoder;
+use crate::codec::{Encoder, Speed};
 use crate::control::{ControlConfig, Controller};
 use crate::hub::{FrameRing, Hub, Subscription, ViewerKind};
 use crate::net::io::{
@@ -72,6 +72,8 @@ pub struct SendConfig {
     pub once: bool,
     /// Serve HTTP (page, MJPEG stream, snapshot, stats) on this socket.
     pub http: Option<TcpListener>,
+    /// libjpeg-turbo's fast integer DCT (see `codec::Speed`).
+    pub fast_dct: bool,
     /// Pre-shared key: viewers must prove they hold it, the stream is encrypted, and HTTP
     /// requires the token derived from it.
     pub key: Option<Key>,
@@ -200,6 +202,7 @@ pub fn run(cfg: SendConfig, open_source: SourceFactory, stop: Arc<AtomicBool>) -
             subsampling: cfg.subsampling,
             reencode: cfg.reencode_jpeg,
             backpressure,
+            fast_dct: cfg.fast_dct,
         };
         let control = control.clone();
         spawn("encode", move || encode_loop(enc, raw_rx, raw_pool, hub, quality_rx, control, meter))?
@@ -483,6 +486,7 @@ struct EncodeSettings {
     subsampling: Subsampling,
     reencode: bool,
     backpressure: bool,
+    fast_dct: bool,
 }
 
 fn encode_loop(
@@ -502,9 +506,10 @@ fn encode_loop(
         }
     }
     let _close = CloseHub(hub.clone());
-    let EncodeSettings { quality, subsampling, reencode, backpressure } = settings;
+    let EncodeSettings { quality, subsampling, reencode, backpressure, fast_dct } = settings;
     let start_quality = control.as_ref().map_or(quality, |c| lock(c).setting().quality);
     let mut enc = Encoder::new(start_quality, subsampling, reencode).context("cannot create the JPEG encoder")?;
+    enc.set_speed(Speed { fast_dct, ..Speed::default() })?;
     let mut ring = FrameRing::default();
     let mut said_mode = false;
     let mut paused: Option<bool> = None;

@@ -95,6 +95,8 @@ pub struct Counters {
     pub lat_received: Histogram<u64>,
     pub lat_decoded: Histogram<u64>,
     pub lat_displayed: Histogram<u64>,
+    /// Receiver: decoded→displayed in µs (one clock: always known), the view's added delay.
+    pub lat_shown: Histogram<u64>,
     /// Sender: time from writing a frame to its acknowledgement, µs.
     pub ack_rtt: Histogram<u64>,
     /// Receiver: frames received before the sender's clock was known.
@@ -221,6 +223,7 @@ impl Default for Counters {
             lat_received: histogram(),
             lat_decoded: histogram(),
             lat_displayed: histogram(),
+            lat_shown: histogram(),
             ack_rtt: histogram(),
             latency_unknown: 0,
             clock: None,
@@ -330,6 +333,9 @@ pub struct Report {
     pub latency_capture_decoded_ms: Option<Percentiles>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latency_capture_displayed_ms: Option<Percentiles>,
+    /// Receiver: decoded→displayed (waiting for the view, and drawing).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_decoded_displayed_ms: Option<Percentiles>,
     /// Sender: write → acknowledgement round trip.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ack_rtt_ms: Option<Percentiles>,
@@ -407,6 +413,7 @@ impl Report {
             latency_capture_received_ms: Percentiles::of(&c.lat_received),
             latency_capture_decoded_ms: Percentiles::of(&c.lat_decoded),
             latency_capture_displayed_ms: Percentiles::of(&c.lat_displayed),
+            latency_decoded_displayed_ms: Percentiles::of(&c.lat_shown),
             ack_rtt_ms: Percentiles::of(&c.ack_rtt),
             latency_unknown_frames: (!sender).then_some(c.latency_unknown),
             clock: c.clock,
