@@ -6,7 +6,8 @@
 //!   the sender's `capture` thread.
 //! - [`codec`]: libjpeg-turbo encode (sender's `encode` thread) and decode (receiver's
 //!   `decode` thread), with reused handles and buffers.
-//! - [`net`]: the wire protocol, `net::proto` (pure format) and `net::io` (sockets); used by
+//! - [`net`]: the wire protocol, `net::proto` (pure format), `net::io` (sockets, reconnect
+//!   backoff) and `net::secure` (`--key-file`: Noise handshake, encrypted records); used by
 //!   the sender's `net-tx`/`ack-rx` and the receiver's `net-rx`/`feedback` threads.
 //! - [`view`]: frame sinks (minifb window, headless) on the receiver's main thread.
 //! - [`sender`] and [`receiver`]: the two pipelines, wiring the stages with [`chan`].
