@@ -5,7 +5,7 @@
 //! Planar YCbCr sources are compressed straight from their planes (no RGB round trip), and
 //! decoding writes straight into the window's `u32` 0RGB buffer (`BGRX` on little-endian).
 //!
-//! The hot paths call libjpeg-turbo's TurboJPEG 3 API through [`Tj`], a small owned handle,
+//! The hot paths call libjpeg-turbo's TurboJPEG 3 API through `Tj`, a small owned handle,
 //! because the `turbojpeg` crate does not expose `TJPARAM_FASTDCT`; the opt-in speed settings
 //! ([`Speed`]) are libjpeg-turbo's fast integer DCT (encoder and decoder) and fast chroma
 //! upsampling (decoder). Both are off by default: they cost image quality (see the README's

@@ -197,6 +197,30 @@ fn find_window(display: &str) -> Option<Win> {
     })
 }
 
+/// Starts `framecast demo ARGS` on `display` (":N") with its stderr collected by a thread.
+fn start_demo(display: &str, args: &[&str]) -> (Guard, thread::JoinHandle<String>) {
+    let child = Command::new(env!("CARGO_BIN_EXE_framecast"))
+        .arg("demo")
+        .args(args)
+        .env("DISPLAY", display)
+        .env_remove("WAYLAND_DISPLAY")
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start framecast demo");
+    let mut demo = Guard::new(child, "framecast demo");
+    let mut stderr = demo.child().stderr.take().expect("piped");
+    let reader = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    (demo, reader)
+}
+
 /// Takes a screenshot of the whole screen: (width, height, RGB bytes). Also saves it as
 /// `png` (best effort).
 fn screenshot(display: &str, xwd_path: &Path, png: &Path) -> (usize, usize, Vec<u8>) {
@@ -267,24 +291,8 @@ fn demo_window_shows_the_colour_bars() {
     let display = format!(":{display}");
 
     let started = Instant::now();
-    let child = Command::new(env!("CARGO_BIN_EXE_framecast"))
-        .args(["demo", "--size", &format!("{}x{}", SIZE.0, SIZE.1), "--duration", &DEMO_SECS.to_string()])
-        .env("DISPLAY", &display)
-        .env_remove("WAYLAND_DISPLAY")
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("cannot start framecast demo");
-    let mut demo = Guard::new(child, "framecast demo");
-    let mut stderr = demo.child().stderr.take().expect("piped");
-    let stderr_reader = thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
+    let size = format!("{}x{}", SIZE.0, SIZE.1);
+    let (mut demo, stderr_reader) = start_demo(&display, &["--size", &size, "--duration", &DEMO_SECS.to_string()]);
 
     // The window opens with the first frame; wait for it to be mapped.
     let win = loop {
@@ -363,24 +371,11 @@ fn window_keeps_up_with_60_fps_at_720p() {
     let xvfb_log = Scratch(tmp.join(format!("window-fps-{pid}-xvfb.log")));
     let stats = Scratch(tmp.join(format!("window-fps-{pid}.jsonl")));
     let (_xvfb, display) = start_xvfb(&xvfb_log.0);
-    let child = Command::new(env!("CARGO_BIN_EXE_framecast"))
-        .args(["demo", "--size", "1280x720", "--fps", "60", "--duration", "3", "--recv-stats-json"])
-        .arg(&stats.0)
-        .env("DISPLAY", format!(":{display}"))
-        .env_remove("WAYLAND_DISPLAY")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("cannot start framecast demo");
-    let mut demo = Guard::new(child, "framecast demo");
-    let mut stderr = demo.child().stderr.take().expect("piped");
-    let stderr_reader = thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
+    let stats_path = stats.0.to_str().expect("a UTF-8 temporary path");
+    let (mut demo, stderr_reader) = start_demo(
+        &format!(":{display}"),
+        &["--size", "1280x720", "--fps", "60", "--duration", "3", "--recv-stats-json", stats_path],
+    );
     let status = demo.wait_timeout(Duration::from_secs(30));
     let log = stderr_reader.join().expect("stderr reader");
     let status = status.unwrap_or_else(|| panic!("framecast demo did not exit in 30 s; stderr so far:\n{log}"));
@@ -426,24 +421,7 @@ fn window_quality_keys_reach_the_sender() {
     let xvfb_log = Scratch(tmp.join(format!("window-keys-{}-xvfb.log", std::process::id())));
     let (_xvfb, display) = start_xvfb(&xvfb_log.0);
     let display = format!(":{display}");
-    let child = Command::new(env!("CARGO_BIN_EXE_framecast"))
-        .args(["demo", "--size", "640x480", "--quality", "50", "--duration", "12"])
-        .env("DISPLAY", &display)
-        .env_remove("WAYLAND_DISPLAY")
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("cannot start framecast demo");
-    let mut demo = Guard::new(child, "framecast demo");
-    let mut stderr = demo.child().stderr.take().expect("piped");
-    let stderr_reader = thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
+    let (mut demo, stderr_reader) = start_demo(&display, &["--size", "640x480", "--quality", "50", "--duration", "12"]);
     let started = Instant::now();
     let win = loop {
         if let Some(w) = find_window(&display).filter(|w| w.viewable) {

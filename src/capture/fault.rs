@@ -14,7 +14,7 @@ use super::{CaptureError, FrameSource, RawFrame};
 /// The environment variable read by `--source test` (see the module documentation).
 pub const ENV: &str = "FRAMECAST_TEST_SOURCE_FAULT";
 
-/// When a [`Flaky`] source fails and for how long it stays away.
+/// When a `Flaky` source fails and for how long it stays away.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Fault {
     pub after_frames: u64,
