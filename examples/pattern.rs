@@ -72,8 +72,15 @@ fn main() -> anyhow::Result<()> {
         eprintln!("wrote {} ({w}x{h} RGB PPM)", path.display());
     }
     if let Some(path) = &args.jpg {
-        let frame =
-            RawFrame { seq: args.frame, capture_us: 0, width: w, height: h, layout: Layout::Yuv(sub), data: planes };
+        let frame = RawFrame {
+            seq: args.frame,
+            capture_us: 0,
+            width: w,
+            height: h,
+            layout: Layout::Yuv(sub),
+            data: planes,
+            no_signal: false,
+        };
         let mut out = JpegBuf::default();
         Encoder::new(args.quality, sub, false)?.encode(&frame, &mut out)?;
         fs::write(path, out.as_slice()).with_context(|| format!("--jpg {}", path.display()))?;

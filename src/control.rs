@@ -132,6 +132,8 @@ pub struct Controller {
     sizes: Vec<SizeMemo>,
     frames_at_quality: u32,
     last_tick: Option<u64>,
+    /// The highest quality a viewer asked for (`SetQuality`, keys); `max_quality` otherwise.
+    ceiling: u8,
     /// The latest acknowledgement, the usual gap between two, and until when a stall (a
     /// pause in acknowledgements far longer than usual) holds the latency-based rate.
     last_ack: Option<u64>,
@@ -146,6 +148,7 @@ pub struct Controller {
 impl Controller {
     pub fn new(cfg: ControlConfig, start_quality: u8) -> Self {
         let quality = start_quality.clamp(cfg.min_quality, cfg.max_quality);
+        let ceiling = cfg.max_quality;
         let setting = Setting { quality, fps: f64::from(cfg.fps), half: false };
         let mode = match (cfg.target_kbps.is_some(), cfg.max_latency_ms.is_some()) {
             (true, true) => "target+latency",
@@ -176,6 +179,7 @@ impl Controller {
             sizes: vec![SizeMemo::default(); 2 * 101],
             frames_at_quality: 0,
             last_tick: None,
+            ceiling,
             last_ack: None,
             ack_gap_us: 0.0,
             hold_until: 0,
@@ -359,7 +363,7 @@ impl Controller {
                 self.last_decrease = now;
             }
         } else if lat < budget * 6 / 10 {
-            let ceiling = self.predicted_kbps(self.cfg.max_quality, false, f64::from(self.cfg.fps));
+            let ceiling = self.predicted_kbps(self.ceiling, false, f64::from(self.cfg.fps));
             let r = match (self.latency_rate, self.trouble_kbps) {
                 (None, _) => None,
                 // Far below where trouble started: grow fast; close to it: slowly; past it: very
@@ -404,7 +408,7 @@ impl Controller {
         if !rate.is_finite() {
             // Nothing limits: towards the best the encoder may do, two steps at a time, so that
             // a latency budget sees each step before the next.
-            let best = Setting { quality: (q + 2).min(self.cfg.max_quality), fps: fps_cap, half: false };
+            let best = Setting { quality: (q + 2).min(self.ceiling), fps: fps_cap, half: false };
             if self.setting != best {
                 self.set(best);
                 return Some(format!("no limit: quality {q} -> {}, full size and rate", best.quality));
@@ -456,9 +460,9 @@ impl Controller {
                     ));
                 }
             }
-            if q < self.cfg.max_quality {
+            if q < self.ceiling {
                 let step = if predicted < rate * 0.7 { 2 } else { 1 };
-                let to = (q + step).min(self.cfg.max_quality);
+                let to = (q + step).min(self.ceiling);
                 if let Some(next) = self.predicted_kbps(to, half, fps) {
                     if next > rate * 1.02 {
                         return None; // the next step was seen to be too big
@@ -478,12 +482,12 @@ impl Controller {
         self.setting = s;
     }
 
-    /// Applies a viewer's request: a new quality ceiling (`SetQuality`), or a step of the
-    /// target (`QualityStep` while a target is set). Returns what changed, for the log.
+    /// Applies a viewer's request for a quality (`SetQuality`): it becomes the highest quality
+    /// the controller may choose, within the operator's `--min-quality`/`--max-quality`.
+    /// Returns what changed, for the log.
     pub fn request_quality(&mut self, quality: u8) -> String {
-        let q = quality.clamp(self.cfg.min_quality.min(quality), 100);
-        self.cfg.max_quality = q;
-        self.cfg.min_quality = self.cfg.min_quality.min(q);
+        let q = quality.clamp(self.cfg.min_quality, self.cfg.max_quality);
+        self.ceiling = q;
         if self.setting.quality > q {
             self.set(Setting { quality: q, ..self.setting });
         }
@@ -500,9 +504,31 @@ impl Controller {
                 format!("viewer moved the target from {t} to {to} kbit/s")
             }
             None => {
-                let to = (i32::from(self.cfg.max_quality) + 5 * i32::from(steps)).clamp(1, 100) as u8;
+                let to = (i32::from(self.ceiling) + 5 * i32::from(steps)).clamp(1, 100) as u8;
                 self.request_quality(to)
             }
+        }
+    }
+
+    /// A viewer connected: what was measured on another connection (acknowledgement timing,
+    /// the latency-based rate, a viewer's quality ceiling) does not describe this one.
+    pub fn on_new_link(&mut self) {
+        self.acked.clear();
+        self.congested.clear();
+        self.last_ack = None;
+        self.ack_gap_us = 0.0;
+        self.hold_until = 0;
+        self.latency_rate = None;
+        self.trouble_kbps = None;
+        self.in_flight = 0;
+        self.ceiling = self.cfg.max_quality;
+    }
+
+    /// The source's frames cannot be halved (a camera's MJPEG): size is no longer a choice.
+    pub fn downscale_unavailable(&mut self) {
+        self.cfg.allow_downscale = false;
+        if self.setting.half {
+            self.set(Setting { half: false, ..self.setting });
         }
     }
 }
@@ -689,11 +715,25 @@ mod tests {
         assert!(c.step(1).contains("5000"));
         assert_eq!(c.cfg.target_kbps, Some(5000));
         c.request_quality(50);
-        assert_eq!(c.setting().quality, 50);
-        assert_eq!(c.cfg.max_quality, 50);
+        assert_eq!((c.setting().quality, c.ceiling), (50, 50));
+        // A viewer cannot go below the operator's --min-quality, nor move it.
+        c.request_quality(5);
+        assert_eq!((c.ceiling, c.cfg.min_quality, c.cfg.max_quality), (10, 10, 95));
+        c.on_new_link();
+        assert_eq!(c.ceiling, 95, "a new viewer starts from the operator's limits");
         let mut c = Controller::new(cfg(None, Some(100)), 75);
         c.step(-1);
-        assert_eq!(c.cfg.max_quality, 90);
+        assert_eq!(c.ceiling, 90);
+        c.step(5);
+        assert_eq!(c.ceiling, 95, "clamped to --max-quality");
+    }
+
+    #[test]
+    fn a_source_that_cannot_be_halved_turns_downscale_off() {
+        let mut c = Controller::new(ControlConfig { allow_downscale: true, ..cfg(Some(1000), None) }, 10);
+        c.set(Setting { half: true, ..c.setting() });
+        c.downscale_unavailable();
+        assert!(!c.setting().half && !c.cfg.allow_downscale);
     }
 
     #[test]

@@ -397,7 +397,6 @@ fn decode_loop(
                 let _ = c.lat_decoded.record(end.saturating_sub(cap).max(1));
             }
         });
-        count.fetch_add(1, Ordering::Relaxed);
         let out = Decoded {
             conn: inc.conn,
             header: inc.header,
@@ -410,6 +409,9 @@ fn decode_loop(
             meter.count_drop(DropCause::DisplayBusy);
             pixel_pool.put(old.pixels);
         });
+        // Counted once handed to the view, so that the view, seeing the count reach
+        // `--frames`, also finds the last frame waiting for it.
+        count.fetch_add(1, Ordering::Relaxed);
         if !delivered {
             break;
         }

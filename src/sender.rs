@@ -116,6 +116,10 @@ pub enum ViewerRequest {
 }
 
 type SharedControl = Option<Arc<Mutex<Controller>>>;
+/// A viewer connection's writer, shared by its frame writer and its ack-rx thread.
+type SharedWriter = Arc<Mutex<MessageWriter<LinkWrite>>>;
+/// Pongs ack-rx could not send while a frame was being written.
+type PendingPongs = Arc<Mutex<Vec<Pong>>>;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -381,6 +385,7 @@ fn capture_loop(
         frame.seq += seq_offset;
         next_seq = frame.seq + 1;
         frame.capture_us = now_us();
+        frame.no_signal = false; // the buffer may have held a no-signal card
         meter.update(|c| c.captured += 1);
         count += 1;
         let delivered = tx.deliver(frame, lossless, |old| {
@@ -445,6 +450,7 @@ impl SourceAway {
                 card.seq = *next_seq;
                 *next_seq += 1;
                 card.capture_us = now_us();
+                card.no_signal = true;
                 meter.update(|c| c.no_signal_frames += 1);
                 let delivered = tx.deliver(card, self.lossless, |old| {
                     meter.count_drop(DropCause::EncoderBusy);
@@ -535,7 +541,10 @@ fn encode_loop(
         }
         paused = Some(false);
         let now = now_us();
+        let no_signal = raw.no_signal;
         let wanted = match &control {
+            // A no-signal card is encoded as things stand; the controller learns nothing from it.
+            Some(_) if no_signal => (enc.quality(), false),
             Some(ctl) => {
                 let mut c = lock(ctl);
                 for r in requests.try_iter() {
@@ -578,6 +587,11 @@ fn encode_loop(
         let frame = Arc::get_mut(slot).expect("the ring hands out frames nobody else holds");
         let start = now_us();
         let halved = half && crate::capture::scale::halve(&raw, &mut small);
+        if half && !halved {
+            if let Some(ctl) = &control {
+                lock(ctl).downscale_unavailable();
+            }
+        }
         if half && !halved && !said_no_halve {
             warn!(
                 "--allow-downscale: this source's frames are JPEG, which framecast does not scale; sending full size"
@@ -625,7 +639,7 @@ fn encode_loop(
         raw_pool.put(raw);
         let len = frame.jpeg.as_slice().len() as u64;
         let congested = hub.publish(slot.clone(), backpressure, &meter);
-        if let Some(ctl) = &control {
+        if let Some(ctl) = control.as_ref().filter(|_| !no_signal) {
             let mut c = lock(ctl);
             c.on_encoded(end, len, info.quality, halved);
             for _ in 0..congested {
@@ -846,17 +860,31 @@ impl ViewerContext {
         // Shared with ack-rx, which answers clock-sync pings between frames.
         let writer = Arc::new(Mutex::new(writer));
         let sub = sub.unwrap_or_else(|| self.hub.subscribe(ViewerKind::Native, peer.to_string()));
+        if let Some(ctl) = &self.control {
+            lock(ctl).on_new_link();
+        }
 
         let flight = Arc::new(Flight::default());
+        // Pongs ack-rx could not send at once because a frame was being written: sent right
+        // after it, so that ack-rx never waits behind a frame (it would delay every ack behind
+        // it, and the controller would read that as latency).
+        let pongs = Arc::new(Mutex::new(Vec::<Pong>::new()));
+        let send_pongs = |w: &mut MessageWriter<LinkWrite>| -> std::io::Result<()> {
+            for mut pong in std::mem::take(&mut *lock(&pongs)) {
+                pong.t3_us = now_us();
+                w.write_message(&Message::Pong(pong))?;
+            }
+            Ok(())
+        };
         let mut announced = self.stream_info;
         let mut window_full_since: Option<Instant> = None;
         let peer_gone = Arc::new(AtomicBool::new(false));
         let acks = {
-            let (flight, peer_gone, writer) = (flight.clone(), peer_gone.clone(), writer.clone());
+            let (flight, peer_gone, writer, pongs) = (flight.clone(), peer_gone.clone(), writer.clone(), pongs.clone());
             let (meter, quality_tx, control) = (self.meter.clone(), self.quality_tx.clone(), self.control.clone());
             thread::Builder::new()
                 .name("ack-rx".into())
-                .spawn(move || ack_loop(reader, writer, flight, meter, quality_tx, control, peer_gone))?
+                .spawn(move || ack_loop(reader, (writer, pongs), flight, meter, quality_tx, control, peer_gone))?
         };
 
         let result = (|| -> anyhow::Result<Outcome> {
@@ -887,7 +915,10 @@ impl ViewerContext {
                 }
                 let frame = match sub.rx.recv_timeout(POLL) {
                     Ok(f) => f,
-                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Timeout) => {
+                        send_pongs(&mut writer.lock().unwrap_or_else(|p| p.into_inner()))?;
+                        continue;
+                    }
                     Err(RecvTimeoutError::Disconnected) => return Ok(Outcome::Finished),
                 };
                 let mut header = frame.header;
@@ -902,7 +933,7 @@ impl ViewerContext {
                         res = w.write_message(&Message::StreamInfo(announced));
                     }
                     header.send_us = now_us();
-                    res.and_then(|()| w.write_frame(&header, frame.jpeg.as_slice()))
+                    res.and_then(|()| w.write_frame(&header, frame.jpeg.as_slice())).and_then(|()| send_pongs(&mut w))
                 };
                 let len = frame.jpeg.as_slice().len() as u64;
                 let (seq, send_us, capture_us) = (header.seq, header.send_us, header.capture_us);
@@ -944,7 +975,7 @@ impl ViewerContext {
 
 fn ack_loop(
     mut reader: MessageReader<LinkRead>,
-    writer: Arc<Mutex<MessageWriter<LinkWrite>>>,
+    (writer, pongs): (SharedWriter, PendingPongs),
     flight: Arc<Flight>,
     meter: Meter,
     quality_tx: Sender<ViewerRequest>,
@@ -973,11 +1004,21 @@ fn ack_loop(
                 let _ = quality_tx.try_send(ViewerRequest::Step(n));
             }
             Ok(Event::Message(Message::Ping(p))) => {
-                let t2 = now_us();
-                let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
-                let pong = Pong { id: p.id, t1_us: p.t1_us, t2_us: t2, t3_us: now_us() };
-                if let Err(e) = w.write_message(&Message::Pong(pong)) {
-                    debug!(error = %e, "cannot answer a clock-sync ping");
+                let mut pong = Pong { id: p.id, t1_us: p.t1_us, t2_us: now_us(), t3_us: 0 };
+                match writer.try_lock() {
+                    Ok(mut w) => {
+                        pong.t3_us = now_us();
+                        if let Err(e) = w.write_message(&Message::Pong(pong)) {
+                            debug!(error = %e, "cannot answer a clock-sync ping");
+                        }
+                    }
+                    Err(_) => {
+                        // A frame is being written: its writer sends the pong right after.
+                        let mut q = lock(&pongs);
+                        if q.len() < 8 {
+                            q.push(pong);
+                        }
+                    }
                 }
             }
             Ok(Event::Message(Message::Report(json))) => match serde_json::from_slice::<serde_json::Value>(json) {

@@ -35,11 +35,22 @@ pub struct RawFrame {
     pub height: u32,
     pub layout: Layout,
     pub data: Vec<u8>,
+    /// A "no signal" card sent while the source is lost, not a captured frame (the rate
+    /// controller does not learn from it).
+    pub no_signal: bool,
 }
 
 impl RawFrame {
     pub fn empty() -> Self {
-        RawFrame { seq: 0, capture_us: 0, width: 0, height: 0, layout: Layout::Jpeg, data: Vec::new() }
+        RawFrame {
+            seq: 0,
+            capture_us: 0,
+            width: 0,
+            height: 0,
+            layout: Layout::Jpeg,
+            data: Vec::new(),
+            no_signal: false,
+        }
     }
 }
 

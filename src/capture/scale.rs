@@ -64,7 +64,7 @@ mod tests {
 
     fn frame(w: u32, h: u32, sub: Subsampling, f: impl Fn(usize) -> u8) -> RawFrame {
         let data = (0..yuv_len(w, h, sub)).map(f).collect();
-        RawFrame { seq: 7, capture_us: 9, width: w, height: h, layout: Layout::Yuv(sub), data }
+        RawFrame { seq: 7, capture_us: 9, width: w, height: h, layout: Layout::Yuv(sub), data, no_signal: false }
     }
 
     #[test]
