@@ -26,6 +26,7 @@ CLIP=${CLIP:-}
 
 command -v valgrind >/dev/null || { echo "valgrind not found; install it with: apt-get install -y valgrind" >&2; exit 1; }
 cd "$(dirname "$0")/.."
+. benches/lib.sh
 tmp=$(mktemp -d)
 pids=()
 cleanup() {
@@ -35,15 +36,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-if [ -n "${FRAMECAST:-}" ]; then
-    bin=$FRAMECAST
-else
-    echo "== cargo build --release" >&2
-    cargo build --quiet --release
-    target_dir=$(cargo metadata --format-version 1 --no-deps |
-        python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
-    bin="$target_dir/release/framecast"
-fi
+measured_bin
 
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 # Instructions counted in a callgrind output file (all threads).

@@ -81,6 +81,7 @@ die() { echo "compare.sh: $*" >&2; exit 1; }
 note() { echo "== $*" >&2; }
 
 cd "$(dirname "$0")/.."
+. benches/lib.sh
 repo=$(pwd)
 helpers=$repo/benches/compare
 
@@ -158,9 +159,7 @@ fi
 if [ -z "${FRAMECAST:-}" ]; then
     note "cargo build --release"
     cargo build --quiet --release || die "cargo build --release failed"
-    target_dir=$(cargo metadata --format-version 1 --no-deps |
-        "$PY" -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
-    FRAMECAST=$target_dir/release/framecast
+    FRAMECAST=$(cargo_target_dir)/release/framecast
 fi
 [ -x "$FRAMECAST" ] || die "framecast binary not found at $FRAMECAST"
 

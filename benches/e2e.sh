@@ -38,14 +38,11 @@ fi
 command -v python3 >/dev/null || { echo "python3 not found; install it with: apt-get install -y python3" >&2; exit 1; }
 
 cd "$(dirname "$0")/.."
+. benches/lib.sh
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-echo "== cargo build --release" >&2
-cargo build --quiet --release
-target_dir=$(cargo metadata --format-version 1 --no-deps |
-    python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
-bin="$target_dir/release/framecast"
+release_build
 
 if [ "$KEY" != 0 ]; then
     "$bin" keygen "$tmp/key" 2>/dev/null

@@ -31,6 +31,7 @@ command -v tjbench >/dev/null || { echo "tjbench not found; install it with: apt
 [ -x /usr/bin/time ] || { echo "/usr/bin/time not found; install it with: apt-get install -y time" >&2; exit 1; }
 
 cd "$(dirname "$0")/.."
+. benches/lib.sh
 tmp=$(mktemp -d)
 pids=()
 cleanup() {
@@ -40,11 +41,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "== cargo build --release (framecast and the pattern example)" >&2
-cargo build --quiet --release --bin framecast --example pattern
-target_dir=$(cargo metadata --format-version 1 --no-deps |
-    python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
-bin="$target_dir/release/framecast"
+release_build --bin framecast --example pattern
 pattern="$target_dir/release/examples/pattern"
 
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) exit 1; print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }

@@ -35,6 +35,7 @@ if [ "$DURATION" -le "$((WARMUP + 5))" ]; then
 fi
 
 cd "$(dirname "$0")/.."
+. benches/lib.sh
 tmp=$(mktemp -d)
 send_pid=""
 recv_pid=""
@@ -47,11 +48,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "== cargo build --release" >&2
-cargo build --quiet --release
-target_dir=$(cargo metadata --format-version 1 --no-deps |
-    python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
-bin="$target_dir/release/framecast"
+release_build
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 
 rss() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }

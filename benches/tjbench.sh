@@ -31,6 +31,7 @@ if ! command -v tjbench >/dev/null 2>&1; then
 fi
 
 cd "$(dirname "$0")/.."
+. benches/lib.sh
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
@@ -70,8 +71,7 @@ fc_enc_yuv=$(fc_ms codec_encode_yuv420)
 fc_enc_rgb=$(fc_ms codec_encode_rgb)
 fc_dec=$(fc_ms codec_decode_0rgb)
 
-target_dir=$(cargo metadata --format-version 1 --no-deps |
-    python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+target_dir=$(cargo_target_dir)
 crate_ver=$(grep -hs 'define LIBJPEG_TURBO_VERSION ' "$target_dir"/release/build/turbojpeg-sys-*/out/include/jconfig.h |
     awk '{ print $3; exit }')
 tj_ver=$(dpkg-query -W -f='${Version}' libjpeg-turbo-progs 2>/dev/null || echo unknown)

@@ -41,14 +41,11 @@ PARTS=${PARTS:-viewers,first,chrome}
 command -v python3 >/dev/null || { echo "python3 not found; install it with: apt-get install -y python3" >&2; exit 1; }
 
 cd "$(dirname "$0")/.."
+. benches/lib.sh
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-echo "== cargo build --release" >&2
-cargo build --quiet --release
-target_dir=$(cargo metadata --format-version 1 --no-deps |
-    python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
-bin="$target_dir/release/framecast"
+release_build
 
 python3 - "$bin" "$tmp" "$SIZE" "$FPS" "$DURATION" "$RUNS_FIRST" "$PARTS" "$target_dir" <<'EOF'
 import json, os, re, shutil, signal, socket, statistics, subprocess, sys, threading, time

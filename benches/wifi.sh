@@ -24,8 +24,9 @@ DURATION="${DURATION:-60}"
 CASES="${CASES:-cc target latency nocc target+stall latency+stall downscale}"
 OUT="${OUT:-target/wifi-bench}"
 mkdir -p "$OUT"
-cargo build --release --quiet
-BIN=target/release/framecast
+. benches/lib.sh
+release_build
+BIN=$bin
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 

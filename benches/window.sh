@@ -23,6 +23,7 @@ command -v Xvfb >/dev/null || { echo "Xvfb not found; install it with: apt-get i
 [ -x /usr/bin/time ] || { echo "/usr/bin/time not found; install it with: apt-get install -y time" >&2; exit 1; }
 
 cd "$(dirname "$0")/.."
+. benches/lib.sh
 tmp=$(mktemp -d)
 xvfb_pid=
 cleanup() {
@@ -31,15 +32,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-if [ -n "${FRAMECAST:-}" ]; then
-    bin=$FRAMECAST
-else
-    echo "== cargo build --release" >&2
-    cargo build --quiet --release
-    target_dir=$(cargo metadata --format-version 1 --no-deps |
-        python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
-    bin="$target_dir/release/framecast"
-fi
+measured_bin
 
 # Xvfb picks a free display and writes its number to fd 3.
 Xvfb -displayfd 3 -screen 0 2048x1536x24 -nolisten tcp 3>"$tmp/display" 2>"$tmp/xvfb.log" &
