@@ -126,17 +126,6 @@ pub fn normalize(e: ProtocolError, stream: &[u8]) -> ProtocolError {
     }
 }
 
-fn error_offset(e: &ProtocolError) -> Option<u64> {
-    match e {
-        ProtocolError::BadMagic { offset, .. }
-        | ProtocolError::WrongRole { offset, .. }
-        | ProtocolError::UnknownType { offset, .. }
-        | ProtocolError::TooLarge { offset, .. }
-        | ProtocolError::Malformed { offset, .. } => Some(*offset),
-        ProtocolError::Version { .. } => None,
-    }
-}
-
 fn encoded(m: &Message<'_>) -> Vec<u8> {
     let mut v = Vec::new();
     m.encode(&mut v);
@@ -194,7 +183,7 @@ pub fn decode_whole(stream: &[u8], expect: Role) -> Run {
             }
             Err(e) => {
                 assert_eq!(d.offset, before, "a failed decode must not advance");
-                let at = error_offset(&e).expect("message errors carry an offset");
+                let at = e.offset().expect("message errors carry an offset");
                 assert!(at >= before && at < before + rest.len() as u64, "{e:?} points outside the input");
                 return Run { messages, end: End::Protocol(e) };
             }

@@ -198,15 +198,10 @@ impl<R: Read> MessageReader<R> {
     }
 }
 
+/// Where in the stream `e` points: its offset, or the hello's version field (bytes 4-5) for
+/// a version mismatch.
 fn source_offset(e: &ProtocolError) -> u64 {
-    match e {
-        ProtocolError::BadMagic { offset, .. }
-        | ProtocolError::WrongRole { offset, .. }
-        | ProtocolError::UnknownType { offset, .. }
-        | ProtocolError::TooLarge { offset, .. }
-        | ProtocolError::Malformed { offset, .. } => *offset,
-        ProtocolError::Version { .. } => 4,
-    }
+    e.offset().unwrap_or(4)
 }
 
 /// A bounded hex dump of at most 32 bytes around `at` (relative to `buf`).

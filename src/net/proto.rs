@@ -103,6 +103,19 @@ impl ProtocolError {
     fn malformed(offset: u64, what: impl Into<String>) -> Self {
         ProtocolError::Malformed { offset, what: what.into() }
     }
+
+    /// The stream offset the error names; `None` for a version mismatch, which is about the
+    /// whole hello rather than a byte of it.
+    pub fn offset(&self) -> Option<u64> {
+        match self {
+            ProtocolError::BadMagic { offset, .. }
+            | ProtocolError::WrongRole { offset, .. }
+            | ProtocolError::UnknownType { offset, .. }
+            | ProtocolError::TooLarge { offset, .. }
+            | ProtocolError::Malformed { offset, .. } => Some(*offset),
+            ProtocolError::Version { .. } => None,
+        }
+    }
 }
 
 /// The handshake block each peer sends first.
@@ -644,17 +657,6 @@ mod tests {
         }
     }
 
-    fn error_offset(e: &ProtocolError) -> Option<u64> {
-        match e {
-            ProtocolError::BadMagic { offset, .. }
-            | ProtocolError::WrongRole { offset, .. }
-            | ProtocolError::UnknownType { offset, .. }
-            | ProtocolError::TooLarge { offset, .. }
-            | ProtocolError::Malformed { offset, .. } => Some(*offset),
-            ProtocolError::Version { .. } => None,
-        }
-    }
-
     /// Decodes one whole message, checking that every strict prefix asks for more bytes
     /// and that the offset advances by exactly the message length.
     fn decode_one<'a>(d: &mut Decoder, bytes: &'a [u8]) -> Message<'a> {
@@ -688,7 +690,7 @@ mod tests {
                     return n;
                 }
                 Err(e) => {
-                    let at = error_offset(&e).expect("messages carry an offset");
+                    let at = e.offset().expect("messages carry an offset");
                     assert!(at >= before && at < before + buf.len() as u64, "{e:?} points outside the input");
                     assert_eq!(d.offset, before);
                     return n;
