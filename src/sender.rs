@@ -215,13 +215,17 @@ pub fn run(cfg: SendConfig, open_source: SourceFactory, stop: Arc<AtomicBool>) -
     let latest_report = Arc::new(Mutex::new(None::<String>));
     let (done_tx, done_rx) = bounded::<()>(0);
     let reporter = {
-        let (hub, meter2) = (hub.clone(), meter.clone());
-        // Viewer links as of the end of each interval.
+        let (hub, meter2, control) = (hub.clone(), meter.clone(), control.clone());
+        // Viewer links and the rate controller's state as of the end of each interval.
         let before: stats::BeforeReport = Box::new(move || {
             let links = hub.links();
+            let status = control.as_ref().map(|c| lock(c).status());
             meter2.update(|c| {
                 c.viewers = Some(links.len() as u64);
                 c.links = serde_json::to_value(&links).ok();
+                if status.is_some() {
+                    c.control = status.clone();
+                }
             });
         });
         let latest_report = latest_report.clone();
@@ -563,8 +567,6 @@ fn encode_loop(
                 if let Some(d) = c.tick(now) {
                     debug!(quality = d.setting.quality, fps = d.setting.fps, "rate control: {}", d.reason);
                 }
-                let status = c.status();
-                meter.update(|m| m.control = Some(status.clone()));
                 let s = c.setting();
                 (s.quality, s.half)
             }
@@ -646,6 +648,11 @@ fn encode_loop(
                 c.on_congestion_drop(end);
             }
         }
+    }
+    // The stats reporter samples the controller each interval; the summary gets its last word.
+    if let Some(ctl) = &control {
+        let status = lock(ctl).status();
+        meter.update(|m| m.control = Some(status.clone()));
     }
     Ok(())
 }
