@@ -70,7 +70,6 @@ pub fn display_available() -> bool {
 /// cost more CPU than decoding the frame: 23 % of `framecast demo`'s at 720p.)
 pub struct WindowSink {
     window: Option<Window>,
-    size: (usize, usize),
     title: String,
     open: bool,
     steps: i8,
@@ -88,7 +87,6 @@ impl WindowSink {
         }
         Ok(WindowSink {
             window: None,
-            size: (0, 0),
             title: "framecast".into(),
             open: true,
             steps: 0,
@@ -108,7 +106,6 @@ impl WindowSink {
             // Frames arrive at the stream's pace; minifb must not add its own sleep.
             w.set_target_fps(0);
             self.window = Some(w);
-            self.size = (width, height);
         }
         Ok(self.window.as_mut().expect("just opened"))
     }
