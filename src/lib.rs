@@ -44,5 +44,6 @@ pub mod netsim;
 pub mod receiver;
 pub mod report;
 pub mod sender;
+pub mod stage;
 pub mod stats;
 pub mod view;

@@ -28,7 +28,7 @@ use crate::net::io::{configure, connect_with_retry, keep_connected, wait_for_pee
 use crate::net::proto::{Ping, MAX_QUALITY_STEP, MAX_REPORT_LEN};
 use crate::net::secure::{self, Key, LinkWrite};
 use crate::net::{Ack, Event, FrameHeader, Hello, Message, MessageReader, MessageWriter, NetError, Role};
-use crate::sender::join;
+use crate::stage::join;
 use crate::stats::{self, ClockStatus, DropCause, Meter, Report, Side, StatsConfig};
 use crate::view::{write_ppm, FrameSink, Picture};
 

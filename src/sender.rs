@@ -37,6 +37,7 @@ use crate::net::secure::{self, Key, LinkRead, LinkWrite};
 use crate::net::{
     Event, FrameHeader, Hello, Message, MessageReader, MessageWriter, NetError, Role, StreamInfo, Subsampling,
 };
+use crate::stage::{join, join_early, spawn};
 use crate::stats::{self, DropCause, Meter, Report, Side, SourceLost, StatsConfig};
 
 /// Where the sender's native viewers are.
@@ -193,7 +194,7 @@ pub fn run(cfg: SendConfig, open_source: SourceFactory, stop: Arc<AtomicBool>) -
             let _ = capture.join();
             return Err(anyhow!(e)).context("cannot open the source");
         }
-        Err(_) => return Err(join_err(capture.join(), "capture")).context("cannot open the source"),
+        Err(_) => return Err(join_early(capture, "capture")).context("cannot open the source"),
     };
 
     // A source that is not live, read as fast as possible, waits for the stage after it
@@ -275,28 +276,6 @@ pub fn run(cfg: SendConfig, open_source: SourceFactory, stop: Arc<AtomicBool>) -
         r.with_context(|| format!("sender {name} stage failed"))?;
     }
     Ok(summary)
-}
-
-fn spawn<F>(name: &str, f: F) -> anyhow::Result<JoinHandle<anyhow::Result<()>>>
-where
-    F: FnOnce() -> anyhow::Result<()> + Send + 'static,
-{
-    thread::Builder::new().name(name.into()).spawn(f).with_context(|| format!("cannot start the {name} thread"))
-}
-
-pub(crate) fn join_err(r: thread::Result<anyhow::Result<()>>, name: &str) -> anyhow::Error {
-    match r {
-        Ok(Err(e)) => e,
-        Ok(Ok(())) => anyhow!("{name} ended early"),
-        Err(_) => anyhow!("{name} thread panicked; look for the panic message above"),
-    }
-}
-
-pub(crate) fn join(h: JoinHandle<anyhow::Result<()>>, name: &str) -> anyhow::Result<()> {
-    match h.join() {
-        Ok(r) => r,
-        Err(_) => Err(anyhow!("{name} thread panicked; look for the panic message above")),
-    }
 }
 
 #[allow(clippy::too_many_arguments)]
