@@ -37,7 +37,8 @@ use tracing::{debug, info, warn};
 
 use crate::clock::now_us;
 use crate::hub::{Hub, Shared, ViewerKind};
-use crate::net::io::{wait_for_peer, write_all_vectored};
+use crate::net::conn::{accept_loop, Next};
+use crate::net::io::write_all_vectored;
 use crate::stats::Meter;
 
 /// The multipart boundary of `/stream.mjpg`.
@@ -75,7 +76,6 @@ pub fn serve(
     stats: Arc<Mutex<Option<String>>>,
     token: Option<String>,
 ) -> anyhow::Result<()> {
-    listener.set_nonblocking(true).context("cannot poll the HTTP socket")?;
     let addr = listener.local_addr().context("HTTP socket")?;
     match &token {
         None => info!(%addr, "HTTP: page at http://{addr}/, MJPEG at /stream.mjpg, /snapshot.jpg, /stats"),
@@ -88,38 +88,37 @@ pub fn serve(
     let ctx = Ctx { hub, meter, stats, token: token.map(Arc::from) };
     let active = Arc::new(AtomicUsize::new(0));
     let mut clients: Vec<(JoinHandle<()>, TcpStream)> = Vec::new();
-    while !ctx.hub.is_closed() {
-        match listener.accept() {
-            Ok((mut stream, peer)) => {
-                if stream.set_nonblocking(false).is_err() {
-                    continue;
-                }
-                if active.load(Ordering::Relaxed) >= MAX_CLIENTS {
-                    warn!(%peer, "HTTP: too many clients; refusing one");
-                    let _ = respond(&mut stream, 503, "text/plain", b"too many clients\n", "", false);
-                    continue;
-                }
-                let Ok(keep) = stream.try_clone() else { continue };
-                active.fetch_add(1, Ordering::Relaxed);
-                let (ctx, active) = (ctx.clone(), active.clone());
-                let handle = thread::Builder::new().name(format!("http-{peer}")).spawn(move || {
-                    if let Err(e) = handle(stream, peer, &ctx) {
-                        debug!(%peer, error = %e, "HTTP client gone");
-                    }
-                    active.fetch_sub(1, Ordering::Relaxed);
-                })?;
-                clients.push((handle, keep));
+    accept_loop(&listener, &|| ctx.hub.is_closed(), |mut stream, peer| {
+        clients.retain(|(h, _)| !h.is_finished());
+        if active.load(Ordering::Relaxed) >= MAX_CLIENTS {
+            warn!(%peer, "HTTP: too many clients; refusing one");
+            let _ = respond(&mut stream, 503, "text/plain", b"too many clients\n", "", false);
+            return Next::Accept;
+        }
+        let Ok(keep) = stream.try_clone() else { return Next::Accept };
+        active.fetch_add(1, Ordering::Relaxed);
+        let (client_ctx, client_active) = (ctx.clone(), active.clone());
+        let spawned = thread::Builder::new().name(format!("http-{peer}")).spawn(move || {
+            let fin = stream.try_clone();
+            if let Err(e) = handle(stream, peer, &client_ctx) {
+                debug!(%peer, error = %e, "HTTP client gone");
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                wait_for_peer(&listener, POLL)?;
+            // `keep`, in `clients`, holds the socket open until the next accept: close it now.
+            if let Ok(s) = fin {
+                let _ = s.shutdown(std::net::Shutdown::Both);
             }
+            client_active.fetch_sub(1, Ordering::Relaxed);
+        });
+        match spawned {
+            Ok(h) => clients.push((h, keep)),
             Err(e) => {
-                warn!(error = %e, "HTTP accept failed");
-                thread::sleep(POLL);
+                warn!(%peer, error = %e, "HTTP: cannot start a client thread");
+                active.fetch_sub(1, Ordering::Relaxed);
             }
         }
-        clients.retain(|(h, _)| !h.is_finished());
-    }
+        Next::Accept
+    })
+    .context("HTTP socket")?;
     // The stream is over: end the clients still connected (a stalled one would otherwise
     // hold its thread until its write times out).
     for (h, stream) in clients {

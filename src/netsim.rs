@@ -40,6 +40,8 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
+use crate::net::conn::{accept_loop, Next};
+
 /// The most a reader takes from its socket at once.
 pub const READ_CHUNK: usize = 16 * 1024;
 /// The unit the link serialises and delivers: an Ethernet-sized packet of payload.
@@ -461,15 +463,7 @@ pub fn run(cfg: NetsimConfig) -> anyhow::Result<()> {
     );
     let forward_addrs = Arc::new(forward_addrs);
     let mut next_id = 0u64;
-    loop {
-        let (client, peer) = match listener.accept() {
-            Ok(c) => c,
-            Err(e) => {
-                warn!(error = %e, "failed to accept");
-                thread::sleep(Duration::from_millis(50));
-                continue;
-            }
-        };
+    accept_loop(&listener, &|| false, |client, peer| {
         next_id += 1;
         let id = next_id;
         let (addrs, forward) = (forward_addrs.clone(), forward.clone());
@@ -487,7 +481,9 @@ pub fn run(cfg: NetsimConfig) -> anyhow::Result<()> {
         if let Err(e) = spawned {
             warn!(conn = id, error = %e, "cannot start a connection thread");
         }
-    }
+        Next::Accept
+    })?;
+    Ok(())
 }
 
 fn connect(addrs: &[SocketAddr]) -> io::Result<TcpStream> {

@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 use crate::chan::{latest, LatestReceiver, LatestSender, Pool};
 use crate::clock::{clock_id, now_us, ClockSync, Exchange};
 use crate::codec::{Decoder, Speed};
-use crate::net::io::{configure, connect_with_retry, keep_connected, wait_for_peer, Backoff, Session};
+use crate::net::conn::{accept_loop, configure, connect, Next, Policy, Session};
 use crate::net::proto::{Ping, MAX_QUALITY_STEP, MAX_REPORT_LEN};
 use crate::net::secure::{self, Key, LinkWrite};
 use crate::net::{Ack, Event, FrameHeader, Hello, Message, MessageReader, MessageWriter, NetError, Role};
@@ -506,12 +506,6 @@ fn net_loop(
         }
     };
     match endpoint {
-        Endpoint::Connect(addr) if once => {
-            let stream = connect_with_retry(&addr, patience, &stop).context("--connect")?;
-            let peer = stream.peer_addr().ok();
-            info!(sender = ?peer, "connected to sender");
-            serve(stream, peer);
-        }
         Endpoint::Connect(addr) => {
             // Each connection syncs clocks afresh (a restarted sender has a new clock).
             let session = |stream: TcpStream, n: u64| {
@@ -523,33 +517,23 @@ fn net_loop(
                 serve(stream, peer);
                 Session::Again
             };
-            keep_connected(&addr, "sender", Backoff::reconnect(), &done, session, || {}).context("--connect")?;
+            let policy = if once { Policy::once(patience) } else { Policy::reconnect() };
+            connect(&addr, "sender", policy, &done, session, || {}).context("--connect")?;
         }
         Endpoint::Listen(listener) => {
-            listener.set_nonblocking(true).context("cannot poll the listening socket")?;
             info!(addr = ?listener.local_addr().ok(), "waiting for a sender");
-            while !done() {
-                match listener.accept() {
-                    Ok((stream, peer)) => {
-                        stream.set_nonblocking(false)?;
-                        info!(%peer, "sender connected");
-                        serve(stream, Some(peer));
-                        if once {
-                            break;
-                        }
-                        if !done() {
-                            info!("waiting for the next sender");
-                        }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        wait_for_peer(&listener, POLL)?;
-                    }
-                    Err(e) => {
-                        warn!(error = %e, "accept failed");
-                        thread::sleep(POLL);
-                    }
+            let on_conn = |stream: TcpStream, peer: SocketAddr| {
+                info!(%peer, "sender connected");
+                serve(stream, Some(peer));
+                if once {
+                    return Next::Stop;
                 }
-            }
+                if !done() {
+                    info!("waiting for the next sender");
+                }
+                Next::Accept
+            };
+            accept_loop(&listener, &done, on_conn).context("cannot accept senders")?;
         }
     }
     Ok(())

@@ -29,9 +29,7 @@ use crate::clock::{clock_id, now_us};
 use crate::codec::{Encoder, Speed};
 use crate::control::{ControlConfig, Controller};
 use crate::hub::{FrameRing, Hub, Subscription, ViewerKind};
-use crate::net::io::{
-    configure, connect_with_retry, keep_connected, limit_send_queue, wait_for_peer, Backoff, Session,
-};
+use crate::net::conn::{accept_loop, configure, connect, limit_send_queue, Backoff, Next, Policy, Session};
 use crate::net::proto::Pong;
 use crate::net::secure::{self, Key, LinkRead, LinkWrite};
 use crate::net::{
@@ -722,9 +720,25 @@ fn net_loop(
     match endpoint {
         Endpoint::None => Ok(()),
         Endpoint::Connect(addr) if once => {
-            let stream = match connect_with_retry(&addr, patience, &stop) {
-                Ok(s) => s,
-                Err(e) => {
+            let mut called = None;
+            let res = connect(
+                &addr,
+                "viewer",
+                Policy::once(patience),
+                &|| stop.load(Ordering::Relaxed),
+                |s, _| {
+                    called = Some(s);
+                    Session::Stop
+                },
+                || {},
+            );
+            let stream = match (res, called) {
+                (Ok(()), Some(s)) => s,
+                (Ok(()), None) => {
+                    finish.store(true, Ordering::Relaxed);
+                    return Ok(());
+                }
+                (Err(e), _) => {
                     finish.store(true, Ordering::Relaxed);
                     return Err(e).context("--connect");
                 }
@@ -765,7 +779,7 @@ fn net_loop(
             };
             // While the viewer is away nobody is subscribed, so encoding pauses.
             let away = || drop(early.borrow_mut().take());
-            let res = keep_connected(&addr, "viewer", Backoff::reconnect(), &done, serve, away);
+            let res = connect(&addr, "viewer", Policy::reconnect(), &done, serve, away);
             if let Err(e) = res {
                 finish.store(true, Ordering::Relaxed);
                 return Err(e).context("--connect");
@@ -773,35 +787,27 @@ fn net_loop(
             Ok(())
         }
         Endpoint::Listen(listener) => {
-            listener.set_nonblocking(true).context("cannot poll the listening socket")?;
             info!(addr = ?listener.local_addr().ok(), "waiting for viewers");
             let mut viewers: Vec<JoinHandle<()>> = Vec::new();
-            while !ctx.hub.is_closed() {
-                match listener.accept() {
-                    Ok((stream, peer)) => {
-                        stream.set_nonblocking(false)?;
-                        let peer = peer.to_string();
-                        info!(%peer, "viewer connected");
-                        let ctx = ctx.clone();
-                        let handle = thread::Builder::new().name(format!("viewer-{peer}")).spawn(move || match ctx
-                            .serve(stream, &peer, None)
-                        {
-                            Ok(Outcome::Finished) => debug!(%peer, "stream finished"),
-                            Ok(Outcome::PeerLeft) => info!(%peer, "viewer closed the connection"),
-                            Err(e) => warn!(%peer, error = format!("{e:#}"), "dropped viewer"),
-                        })?;
-                        viewers.push(handle);
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        wait_for_peer(&listener, POLL)?;
-                    }
-                    Err(e) => {
-                        warn!(error = %e, "accept failed");
-                        thread::sleep(POLL);
-                    }
-                }
+            accept_loop(&listener, &|| ctx.hub.is_closed(), |stream, peer| {
                 viewers.retain(|h| !h.is_finished());
-            }
+                let peer = peer.to_string();
+                info!(%peer, "viewer connected");
+                let viewer = ctx.clone();
+                let spawned = thread::Builder::new().name(format!("viewer-{peer}")).spawn(move || {
+                    match viewer.serve(stream, &peer, None) {
+                        Ok(Outcome::Finished) => debug!(%peer, "stream finished"),
+                        Ok(Outcome::PeerLeft) => info!(%peer, "viewer closed the connection"),
+                        Err(e) => warn!(%peer, error = format!("{e:#}"), "dropped viewer"),
+                    }
+                });
+                match spawned {
+                    Ok(h) => viewers.push(h),
+                    Err(e) => warn!(error = %e, "cannot start a viewer thread"),
+                }
+                Next::Accept
+            })
+            .context("cannot accept viewers")?;
             for h in viewers {
                 if h.join().is_err() {
                     warn!("a viewer thread panicked; look for the panic message above");

@@ -3,7 +3,6 @@
 //! JPEG with one vectored write. Neither knows what the messages mean.
 
 use std::io::{self, IoSlice, Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
 use super::proto::{self, Decoder, FrameHeader, Hello, Message, ProtocolError, Role, HELLO_LEN};
@@ -117,8 +116,8 @@ impl<R: Read> MessageReader<R> {
     /// Reads until one message is complete, the socket times out, or the peer closes.
     pub fn next_event(&mut self) -> Result<Event<'_>, NetError> {
         loop {
-            let need = match self.decoder.check(&self.buf[self.start..self.end]) {
-                Ok(Some(_)) => {
+            let need = match self.decoder.need(&self.buf[self.start..self.end]) {
+                Ok(need) if need <= self.end - self.start => {
                     let at = self.decoder.offset;
                     let (msg, used) = match self.decoder.decode(&self.buf[self.start..self.end]) {
                         Ok(Some(m)) => m,
@@ -132,7 +131,7 @@ impl<R: Read> MessageReader<R> {
                     self.start += used;
                     return Ok(Event::Message(msg));
                 }
-                Ok(None) => self.declared_len(),
+                Ok(need) => need,
                 Err(e) => return Err(self.protocol_error(e)),
             };
             match self.fill(need) {
@@ -156,16 +155,6 @@ impl<R: Read> MessageReader<R> {
 }
 
 impl<R: Read> MessageReader<R> {
-    /// Total bytes the message at the buffer's start needs, as far as the header tells.
-    fn declared_len(&self) -> usize {
-        let have = &self.buf[self.start..self.end];
-        if have.len() < proto::MSG_HEADER_LEN {
-            return proto::MSG_HEADER_LEN;
-        }
-        let len = u32::from_be_bytes([have[4], have[5], have[6], have[7]]) as usize;
-        proto::MSG_HEADER_LEN + len
-    }
-
     /// Makes room for a message of `need` bytes (already checked against the cap) and reads
     /// once. The buffer grows with what arrives, at most doubling, so a peer that declares a
     /// large frame and sends nothing does not make us allocate the declared size.
@@ -291,249 +280,6 @@ pub fn write_all_vectored<W: Write + ?Sized>(w: &mut W, mut bufs: &mut [IoSlice<
             Ok(n) => IoSlice::advance_slices(&mut bufs, n),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-/// Waits until `listener` has a connection to accept, or `timeout` passes, without
-/// busy-polling: accept loops stay responsive to new peers (a sleep-and-retry loop adds half
-/// its period to every connect) and still look at their stop conditions regularly.
-pub fn wait_for_peer(listener: &std::net::TcpListener, timeout: Duration) -> io::Result<bool> {
-    use std::os::fd::AsRawFd;
-    let mut fds = libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-    // SAFETY: one valid pollfd for the duration of the call.
-    let n = unsafe { libc::poll(&mut fds, 1, ms) };
-    match n {
-        -1 => {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                Ok(false)
-            } else {
-                Err(e)
-            }
-        }
-        0 => Ok(false),
-        _ => Ok(true),
-    }
-}
-
-/// Sets the socket options every framecast connection uses.
-pub fn configure(stream: &TcpStream, read_timeout: Duration) -> io::Result<()> {
-    stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(read_timeout))?;
-    Ok(())
-}
-
-/// Keeps the kernel's queue of bytes written but not yet sent small, so that a slow link
-/// makes the writer wait (and the newest frame win before the socket) instead of queueing
-/// seconds of video in the kernel: `TCP_NOTSENT_LOWAT` where the platform has it (Linux,
-/// Android), otherwise a small `SO_SNDBUF`. Returns which of the two was set.
-pub fn limit_send_queue(stream: &TcpStream, bytes: u32) -> io::Result<&'static str> {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    {
-        use std::os::fd::AsRawFd;
-        let v: libc::c_int = bytes.min(i32::MAX as u32) as libc::c_int;
-        // SAFETY: a valid socket descriptor and a pointer to a c_int of the given size.
-        let rc = unsafe {
-            libc::setsockopt(
-                stream.as_raw_fd(),
-                libc::IPPROTO_TCP,
-                libc::TCP_NOTSENT_LOWAT,
-                (&v as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc == 0 {
-            return Ok("TCP_NOTSENT_LOWAT");
-        }
-    }
-    socket2::SockRef::from(stream).set_send_buffer_size(bytes as usize * 2)?;
-    Ok("SO_SNDBUF")
-}
-
-/// Connects to `addr` (HOST:PORT), retrying refused connections with a capped backoff until
-/// `patience` has passed or `stop` is set. Other errors (a name that does not resolve, no
-/// route) fail at once.
-pub fn connect_with_retry(
-    addr: &str,
-    patience: Duration,
-    stop: &std::sync::atomic::AtomicBool,
-) -> io::Result<TcpStream> {
-    use std::net::ToSocketAddrs;
-    use std::sync::atomic::Ordering;
-    let started = std::time::Instant::now();
-    let mut delay = Duration::from_millis(50);
-    let mut logged = false;
-    loop {
-        let addrs: Vec<_> = addr.to_socket_addrs()?.collect();
-        let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{addr} resolves to no address"));
-        for a in &addrs {
-            match TcpStream::connect_timeout(a, Duration::from_secs(5)) {
-                Ok(s) => return Ok(s),
-                Err(e) => last = e,
-            }
-        }
-        let retry = matches!(last.kind(), io::ErrorKind::ConnectionRefused | io::ErrorKind::TimedOut);
-        if !retry || started.elapsed() + delay > patience || stop.load(Ordering::Relaxed) {
-            return Err(io::Error::new(last.kind(), format!("cannot connect to {addr}: {last}")));
-        }
-        if !logged {
-            tracing::info!(%addr, "waiting for the peer to listen");
-            logged = true;
-        }
-        std::thread::sleep(delay);
-        delay = (delay * 2).min(Duration::from_secs(1));
-    }
-}
-
-/// Capped exponential backoff with jitter for reconnect loops: `first`, then doubling up to
-/// `cap`, each delay shortened by up to a fifth at random so that peers that lost a link at
-/// the same moment do not all come back in step.
-#[derive(Clone, Debug)]
-pub struct Backoff {
-    first: Duration,
-    cap: Duration,
-    next: Duration,
-    seed: u64,
-}
-
-impl Backoff {
-    pub fn new(first: Duration, cap: Duration) -> Self {
-        let seed =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
-        Backoff { first, cap, next: first, seed: seed | 1 }
-    }
-
-    /// 100 ms doubling to 5 s: what `--connect` uses while its peer is away.
-    pub fn reconnect() -> Self {
-        Backoff::new(Duration::from_millis(100), Duration::from_secs(5))
-    }
-
-    /// The delay before the next attempt; the one after is twice as long, up to the cap.
-    pub fn next_delay(&mut self) -> Duration {
-        // xorshift64: jitter needs no cryptographic quality.
-        self.seed ^= self.seed << 13;
-        self.seed ^= self.seed >> 7;
-        self.seed ^= self.seed << 17;
-        let base = self.next;
-        self.next = (self.next * 2).min(self.cap);
-        let cut = base.as_micros() as u64 / 5;
-        base - Duration::from_micros(if cut == 0 { 0 } else { self.seed % cut })
-    }
-
-    /// Back to the first delay (after a connection that worked).
-    pub fn reset(&mut self) {
-        self.next = self.first;
-    }
-}
-
-/// A word or two for the log saying why a connection attempt or a connection failed.
-pub fn reason(e: &io::Error) -> &'static str {
-    match e.kind() {
-        io::ErrorKind::ConnectionRefused => "refused",
-        io::ErrorKind::ConnectionReset => "reset",
-        io::ErrorKind::ConnectionAborted => "aborted",
-        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => "timed out",
-        io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => "unreachable",
-        io::ErrorKind::NetworkDown => "network down",
-        io::ErrorKind::AddrNotAvailable => "address not available",
-        io::ErrorKind::NotFound => "does not resolve",
-        io::ErrorKind::BrokenPipe | io::ErrorKind::UnexpectedEof => "closed",
-        _ => "error",
-    }
-}
-
-/// How long one connection attempt may take before it counts as timed out.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// A connection that lasted this long worked: the next reconnect starts from the first delay.
-const STABLE: Duration = Duration::from_secs(1);
-
-/// What a [`keep_connected`] session decided when its connection ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Session {
-    /// Connect again (the peer left, or the connection failed).
-    Again,
-    /// The run is over: stop connecting.
-    Stop,
-}
-
-/// Connects to `addr` (HOST:PORT) and hands each connection to `serve` (with its number, from
-/// 1), again and again: when the connection ends or an attempt fails it waits `backoff`'s
-/// next delay, logging each attempt with its reason (and calling `failed`), until `serve`
-/// says [`Session::Stop`] or `done()` is true. `peer` names the other side in the log
-/// ("viewer", "sender"). Fails only for an address that can never work (no port, bad syntax).
-pub fn keep_connected(
-    addr: &str,
-    peer: &str,
-    mut backoff: Backoff,
-    done: &dyn Fn() -> bool,
-    mut serve: impl FnMut(TcpStream, u64) -> Session,
-    mut failed: impl FnMut(),
-) -> io::Result<()> {
-    use std::net::ToSocketAddrs;
-    let mut connections = 0u64;
-    let mut attempt = 0u64;
-    while !done() {
-        attempt += 1;
-        let res = match addr.to_socket_addrs() {
-            Ok(addrs) => {
-                let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{addr} resolves to no address"));
-                let mut ok = None;
-                for a in addrs {
-                    match TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
-                        Ok(s) => {
-                            ok = Some(s);
-                            break;
-                        }
-                        Err(e) => last = e,
-                    }
-                }
-                ok.ok_or(last)
-            }
-            Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
-                return Err(io::Error::new(e.kind(), format!("{addr}: {e} (expected HOST:PORT)")));
-            }
-            // A name that does not resolve now may later (mDNS, Wi-Fi coming back).
-            Err(e) => Err(io::Error::new(io::ErrorKind::NotFound, e.to_string())),
-        };
-        let delay = match res {
-            Ok(stream) => {
-                connections += 1;
-                attempt = 0;
-                let started = std::time::Instant::now();
-                if serve(stream, connections) == Session::Stop || done() {
-                    return Ok(());
-                }
-                if started.elapsed() >= STABLE {
-                    backoff.reset();
-                }
-                let d = backoff.next_delay();
-                tracing::info!(%addr, retry_in_ms = d.as_millis() as u64, "reconnecting to the {peer}");
-                d
-            }
-            Err(e) => {
-                failed();
-                let d = backoff.next_delay();
-                tracing::info!(
-                    %addr,
-                    attempt,
-                    reason = reason(&e),
-                    error = %e,
-                    retry_in_ms = d.as_millis() as u64,
-                    "cannot connect to the {peer}; retrying"
-                );
-                d
-            }
-        };
-        let until = std::time::Instant::now() + delay;
-        while !done() {
-            let left = until.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            std::thread::sleep(left.min(Duration::from_millis(50)));
         }
     }
     Ok(())
@@ -1122,68 +868,5 @@ mod tests {
                 prop_assert_eq!(r.get_ref().handed_out, HELLO_LEN);
             }
         }
-    }
-
-    #[test]
-    fn backoff_doubles_to_the_cap_with_jitter_and_resets() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-        let d: Vec<Duration> = (0..9).map(|_| b.next_delay()).collect();
-        let nominal = [100u64, 200, 400, 800, 1600, 3200, 5000, 5000, 5000];
-        for (got, want) in d.iter().zip(nominal) {
-            let want = Duration::from_millis(want);
-            assert!(*got <= want && *got >= want * 4 / 5, "{got:?} vs nominal {want:?}: {d:?}");
-        }
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(100));
-    }
-
-    #[test]
-    fn keep_connected_retries_a_refused_peer_until_it_listens_then_stops_when_told() {
-        // A port that refuses: bind, note the port, close; listen on it again later.
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let addr = format!("127.0.0.1:{port}");
-        let started = std::time::Instant::now();
-        let listener = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(400));
-            let l = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
-            // Two connections: the first is closed at once, the second served until it ends.
-            let (a, _) = l.accept().unwrap();
-            drop(a);
-            let (_b, _) = l.accept().unwrap();
-        });
-        let mut seen = Vec::new();
-        let mut failures = 0;
-        let backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(100));
-        let done = || started.elapsed() > Duration::from_secs(20);
-        let serve = |_s, n| {
-            seen.push(n);
-            if n == 2 {
-                Session::Stop
-            } else {
-                Session::Again
-            }
-        };
-        keep_connected(&addr, "test peer", backoff, &done, serve, || failures += 1).unwrap();
-        listener.join().unwrap();
-        assert_eq!(seen, [1, 2]);
-        assert!(failures >= 2, "{failures} failed attempts before the peer listened");
-        assert!(started.elapsed() >= Duration::from_millis(400), "connected before the peer listened");
-        assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
-    }
-
-    #[test]
-    fn keep_connected_rejects_an_address_without_a_port_and_honours_done() {
-        let never = || false;
-        let e = keep_connected("localhost", "viewer", Backoff::reconnect(), &never, |_, _| Session::Stop, || {})
-            .unwrap_err();
-        assert!(e.to_string().contains("HOST:PORT"), "{e}");
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let t = std::time::Instant::now();
-        let done = || t.elapsed() > Duration::from_millis(300);
-        let mut failures = 0;
-        let addr = format!("127.0.0.1:{port}");
-        keep_connected(&addr, "viewer", Backoff::reconnect(), &done, |_, _| Session::Again, || failures += 1).unwrap();
-        assert!(t.elapsed() < Duration::from_secs(2), "did not stop when done: {:?}", t.elapsed());
-        assert!((2..=4).contains(&failures), "{failures} failed attempts in 300 ms with 100 ms doubling");
     }
 }

@@ -1,6 +1,8 @@
 //! The native protocol: [`proto`] is the pure wire format, [`io`] reads and writes it on
-//! sockets. `docs/protocol.md` is the spec.
+//! sockets, [`conn`] accepts and makes connections (one accept loop, connect policies).
+//! `docs/protocol.md` is the spec.
 
+pub mod conn;
 pub mod io;
 pub mod proto;
 pub mod secure;

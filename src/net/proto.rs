@@ -438,6 +438,14 @@ impl Decoder {
     /// are present, `Ok(None)` when more bytes are needed (the header, if complete, has been
     /// checked, so the caller may safely reserve up to the declared length).
     pub fn check(&self, buf: &[u8]) -> Result<Option<usize>, ProtocolError> {
+        let need = self.need(buf)?;
+        Ok((buf.len() >= need).then_some(need))
+    }
+
+    /// How many bytes the message at the start of `buf` takes in all, as far as `buf` tells:
+    /// its declared length once the header is complete and checked (at most the cap for its
+    /// type), the header's length before that. A reader makes room for this much.
+    pub fn need(&self, buf: &[u8]) -> Result<usize, ProtocolError> {
         if buf.len() < MSG_HEADER_LEN {
             // Reject an unknown type as soon as its byte arrives.
             if let Some(&ty) = buf.first() {
@@ -445,7 +453,7 @@ impl Decoder {
                     return Err(ProtocolError::UnknownType { offset: self.offset, ty });
                 }
             }
-            return Ok(None);
+            return Ok(MSG_HEADER_LEN);
         }
         let at = self.offset;
         let ty = MsgType::from_wire(buf[0]).ok_or(ProtocolError::UnknownType { offset: at, ty: buf[0] })?;
@@ -490,8 +498,7 @@ impl Decoder {
                 }
             }
         }
-        let total = MSG_HEADER_LEN + len;
-        Ok((buf.len() >= total).then_some(total))
+        Ok(MSG_HEADER_LEN + len)
     }
 
     /// Parses one message from the start of `buf`. Returns the message and the number of
