@@ -198,6 +198,12 @@ impl Controller {
         self.status.clone()
     }
 
+    /// When the controller last decided (µs), the only time its [`status`](Self::status)
+    /// changes; `None` before the first decision.
+    pub fn last_tick(&self) -> Option<u64> {
+        self.last_tick
+    }
+
     /// A captured frame reached the encoder: returns whether to encode it (frames above the
     /// chosen fps are skipped, evenly spread).
     pub fn admit(&mut self, now: u64) -> bool {

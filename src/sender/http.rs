@@ -1,4 +1,4 @@
-//! The sender's HTTP endpoint (`send --http ADDR:PORT`), run by the `http` thread and one
+//! The HTTP transport (`send --http ADDR:PORT`), run by the `http` thread and one `http-PEER`
 //! thread per client:
 //!
 //! - `/`: a page with the live stream and live stats, usable on a phone;
@@ -9,7 +9,7 @@
 //! Requests are parsed with `httparse`; this module only bounds them: at most 8 KiB of
 //! request head (431 beyond), 10 s to send it (408 after), `GET`/`HEAD` only (405), 64
 //! clients at once (503). Each MJPEG client is a hub viewer with its own newest-frame-wins
-//! slot, so a slow client loses frames alone.
+//! slot, so a slow client loses frames alone (see `transport.rs` for the contract).
 //!
 //! With a key (`--key-file`) every request needs the access token derived from it (a keyed
 //! BLAKE2s hash of a fixed label, so the key itself never crosses plain HTTP): `?token=T` in
@@ -27,18 +27,22 @@ use std::fmt::Write as _;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
+use std::sync::Arc;
+use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use crossbeam_channel::RecvTimeoutError;
 use tracing::{debug, info, warn};
 
+use super::transport::{Feed, Transport};
 use crate::clock::now_us;
-use crate::hub::{Hub, Shared, ViewerKind};
+use crate::hub::{Shared, ViewerKind};
 use crate::net::io::{wait_for_peer, write_all_vectored};
-use crate::stats::Meter;
+use crate::stage::{self, Stage};
+
+/// How HTTP viewers are named in the `links` stats.
+pub const KIND: ViewerKind = ViewerKind::new("http");
 
 /// The multipart boundary of `/stream.mjpg`.
 pub const BOUNDARY: &str = "framecastframe";
@@ -57,9 +61,7 @@ const POLL: Duration = Duration::from_millis(100);
 /// What every client thread shares.
 #[derive(Clone)]
 struct Ctx {
-    hub: Arc<Hub>,
-    meter: Meter,
-    stats: Arc<Mutex<Option<String>>>,
+    feed: Feed,
     /// The access token every request must carry (when the sender has a key).
     token: Option<Arc<str>>,
 }
@@ -67,66 +69,93 @@ struct Ctx {
 /// The cookie a page opened with `?token=` sets, so that its own requests carry the token.
 pub const TOKEN_COOKIE: &str = "framecast_token";
 
-/// Serves HTTP on `listener` until the hub closes (the stream ended).
-pub fn serve(
+/// The HTTP transport: a listening socket, and the access token when the sender has a key.
+pub struct Http {
     listener: TcpListener,
-    hub: Arc<Hub>,
-    meter: Meter,
-    stats: Arc<Mutex<Option<String>>>,
     token: Option<String>,
-) -> anyhow::Result<()> {
-    listener.set_nonblocking(true).context("cannot poll the HTTP socket")?;
-    let addr = listener.local_addr().context("HTTP socket")?;
-    match &token {
-        None => info!(%addr, "HTTP: page at http://{addr}/, MJPEG at /stream.mjpg, /snapshot.jpg, /stats"),
-        Some(t) => info!(
-            %addr,
-            "HTTP (key required): page at http://{addr}/?token={t}, MJPEG at /stream.mjpg?token={t}, \
-             /snapshot.jpg, /stats (token in ?token=, a Bearer header or the page's cookie)"
-        ),
+}
+
+impl Http {
+    pub fn new(listener: TcpListener, token: Option<String>) -> Self {
+        Http { listener, token }
     }
-    let ctx = Ctx { hub, meter, stats, token: token.map(Arc::from) };
-    let active = Arc::new(AtomicUsize::new(0));
-    let mut clients: Vec<(JoinHandle<()>, TcpStream)> = Vec::new();
-    while !ctx.hub.is_closed() {
-        match listener.accept() {
-            Ok((mut stream, peer)) => {
-                if stream.set_nonblocking(false).is_err() {
-                    continue;
-                }
-                if active.load(Ordering::Relaxed) >= MAX_CLIENTS {
-                    warn!(%peer, "HTTP: too many clients; refusing one");
-                    let _ = respond(&mut stream, 503, "text/plain", b"too many clients\n", "", false);
-                    continue;
-                }
-                let Ok(keep) = stream.try_clone() else { continue };
-                active.fetch_add(1, Ordering::Relaxed);
-                let (ctx, active) = (ctx.clone(), active.clone());
-                let handle = thread::Builder::new().name(format!("http-{peer}")).spawn(move || {
-                    if let Err(e) = handle(stream, peer, &ctx) {
-                        debug!(%peer, error = %e, "HTTP client gone");
-                    }
-                    active.fetch_sub(1, Ordering::Relaxed);
-                })?;
-                clients.push((handle, keep));
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                wait_for_peer(&listener, POLL)?;
-            }
-            Err(e) => {
-                warn!(error = %e, "HTTP accept failed");
-                thread::sleep(POLL);
-            }
+}
+
+impl Transport for Http {
+    fn name(&self) -> &'static str {
+        "http"
+    }
+
+    /// Serves HTTP until the hub closes (the stream ended).
+    fn serve(self: Box<Self>, feed: Feed) -> anyhow::Result<()> {
+        let Http { listener, token } = *self;
+        listener.set_nonblocking(true).context("cannot poll the HTTP socket")?;
+        let addr = listener.local_addr().context("HTTP socket")?;
+        match &token {
+            None => info!(%addr, "HTTP: page at http://{addr}/, MJPEG at /stream.mjpg, /snapshot.jpg, /stats"),
+            Some(t) => info!(
+                %addr,
+                "HTTP (key required): page at http://{addr}/?token={t}, MJPEG at /stream.mjpg?token={t}, \
+                 /snapshot.jpg, /stats (token in ?token=, a Bearer header or the page's cookie)"
+            ),
         }
-        clients.retain(|(h, _)| !h.is_finished());
+        let ctx = Ctx { feed, token: token.map(Arc::from) };
+        let active = Arc::new(AtomicUsize::new(0));
+        let mut clients: Vec<(Stage, TcpStream)> = Vec::new();
+        while !ctx.feed.hub.is_closed() {
+            match listener.accept() {
+                Ok((stream, peer)) => {
+                    if let Some(client) = admit(stream, peer, &ctx, &active)? {
+                        clients.push(client);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    wait_for_peer(&listener, POLL)?;
+                }
+                Err(e) => {
+                    warn!(error = %e, "HTTP accept failed");
+                    thread::sleep(POLL);
+                }
+            }
+            clients.retain(|(h, _)| !h.is_finished());
+        }
+        // The stream is over: end the clients still connected (a stalled one would otherwise
+        // hold its thread until its write times out).
+        for (h, stream) in clients {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+            let _ = h.join();
+        }
+        Ok(())
     }
-    // The stream is over: end the clients still connected (a stalled one would otherwise
-    // hold its thread until its write times out).
-    for (h, stream) in clients {
-        let _ = stream.shutdown(std::net::Shutdown::Both);
-        let _ = h.join();
+}
+
+/// Starts a client's thread, or refuses the client when too many are connected. Returns the
+/// thread and a handle on its socket, to end it when the stream ends.
+fn admit(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    ctx: &Ctx,
+    active: &Arc<AtomicUsize>,
+) -> anyhow::Result<Option<(Stage, TcpStream)>> {
+    if stream.set_nonblocking(false).is_err() {
+        return Ok(None);
     }
-    Ok(())
+    if active.load(Ordering::Relaxed) >= MAX_CLIENTS {
+        warn!(%peer, "HTTP: too many clients; refusing one");
+        let _ = respond(&mut stream, 503, "text/plain", b"too many clients\n", "", false);
+        return Ok(None);
+    }
+    let Ok(keep) = stream.try_clone() else { return Ok(None) };
+    active.fetch_add(1, Ordering::Relaxed);
+    let (ctx, active) = (ctx.clone(), active.clone());
+    let h = stage::spawn(format!("http-{peer}"), move || {
+        if let Err(e) = handle(stream, peer, &ctx) {
+            debug!(%peer, error = %e, "HTTP client gone");
+        }
+        active.fetch_sub(1, Ordering::Relaxed);
+        Ok(())
+    })?;
+    Ok(Some((h, keep)))
 }
 
 /// Why a request head could not be read.
@@ -234,13 +263,10 @@ fn handle(mut stream: TcpStream, peer: SocketAddr, ctx: &Ctx) -> io::Result<()> 
             stream_mjpeg(&mut stream, peer, ctx, head_only, advance)
         }
         "/snapshot.jpg" => snapshot(&mut stream, peer, ctx, head_only),
-        "/stats" => {
-            let body = ctx.stats.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            match body {
-                Some(json) => respond(&mut stream, 200, "application/json", json.as_bytes(), "", head_only),
-                None => respond(&mut stream, 503, "application/json", b"{\"error\":\"no stats yet\"}", "", head_only),
-            }
-        }
+        "/stats" => match ctx.feed.stats.get() {
+            Some(json) => respond(&mut stream, 200, "application/json", json.as_bytes(), "", head_only),
+            None => respond(&mut stream, 503, "application/json", b"{\"error\":\"no stats yet\"}", "", head_only),
+        },
         _ => respond(
             &mut stream,
             404,
@@ -326,7 +352,7 @@ fn stream_mjpeg(stream: &mut TcpStream, peer: SocketAddr, ctx: &Ctx, head_only: 
     if head_only {
         return Ok(());
     }
-    let sub = ctx.hub.subscribe(ViewerKind::Http, peer.to_string());
+    let sub = ctx.feed.hub.subscribe(KIND, peer.to_string());
     info!(%peer, viewer = sub.id, advance_headers = advance, "HTTP viewer joined /stream.mjpg");
     // With advance headers the next part's headers follow each frame at once: Chrome shows
     // a part only when it has read the next part's headers. Those cannot carry the next
@@ -363,23 +389,17 @@ fn stream_mjpeg(stream: &mut TcpStream, peer: SocketAddr, ctx: &Ctx, head_only: 
             info!(%peer, viewer = sub.id, reason = %e, "HTTP viewer left");
             return Ok(());
         }
-        let len = jpeg.len() as u64;
-        sub.counters.frames.fetch_add(1, Ordering::Relaxed);
-        sub.counters.bytes.fetch_add(len, Ordering::Relaxed);
-        ctx.meter.update(|c| {
-            c.sent += 1;
-            c.frame_moved(len);
-        });
+        ctx.feed.sent(&sub, jpeg.len() as u64);
     }
 }
 
 fn snapshot(stream: &mut TcpStream, peer: SocketAddr, ctx: &Ctx, head_only: bool) -> io::Result<()> {
     let fresh = |f: &Shared| now_us().saturating_sub(f.header.capture_us) < 1_000_000;
-    let frame = match ctx.hub.latest().filter(fresh) {
+    let frame = match ctx.feed.hub.latest().filter(fresh) {
         Some(f) => Some(f),
         None => {
             // Nothing recent (encoding pauses while nobody watches): watch for one frame.
-            let sub = ctx.hub.subscribe(ViewerKind::Http, format!("{peer} (snapshot)"));
+            let sub = ctx.feed.hub.subscribe(KIND, format!("{peer} (snapshot)"));
             sub.rx.recv_timeout(Duration::from_secs(3)).ok()
         }
     };
