@@ -221,60 +221,71 @@ fn handle(mut stream: TcpStream, peer: SocketAddr, ctx: &Ctx) -> io::Result<()> 
             return respond(&mut stream, 400, "text/plain", format!("bad request: {e}\n").as_bytes(), "", false);
         }
     }
+    request(&mut stream, peer, ctx, &req)
+}
+
+/// Answers a parsed request: checks the method and the access token, then routes it.
+fn request(stream: &mut TcpStream, peer: SocketAddr, ctx: &Ctx, req: &httparse::Request) -> io::Result<()> {
     let method = req.method.unwrap_or("");
     let (path, query) = req.path.unwrap_or("/").split_once('?').unwrap_or((req.path.unwrap_or("/"), ""));
     let head_only = match method {
         "GET" => false,
         "HEAD" => true,
         _ => {
-            return respond(&mut stream, 405, "text/plain", b"only GET and HEAD\n", "Allow: GET, HEAD\r\n", false);
+            return respond(stream, 405, "text/plain", b"only GET and HEAD\n", "Allow: GET, HEAD\r\n", false);
         }
     };
     debug!(%peer, method, path, "HTTP request");
-    let mut page_headers = String::new();
-    if let Some(token) = &ctx.token {
-        match presented_token(req.headers, query) {
-            Some((t, from_query)) if crate::net::secure::token_matches(t, token) => {
-                if from_query {
-                    page_headers = format!("Set-Cookie: {TOKEN_COOKIE}={t}; Path=/; HttpOnly; SameSite=Strict\r\n");
-                }
-            }
-            presented => {
-                let why = if presented.is_some() { "wrong access token" } else { "no access token" };
-                info!(%peer, path, "HTTP: {why}; refused (401)");
-                return respond(
-                    &mut stream,
-                    401,
-                    "text/plain",
-                    b"this stream needs its access token: add ?token=TOKEN to the URL (the sender logs the \
-                      URL at start), or send Authorization: Bearer TOKEN\n",
-                    "WWW-Authenticate: Bearer realm=\"framecast\"\r\n",
-                    head_only,
-                );
-            }
+    let page_headers = match authorize(ctx, req.headers, query) {
+        Ok(h) => h,
+        Err(why) => {
+            info!(%peer, path, "HTTP: {why}; refused (401)");
+            return respond(
+                stream,
+                401,
+                "text/plain",
+                b"this stream needs its access token: add ?token=TOKEN to the URL (the sender logs the \
+                  URL at start), or send Authorization: Bearer TOKEN\n",
+                "WWW-Authenticate: Bearer realm=\"framecast\"\r\n",
+                head_only,
+            );
         }
-    }
+    };
     match path {
         "/" | "/index.html" => {
-            respond(&mut stream, 200, "text/html; charset=utf-8", PAGE.as_bytes(), &page_headers, head_only)
+            respond(stream, 200, "text/html; charset=utf-8", PAGE.as_bytes(), &page_headers, head_only)
         }
         "/stream.mjpg" => {
             let advance = query.split('&').any(|kv| kv == "advance_headers=1");
-            stream_mjpeg(&mut stream, peer, ctx, head_only, advance)
+            stream_mjpeg(stream, peer, ctx, head_only, advance)
         }
-        "/snapshot.jpg" => snapshot(&mut stream, peer, ctx, head_only),
+        "/snapshot.jpg" => snapshot(stream, peer, ctx, head_only),
         "/stats" => match ctx.feed.stats.get() {
-            Some(json) => respond(&mut stream, 200, "application/json", json.as_bytes(), "", head_only),
-            None => respond(&mut stream, 503, "application/json", b"{\"error\":\"no stats yet\"}", "", head_only),
+            Some(json) => respond(stream, 200, "application/json", json.as_bytes(), "", head_only),
+            None => respond(stream, 503, "application/json", b"{\"error\":\"no stats yet\"}", "", head_only),
         },
         _ => respond(
-            &mut stream,
+            stream,
             404,
             "text/plain",
             b"not found: try /, /stream.mjpg, /snapshot.jpg or /stats\n",
             "",
             head_only,
         ),
+    }
+}
+
+/// With a key: the token the request carries must match. Returns the headers a page
+/// response adds (the cookie, when the token came in the URL), or why it is refused.
+fn authorize(ctx: &Ctx, headers: &[httparse::Header], query: &str) -> Result<String, &'static str> {
+    let Some(token) = &ctx.token else { return Ok(String::new()) };
+    match presented_token(headers, query) {
+        Some((t, true)) if crate::net::secure::token_matches(t, token) => {
+            Ok(format!("Set-Cookie: {TOKEN_COOKIE}={t}; Path=/; HttpOnly; SameSite=Strict\r\n"))
+        }
+        Some((t, false)) if crate::net::secure::token_matches(t, token) => Ok(String::new()),
+        Some(_) => Err("wrong access token"),
+        None => Err("no access token"),
     }
 }
 
