@@ -55,7 +55,7 @@ const EVENTS: usize = 64;
 pub struct Native {
     endpoint: Endpoint,
     /// How long `--connect --once` keeps retrying a refused connection.
-    patience: std::time::Duration,
+    patience: Duration,
     once: bool,
     congestion: Option<Congestion>,
     key: Option<Arc<Key>>,
