@@ -136,7 +136,8 @@ fn hub_publish(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     for viewers in [1usize, 4] {
         let hub = Hub::new();
-        let subs: Vec<_> = (0..viewers).map(|i| hub.subscribe(ViewerKind::Native, format!("viewer-{i}"))).collect();
+        let subs: Vec<_> =
+            (0..viewers).map(|i| hub.subscribe(ViewerKind::new("native"), format!("viewer-{i}"))).collect();
         let meter = Meter::disabled(Side::Sender);
         let mut ring = FrameRing::default();
         let mut seq = 0u64;

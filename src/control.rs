@@ -2,10 +2,12 @@
 //! quality and the encoded frame rate from what it measures, so that the bytes put on the link
 //! match what the link can carry.
 //!
-//! It is pure code over timestamps (µs on the sender's clock) and byte counts, fed by the
-//! encoder (each frame's size and quality), by each native viewer's writer (frames dropped
-//! because too many were unacknowledged: congestion) and by the acknowledgements coming back
-//! (delivered bytes and the capture→acknowledged delay). Every [`TICK_US`] it decides:
+//! It is pure code over timestamps (µs on the sender's clock) and byte counts, owned by the
+//! sender's `encode` thread and fed by the encoder (each frame's size and quality, frames
+//! dropped because a viewer had too many unacknowledged: congestion) and, through events the
+//! native viewers' threads send with the time each thing happened, by the acknowledgements
+//! coming back (delivered bytes and the capture→acknowledged delay) and the frames in
+//! flight. Every [`TICK_US`] it decides:
 //!
 //! 1. **The allowed rate.** With a target, that target. With a latency budget, a delay-based
 //!    estimate in the spirit of GCC: when the measured latency nears the budget or frames are
@@ -107,6 +109,16 @@ impl fmt::Display for Decision {
     }
 }
 
+/// Where a decision starts from: the allowed rate, the rate predicted now (kbit/s), the
+/// frame rate now and the most capture delivers.
+#[derive(Clone, Copy)]
+struct Fit {
+    rate: f64,
+    predicted: f64,
+    fps: f64,
+    fps_cap: f64,
+}
+
 #[derive(Clone, Copy, Default)]
 struct SizeMemo {
     bytes: f64,
@@ -196,6 +208,12 @@ impl Controller {
 
     pub fn status(&self) -> ControlStatus {
         self.status.clone()
+    }
+
+    /// When the controller last decided (µs), the only time its [`status`](Self::status)
+    /// changes; `None` before the first decision.
+    pub fn last_tick(&self) -> Option<u64> {
+        self.last_tick
     }
 
     /// A captured frame reached the encoder: returns whether to encode it (frames above the
@@ -417,60 +435,72 @@ impl Controller {
         }
         let fps = self.setting.fps.min(fps_cap);
         let predicted = self.predicted_kbps(q, half, fps)?;
-        let bytes_per_frame = self.sizes[memo_index(q, half)].bytes;
+        let at = Fit { rate, predicted, fps, fps_cap };
         if predicted > rate * 1.05 {
-            if q > self.cfg.min_quality {
-                // ~4 % of size per quality step: step by the log of the excess.
-                let steps = ((predicted / rate).ln() / 1.04f64.ln()).ceil().clamp(1.0, 10.0) as u8;
-                let to = q.saturating_sub(steps).max(self.cfg.min_quality);
-                self.set(Setting { quality: to, ..self.setting });
-                return Some(format!("predicted {predicted:.0} kbit/s over the rate: quality {q} -> {to}"));
-            }
-            let to = (rate * 1000.0 / 8.0 / bytes_per_frame).clamp(1.0, fps_cap);
-            if self.cfg.allow_downscale && !half && to < 0.6 * fps_cap {
-                self.set(Setting { quality: q, fps: fps_cap, half: true });
-                return Some(format!("quality at its minimum {q} and fps would fall to {to:.1}: half size"));
-            }
-            if (to - self.setting.fps).abs() >= 0.1 {
+            self.fit_over(at)
+        } else if predicted < rate * 0.92 {
+            self.fit_under(at)
+        } else {
+            None
+        }
+    }
+
+    /// Over the rate: quality down, then (at the minimum) half size or fewer frames.
+    fn fit_over(&mut self, Fit { rate, predicted, fps, fps_cap }: Fit) -> Option<String> {
+        let Setting { quality: q, half, .. } = self.setting;
+        let bytes_per_frame = self.sizes[memo_index(q, half)].bytes;
+        if q > self.cfg.min_quality {
+            // ~4 % of size per quality step: step by the log of the excess.
+            let steps = ((predicted / rate).ln() / 1.04f64.ln()).ceil().clamp(1.0, 10.0) as u8;
+            let to = q.saturating_sub(steps).max(self.cfg.min_quality);
+            self.set(Setting { quality: to, ..self.setting });
+            return Some(format!("predicted {predicted:.0} kbit/s over the rate: quality {q} -> {to}"));
+        }
+        let to = (rate * 1000.0 / 8.0 / bytes_per_frame).clamp(1.0, fps_cap);
+        if self.cfg.allow_downscale && !half && to < 0.6 * fps_cap {
+            self.set(Setting { quality: q, fps: fps_cap, half: true });
+            return Some(format!("quality at its minimum {q} and fps would fall to {to:.1}: half size"));
+        }
+        if (to - self.setting.fps).abs() >= 0.1 {
+            self.set(Setting { fps: to, ..self.setting });
+            return Some(format!("quality at its minimum {q}: fps {fps:.1} -> {to:.1}"));
+        }
+        None
+    }
+
+    /// Under the rate with room: the frame rate back first, then full size, then quality up.
+    fn fit_under(&mut self, Fit { rate, predicted, fps, fps_cap }: Fit) -> Option<String> {
+        let Setting { quality: q, half, .. } = self.setting;
+        let bytes_per_frame = self.sizes[memo_index(q, half)].bytes;
+        if self.setting.fps < fps_cap - 0.05 {
+            let to = (rate * 1000.0 / 8.0 / bytes_per_frame).min(fps_cap);
+            if to > self.setting.fps + 0.05 {
                 self.set(Setting { fps: to, ..self.setting });
-                return Some(format!("quality at its minimum {q}: fps {fps:.1} -> {to:.1}"));
+                return Some(format!("room: fps {fps:.1} -> {to:.1}"));
             }
             return None;
         }
-        if predicted < rate * 0.92 {
-            if self.setting.fps < fps_cap - 0.05 {
-                let to = (rate * 1000.0 / 8.0 / bytes_per_frame).min(fps_cap);
-                if to > self.setting.fps + 0.05 {
-                    self.set(Setting { fps: to, ..self.setting });
-                    return Some(format!("room: fps {fps:.1} -> {to:.1}"));
-                }
-                return None;
+        if half {
+            // Back to full size at the lowest quality if that fits at the full rate: a full
+            // frame is about 3.5 half frames when its size is not remembered.
+            let full = self.predicted_kbps(self.cfg.min_quality, false, fps_cap).unwrap_or(
+                self.sizes[memo_index(self.cfg.min_quality.max(q), true)].bytes * 3.5 * 8.0 * fps_cap / 1000.0,
+            );
+            if full < rate * 0.9 {
+                self.set(Setting { quality: self.cfg.min_quality, fps: fps_cap, half: false });
+                return Some(format!("full size at quality {} predicted {full:.0} kbit/s: fits", self.cfg.min_quality));
             }
-            if half {
-                // Back to full size at the lowest quality if that fits at the full rate: a full
-                // frame is about 3.5 half frames when its size is not remembered.
-                let full = self.predicted_kbps(self.cfg.min_quality, false, fps_cap).unwrap_or(
-                    self.sizes[memo_index(self.cfg.min_quality.max(q), true)].bytes * 3.5 * 8.0 * fps_cap / 1000.0,
-                );
-                if full < rate * 0.9 {
-                    self.set(Setting { quality: self.cfg.min_quality, fps: fps_cap, half: false });
-                    return Some(format!(
-                        "full size at quality {} predicted {full:.0} kbit/s: fits",
-                        self.cfg.min_quality
-                    ));
+        }
+        if q < self.ceiling {
+            let step = if predicted < rate * 0.7 { 2 } else { 1 };
+            let to = (q + step).min(self.ceiling);
+            if let Some(next) = self.predicted_kbps(to, half, fps) {
+                if next > rate * 1.02 {
+                    return None; // the next step was seen to be too big
                 }
             }
-            if q < self.ceiling {
-                let step = if predicted < rate * 0.7 { 2 } else { 1 };
-                let to = (q + step).min(self.ceiling);
-                if let Some(next) = self.predicted_kbps(to, half, fps) {
-                    if next > rate * 1.02 {
-                        return None; // the next step was seen to be too big
-                    }
-                }
-                self.set(Setting { quality: to, ..self.setting });
-                return Some(format!("predicted {predicted:.0} kbit/s leaves room: quality {q} -> {to}"));
-            }
+            self.set(Setting { quality: to, ..self.setting });
+            return Some(format!("predicted {predicted:.0} kbit/s leaves room: quality {q} -> {to}"));
         }
         None
     }

@@ -2,11 +2,12 @@
 //! HTTP, through a newest-frame-wins slot of its own. A slow or stalled viewer loses frames
 //! in its own slot and never slows the encoder or the other viewers.
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use crate::chan::{latest, LatestReceiver, LatestSender, Pushed};
@@ -28,14 +29,27 @@ pub type Shared = Arc<EncodedFrame>;
 /// A new viewer is sent the newest frame at once if it was captured this recently, µs.
 const FRESH_US: u64 = 50_000;
 
-/// How a viewer watches.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ViewerKind {
-    /// The framecast protocol (`framecast recv`).
-    Native,
-    /// HTTP multipart MJPEG (`/stream.mjpg`) or a snapshot.
-    Http,
+/// How a viewer watches: the name of its transport ("native" for the framecast protocol,
+/// "http" for MJPEG and snapshots), as the `links` stats show it. Each transport defines its
+/// own (`sender::native::KIND`), so a new transport adds no variant here.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ViewerKind(Cow<'static, str>);
+
+impl ViewerKind {
+    pub const fn new(name: &'static str) -> Self {
+        ViewerKind(Cow::Borrowed(name))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for ViewerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 /// Counters of one viewer's link, updated by its writer (frames, bytes) and by the hub
@@ -183,7 +197,7 @@ impl Hub {
             .iter()
             .map(|s| LinkReport {
                 id: s.id,
-                kind: s.kind,
+                kind: s.kind.clone(),
                 peer: s.peer.clone(),
                 seconds: (s.joined.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
                 frames: s.counters.frames.load(Ordering::Relaxed),
@@ -198,7 +212,7 @@ fn prune(g: &mut Inner) {
     g.slots.retain(|s| {
         let gone = s.tx.is_disconnected();
         if gone {
-            info!(viewer = s.id, kind = ?s.kind, peer = %s.peer, "viewer left");
+            info!(viewer = s.id, kind = %s.kind, peer = %s.peer, "viewer left");
         }
         !gone
     });
@@ -248,6 +262,9 @@ mod tests {
     use super::*;
     use crate::stats::Side;
 
+    const NATIVE: ViewerKind = ViewerKind::new("native");
+    const HTTP: ViewerKind = ViewerKind::new("http");
+
     fn frame(seq: u64) -> Shared {
         Arc::new(EncodedFrame { header: FrameHeader { seq, ..Default::default() }, jpeg: JpegBuf::default() })
     }
@@ -256,8 +273,8 @@ mod tests {
     fn every_viewer_gets_every_frame_it_keeps_up_with() {
         let hub = Hub::new();
         let meter = Meter::new(Side::Sender);
-        let a = hub.subscribe(ViewerKind::Native, "a".into());
-        let b = hub.subscribe(ViewerKind::Http, "b".into());
+        let a = hub.subscribe(NATIVE, "a".into());
+        let b = hub.subscribe(HTTP, "b".into());
         hub.publish(frame(1), false, &meter);
         assert_eq!(a.rx.try_recv().unwrap().header.seq, 1);
         assert_eq!(b.rx.try_recv().unwrap().header.seq, 1);
@@ -268,8 +285,8 @@ mod tests {
     fn a_slow_viewer_drops_alone() {
         let hub = Hub::new();
         let meter = Meter::new(Side::Sender);
-        let fast = hub.subscribe(ViewerKind::Native, "fast".into());
-        let slow = hub.subscribe(ViewerKind::Http, "slow".into());
+        let fast = hub.subscribe(NATIVE, "fast".into());
+        let slow = hub.subscribe(HTTP, "slow".into());
         for seq in 0..10 {
             hub.publish(frame(seq), false, &meter);
             assert_eq!(fast.rx.try_recv().unwrap().header.seq, seq, "the fast viewer misses nothing");
@@ -284,7 +301,7 @@ mod tests {
     fn drops_while_waiting_for_acks_count_as_congestion() {
         let hub = Hub::new();
         let meter = Meter::new(Side::Sender);
-        let v = hub.subscribe(ViewerKind::Native, "v".into());
+        let v = hub.subscribe(NATIVE, "v".into());
         assert_eq!(hub.publish(frame(1), false, &meter), 0);
         v.counters.congested.store(true, Ordering::Relaxed);
         assert_eq!(hub.publish(frame(2), false, &meter), 1);
@@ -305,12 +322,12 @@ mod tests {
                 jpeg: JpegBuf::default(),
             })
         };
-        let _first = hub.subscribe(ViewerKind::Native, "first".into());
+        let _first = hub.subscribe(NATIVE, "first".into());
         hub.publish(fresh(1, now_us()), false, &meter);
-        let late = hub.subscribe(ViewerKind::Http, "late".into());
+        let late = hub.subscribe(HTTP, "late".into());
         assert_eq!(late.rx.try_recv().unwrap().header.seq, 1);
         hub.publish(fresh(2, now_us().saturating_sub(10 * FRESH_US)), false, &meter);
-        let later = hub.subscribe(ViewerKind::Http, "later".into());
+        let later = hub.subscribe(HTTP, "later".into());
         assert!(later.rx.try_recv().is_err(), "a stale frame is not sent to a new viewer");
     }
 
@@ -318,17 +335,26 @@ mod tests {
     fn leaving_and_closing() {
         let hub = Hub::new();
         let meter = Meter::new(Side::Sender);
-        let a = hub.subscribe(ViewerKind::Native, "a".into());
-        drop(hub.subscribe(ViewerKind::Native, "b".into()));
+        let a = hub.subscribe(NATIVE, "a".into());
+        drop(hub.subscribe(NATIVE, "b".into()));
         assert_eq!(hub.viewers(), 1);
         hub.publish(frame(1), false, &meter);
         assert_eq!(hub.links().len(), 1);
         hub.close();
         assert!(a.rx.try_recv().is_ok(), "a queued frame is still delivered");
         assert!(a.rx.recv().is_err(), "then the subscription ends");
-        let late = hub.subscribe(ViewerKind::Http, "late".into());
+        let late = hub.subscribe(HTTP, "late".into());
         assert!(late.rx.recv().is_err());
         assert_eq!(hub.latest().unwrap().header.seq, 1);
+    }
+
+    #[test]
+    fn kinds_serialise_as_their_names() {
+        let link = LinkReport { id: 1, kind: NATIVE, peer: "p".into(), seconds: 0.0, frames: 0, bytes: 0, drops: 0 };
+        let v = serde_json::to_value(&link).unwrap();
+        assert_eq!(v["kind"], "native");
+        assert_eq!(serde_json::from_value::<ViewerKind>(v["kind"].clone()).unwrap(), NATIVE);
+        assert_eq!(serde_json::to_value(HTTP).unwrap(), "http");
     }
 
     #[test]

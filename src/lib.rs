@@ -37,7 +37,7 @@ pub mod cli;
 pub mod clock;
 pub mod codec;
 pub mod control;
-pub mod http;
+pub use sender::http;
 pub mod hub;
 pub mod net;
 pub mod netsim;

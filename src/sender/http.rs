@@ -1,4 +1,4 @@
-//! The sender's HTTP endpoint (`send --http ADDR:PORT`), run by the `http` thread and one
+//! The HTTP transport (`send --http ADDR:PORT`), run by the `http` thread and one `http-PEER`
 //! thread per client:
 //!
 //! - `/`: a page with the live stream and live stats, usable on a phone;
@@ -9,7 +9,7 @@
 //! Requests are parsed with `httparse`; this module only bounds them: at most 8 KiB of
 //! request head (431 beyond), 10 s to send it (408 after), `GET`/`HEAD` only (405), 64
 //! clients at once (503). Each MJPEG client is a hub viewer with its own newest-frame-wins
-//! slot, so a slow client loses frames alone.
+//! slot, so a slow client loses frames alone (see `transport.rs` for the contract).
 //!
 //! With a key (`--key-file`) every request needs the access token derived from it (a keyed
 //! BLAKE2s hash of a fixed label, so the key itself never crosses plain HTTP): `?token=T` in
@@ -27,19 +27,22 @@ use std::fmt::Write as _;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use crossbeam_channel::RecvTimeoutError;
 use tracing::{debug, info, warn};
 
+use super::transport::{Feed, Transport};
 use crate::clock::now_us;
-use crate::hub::{Hub, Shared, ViewerKind};
+use crate::hub::{Shared, ViewerKind};
 use crate::net::conn::{accept_loop, Next};
 use crate::net::io::write_all_vectored;
-use crate::stats::Meter;
+use crate::stage::{self, Stage};
+
+/// How HTTP viewers are named in the `links` stats.
+pub const KIND: ViewerKind = ViewerKind::new("http");
 
 /// The multipart boundary of `/stream.mjpg`.
 pub const BOUNDARY: &str = "framecastframe";
@@ -58,9 +61,7 @@ const POLL: Duration = Duration::from_millis(100);
 /// What every client thread shares.
 #[derive(Clone)]
 struct Ctx {
-    hub: Arc<Hub>,
-    meter: Meter,
-    stats: Arc<Mutex<Option<String>>>,
+    feed: Feed,
     /// The access token every request must carry (when the sender has a key).
     token: Option<Arc<str>>,
 }
@@ -68,64 +69,88 @@ struct Ctx {
 /// The cookie a page opened with `?token=` sets, so that its own requests carry the token.
 pub const TOKEN_COOKIE: &str = "framecast_token";
 
-/// Serves HTTP on `listener` until the hub closes (the stream ended).
-pub fn serve(
+/// The HTTP transport: a listening socket, and the access token when the sender has a key.
+pub struct Http {
     listener: TcpListener,
-    hub: Arc<Hub>,
-    meter: Meter,
-    stats: Arc<Mutex<Option<String>>>,
     token: Option<String>,
-) -> anyhow::Result<()> {
-    let addr = listener.local_addr().context("HTTP socket")?;
-    match &token {
-        None => info!(%addr, "HTTP: page at http://{addr}/, MJPEG at /stream.mjpg, /snapshot.jpg, /stats"),
-        Some(t) => info!(
-            %addr,
-            "HTTP (key required): page at http://{addr}/?token={t}, MJPEG at /stream.mjpg?token={t}, \
-             /snapshot.jpg, /stats (token in ?token=, a Bearer header or the page's cookie)"
-        ),
+}
+
+impl Http {
+    pub fn new(listener: TcpListener, token: Option<String>) -> Self {
+        Http { listener, token }
     }
-    let ctx = Ctx { hub, meter, stats, token: token.map(Arc::from) };
-    let active = Arc::new(AtomicUsize::new(0));
-    let mut clients: Vec<(JoinHandle<()>, TcpStream)> = Vec::new();
-    accept_loop(&listener, &|| ctx.hub.is_closed(), |mut stream, peer| {
-        clients.retain(|(h, _)| !h.is_finished());
-        if active.load(Ordering::Relaxed) >= MAX_CLIENTS {
-            warn!(%peer, "HTTP: too many clients; refusing one");
-            let _ = respond(&mut stream, 503, "text/plain", b"too many clients\n", "", false);
-            return Next::Accept;
-        }
-        let Ok(keep) = stream.try_clone() else { return Next::Accept };
-        active.fetch_add(1, Ordering::Relaxed);
-        let (client_ctx, client_active) = (ctx.clone(), active.clone());
-        let spawned = thread::Builder::new().name(format!("http-{peer}")).spawn(move || {
-            let fin = stream.try_clone();
-            if let Err(e) = handle(stream, peer, &client_ctx) {
-                debug!(%peer, error = %e, "HTTP client gone");
-            }
-            // `keep`, in `clients`, holds the socket open until the next accept: close it now.
-            if let Ok(s) = fin {
-                let _ = s.shutdown(std::net::Shutdown::Both);
-            }
-            client_active.fetch_sub(1, Ordering::Relaxed);
-        });
-        match spawned {
-            Ok(h) => clients.push((h, keep)),
-            Err(e) => {
-                warn!(%peer, error = %e, "HTTP: cannot start a client thread");
-                active.fetch_sub(1, Ordering::Relaxed);
-            }
-        }
-        Next::Accept
-    })
-    .context("HTTP socket")?;
-    // The stream is over: end the clients still connected (a stalled one would otherwise
-    // hold its thread until its write times out).
-    for (h, stream) in clients {
-        let _ = stream.shutdown(std::net::Shutdown::Both);
-        let _ = h.join();
+}
+
+impl Transport for Http {
+    fn name(&self) -> &'static str {
+        "http"
     }
-    Ok(())
+
+    /// Serves HTTP until the hub closes (the stream ended).
+    fn serve(self: Box<Self>, feed: Feed) -> anyhow::Result<()> {
+        let Http { listener, token } = *self;
+        let addr = listener.local_addr().context("HTTP socket")?;
+        match &token {
+            None => info!(%addr, "HTTP: page at http://{addr}/, MJPEG at /stream.mjpg, /snapshot.jpg, /stats"),
+            Some(t) => info!(
+                %addr,
+                "HTTP (key required): page at http://{addr}/?token={t}, MJPEG at /stream.mjpg?token={t}, \
+                 /snapshot.jpg, /stats (token in ?token=, a Bearer header or the page's cookie)"
+            ),
+        }
+        let ctx = Ctx { feed, token: token.map(Arc::from) };
+        let active = Arc::new(AtomicUsize::new(0));
+        let mut clients: Vec<(Stage, TcpStream)> = Vec::new();
+        accept_loop(&listener, &|| ctx.feed.hub.is_closed(), |stream, peer| {
+            clients.retain(|(h, _)| !h.is_finished());
+            match admit(stream, peer, &ctx, &active) {
+                Ok(Some(client)) => clients.push(client),
+                Ok(None) => {}
+                Err(e) => warn!(%peer, error = format!("{e:#}"), "HTTP: cannot serve a client"),
+            }
+            Next::Accept
+        })
+        .context("HTTP socket")?;
+        // The stream is over: end the clients still connected (a stalled one would otherwise
+        // hold its thread until its write times out).
+        for (h, stream) in clients {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+            let _ = h.join();
+        }
+        Ok(())
+    }
+}
+
+/// Starts a client's thread, or refuses the client when too many are connected. Returns the
+/// thread and a handle on its socket, to end it when the stream ends.
+fn admit(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    ctx: &Ctx,
+    active: &Arc<AtomicUsize>,
+) -> anyhow::Result<Option<(Stage, TcpStream)>> {
+    if active.load(Ordering::Relaxed) >= MAX_CLIENTS {
+        warn!(%peer, "HTTP: too many clients; refusing one");
+        let _ = respond(&mut stream, 503, "text/plain", b"too many clients\n", "", false);
+        return Ok(None);
+    }
+    let Ok(keep) = stream.try_clone() else { return Ok(None) };
+    active.fetch_add(1, Ordering::Relaxed);
+    let (ctx, active) = (ctx.clone(), active.clone());
+    let h = stage::spawn(format!("http-{peer}"), move || {
+        let fin = stream.try_clone();
+        if let Err(e) = handle(stream, peer, &ctx) {
+            debug!(%peer, error = %e, "HTTP client gone");
+        }
+        // `keep`, kept by the accept loop, holds the socket open until the next accept:
+        // close the connection now.
+        if let Ok(s) = fin {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+        active.fetch_sub(1, Ordering::Relaxed);
+        Ok(())
+    })?;
+    Ok(Some((h, keep)))
 }
 
 /// Why a request head could not be read.
@@ -191,63 +216,71 @@ fn handle(mut stream: TcpStream, peer: SocketAddr, ctx: &Ctx) -> io::Result<()> 
             return respond(&mut stream, 400, "text/plain", format!("bad request: {e}\n").as_bytes(), "", false);
         }
     }
+    request(&mut stream, peer, ctx, &req)
+}
+
+/// Answers a parsed request: checks the method and the access token, then routes it.
+fn request(stream: &mut TcpStream, peer: SocketAddr, ctx: &Ctx, req: &httparse::Request) -> io::Result<()> {
     let method = req.method.unwrap_or("");
     let (path, query) = req.path.unwrap_or("/").split_once('?').unwrap_or((req.path.unwrap_or("/"), ""));
     let head_only = match method {
         "GET" => false,
         "HEAD" => true,
         _ => {
-            return respond(&mut stream, 405, "text/plain", b"only GET and HEAD\n", "Allow: GET, HEAD\r\n", false);
+            return respond(stream, 405, "text/plain", b"only GET and HEAD\n", "Allow: GET, HEAD\r\n", false);
         }
     };
     debug!(%peer, method, path, "HTTP request");
-    let mut page_headers = String::new();
-    if let Some(token) = &ctx.token {
-        match presented_token(req.headers, query) {
-            Some((t, from_query)) if crate::net::secure::token_matches(t, token) => {
-                if from_query {
-                    page_headers = format!("Set-Cookie: {TOKEN_COOKIE}={t}; Path=/; HttpOnly; SameSite=Strict\r\n");
-                }
-            }
-            presented => {
-                let why = if presented.is_some() { "wrong access token" } else { "no access token" };
-                info!(%peer, path, "HTTP: {why}; refused (401)");
-                return respond(
-                    &mut stream,
-                    401,
-                    "text/plain",
-                    b"this stream needs its access token: add ?token=TOKEN to the URL (the sender logs the \
-                      URL at start), or send Authorization: Bearer TOKEN\n",
-                    "WWW-Authenticate: Bearer realm=\"framecast\"\r\n",
-                    head_only,
-                );
-            }
+    let page_headers = match authorize(ctx, req.headers, query) {
+        Ok(h) => h,
+        Err(why) => {
+            info!(%peer, path, "HTTP: {why}; refused (401)");
+            return respond(
+                stream,
+                401,
+                "text/plain",
+                b"this stream needs its access token: add ?token=TOKEN to the URL (the sender logs the \
+                  URL at start), or send Authorization: Bearer TOKEN\n",
+                "WWW-Authenticate: Bearer realm=\"framecast\"\r\n",
+                head_only,
+            );
         }
-    }
+    };
     match path {
         "/" | "/index.html" => {
-            respond(&mut stream, 200, "text/html; charset=utf-8", PAGE.as_bytes(), &page_headers, head_only)
+            respond(stream, 200, "text/html; charset=utf-8", PAGE.as_bytes(), &page_headers, head_only)
         }
         "/stream.mjpg" => {
             let advance = query.split('&').any(|kv| kv == "advance_headers=1");
-            stream_mjpeg(&mut stream, peer, ctx, head_only, advance)
+            stream_mjpeg(stream, peer, ctx, head_only, advance)
         }
-        "/snapshot.jpg" => snapshot(&mut stream, peer, ctx, head_only),
-        "/stats" => {
-            let body = ctx.stats.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            match body {
-                Some(json) => respond(&mut stream, 200, "application/json", json.as_bytes(), "", head_only),
-                None => respond(&mut stream, 503, "application/json", b"{\"error\":\"no stats yet\"}", "", head_only),
-            }
-        }
+        "/snapshot.jpg" => snapshot(stream, peer, ctx, head_only),
+        "/stats" => match ctx.feed.stats.get() {
+            Some(json) => respond(stream, 200, "application/json", json.as_bytes(), "", head_only),
+            None => respond(stream, 503, "application/json", b"{\"error\":\"no stats yet\"}", "", head_only),
+        },
         _ => respond(
-            &mut stream,
+            stream,
             404,
             "text/plain",
             b"not found: try /, /stream.mjpg, /snapshot.jpg or /stats\n",
             "",
             head_only,
         ),
+    }
+}
+
+/// With a key: the token the request carries must match. Returns the headers a page
+/// response adds (the cookie, when the token came in the URL), or why it is refused.
+fn authorize(ctx: &Ctx, headers: &[httparse::Header], query: &str) -> Result<String, &'static str> {
+    let Some(token) = &ctx.token else { return Ok(String::new()) };
+    match presented_token(headers, query) {
+        Some((t, true)) if crate::net::secure::token_matches(t, token) => {
+            Ok(format!("Set-Cookie: {TOKEN_COOKIE}={t}; Path=/; HttpOnly; SameSite=Strict\r\n"))
+        }
+        Some((t, false)) if crate::net::secure::token_matches(t, token) => Ok(String::new()),
+        Some(_) => Err("wrong access token"),
+        None => Err("no access token"),
     }
 }
 
@@ -325,7 +358,7 @@ fn stream_mjpeg(stream: &mut TcpStream, peer: SocketAddr, ctx: &Ctx, head_only: 
     if head_only {
         return Ok(());
     }
-    let sub = ctx.hub.subscribe(ViewerKind::Http, peer.to_string());
+    let sub = ctx.feed.hub.subscribe(KIND, peer.to_string());
     info!(%peer, viewer = sub.id, advance_headers = advance, "HTTP viewer joined /stream.mjpg");
     // With advance headers the next part's headers follow each frame at once: Chrome shows
     // a part only when it has read the next part's headers. Those cannot carry the next
@@ -362,23 +395,17 @@ fn stream_mjpeg(stream: &mut TcpStream, peer: SocketAddr, ctx: &Ctx, head_only: 
             info!(%peer, viewer = sub.id, reason = %e, "HTTP viewer left");
             return Ok(());
         }
-        let len = jpeg.len() as u64;
-        sub.counters.frames.fetch_add(1, Ordering::Relaxed);
-        sub.counters.bytes.fetch_add(len, Ordering::Relaxed);
-        ctx.meter.update(|c| {
-            c.sent += 1;
-            c.frame_moved(len);
-        });
+        ctx.feed.sent(&sub, jpeg.len() as u64);
     }
 }
 
 fn snapshot(stream: &mut TcpStream, peer: SocketAddr, ctx: &Ctx, head_only: bool) -> io::Result<()> {
     let fresh = |f: &Shared| now_us().saturating_sub(f.header.capture_us) < 1_000_000;
-    let frame = match ctx.hub.latest().filter(fresh) {
+    let frame = match ctx.feed.hub.latest().filter(fresh) {
         Some(f) => Some(f),
         None => {
             // Nothing recent (encoding pauses while nobody watches): watch for one frame.
-            let sub = ctx.hub.subscribe(ViewerKind::Http, format!("{peer} (snapshot)"));
+            let sub = ctx.feed.hub.subscribe(KIND, format!("{peer} (snapshot)"));
             sub.rx.recv_timeout(Duration::from_secs(3)).ok()
         }
     };
