@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::proto::{self, Decoder, FrameHeader, Hello, Message, ProtocolError, Role, HELLO_LEN};
 
 /// Bytes read per `read` call when the buffer has no room, and the first allocation.
-const READ_CHUNK: usize = 64 * 1024;
+pub(crate) const READ_CHUNK: usize = 64 * 1024;
 
 /// What can end a connection.
 #[derive(Debug, thiserror::Error)]
