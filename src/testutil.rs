@@ -18,15 +18,16 @@ use crate::net::proto::{FrameHeader, StreamInfo, Subsampling};
 pub const READ_CHUNK: usize = crate::net::io::READ_CHUNK;
 
 /// A frame header as a sender writes it for frame `seq` of stream `info` with a JPEG of
-/// `jpeg_len` bytes: quality 75, 4:2:0, no flags, captured at 1 s + `seq` µs, encoded in
-/// 1.9 ms after 0.1 ms, sent 0.5 ms later. Tests change fields with `..sample_header(..)`.
+/// `jpeg_len` bytes: quality 75, 4:2:0, no flags, captured at 1 s, encoded from 1.0001 s to
+/// 1.002 s and sent at 1.0021 s. Tests change fields with `..sample_header(..)`. (The bytes
+/// are in `docs/malformed-inputs.md`'s table: changing them changes the table.)
 pub fn sample_header(seq: u64, info: StreamInfo, jpeg_len: usize) -> FrameHeader {
     FrameHeader {
         seq,
-        capture_us: 1_000_000 + seq,
-        encode_start_us: 1_000_100 + seq,
-        encode_end_us: 1_002_000 + seq,
-        send_us: 1_002_500 + seq,
+        capture_us: 1_000_000,
+        encode_start_us: 1_000_100,
+        encode_end_us: 1_002_000,
+        send_us: 1_002_100,
         width: info.width as u16,
         height: info.height as u16,
         quality: 75,
