@@ -41,6 +41,8 @@ use serde_json::Value;
 const EXIT: Duration = Duration::from_secs(30);
 /// ImageMagick itself: /usr/local/bin/convert may be a stand-in that only handles PNG.
 const CONVERT: &str = "/usr/bin/convert";
+/// What the Chromium tests run, and the Debian packages that install it.
+const CHROMIUM_TOOLS: [(&str, &str); 2] = [("chromium", "chromium"), (CONVERT, "imagemagick")];
 
 /// The flags that make headless Chromium work as root on a closed network (design.md).
 fn chromium(profile: &Path) -> Command {
@@ -147,7 +149,7 @@ fn wait_for_stats(port: u16, timeout: Duration, ok: impl Fn(&Value) -> bool) -> 
 #[test]
 fn chromium_shows_the_page() {
     let _serial = common::serial();
-    if !require_tools("chromium_shows_the_page", &[("chromium", "chromium"), (CONVERT, "imagemagick")]) {
+    if !require_tools("chromium_shows_the_page", &CHROMIUM_TOOLS) {
         return;
     }
     let dir = scratch_dir("http-chromium");
@@ -817,7 +819,7 @@ fn band_diff(shot: &[u8], frame: &[u8], rows: std::ops::Range<usize>) -> f64 {
 #[test]
 fn chromium_shows_the_newest_frame_at_once() {
     let _serial = common::serial();
-    if !require_tools("chromium_shows_the_newest_frame_at_once", &[("chromium", "chromium"), (CONVERT, "imagemagick")]) {
+    if !require_tools("chromium_shows_the_newest_frame_at_once", &CHROMIUM_TOOLS) {
         return;
     }
     const K: usize = 3;

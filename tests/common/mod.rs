@@ -355,4 +355,3 @@ pub fn fnum(v: &Value, path: &str) -> f64 {
 pub fn records_of(path: &Path, kind: &str) -> Vec<Value> {
     stats_lines(path).into_iter().filter(|v| v["type"] == kind).collect()
 }
-

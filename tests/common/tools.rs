@@ -119,7 +119,6 @@ pub fn run_tool(cmd: &mut Command, timeout: Duration) -> ToolOutput {
     ToolOutput { status, stdout, stderr, took }
 }
 
-
 /// Runs `cmd` as [`run_tool`] does and returns what it printed on stdout; the test fails with
 /// the tool's stderr unless it exits 0.
 pub fn tool_stdout(cmd: &mut Command, timeout: Duration) -> Vec<u8> {
