@@ -1,7 +1,7 @@
 //! External tools a test runs (ffmpeg, chromium, Xvfb, ImageMagick...): finding them, skipping
 //! loudly when one is missing, and running one with a time limit.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
@@ -46,12 +46,13 @@ pub fn require_tools(test: &str, tools: &[(&str, &str)]) -> bool {
 }
 
 /// Skips `test` for `why`: prints `SKIPPED <test>: <why>` in a banner to stderr, or panics
-/// with that message under CI ([`in_ci`]).
+/// with that message under CI ([`in_ci`]). The banner goes straight to the process's stderr,
+/// past the test harness's capture, so that a skipped test shows in a passing run.
 pub fn skip(test: &str, why: &str) {
     let msg = format!("SKIPPED {test}: {why}");
     assert!(!in_ci(), "{msg} (CI is set, so this test fails instead of skipping)");
     let bar = "=".repeat(msg.len().min(100));
-    eprintln!("{bar}\n{msg}\n{bar}");
+    let _ = writeln!(std::io::stderr().lock(), "{bar}\n{msg}\n{bar}");
 }
 
 /// What an external command printed, and how it ended.
