@@ -11,7 +11,7 @@ use std::io::{self, Read};
 use crate::capture::pattern::TestPattern;
 use crate::capture::{Layout, RawFrame};
 use crate::codec::{CodecError, Encoder, JpegBuf};
-use crate::net::proto::{FrameHeader, StreamInfo, Subsampling};
+use crate::net::{FrameHeader, StreamInfo, Subsampling};
 
 /// `MessageReader`'s first allocation and smallest read: its buffer never grows past this
 /// (or twice the largest message allowed) however the bytes arrive.
