@@ -30,9 +30,10 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use framecast::capture::pattern::{planar_to_rgb, TestPattern};
 use framecast::capture::y4m::Y4mSource;
-use framecast::capture::{FrameSource, Layout, RawFrame};
+use framecast::capture::{FrameSource, RawFrame};
 use framecast::codec::{Decoder, Encoder, JpegBuf, Speed};
 use framecast::net::Subsampling;
+use framecast::testutil;
 use framecast::view::{fit, Picture};
 use turbojpeg::PixelFormat;
 
@@ -43,13 +44,7 @@ const SUB: Subsampling = Subsampling::S420;
 const SEQ: u64 = 123;
 
 fn pattern_frame(w: u32, h: u32) -> RawFrame {
-    let mut frame = RawFrame::empty();
-    TestPattern::new(w, h, SUB).render(SEQ, &mut frame.data);
-    frame.seq = SEQ;
-    frame.width = w;
-    frame.height = h;
-    frame.layout = Layout::Yuv(SUB);
-    frame
+    testutil::pattern_frame(w, h, SUB, SEQ)
 }
 
 fn id(w: u32, h: u32, q: u8) -> BenchmarkId {
@@ -188,19 +183,15 @@ fn speed(c: &mut Criterion) {
     }
 }
 
-/// (RGB PSNR against the pattern, luma PSNR against the pattern's Y plane), dB.
-fn psnr(px: &[u32], rgb: &[u8], luma: &[u8]) -> (f64, f64) {
-    let (mut se, mut se_y) = (0f64, 0f64);
-    for ((p, want), y) in px.iter().zip(rgb.chunks_exact(3)).zip(luma) {
-        let got = [(p >> 16) as u8, (p >> 8) as u8, *p as u8].map(f64::from);
-        for c in 0..3 {
-            se += (got[c] - f64::from(want[c])).powi(2);
-        }
-        let got_y = 0.299 * got[0] + 0.587 * got[1] + 0.114 * got[2];
-        se_y += (got_y - f64::from(*y)).powi(2);
+/// Luma PSNR of decoded 0RGB pixels against the pattern's Y plane, in dB: the luma of each
+/// pixel is computed unrounded (JFIF weights), so that it measures the DCT's loss alone.
+fn luma_psnr(px: &[u32], luma: &[u8]) -> f64 {
+    let mut se = 0f64;
+    for (p, y) in px.iter().zip(luma) {
+        let [r, g, b] = [(p >> 16) as u8, (p >> 8) as u8, *p as u8].map(f64::from);
+        se += (0.299 * r + 0.587 * g + 0.114 * b - f64::from(*y)).powi(2);
     }
-    let db = |se: f64, n: usize| 10.0 * (255.0 * 255.0 / (se / n as f64).max(1e-9)).log10();
-    (db(se, px.len() * 3), db(se_y, px.len()))
+    10.0 * (255.0 * 255.0 / (se / px.len() as f64).max(1e-9)).log10()
 }
 
 fn print_quality() {
@@ -222,7 +213,7 @@ fn print_quality() {
                 .expect("decoder")
                 .decode(&jpeg, w as usize, h as usize, &mut px)
                 .expect("decode");
-            let (p, py) = psnr(&px, &rgb, luma);
+            let (p, py) = (testutil::psnr(&testutil::xrgb_to_rgb(&px), &rgb), luma_psnr(&px, luma));
             println!("  {w}x{h} {name:<22} {p:6.2} / {py:6.2}  {:>7}", jpeg.len());
         }
     }

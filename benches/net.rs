@@ -24,8 +24,9 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use framecast::hub::{FrameRing, Hub, ViewerKind};
 use framecast::net::proto::{Ping, Pong};
-use framecast::net::{Ack, Decoder, Event, FrameHeader, Message, MessageReader, StreamInfo, Subsampling};
+use framecast::net::{Ack, Decoder, Event, FrameHeader, Message, MessageReader, StreamInfo};
 use framecast::stats::{Meter, Side};
+use framecast::testutil::sample_header;
 
 const W: u16 = 1280;
 const H: u16 = 720;
@@ -39,22 +40,17 @@ fn jpeg_len(seq: u64) -> usize {
 
 fn frames_stream() -> (Vec<u8>, u64) {
     let mut out = Vec::new();
-    Message::StreamInfo(StreamInfo { width: W.into(), height: H.into(), fps_milli: 30_000 }).encode(&mut out);
+    let info = StreamInfo { width: W.into(), height: H.into(), fps_milli: 30_000 };
+    Message::StreamInfo(info).encode(&mut out);
     let body: Vec<u8> = (0..26_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
     for seq in 0..FRAMES {
         let t = 1_000_000 + seq * 33_333;
         let h = FrameHeader {
-            seq,
             capture_us: t,
             encode_start_us: t + 100,
             encode_end_us: t + 1_600,
             send_us: t + 1_700,
-            width: W,
-            height: H,
-            quality: 75,
-            subsampling: Subsampling::S420 as u8,
-            flags: 0,
-            jpeg_len: 0,
+            ..sample_header(seq, info, 0)
         };
         Message::Frame(h, &body[..jpeg_len(seq)]).encode(&mut out);
         Message::Ack(Ack { seq, received_us: t + 2_000, decoded_us: t + 3_500, displayed_us: t + 4_000 })

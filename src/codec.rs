@@ -410,34 +410,17 @@ impl Decoder {
 mod tests {
     use super::*;
     use crate::capture::pattern::TestPattern;
-
-    fn frame(w: u32, h: u32, sub: Subsampling, seq: u64) -> RawFrame {
-        let mut f = RawFrame::empty();
-        TestPattern::new(w, h, sub).render(seq, &mut f.data);
-        f.width = w;
-        f.height = h;
-        f.layout = Layout::Yuv(sub);
-        f
-    }
+    use crate::testutil::{self, pattern_frame};
 
     /// PSNR in dB of decoded 0RGB pixels against RGB bytes.
-    pub(crate) fn psnr(px: &[u32], rgb: &[u8]) -> f64 {
-        let mut se = 0f64;
-        for (p, want) in px.iter().zip(rgb.chunks_exact(3)) {
-            let got = [(p >> 16) as u8, (p >> 8) as u8, *p as u8];
-            for c in 0..3 {
-                let d = f64::from(got[c]) - f64::from(want[c]);
-                se += d * d;
-            }
-        }
-        let mse = se / (px.len() * 3) as f64;
-        10.0 * (255.0 * 255.0 / mse.max(1e-9)).log10()
+    fn psnr(px: &[u32], rgb: &[u8]) -> f64 {
+        testutil::psnr(&testutil::xrgb_to_rgb(px), rgb)
     }
 
     #[test]
     fn round_trip_quality_depends_on_quality() {
         let (w, h) = (320u32, 240u32);
-        let f = frame(w, h, Subsampling::S420, 3);
+        let f = pattern_frame(w, h, Subsampling::S420, 3);
         let want = TestPattern::new(w, h, Subsampling::S420).render_rgb(3);
         let mut dec = Decoder::new().unwrap();
         let mut px = Vec::new();
@@ -465,7 +448,7 @@ mod tests {
     #[test]
     fn every_subsampling_encodes_from_planes() {
         for sub in [Subsampling::S444, Subsampling::S422, Subsampling::S420, Subsampling::Gray] {
-            let f = frame(64, 48, sub, 0);
+            let f = pattern_frame(64, 48, sub, 0);
             let mut enc = Encoder::new(80, Subsampling::S420, false).unwrap();
             let mut out = JpegBuf::default();
             let info = enc.encode(&f, &mut out).unwrap();
@@ -477,20 +460,20 @@ mod tests {
 
     #[test]
     fn output_buffer_is_reused() {
-        let f = frame(320, 240, Subsampling::S420, 0);
+        let f = pattern_frame(320, 240, Subsampling::S420, 0);
         let mut enc = Encoder::new(75, Subsampling::S420, false).unwrap();
         let mut out = JpegBuf::default();
         enc.encode(&f, &mut out).unwrap();
         let ptr = out.data.as_ptr();
         for seq in 1..5 {
-            enc.encode(&frame(320, 240, Subsampling::S420, seq), &mut out).unwrap();
+            enc.encode(&pattern_frame(320, 240, Subsampling::S420, seq), &mut out).unwrap();
         }
         assert_eq!(ptr, out.data.as_ptr());
     }
 
     #[test]
     fn jpeg_sources_pass_through_or_reencode() {
-        let f = frame(64, 48, Subsampling::S420, 0);
+        let f = pattern_frame(64, 48, Subsampling::S420, 0);
         let mut out = JpegBuf::default();
         Encoder::new(90, Subsampling::S420, false).unwrap().encode(&f, &mut out).unwrap();
         let mut cam = RawFrame { layout: Layout::Jpeg, data: out.as_slice().to_vec(), ..f.clone() };
@@ -512,7 +495,7 @@ mod tests {
 
     #[test]
     fn corrupt_and_mismatched_jpeg_are_errors() {
-        let f = frame(64, 48, Subsampling::S420, 0);
+        let f = pattern_frame(64, 48, Subsampling::S420, 0);
         let mut out = JpegBuf::default();
         Encoder::new(75, Subsampling::S420, false).unwrap().encode(&f, &mut out).unwrap();
         let mut dec = Decoder::new().unwrap();
@@ -531,7 +514,7 @@ mod tests {
     fn decoder_and_reencoder_recover_after_a_bad_header() {
         // Found by fuzzing: libjpeg-turbo 3.1 leaves a handle mid-header after this.
         let bad = [0xff, 0xd8, 0xff, 0xc0, 0x00, 0x00];
-        let f = frame(64, 48, Subsampling::S420, 0);
+        let f = pattern_frame(64, 48, Subsampling::S420, 0);
         let mut good = JpegBuf::default();
         Encoder::new(75, Subsampling::S420, false).unwrap().encode(&f, &mut good).unwrap();
         let mut dec = Decoder::new().unwrap();
@@ -556,7 +539,7 @@ mod tests {
     #[test]
     fn fast_settings_change_pixels_but_cost_little_quality() {
         let (w, h) = (320u32, 240u32);
-        let f = frame(w, h, Subsampling::S420, 7);
+        let f = pattern_frame(w, h, Subsampling::S420, 7);
         let want = TestPattern::new(w, h, Subsampling::S420).render_rgb(7);
         let run = |enc_speed: Speed, dec_speed: Speed| {
             let mut enc = Encoder::new(75, Subsampling::S420, false).unwrap();
@@ -593,7 +576,7 @@ mod tests {
 
     #[test]
     fn bad_raw_length_is_an_error() {
-        let mut f = frame(64, 48, Subsampling::S420, 0);
+        let mut f = pattern_frame(64, 48, Subsampling::S420, 0);
         f.data.pop();
         let e = Encoder::new(75, Subsampling::S420, false).unwrap().encode(&f, &mut JpegBuf::default()).unwrap_err();
         assert!(e.to_string().contains("expected 4608"), "{e}");

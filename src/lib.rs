@@ -46,4 +46,6 @@ pub mod report;
 pub mod sender;
 pub mod stage;
 pub mod stats;
+#[doc(hidden)]
+pub mod testutil;
 pub mod view;

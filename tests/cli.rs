@@ -7,9 +7,10 @@ use std::io::Write;
 use std::time::Duration;
 
 use assert_cmd::Command;
-use common::{free_port, num, psnr, scratch_dir, summary, Proc, BIN};
+use common::{free_port, num, scratch_dir, summary, Proc, BIN};
 use framecast::capture::pattern::TestPattern;
 use framecast::net::Subsampling;
+use framecast::testutil::psnr;
 use framecast::view::read_ppm;
 
 const TIMEOUT: Duration = Duration::from_secs(15);

@@ -7,15 +7,12 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{
-    connect_retry, free_port, num, psnr, read_until_closed, scratch_dir, summary, try_read_until_closed, Proc,
-};
+use common::{connect_retry, free_port, num, read_until_closed, scratch_dir, summary, try_read_until_closed, Proc};
 use framecast::capture::pattern::TestPattern;
-use framecast::capture::{Layout, RawFrame};
-use framecast::clock::{clock_id, now_us};
-use framecast::codec::{Encoder, JpegBuf};
+use framecast::clock::clock_id;
 use framecast::net::proto::HELLO_LEN;
-use framecast::net::{Event, FrameHeader, Hello, Message, MessageReader, MessageWriter, Role, StreamInfo, Subsampling};
+use framecast::net::{Event, Hello, Message, MessageReader, MessageWriter, Role, StreamInfo, Subsampling};
+use framecast::testutil::{live_header, pattern_jpeg, psnr};
 use framecast::view::read_ppm;
 
 const EXIT: Duration = Duration::from_secs(20);
@@ -247,34 +244,8 @@ fn oversized_frame_is_dropped_and_recv_keeps_serving() {
     }
 }
 
-fn jpeg_of(enc: &mut Encoder, pattern: &TestPattern, seq: u64) -> Vec<u8> {
-    let mut raw = RawFrame::empty();
-    pattern.render(seq, &mut raw.data);
-    raw.seq = seq;
-    raw.width = 64;
-    raw.height = 48;
-    raw.layout = Layout::Yuv(Subsampling::S420);
-    let mut out = JpegBuf::default();
-    enc.encode(&raw, &mut out).unwrap();
-    out.as_slice().to_vec()
-}
-
-fn header(seq: u64, jpeg: &[u8]) -> FrameHeader {
-    let now = now_us();
-    FrameHeader {
-        seq,
-        capture_us: now,
-        encode_start_us: now,
-        encode_end_us: now,
-        send_us: now,
-        width: 64,
-        height: 48,
-        quality: 75,
-        subsampling: Subsampling::S420 as u8,
-        flags: 0,
-        jpeg_len: jpeg.len() as u32,
-    }
-}
+/// The stream the fake sender announces: 64x48 at 30 fps.
+const FAKE_INFO: StreamInfo = StreamInfo { width: 64, height: 48, fps_milli: 30_000 };
 
 /// A well-formed frame whose JPEG is garbage is skipped and counted; the frames after it
 /// decode. The fake sender is built from the library's wire types.
@@ -294,11 +265,11 @@ fn corrupt_jpeg_is_skipped_and_counted() {
     writer.write_hello(&Hello::new(Role::Sender, clock_id())).unwrap();
     let hello = reader.read_hello(Role::Receiver, Duration::from_secs(5)).expect("recv's hello");
     assert_eq!(hello.clock_id, clock_id(), "same host, same clock id");
-    writer.write_message(&Message::StreamInfo(StreamInfo { width: 64, height: 48, fps_milli: 30_000 })).unwrap();
+    writer.write_message(&Message::StreamInfo(FAKE_INFO)).unwrap();
 
     // Frame 0: valid framing, garbage JPEG.
     let garbage: Vec<u8> = (0..500u32).map(|i| (i * 7 + 3) as u8).collect();
-    writer.write_frame(&header(0, &garbage), &garbage).unwrap();
+    writer.write_frame(&live_header(0, FAKE_INFO, garbage.len()), &garbage).unwrap();
     assert!(
         recv.wait_for_stderr("cannot decode frame", Duration::from_secs(5)),
         "recv did not log the corrupt frame; stderr:\n{}",
@@ -307,11 +278,9 @@ fn corrupt_jpeg_is_skipped_and_counted() {
 
     // Frames 1..=5: valid JPEGs, one at a time (each acknowledged before the next, so none is
     // replaced by a newer one in the receiver's newest-frame-wins queues).
-    let pattern = TestPattern::new(64, 48, Subsampling::S420);
-    let mut enc = Encoder::new(75, Subsampling::S420, false).unwrap();
     for seq in 1..=5u64 {
-        let jpeg = jpeg_of(&mut enc, &pattern, seq);
-        writer.write_frame(&header(seq, &jpeg), &jpeg).unwrap();
+        let jpeg = pattern_jpeg(64, 48, Subsampling::S420, 75, seq).unwrap();
+        writer.write_frame(&live_header(seq, FAKE_INFO, jpeg.len()), &jpeg).unwrap();
         if seq == 5 {
             break; // recv may exit before acknowledging its last frame
         }

@@ -5,8 +5,8 @@
 //!
 //! Tools: `chromium` (Debian: chromium), ImageMagick's `/usr/bin/convert` (imagemagick) and
 //! `ffmpeg`/`ffprobe` (ffmpeg); `scripts/setup.sh --test-deps` installs them. A test whose
-//! tool is missing is skipped with a note, unless `CI` is set: then it fails naming the
-//! package.
+//! tool is missing prints that it is SKIPPED and why, unless `CI` is set: then it fails
+//! naming the package (`common::tools::require_tools`).
 //!
 //! The Chromium screenshot is kept as `target/http-chromium.png` for a look by eye.
 //!
@@ -28,19 +28,21 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{
-    connect_retry, free_port, http_get, http_raw, jpeg_size, num, parse_response, psnr, records_of, require_tool,
-    run_tool, scratch_dir, spawn_mjpeg_client, summary, try_read_until_closed, MjpegClient, Proc,
-};
+use common::http_client::{http_get, http_raw, jpeg_size, parse_response, spawn_mjpeg_client, MjpegClient};
+use common::tools::{require_tools, run_tool, tool_stdout};
+use common::{connect_retry, free_port, num, records_of, scratch_dir, summary, try_read_until_closed, Proc};
 use framecast::capture::pattern::{TestPattern, BARS};
 use framecast::codec::Decoder;
 use framecast::http::{HEAD_TIMEOUT, MAX_CLIENTS, MAX_HEAD};
 use framecast::net::Subsampling;
+use framecast::testutil::{psnr, xrgb_to_rgb};
 use serde_json::Value;
 
 const EXIT: Duration = Duration::from_secs(30);
 /// ImageMagick itself: /usr/local/bin/convert may be a stand-in that only handles PNG.
 const CONVERT: &str = "/usr/bin/convert";
+/// What the Chromium tests run, and the Debian packages that install it.
+const CHROMIUM_TOOLS: [(&str, &str); 2] = [("chromium", "chromium"), (CONVERT, "imagemagick")];
 
 /// The flags that make headless Chromium work as root on a closed network (design.md).
 fn chromium(profile: &Path) -> Command {
@@ -115,9 +117,8 @@ fn screenshot(profile: &Path, budget_ms: u32, url: &str, png: &Path) -> (Duratio
         Duration::from_secs(60),
     );
     assert!(out.status.success(), "chromium --screenshot failed ({}):\n{}", out.status, out.stderr);
-    let ppm = run_tool(Command::new(CONVERT).arg(png).arg("ppm:-"), Duration::from_secs(30));
-    assert!(ppm.status.success(), "convert failed: {}", ppm.stderr);
-    let (w, h, rgb) = framecast::view::read_ppm(&ppm.stdout).expect("convert wrote a PPM");
+    let ppm = tool_stdout(Command::new(CONVERT).arg(png).arg("ppm:-"), Duration::from_secs(30));
+    let (w, h, rgb) = framecast::view::read_ppm(&ppm).expect("convert wrote a PPM");
     assert_eq!((w, h), (800, 700), "screenshot size (the --window-size)");
     (out.took, w, rgb.to_vec())
 }
@@ -148,8 +149,7 @@ fn wait_for_stats(port: u16, timeout: Duration, ok: impl Fn(&Value) -> bool) -> 
 #[test]
 fn chromium_shows_the_page() {
     let _serial = common::serial();
-    const T: &str = "chromium_shows_the_page";
-    if !require_tool(T, "chromium", "chromium") || !require_tool(T, CONVERT, "imagemagick") {
+    if !require_tools("chromium_shows_the_page", &CHROMIUM_TOOLS) {
         return;
     }
     let dir = scratch_dir("http-chromium");
@@ -217,8 +217,7 @@ fn chromium_shows_the_page() {
 #[test]
 fn ffmpeg_reads_the_mjpeg_stream() {
     let _serial = common::serial();
-    const T: &str = "ffmpeg_reads_the_mjpeg_stream";
-    if !require_tool(T, "ffmpeg", "ffmpeg") || !require_tool(T, "ffprobe", "ffmpeg") {
+    if !require_tools("ffmpeg_reads_the_mjpeg_stream", &[("ffmpeg", "ffmpeg"), ("ffprobe", "ffmpeg")]) {
         return;
     }
     let port = free_port();
@@ -313,8 +312,7 @@ fn snapshot_and_stats() {
     let seq: u64 = snap.header("X-Framecast-Seq").and_then(|s| s.parse().ok()).expect("X-Framecast-Seq");
     let mut pixels = Vec::new();
     Decoder::new().unwrap().decode(&snap.body, 640, 480, &mut pixels).expect("the snapshot decodes");
-    let rgb: Vec<u8> = pixels.iter().flat_map(|p| [(p >> 16) as u8, (p >> 8) as u8, *p as u8]).collect();
-    let db = psnr(&rgb, &TestPattern::new(640, 480, Subsampling::S420).render_rgb(seq));
+    let db = psnr(&xrgb_to_rgb(&pixels), &TestPattern::new(640, 480, Subsampling::S420).render_rgb(seq));
     eprintln!("snapshot is frame {seq}: PSNR {db:.1} dB against the pattern");
     assert!(db >= 30.0, "the snapshot is not test-pattern frame {seq}: PSNR {db:.1} dB");
 
@@ -821,8 +819,7 @@ fn band_diff(shot: &[u8], frame: &[u8], rows: std::ops::Range<usize>) -> f64 {
 #[test]
 fn chromium_shows_the_newest_frame_at_once() {
     let _serial = common::serial();
-    const T: &str = "chromium_shows_the_newest_frame_at_once";
-    if !require_tool(T, "chromium", "chromium") || !require_tool(T, CONVERT, "imagemagick") {
+    if !require_tools("chromium_shows_the_newest_frame_at_once", &CHROMIUM_TOOLS) {
         return;
     }
     const K: usize = 3;

@@ -284,11 +284,9 @@ fn assert_latency_present_iff_frames(path: &Path) -> (usize, usize) {
 /// through its stage, with idle intervals (before the sender connects) on the "absent" side.
 #[test]
 fn dropped_frames_are_counted_not_folded_into_latency() {
-    use framecast::capture::pattern::TestPattern;
-    use framecast::capture::{Layout, RawFrame};
-    use framecast::clock::{clock_id, now_us};
-    use framecast::codec::{Encoder, JpegBuf};
+    use framecast::clock::clock_id;
     use framecast::net::{FrameHeader, Hello, Message, MessageReader, MessageWriter, Role, StreamInfo, Subsampling};
+    use framecast::testutil::{live_header, pattern_jpeg};
 
     const FRAMES: u64 = 400;
     const CORRUPT_EVERY: u64 = 40;
@@ -314,18 +312,8 @@ fn dropped_frames_are_counted_not_folded_into_latency() {
     );
 
     let (w, h) = (1920u32, 1080u32);
-    let pattern = TestPattern::new(w, h, Subsampling::S420);
-    let mut enc = Encoder::new(QUALITY, Subsampling::S420, false).unwrap();
-    let jpegs: Vec<Vec<u8>> = (0..4u64)
-        .map(|seq| {
-            let mut raw = RawFrame::empty();
-            pattern.render(seq, &mut raw.data);
-            (raw.seq, raw.width, raw.height, raw.layout) = (seq, w, h, Layout::Yuv(Subsampling::S420));
-            let mut out = JpegBuf::default();
-            enc.encode(&raw, &mut out).unwrap();
-            out.as_slice().to_vec()
-        })
-        .collect();
+    let jpegs: Vec<Vec<u8>> =
+        (0..4u64).map(|seq| pattern_jpeg(w, h, Subsampling::S420, QUALITY, seq).expect("encode the pattern")).collect();
     eprintln!("JPEG sizes at {w}x{h} q{QUALITY}: {:?}", jpegs.iter().map(Vec::len).collect::<Vec<_>>());
     let garbage: Vec<u8> = (0..5000u32).map(|i| (i * 7 + 3) as u8).collect();
 
@@ -345,20 +333,7 @@ fn dropped_frames_are_counted_not_folded_into_latency() {
     // Bursts of 20 frames every 50 ms: ~1 s, about 400 frames/s against ~3 ms per decode.
     for seq in 0..FRAMES {
         let jpeg = if seq % CORRUPT_EVERY == CORRUPT_EVERY / 2 { &garbage } else { &jpegs[(seq % 4) as usize] };
-        let now = now_us();
-        let header = FrameHeader {
-            seq,
-            capture_us: now,
-            encode_start_us: now,
-            encode_end_us: now,
-            send_us: now,
-            width: w as u16,
-            height: h as u16,
-            quality: QUALITY,
-            subsampling: Subsampling::S420 as u8,
-            flags: 0,
-            jpeg_len: jpeg.len() as u32,
-        };
+        let header = FrameHeader { quality: QUALITY, ..live_header(seq, info, jpeg.len()) };
         writer.write_frame(&header, jpeg).unwrap_or_else(|e| panic!("writing frame {seq}: {e}"));
         if seq % 20 == 19 {
             std::thread::sleep(Duration::from_millis(50));

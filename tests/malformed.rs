@@ -14,17 +14,14 @@
 use std::io::Cursor;
 use std::time::{Duration, Instant};
 
-use framecast::capture::pattern::TestPattern;
-use framecast::capture::{Layout, RawFrame};
-use framecast::codec::{CodecError, Decoder as JpegDecoder, Encoder, JpegBuf};
+use framecast::codec::{CodecError, Decoder as JpegDecoder};
 use framecast::net::io::{Event, MessageReader, NetError};
 use framecast::net::proto::{
     Ack, FrameHeader, Hello, Message, Ping, Pong, ProtocolError, Role, StreamInfo, Subsampling, FRAME_HEADER_LEN,
     HELLO_LEN, MAX_REPORT_LEN, MSG_HEADER_LEN, VERSION,
 };
+use framecast::testutil::{pattern_jpeg, sample_header, READ_CHUNK};
 
-/// `MessageReader`'s first allocation (`READ_CHUNK` in `src/net/io.rs`).
-const READ_CHUNK: usize = 64 * 1024;
 /// The stream every message case starts with, after the hello: 64x48 at 25 fps.
 const INFO: StreamInfo = StreamInfo { width: 64, height: 48, fps_milli: 25_000 };
 /// Stream offset of the first message after hello and stream-info.
@@ -60,36 +57,13 @@ fn header(ty: u8, flags: [u8; 3], len: u32) -> Vec<u8> {
     b
 }
 
-fn frame_header(info: StreamInfo, jpeg_len: usize) -> FrameHeader {
-    FrameHeader {
-        seq: 7,
-        capture_us: 1_000_000,
-        encode_start_us: 1_000_100,
-        encode_end_us: 1_002_000,
-        send_us: 1_002_100,
-        width: info.width as u16,
-        height: info.height as u16,
-        quality: 75,
-        subsampling: Subsampling::S420 as u8,
-        flags: 0,
-        jpeg_len: jpeg_len as u32,
-    }
-}
-
 fn frame(info: StreamInfo, jpeg: &[u8]) -> Vec<u8> {
-    enc(&Message::Frame(frame_header(info, jpeg.len()), jpeg))
+    enc(&Message::Frame(sample_header(7, info, jpeg.len()), jpeg))
 }
 
 /// A real JPEG of the test pattern, from framecast's encoder.
 fn real_jpeg(w: u32, h: u32) -> Vec<u8> {
-    let mut f = RawFrame::empty();
-    TestPattern::new(w, h, Subsampling::S420).render(1, &mut f.data);
-    f.width = w;
-    f.height = h;
-    f.layout = Layout::Yuv(Subsampling::S420);
-    let mut out = JpegBuf::default();
-    Encoder::new(75, Subsampling::S420, false).unwrap().encode(&f, &mut out).unwrap();
-    out.as_slice().to_vec()
+    pattern_jpeg(w, h, Subsampling::S420, 75, 1).expect("encode the test pattern")
 }
 
 /// The largest frame message (payload bytes) a stream allows.
@@ -442,7 +416,7 @@ fn frame_field_rows() -> Vec<Row> {
         ));
     }
     for (w, h) in [(65u16, 48u16), (48, 64), (0, 0), (u16::MAX, u16::MAX)] {
-        let fh = FrameHeader { width: w, height: h, ..frame_header(INFO, jpeg.len()) };
+        let fh = FrameHeader { width: w, height: h, ..sample_header(7, INFO, jpeg.len()) };
         rows.push(e(
             &format!("frame header {w}x{h} on a 64x48 stream"),
             enc(&Message::Frame(fh, &jpeg)),
@@ -453,7 +427,7 @@ fn frame_field_rows() -> Vec<Row> {
         ));
     }
     for q in [101u8, 255] {
-        let fh = FrameHeader { quality: q, ..frame_header(INFO, jpeg.len()) };
+        let fh = FrameHeader { quality: q, ..sample_header(7, INFO, jpeg.len()) };
         rows.push(e(
             &format!("frame quality {q}"),
             enc(&Message::Frame(fh, &jpeg)),
@@ -461,7 +435,7 @@ fn frame_field_rows() -> Vec<Row> {
         ));
     }
     for s in [4u8, 255] {
-        let fh = FrameHeader { subsampling: s, ..frame_header(INFO, jpeg.len()) };
+        let fh = FrameHeader { subsampling: s, ..sample_header(7, INFO, jpeg.len()) };
         rows.push(e(
             &format!("frame subsampling {s}"),
             enc(&Message::Frame(fh, &jpeg)),

@@ -16,7 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use common::{free_port, http_raw, num, scratch_dir, summary, Proc};
+use common::http_client::http_raw;
+use common::{free_port, num, scratch_dir, summary, Proc};
 use framecast::net::secure::Key;
 
 const EXIT: Duration = Duration::from_secs(30);

@@ -3,7 +3,8 @@
 //!
 //! Needs `Xvfb` (Debian: xvfb), `xwd` (x11-apps), `xwininfo` (x11-utils) and ImageMagick's
 //! `convert` or `magick` (imagemagick); `scripts/setup.sh --test-deps` installs them. Without
-//! them the test is skipped, unless `CI` is set: CI must run it for real, so there it fails.
+//! them the test prints that it is SKIPPED and why, unless `CI` is set: CI must run it for
+//! real, so there it fails (`common::tools::require_tools`).
 //!
 //! The screenshot is kept as `target/window-test.png` for a look by eye.
 //!
@@ -11,13 +12,17 @@
 
 #![cfg(all(unix, not(target_os = "macos")))]
 
-use std::io::{BufRead, BufReader, Read};
+mod common;
+
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::tools::{on_path, require_tools, tool_stdout};
+use common::{records_of, scratch_dir, Proc};
 use framecast::capture::pattern::BARS;
 
 /// The frame size asked of the demo; the window opens at the first frame's size.
@@ -30,39 +35,13 @@ const SETTLE: Duration = Duration::from_millis(2500);
 /// quality 75 with 4:2:0 chroma changes the bar centres by a few units at most).
 const TOLERANCE: u8 = 40;
 
-/// A child process that is stopped (SIGTERM, then SIGKILL) and reaped when dropped, whatever
-/// happened in between.
-struct Guard {
-    child: Option<Child>,
-    name: &'static str,
-}
+/// Xvfb, stopped (SIGTERM, so that it removes its lock file and socket; then SIGKILL) and
+/// reaped when dropped, whatever happened in between.
+struct Xvfb(Option<Child>);
 
-impl Guard {
-    fn new(child: Child, name: &'static str) -> Self {
-        Guard { child: Some(child), name }
-    }
-
-    fn child(&mut self) -> &mut Child {
-        self.child.as_mut().expect("the child is only taken on drop")
-    }
-
-    /// Waits up to `limit` for the child to exit by itself.
-    fn wait_timeout(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + limit;
-        loop {
-            match self.child().try_wait() {
-                Ok(Some(status)) => return Some(status),
-                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(50)),
-                Ok(None) => return None,
-                Err(e) => panic!("cannot wait for {}: {e}", self.name),
-            }
-        }
-    }
-}
-
-impl Drop for Guard {
+impl Drop for Xvfb {
     fn drop(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
+        let Some(mut child) = self.0.take() else { return };
         if let Ok(Some(_)) = child.try_wait() {
             return;
         }
@@ -83,19 +62,6 @@ impl Drop for Guard {
     }
 }
 
-/// Removes a scratch file when dropped.
-struct Scratch(PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-fn on_path(tool: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
-}
-
 /// ImageMagick's command: `convert` (version 6, and 7's compatibility name) or `magick` (7).
 fn imagemagick() -> &'static str {
     if on_path("convert") || !on_path("magick") {
@@ -105,13 +71,12 @@ fn imagemagick() -> &'static str {
     }
 }
 
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false"))
-}
+/// How long a helper tool (xwininfo, xwd, ImageMagick) may run.
+const TOOL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Starts Xvfb on a free display (it picks one itself and reports it through `-displayfd`)
 /// and waits until its socket exists. Returns the guard and the display number.
-fn start_xvfb(log: &Path) -> (Guard, u32) {
+fn start_xvfb(log: &Path) -> (Xvfb, u32) {
     let log_file = std::fs::File::create(log).expect("cannot create the Xvfb log file");
     let child = Command::new("Xvfb")
         // -wr: a white root window, so that a missing or misplaced window cannot pass for the
@@ -122,8 +87,8 @@ fn start_xvfb(log: &Path) -> (Guard, u32) {
         .stderr(log_file)
         .spawn()
         .expect("cannot start Xvfb");
-    let mut xvfb = Guard::new(child, "Xvfb");
-    let stdout = xvfb.child().stdout.take().expect("piped");
+    let mut xvfb = Xvfb(Some(child));
+    let stdout = xvfb.0.as_mut().and_then(|c| c.stdout.take()).expect("piped");
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
         let mut line = String::new();
@@ -152,13 +117,6 @@ fn start_xvfb(log: &Path) -> (Guard, u32) {
     (xvfb, display)
 }
 
-/// Runs a tool to completion and returns its stdout, panicking with its stderr on failure.
-fn output(cmd: &mut Command) -> Vec<u8> {
-    let out = cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
-    out.stdout
-}
-
 /// A top-level window: id, title, and its absolute geometry on the screen.
 #[derive(Debug)]
 struct Win {
@@ -174,14 +132,14 @@ struct Win {
 /// Finds the window whose title starts with "framecast" (the title carries live stats after
 /// the first second: "framecast - 30.0 fps, ...").
 fn find_window(display: &str) -> Option<Win> {
-    let tree = output(Command::new("xwininfo").args(["-display", display, "-root", "-tree"]));
+    let tree = tool_stdout(Command::new("xwininfo").args(["-display", display, "-root", "-tree"]), TOOL_TIMEOUT);
     let tree = String::from_utf8_lossy(&tree);
     let line = tree.lines().find(|l| l.contains("\"framecast"))?;
     let mut parts = line.trim().splitn(2, ' ');
     let id = parts.next()?.to_string();
     let rest = parts.next()?;
     let title = rest.split('"').nth(1)?.to_string();
-    let info = output(Command::new("xwininfo").args(["-display", display, "-id", &id]));
+    let info = tool_stdout(Command::new("xwininfo").args(["-display", display, "-id", &id]), TOOL_TIMEOUT);
     let info = String::from_utf8_lossy(&info);
     let field = |name: &str| -> Option<usize> {
         info.lines().find_map(|l| l.trim().strip_prefix(name)).and_then(|v| v.trim().parse().ok())
@@ -197,37 +155,21 @@ fn find_window(display: &str) -> Option<Win> {
     })
 }
 
-/// Starts `framecast demo ARGS` on `display` (":N") with its stderr collected by a thread.
-fn start_demo(display: &str, args: &[&str]) -> (Guard, thread::JoinHandle<String>) {
-    let child = Command::new(env!("CARGO_BIN_EXE_framecast"))
-        .arg("demo")
-        .args(args)
-        .env("DISPLAY", display)
-        .env_remove("WAYLAND_DISPLAY")
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("cannot start framecast demo");
-    let mut demo = Guard::new(child, "framecast demo");
-    let mut stderr = demo.child().stderr.take().expect("piped");
-    let reader = thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    (demo, reader)
+/// Starts `framecast demo ARGS` on `display` (":N").
+fn start_demo(display: &str, args: &[&str]) -> Proc {
+    let args: Vec<&str> = ["demo"].into_iter().chain(args.iter().copied()).collect();
+    Proc::spawn_with("demo", &args, |cmd| {
+        cmd.env("DISPLAY", display).env_remove("WAYLAND_DISPLAY");
+    })
 }
 
 /// Takes a screenshot of the whole screen: (width, height, RGB bytes). Also saves it as
 /// `png` (best effort).
 fn screenshot(display: &str, xwd_path: &Path, png: &Path) -> (usize, usize, Vec<u8>) {
-    let xwd = output(Command::new("xwd").args(["-root", "-silent", "-display", display]));
+    let xwd = tool_stdout(Command::new("xwd").args(["-root", "-silent", "-display", display]), TOOL_TIMEOUT);
     std::fs::write(xwd_path, xwd).expect("cannot write the xwd file");
     let xwd_arg = format!("xwd:{}", xwd_path.display());
-    let ppm = output(Command::new(imagemagick()).args([&xwd_arg, "-strip", "-depth", "8", "ppm:-"]));
+    let ppm = tool_stdout(Command::new(imagemagick()).args([&xwd_arg, "-strip", "-depth", "8", "ppm:-"]), TOOL_TIMEOUT);
     let _ = Command::new(imagemagick()).arg(&xwd_arg).arg(png).stdin(Stdio::null()).status();
     let parsed = framecast::view::read_ppm(&ppm).map(|(w, h, rgb)| (w, h, rgb.to_vec()));
     parsed.unwrap_or_else(|| {
@@ -264,47 +206,25 @@ fn check_bars(screen: &(usize, usize, Vec<u8>), win: &Win) -> Result<String, Str
 #[test]
 fn demo_window_shows_the_colour_bars() {
     let tools = [("Xvfb", "xvfb"), ("xwd", "x11-apps"), ("xwininfo", "x11-utils"), (imagemagick(), "imagemagick")];
-    let missing: Vec<_> = tools.iter().filter(|(tool, _)| !on_path(tool)).collect();
-    if !missing.is_empty() {
-        let names: Vec<_> = missing.iter().map(|(t, _)| *t).collect();
-        let pkgs: Vec<_> = missing.iter().map(|(_, p)| *p).collect();
-        let msg = format!(
-            "the window test needs {} (Debian/Ubuntu: apt-get install {}, or scripts/setup.sh --test-deps)",
-            names.join(", "),
-            pkgs.join(" ")
-        );
-        if in_ci() {
-            panic!("CI is set, so the window test must run, but {msg}");
-        }
-        eprintln!("skipped: {msg}");
+    if !require_tools("demo_window_shows_the_colour_bars", &tools) {
         return;
     }
-
-    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let target = tmp.parent().expect("CARGO_TARGET_TMPDIR is target/tmp");
+    let dir = scratch_dir("window-bars");
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).parent().expect("CARGO_TARGET_TMPDIR is target/tmp");
     let png = target.join("window-test.png");
-    let pid = std::process::id();
-    let xwd_path = Scratch(tmp.join(format!("window-test-{pid}.xwd")));
-    let xvfb_log = Scratch(tmp.join(format!("window-test-{pid}-xvfb.log")));
-
-    let (_xvfb, display) = start_xvfb(&xvfb_log.0);
+    let (_xvfb, display) = start_xvfb(&dir.join("xvfb.log"));
     let display = format!(":{display}");
 
     let started = Instant::now();
     let size = format!("{}x{}", SIZE.0, SIZE.1);
-    let (mut demo, stderr_reader) = start_demo(&display, &["--size", &size, "--duration", &DEMO_SECS.to_string()]);
+    let mut demo = start_demo(&display, &["--size", &size, "--duration", &DEMO_SECS.to_string()]);
 
     // The window opens with the first frame; wait for it to be mapped.
     let win = loop {
         if let Some(w) = find_window(&display).filter(|w| w.viewable) {
             break w;
         }
-        if let Ok(Some(status)) = demo.child().try_wait() {
-            panic!(
-                "framecast demo exited ({status}) before its window appeared; stderr:\n{}",
-                stderr_reader.join().unwrap()
-            );
-        }
+        assert!(demo.is_running(), "framecast demo exited before its window appeared");
         assert!(
             started.elapsed() < SETTLE * 2,
             "no viewable window titled \"framecast...\" on {display} after {:?}",
@@ -323,7 +243,7 @@ fn demo_window_shows_the_colour_bars() {
         if attempt > 0 {
             thread::sleep(Duration::from_millis(500));
         }
-        let screen = screenshot(&display, &xwd_path.0, &png);
+        let screen = screenshot(&display, &dir.join("screen.xwd"), &png);
         result = check_bars(&screen, &win);
         if result.is_ok() {
             break;
@@ -345,10 +265,8 @@ fn demo_window_shows_the_colour_bars() {
         Err(report) => panic!("the window does not show the colour bars (see {}):\n{report}", png.display()),
     }
 
-    let status = demo.wait_timeout(Duration::from_secs(DEMO_SECS + 20));
-    let log = stderr_reader.join().expect("stderr reader");
-    let status = status.unwrap_or_else(|| panic!("framecast demo did not exit in time; stderr so far:\n{log}"));
-    assert!(status.success(), "framecast demo failed ({status}); stderr:\n{log}");
+    demo.expect_success(Duration::from_secs(DEMO_SECS + 20));
+    let log = demo.stderr();
     assert!(!log.contains("headless"), "framecast demo ran headless instead of opening a window; stderr:\n{log}");
 }
 
@@ -358,36 +276,24 @@ fn demo_window_shows_the_colour_bars() {
 /// decoded→displayed delay under one frame period (16.7 ms).
 #[test]
 fn window_keeps_up_with_60_fps_at_720p() {
-    if !on_path("Xvfb") {
-        let msg = "the window test needs Xvfb (Debian/Ubuntu: apt-get install xvfb, or scripts/setup.sh --test-deps)";
-        if in_ci() {
-            panic!("CI is set, so the window test must run, but {msg}");
-        }
-        eprintln!("skipped: {msg}");
+    if !require_tools("window_keeps_up_with_60_fps_at_720p", &[("Xvfb", "xvfb")]) {
         return;
     }
-    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let pid = std::process::id();
-    let xvfb_log = Scratch(tmp.join(format!("window-fps-{pid}-xvfb.log")));
-    let stats = Scratch(tmp.join(format!("window-fps-{pid}.jsonl")));
-    let (_xvfb, display) = start_xvfb(&xvfb_log.0);
-    let stats_path = stats.0.to_str().expect("a UTF-8 temporary path");
-    let (mut demo, stderr_reader) = start_demo(
+    let dir = scratch_dir("window-fps");
+    let stats = dir.join("recv.jsonl");
+    let (_xvfb, display) = start_xvfb(&dir.join("xvfb.log"));
+    let stats_path = stats.to_str().expect("a UTF-8 scratch path");
+    let mut demo = start_demo(
         &format!(":{display}"),
         &["--size", "1280x720", "--fps", "60", "--duration", "3", "--recv-stats-json", stats_path],
     );
-    let status = demo.wait_timeout(Duration::from_secs(30));
-    let log = stderr_reader.join().expect("stderr reader");
-    let status = status.unwrap_or_else(|| panic!("framecast demo did not exit in 30 s; stderr so far:\n{log}"));
-    assert!(status.success(), "framecast demo failed ({status}); stderr:\n{log}");
+    demo.expect_success(Duration::from_secs(30));
+    let log = demo.stderr();
     assert!(!log.contains("headless"), "framecast demo ran headless instead of opening a window; stderr:\n{log}");
 
-    let text = std::fs::read_to_string(&stats.0).expect("the receiver's stats file");
-    let summary: serde_json::Value = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .rfind(|v| v["type"] == "summary")
-        .unwrap_or_else(|| panic!("no summary line in the receiver's stats:\n{text}"));
+    let summary = records_of(&stats, "summary")
+        .pop()
+        .unwrap_or_else(|| panic!("no summary line in the receiver's stats {}", stats.display()));
     let (shown, seconds) = (summary["displayed"].as_f64().unwrap_or(0.0), summary["seconds"].as_f64().unwrap_or(0.0));
     let fps = if seconds > 0.0 { shown / seconds } else { 0.0 };
     let p95 = summary["latency_decoded_displayed_ms"]["p95"].as_f64();
@@ -407,21 +313,13 @@ fn window_keeps_up_with_60_fps_at_720p() {
 #[test]
 fn window_quality_keys_reach_the_sender() {
     let tools = [("Xvfb", "xvfb"), ("xwininfo", "x11-utils"), ("xdotool", "xdotool")];
-    let missing: Vec<_> = tools.iter().filter(|(tool, _)| !on_path(tool)).collect();
-    if !missing.is_empty() {
-        let pkgs: Vec<_> = missing.iter().map(|(_, p)| *p).collect();
-        let msg = format!("the key test needs apt-get install {} (or scripts/setup.sh --test-deps)", pkgs.join(" "));
-        if in_ci() {
-            panic!("CI is set, so the key test must run, but {msg}");
-        }
-        eprintln!("skipped: {msg}");
+    if !require_tools("window_quality_keys_reach_the_sender", &tools) {
         return;
     }
-    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let xvfb_log = Scratch(tmp.join(format!("window-keys-{}-xvfb.log", std::process::id())));
-    let (_xvfb, display) = start_xvfb(&xvfb_log.0);
+    let dir = scratch_dir("window-keys");
+    let (_xvfb, display) = start_xvfb(&dir.join("xvfb.log"));
     let display = format!(":{display}");
-    let (mut demo, stderr_reader) = start_demo(&display, &["--size", "640x480", "--quality", "50", "--duration", "12"]);
+    let mut demo = start_demo(&display, &["--size", "640x480", "--quality", "50", "--duration", "12"]);
     let started = Instant::now();
     let win = loop {
         if let Some(w) = find_window(&display).filter(|w| w.viewable) {
@@ -448,9 +346,8 @@ fn window_quality_keys_reach_the_sender() {
     // The title carries the quality of the frames arriving, refreshed each second.
     thread::sleep(Duration::from_millis(1500));
     let title = find_window(&display).map(|w| w.title).unwrap_or_default();
-    let status = demo.wait_timeout(Duration::from_secs(30));
-    let log = stderr_reader.join().expect("stderr reader");
-    assert!(status.is_some_and(|s| s.success()), "framecast demo failed; stderr:\n{log}");
+    demo.expect_success(Duration::from_secs(30));
+    let log = demo.stderr();
     for (from, to) in [(50, 55), (55, 60), (60, 55)] {
         let line = format!("viewer asked for a new quality from={from} to={to}");
         assert!(log.contains(&line), "missing {line:?}; stderr:\n{log}");

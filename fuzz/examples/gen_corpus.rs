@@ -12,11 +12,11 @@
 use std::path::{Path, PathBuf};
 
 use framecast::capture::pattern::TestPattern;
-use framecast::capture::{Layout, RawFrame};
-use framecast::codec::{to_subsamp, Encoder, JpegBuf};
+use framecast::codec::to_subsamp;
 use framecast::net::proto::{
     Ack, FrameHeader, Hello, Message, Ping, Pong, Role, StreamInfo, Subsampling, MSG_HEADER_LEN,
 };
+use framecast::testutil::{pattern_jpeg, sample_header};
 use framecast_fuzz::DecodeInput;
 use turbojpeg::{Compressor, Image, PixelFormat};
 
@@ -24,14 +24,7 @@ const SUBSAMPLINGS: [Subsampling; 4] = [Subsampling::S444, Subsampling::S422, Su
 
 /// A JPEG of test pattern frame `seq` from framecast's encoder (compressed from planes).
 fn jpeg(w: u32, h: u32, sub: Subsampling, quality: u8, seq: u64) -> Vec<u8> {
-    let mut f = RawFrame::empty();
-    TestPattern::new(w, h, sub).render(seq, &mut f.data);
-    f.width = w;
-    f.height = h;
-    f.layout = Layout::Yuv(sub);
-    let mut out = JpegBuf::default();
-    Encoder::new(quality, sub, false).expect("encoder").encode(&f, &mut out).expect("encode");
-    out.as_slice().to_vec()
+    pattern_jpeg(w, h, sub, quality, seq).expect("encode the test pattern")
 }
 
 /// A JPEG with the coding options framecast's encoder never uses, from the RGB test pattern.
@@ -46,19 +39,17 @@ fn jpeg_with(w: u32, h: u32, sub: Subsampling, set: impl FnOnce(&mut Compressor)
         .expect("compress")
 }
 
+/// Frame `seq` of a 25 fps stream (timestamps 40 ms apart); `jpeg_len` is set by encode.
 fn frame_header(seq: u64, info: StreamInfo, sub: Subsampling, quality: u8) -> FrameHeader {
+    let t = 1_000_000 + 40_000 * seq;
     FrameHeader {
-        seq,
-        capture_us: 1_000_000 + 40_000 * seq,
-        encode_start_us: 1_000_500 + 40_000 * seq,
-        encode_end_us: 1_002_000 + 40_000 * seq,
-        send_us: 1_002_100 + 40_000 * seq,
-        width: info.width as u16,
-        height: info.height as u16,
+        capture_us: t,
+        encode_start_us: t + 500,
+        encode_end_us: t + 2_000,
+        send_us: t + 2_100,
         quality,
         subsampling: sub as u8,
-        flags: 0,
-        jpeg_len: 0, // set by encode
+        ..sample_header(seq, info, 0)
     }
 }
 

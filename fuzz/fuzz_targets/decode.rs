@@ -17,7 +17,8 @@
 
 #![no_main]
 
-use framecast_fuzz::{decode_via_reader, decode_whole, DecodeInput, Pieces};
+use framecast::testutil::Script;
+use framecast_fuzz::{decode_via_reader, decode_whole, DecodeInput};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -26,12 +27,12 @@ fuzz_target!(|data: &[u8]| {
     };
     let stream = input.stream;
     let pure = decode_whole(stream, input.expect);
-    let one = decode_via_reader(Pieces::whole(stream), input.expect);
+    let one = decode_via_reader(Script::whole(stream), input.expect);
     assert_eq!(pure, one, "one read differs from the pure parser");
-    let two = decode_via_reader(Pieces::split(stream, input.split), input.expect);
+    let two = decode_via_reader(Script::split(stream, &[input.split]), input.expect);
     assert_eq!(one, two, "split at {} differs from one read", input.split);
     if stream.len() <= 8192 {
-        let bytewise = decode_via_reader(Pieces::bytewise(stream), input.expect);
+        let bytewise = decode_via_reader(Script::bytewise(stream), input.expect);
         assert_eq!(one, bytewise, "one byte per read differs from one read");
     }
 });

@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use framecast::net::io::{MessageReader, NetError};
 use framecast::net::proto::{Hello, ProtocolError, Role, HELLO_LEN, MAGIC, VERSION};
-use framecast_fuzz::{normalize, Pieces};
+use framecast::testutil::Script;
+use framecast_fuzz::normalize;
 use libfuzzer_sys::fuzz_target;
 
 /// The decision on a prefix, with `BadMagic::got` cut after the first wrong byte.
@@ -72,7 +73,7 @@ fuzz_target!(|data: &[u8]| {
 
         // Through the reader: one read, and one byte per read.
         let mut outcomes = Vec::new();
-        for (bytewise, pieces) in [(false, Pieces::whole(data)), (true, Pieces::bytewise(data))] {
+        for (bytewise, pieces) in [(false, Script::whole(data)), (true, Script::bytewise(data))] {
             let mut r = MessageReader::new(pieces);
             let got = match r.read_hello(role, Duration::from_secs(1)) {
                 Ok(h) => Ok(Some(h)),
@@ -85,7 +86,7 @@ fuzz_target!(|data: &[u8]| {
             };
             assert_eq!(got, whole);
             if bytewise && whole != Ok(None) {
-                assert_eq!(r.get_ref().handed_out, decided_after(&whole), "read past the decision");
+                assert_eq!(r.get_ref().handed_out(), decided_after(&whole), "read past the decision");
             }
             outcomes.push(got);
         }

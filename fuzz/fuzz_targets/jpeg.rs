@@ -14,10 +14,9 @@
 
 use std::sync::OnceLock;
 
-use framecast::capture::pattern::TestPattern;
-use framecast::capture::{Layout, RawFrame};
-use framecast::codec::{CodecError, Decoder, Encoder, JpegBuf};
+use framecast::codec::{CodecError, Decoder};
 use framecast::net::proto::Subsampling;
+use framecast::testutil::pattern_jpeg;
 use libfuzzer_sys::fuzz_target;
 
 const W: usize = 64;
@@ -26,16 +25,7 @@ const H: usize = 48;
 /// A good 64x48 JPEG of the test pattern.
 fn good() -> &'static [u8] {
     static GOOD: OnceLock<Vec<u8>> = OnceLock::new();
-    GOOD.get_or_init(|| {
-        let mut f = RawFrame::empty();
-        TestPattern::new(W as u32, H as u32, Subsampling::S420).render(1, &mut f.data);
-        f.width = W as u32;
-        f.height = H as u32;
-        f.layout = Layout::Yuv(Subsampling::S420);
-        let mut out = JpegBuf::default();
-        Encoder::new(75, Subsampling::S420, false).unwrap().encode(&f, &mut out).unwrap();
-        out.as_slice().to_vec()
-    })
+    GOOD.get_or_init(|| pattern_jpeg(W as u32, H as u32, Subsampling::S420, 75, 1).expect("encode the test pattern"))
 }
 
 fuzz_target!(|data: &[u8]| {

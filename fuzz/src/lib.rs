@@ -1,18 +1,15 @@
 //! Helpers shared by the fuzz targets (`fuzz_targets/`) and the seed corpus generator
-//! (`examples/gen_corpus.rs`): the input format of the `decode` target, readers that hand a
-//! stream out in chosen pieces, and the two ways of decoding a stream that `decode` compares.
+//! (`examples/gen_corpus.rs`): the input format of the `decode` target and the two ways of
+//! decoding a stream that `decode` compares. The reader that hands a stream out in chosen
+//! pieces, sample headers and pattern JPEGs are framecast's `testutil`.
 //!
 //! Nothing here is part of framecast itself; see `docs/malformed-inputs.md`.
-
-use std::io::{self, Read};
 
 use framecast::net::io::{Event, MessageReader, NetError};
 use framecast::net::proto::{
     Decoder, Hello, Message, ProtocolError, Role, FRAME_HEADER_LEN, HELLO_LEN, MAGIC, MAX_REPORT_LEN, MSG_HEADER_LEN,
 };
-
-/// `MessageReader`'s first allocation and smallest read (`READ_CHUNK` in `src/net/io.rs`).
-pub const READ_CHUNK: usize = 64 * 1024;
+use framecast::testutil::{Script, READ_CHUNK};
 
 /// Bytes before the stream in a `decode` input: the role byte and the split point.
 pub const DECODE_PREFIX_LEN: usize = 3;
@@ -50,44 +47,6 @@ impl<'a> DecodeInput<'a> {
         v.extend_from_slice(&split.to_be_bytes());
         v.extend_from_slice(stream);
         v
-    }
-}
-
-/// A `Read` that hands out `data`, never returning bytes from both sides of any cut in one
-/// call, and never more than `max_read` bytes per call. Counts what it handed out.
-pub struct Pieces<'a> {
-    data: &'a [u8],
-    cuts: Vec<usize>,
-    max_read: usize,
-    pub handed_out: usize,
-}
-
-impl<'a> Pieces<'a> {
-    /// The whole stream in as few reads as the reader's buffer allows.
-    pub fn whole(data: &'a [u8]) -> Self {
-        Pieces { data, cuts: Vec::new(), max_read: usize::MAX, handed_out: 0 }
-    }
-
-    /// Two reads: `data[..cut]`, then `data[cut..]`.
-    pub fn split(data: &'a [u8], cut: usize) -> Self {
-        Pieces { data, cuts: vec![cut], max_read: usize::MAX, handed_out: 0 }
-    }
-
-    /// One byte per read.
-    pub fn bytewise(data: &'a [u8]) -> Self {
-        Pieces { data, cuts: Vec::new(), max_read: 1, handed_out: 0 }
-    }
-}
-
-impl Read for Pieces<'_> {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        assert!(!out.is_empty(), "an empty read buffer would look like EOF");
-        let pos = self.handed_out;
-        let limit = self.cuts.iter().copied().find(|&c| c > pos).unwrap_or(self.data.len());
-        let n = (limit - pos).min(out.len()).min(self.max_read);
-        out[..n].copy_from_slice(&self.data[pos..pos + n]);
-        self.handed_out += n;
-        Ok(n)
     }
 }
 
@@ -201,14 +160,15 @@ fn message_cap(frame_cap: usize) -> usize {
 /// event that the reader's buffer stays within what has arrived and what the protocol allows:
 /// at most twice the bytes handed out so far (or one 64 KiB chunk), and at most twice the
 /// largest message the current limits allow.
-pub fn decode_via_reader(pieces: Pieces<'_>, expect: Role) -> Run {
-    let stream = pieces.data;
+pub fn decode_via_reader(script: Script, expect: Role) -> Run {
+    let stream = script.data().to_vec();
+    let stream = &stream[..];
     let budget = stream.len() / MSG_HEADER_LEN + 2;
-    let mut r = MessageReader::new(pieces);
+    let mut r = MessageReader::new(script);
     let mut messages = Vec::new();
-    let check_capacity = |r: &MessageReader<Pieces<'_>>, frame_cap: usize| {
+    let check_capacity = |r: &MessageReader<Script>, frame_cap: usize| {
         let cap = r.buffer_capacity();
-        let received = r.get_ref().handed_out;
+        let received = r.get_ref().handed_out();
         assert!(cap <= READ_CHUNK.max(2 * received), "buffer of {cap} bytes after {received} bytes arrived");
         assert!(cap <= READ_CHUNK.max(2 * message_cap(frame_cap)), "buffer of {cap} bytes, cap {frame_cap}");
     };

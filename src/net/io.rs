@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::proto::{self, Decoder, FrameHeader, Hello, Message, ProtocolError, Role, HELLO_LEN};
 
 /// Bytes read per `read` call when the buffer has no room, and the first allocation.
-const READ_CHUNK: usize = 64 * 1024;
+pub(crate) const READ_CHUNK: usize = 64 * 1024;
 
 /// What can end a connection.
 #[derive(Debug, thiserror::Error)]
@@ -291,65 +291,8 @@ mod tests {
     use crate::net::proto::{
         Ack, Ping, Pong, StreamInfo, Subsampling, FRAME_HEADER_LEN, MAGIC, MSG_HEADER_LEN, VERSION,
     };
+    use crate::testutil::{sample_header, Script};
     use proptest::prelude::*;
-    use std::collections::VecDeque;
-
-    /// One step of a scripted peer: some bytes (handed out over as many reads as the
-    /// reader's buffer needs) or an error from one `read` call.
-    enum Step {
-        Bytes(Vec<u8>),
-        Fail(io::ErrorKind),
-    }
-
-    /// A `Read` that plays a script and then reports EOF.
-    struct Script {
-        steps: VecDeque<Step>,
-        handed_out: usize,
-    }
-
-    impl Script {
-        fn new(steps: Vec<Step>) -> Self {
-            Script { steps: steps.into(), handed_out: 0 }
-        }
-
-        /// `data` cut at the given positions: no read returns bytes from both sides of a cut.
-        fn split(data: &[u8], cuts: &[usize]) -> Self {
-            let mut cuts: Vec<usize> = cuts.iter().map(|&c| c.min(data.len())).collect();
-            cuts.sort_unstable();
-            let mut steps = Vec::new();
-            let mut from = 0;
-            for c in cuts.into_iter().chain([data.len()]) {
-                if c > from {
-                    steps.push(Step::Bytes(data[from..c].to_vec()));
-                    from = c;
-                }
-            }
-            Script::new(steps)
-        }
-
-        fn bytewise(data: &[u8]) -> Self {
-            Script::new(data.iter().map(|&b| Step::Bytes(vec![b])).collect())
-        }
-    }
-
-    impl Read for Script {
-        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-            assert!(!out.is_empty(), "an empty read buffer would look like EOF");
-            match self.steps.pop_front() {
-                None => Ok(0),
-                Some(Step::Fail(kind)) => Err(kind.into()),
-                Some(Step::Bytes(mut b)) => {
-                    let n = b.len().min(out.len());
-                    out[..n].copy_from_slice(&b[..n]);
-                    if n < b.len() {
-                        self.steps.push_front(Step::Bytes(b.split_off(n)));
-                    }
-                    self.handed_out += n;
-                    Ok(n)
-                }
-            }
-        }
-    }
 
     /// A message with its JPEG copied out of the reader's buffer, or a timeout.
     #[derive(Debug, PartialEq)]
@@ -376,20 +319,10 @@ mod tests {
     const INFO: StreamInfo = StreamInfo { width: 320, height: 240, fps_milli: 30_000 };
     const CLOCK: [u8; 16] = [0x5a; 16];
 
+    /// Frame `seq` with a JPEG of `len` bytes; quality and subsampling differ from the
+    /// sample header's defaults, so that a reader mixing up fields shows.
     fn frame(seq: u64, info: StreamInfo, len: usize) -> (FrameHeader, Vec<u8>) {
-        let h = FrameHeader {
-            seq,
-            capture_us: 10 * seq,
-            encode_start_us: 10 * seq + 1,
-            encode_end_us: 10 * seq + 2,
-            send_us: 10 * seq + 3,
-            width: info.width as u16,
-            height: info.height as u16,
-            quality: 80,
-            subsampling: Subsampling::S422 as u8,
-            flags: 0,
-            jpeg_len: len as u32,
-        };
+        let h = FrameHeader { quality: 80, subsampling: Subsampling::S422 as u8, ..sample_header(seq, info, len) };
         (h, (0..len).map(|i| (i as u64 * 13 + seq) as u8).collect())
     }
 
@@ -509,14 +442,13 @@ mod tests {
     #[test]
     fn idle_keeps_partial_input() {
         let (bytes, want) = fixture(&[200]);
-        let steps = vec![
-            Step::Bytes(bytes[..30].to_vec()),
-            Step::Fail(io::ErrorKind::WouldBlock),
-            Step::Bytes(bytes[30..100].to_vec()),
-            Step::Fail(io::ErrorKind::TimedOut),
-            Step::Bytes(bytes[100..].to_vec()),
-        ];
-        let (msgs, end) = read_stream(Script::new(steps), 100);
+        let script = Script::new()
+            .bytes(&bytes[..30])
+            .fail(io::ErrorKind::WouldBlock)
+            .bytes(&bytes[30..100])
+            .fail(io::ErrorKind::TimedOut)
+            .bytes(&bytes[100..]);
+        let (msgs, end) = read_stream(script, 100);
         end.unwrap();
         // Stream-info is complete at byte 44: first a timeout mid stream-info, then one
         // mid frame.
@@ -539,12 +471,8 @@ mod tests {
     #[test]
     fn interrupted_reads_are_retried() {
         let (bytes, want) = fixture(&[50]);
-        let mut steps = Vec::new();
-        for chunk in bytes.chunks(16) {
-            steps.push(Step::Fail(io::ErrorKind::Interrupted));
-            steps.push(Step::Bytes(chunk.to_vec()));
-        }
-        let (msgs, end) = read_stream(Script::new(steps), 100);
+        let script = bytes.chunks(16).fold(Script::new(), |s, chunk| s.fail(io::ErrorKind::Interrupted).bytes(chunk));
+        let (msgs, end) = read_stream(script, 100);
         end.unwrap();
         assert_eq!(msgs, want);
     }
@@ -593,12 +521,12 @@ mod tests {
             Err(NetError::ClosedInHandshake { have: 10 })
         ));
 
-        let mut r = MessageReader::new(Script::new(vec![Step::Fail(io::ErrorKind::WouldBlock)]));
+        let mut r = MessageReader::new(Script::new().fail(io::ErrorKind::WouldBlock));
         assert!(matches!(r.read_hello(Role::Sender, Duration::ZERO), Err(NetError::HandshakeTimeout(_))));
 
         // Timeouts shorter than the handshake's patience are waited out.
-        let steps = vec![Step::Fail(io::ErrorKind::WouldBlock), Step::Fail(io::ErrorKind::TimedOut), Step::Bytes(b)];
-        let mut r = MessageReader::new(Script::new(steps));
+        let script = Script::new().fail(io::ErrorKind::WouldBlock).fail(io::ErrorKind::TimedOut).bytes(&b);
+        let mut r = MessageReader::new(script);
         assert_eq!(r.read_hello(Role::Sender, Duration::from_secs(60)).unwrap(), Hello::new(Role::Sender, CLOCK));
     }
 
@@ -612,7 +540,7 @@ mod tests {
             let mut r = MessageReader::new(Script::bytewise(&b));
             let e = protocol_source(r.read_hello(Role::Sender, Duration::from_secs(1)));
             assert_eq!(e, ProtocolError::BadMagic { offset: 0, got: b[..wrong_at + 1].to_vec() });
-            assert_eq!(r.get_ref().handed_out, wrong_at + 1);
+            assert_eq!(r.get_ref().handed_out(), wrong_at + 1);
         }
     }
 
@@ -623,7 +551,7 @@ mod tests {
         b.extend_from_slice(&[0xee; 100]); // a future hello of another size
         let mut r = MessageReader::new(Script::bytewise(&b));
         let e = r.read_hello(Role::Sender, Duration::from_secs(1)).unwrap_err();
-        assert_eq!(r.get_ref().handed_out, 6);
+        assert_eq!(r.get_ref().handed_out(), 6);
         let text = e.to_string();
         assert!(text.contains("version 1") && text.contains("version 2"), "{text}");
         assert_eq!(protocol_source::<()>(Err(e)), ProtocolError::Version { ours: 1, theirs: 2 });
@@ -676,7 +604,7 @@ mod tests {
         let (msgs, end) = drain(&mut r, 10);
         assert_eq!(msgs.len(), 1);
         assert_eq!(protocol_source(end), ProtocolError::TooLarge { offset: 48, what: "frame", len: cap + 1, max: cap });
-        assert_eq!(r.get_ref().handed_out, 44 + 8, "nothing past the header is read");
+        assert_eq!(r.get_ref().handed_out(), 44 + 8, "nothing past the header is read");
         assert!(r.buffer_capacity() <= READ_CHUNK);
     }
 
@@ -865,7 +793,7 @@ mod tests {
             let mut r = MessageReader::new(Script::bytewise(&bytes));
             if r.read_hello(Role::Receiver, Duration::from_secs(1)).is_ok() {
                 prop_assert!(bytes.len() >= HELLO_LEN);
-                prop_assert_eq!(r.get_ref().handed_out, HELLO_LEN);
+                prop_assert_eq!(r.get_ref().handed_out(), HELLO_LEN);
             }
         }
     }

@@ -615,6 +615,7 @@ impl Decoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::sample_header;
     use proptest::prelude::*;
     use proptest::sample::Index;
 
@@ -626,20 +627,9 @@ mod tests {
         v
     }
 
+    /// A sample header with a flag set, so that the flags byte is checked too.
     fn header(seq: u64, info: StreamInfo, jpeg_len: usize) -> FrameHeader {
-        FrameHeader {
-            seq,
-            capture_us: 1_000_000 + seq,
-            encode_start_us: 1_000_100 + seq,
-            encode_end_us: 1_002_000 + seq,
-            send_us: 1_002_500 + seq,
-            width: info.width as u16,
-            height: info.height as u16,
-            quality: 75,
-            subsampling: Subsampling::S420 as u8,
-            flags: FrameHeader::FLAG_PASSTHROUGH,
-            jpeg_len: jpeg_len as u32,
-        }
+        FrameHeader { flags: FrameHeader::FLAG_PASSTHROUGH, ..sample_header(seq, info, jpeg_len) }
     }
 
     fn jpeg(len: usize) -> Vec<u8> {

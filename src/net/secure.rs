@@ -886,26 +886,14 @@ mod tests {
 
     #[test]
     fn message_reader_and_writer_work_unchanged_over_the_secure_layer() {
-        use super::super::proto::{FrameHeader, Ping, StreamInfo};
+        use super::super::proto::{Ping, StreamInfo};
         use super::super::{Event, Message};
         let (sender, viewer) = connect_pair(Some(KEY), Some(KEY));
         let ((mut s_rd, mut s_wr), (mut v_rd, mut v_wr)) = (sender.unwrap(), viewer.unwrap());
         assert!(s_rd.get_ref().is_secure() && v_rd.get_ref().is_secure());
         let info = StreamInfo { width: 1280, height: 720, fps_milli: 0 };
         let jpeg: Vec<u8> = (0..200_000u32).map(|i| (i * 7) as u8).collect();
-        let header = FrameHeader {
-            seq: 9,
-            capture_us: 1,
-            encode_start_us: 2,
-            encode_end_us: 3,
-            send_us: 4,
-            width: 1280,
-            height: 720,
-            quality: 75,
-            subsampling: 2,
-            flags: 0,
-            jpeg_len: jpeg.len() as u32,
-        };
+        let header = crate::testutil::sample_header(9, info, jpeg.len());
         s_wr.write_message(&Message::StreamInfo(info)).unwrap();
         s_wr.write_frame(&header, &jpeg).unwrap();
         v_wr.write_message(&Message::Ping(Ping { id: 5, t1_us: 6 })).unwrap();

@@ -466,28 +466,13 @@ pub const PAGE: &str = r#"<!doctype html>
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A reader that hands out its bytes in the given chunks, then times out.
-    struct Chunks(Vec<Vec<u8>>);
-    impl Read for Chunks {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            if self.0.is_empty() {
-                return Err(io::ErrorKind::WouldBlock.into());
-            }
-            let c = self.0.remove(0);
-            let n = c.len().min(buf.len());
-            buf[..n].copy_from_slice(&c[..n]);
-            if n < c.len() {
-                self.0.insert(0, c[n..].to_vec());
-            }
-            Ok(n)
-        }
-    }
+    use crate::testutil::Script;
 
     #[test]
     fn head_split_across_reads() {
         let mut buf = [0u8; 64];
-        let mut r = Chunks(vec![b"GET / HT".to_vec(), b"TP/1.1\r\nHost: x\r".to_vec(), b"\n\r\n".to_vec()]);
+        let mut r =
+            Script::chunks(&[&b"GET / HT"[..], b"TP/1.1\r\nHost: x\r", b"\n\r\n"]).then_fail(io::ErrorKind::WouldBlock);
         let n = read_head(&mut r, &mut buf, Instant::now() + Duration::from_secs(1)).unwrap();
         assert_eq!(&buf[..n], b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
     }
@@ -495,9 +480,9 @@ mod tests {
     #[test]
     fn oversized_and_slow_heads_are_refused() {
         let mut buf = [0u8; 16];
-        let mut r = Chunks(vec![vec![b'a'; 40]]);
+        let mut r = Script::whole(&[b'a'; 40]).then_fail(io::ErrorKind::WouldBlock);
         assert_eq!(read_head(&mut r, &mut buf, Instant::now() + Duration::from_secs(1)), Err(HeadError::TooLarge));
-        let mut r = Chunks(vec![b"GET / HTTP/1.1\r\n".to_vec()]);
+        let mut r = Script::whole(b"GET / HTTP/1.1\r\n").then_fail(io::ErrorKind::WouldBlock);
         let mut big = [0u8; 64];
         assert_eq!(read_head(&mut r, &mut big, Instant::now()), Err(HeadError::Timeout));
         let mut r: &[u8] = b"GET /";
