@@ -17,7 +17,7 @@ use crate::codec::Speed;
 use crate::control::ControlConfig;
 use crate::net::proto::{MAX_DIMENSION, MAX_PIXELS};
 use crate::net::secure::{Key, KEY_ENV};
-use crate::net::Subsampling;
+use crate::format::Subsampling;
 use crate::receiver::{self, DumpConfig, RecvConfig};
 use crate::sender::{self, SendConfig, SourceFactory};
 use crate::stats::StatsConfig;

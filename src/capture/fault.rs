@@ -96,7 +96,7 @@ impl FrameSource for Flaky {
 mod tests {
     use super::*;
     use crate::capture::pattern::PatternSource;
-    use crate::net::Subsampling;
+    use crate::format::Subsampling;
 
     #[test]
     fn parses_and_rejects() {
