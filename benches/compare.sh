@@ -54,7 +54,8 @@
 # later, often on the GPU); jpegenc and jpegdec default to libjpeg's fast, less accurate
 # integer DCT (idct-method=ifast), framecast uses the accurate one (islow).
 #
-# A default run takes about 10 minutes on 2 cores once the clips are cached.
+# A --quick run took 19 s of runs on a loaded 2-core machine (plus the release build); a
+# default run does 3 sizes x 3 rounds and the latency runs: several minutes.
 #
 # Noise: before each run the script waits (up to QUIET_WAIT s per run, QUIET_BUDGET s in
 # all) until other processes use at most NOISE_MAX cores over half a second. It reads
