@@ -32,7 +32,7 @@ use framecast::capture::pattern::{planar_to_rgb, TestPattern};
 use framecast::capture::y4m::Y4mSource;
 use framecast::capture::{FrameSource, RawFrame};
 use framecast::codec::{Decoder, Encoder, JpegBuf, Speed};
-use framecast::net::Subsampling;
+use framecast::format::Subsampling;
 use framecast::testutil;
 use framecast::view::{fit, Picture};
 use turbojpeg::PixelFormat;

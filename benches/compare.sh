@@ -1,24 +1,40 @@
 #!/usr/bin/env bash
-# framecast next to GStreamer, FFmpeg and the classic OpenCV socket snippet: the same Y4M clip
-# (FFmpeg's testsrc2, 4:2:0, 30 fps) JPEG-encoded, sent over TCP on 127.0.0.1, decoded.
+# framecast next to GStreamer, FFmpeg and the classic OpenCV socket snippet: the same clip
+# (FFmpeg's testsrc2, 4:2:0, N_HI frames) JPEG-encoded, sent over TCP on 127.0.0.1, decoded,
+# with every peer in its fastest configuration.
 #
-#   sudo bash benches/compare.sh                             # 640x480, 1280x720, 1920x1080; 3 runs each
-#   SIZES=1280x720 RUNS=5 bash benches/compare.sh
-#   TOOLS="framecast gstreamer" LATENCY=0 bash benches/compare.sh
+#   bash benches/compare.sh                      # 640x480, 1280x720, 1920x1080; 3 rounds
+#   bash benches/compare.sh --quick              # one size, one round, no latency: checks that
+#                                                # the script works; its figures are not results
+#   SIZES=1280x720 RUNS=5 TOOLS="framecast gstreamer" LATENCY=0 bash benches/compare.sh
 #
-# Per size, RUNS rounds; each round runs every tool once (the order rotates from round to
-# round, so slow drifts in the machine's load spread over all tools):
+# It installs nothing: `scripts/setup.sh --bench-deps` installs the peers (Debian/Ubuntu).
 #
-#   throughput  every frame of the clip, as fast as possible, nothing dropped:
-#     framecast  recv --listen --headless --once  <-  send --connect --source CLIP --fps 0
+# Throughput is the steady-state rate. Each tool streams the first N_LO (30) frames of the
+# clip in one run and the first N_HI (300) in another, each as fast as it can, and
+#     fps = (N_HI - N_LO) / (wall(N_HI) - wall(N_LO))
+# where wall runs from starting the sender to the receiver's exit: process start-up,
+# connection set-up, the first frames' warm-up and shut-down are in both runs and cancel.
+# CPU per frame likewise: (user+sys(N_HI) - user+sys(N_LO)) / (N_HI - N_LO), both processes
+# (/usr/bin/time). Each round runs every tool's pair once, the order of the tools rotating from
+# round to round (so slow drifts in the machine's load spread over all tools) and the order
+# within a pair alternating; the table gives the median of the rounds' rates.
+#
+#   throughput  every frame, as fast as possible, nothing dropped:
+#     framecast  recv --listen --headless --once  <-  send --connect --source CLIP.y4m --fps 0 --frames N
+#                (framecast's fastest source for a file: Y4M frames are read straight into the
+#                frame buffer; it has no raw-file source)
 #     gstreamer  tcpserversrc ! gdpdepay ! jpegdec ! fakesink
-#                  <-  filesrc ! y4mdec ! jpegenc ! gdppay ! tcpclientsink     (gst-launch-1.0)
+#                  <-  filesrc location=CLIP.yuv blocksize=FRAME_BYTES num-buffers=N !
+#                      rawvideoparse ! jpegenc ! gdppay ! tcpclientsink          (gst-launch-1.0)
+#                (rawvideoparse on the raw I420 clip: y4mdec is much slower and would
+#                measure GStreamer's Y4M parser rather than its JPEG pipeline)
 #     gstreamer-queue  the same with a queue before jpegdec, jpegenc and gdppay: one more
 #                streaming thread per stage, so reading, coding and the socket overlap
 #     ffmpeg     ffmpeg -f mjpeg -i tcp://...?listen=1 -f null -
-#                  <-  ffmpeg -i CLIP -c:v mjpeg -q:v Q -f mjpeg tcp://...
-#     opencv     benches/compare/cv_snippet.py: cv2.VideoCapture -> imencode -> sendall |
-#                  data += recv(4096) -> imdecode (first OPENCV_FRAMES frames only: it is slow)
+#                  <-  ffmpeg -f rawvideo -pix_fmt yuv420p -i CLIP.yuv -frames:v N -c:v mjpeg -q:v Q -f mjpeg tcp://...
+#     opencv     benches/compare/cv_snippet.py: cv2.VideoCapture(CLIP.y4m) -> imencode -> sendall |
+#                  data += recv(4096) -> imdecode (the snippet as it is usually written)
 #   latency     capture -> decoded at a live 30 fps, LAT_FRAMES frames, on the clock both
 #               processes share (CLOCK_MONOTONIC):
 #     framecast  its receiver's summary (latency_capture_decoded_ms)
@@ -29,10 +45,7 @@
 #     ffmpeg     not measured: ffmpeg has no per-frame hook to stamp frames with
 #     gstreamer-queue  not measured (queues only matter when frames queue up)
 #
-# The receiver always listens and the sender connects. fps = decoded frames / wall time from
-# starting the sender to the receiver's exit (the same stopwatch for every tool; process
-# start-up is included, about 10 ms for gst-launch and 60 ms for ffmpeg). CPU = user+sys of
-# both processes (/usr/bin/time), per decoded frame. KB = 1000 bytes of JPEG per frame.
+# The receiver always listens and the sender connects. KB = 1000 bytes of JPEG per frame.
 # Quality: JPEG quality QUALITY for framecast, jpegenc and OpenCV (all libjpeg scaling);
 # FFmpeg's mjpeg takes a quantiser (-q:v) instead, so it is calibrated per size to the -q:v
 # whose frames come closest in size to framecast's (FFMPEG_Q overrides).
@@ -41,8 +54,8 @@
 # later, often on the GPU); jpegenc and jpegdec default to libjpeg's fast, less accurate
 # integer DCT (idct-method=ifast), framecast uses the accurate one (islow).
 #
-# A default run takes about 5 minutes on 2 cores once the clips are cached (rendering them
-# takes about 10 s more, apt longer).
+# A --quick run took 19 s of runs on a loaded 2-core machine (plus the release build); a
+# default run does 3 sizes x 3 rounds and the latency runs: several minutes.
 #
 # Noise: before each run the script waits (up to QUIET_WAIT s per run, QUIET_BUDGET s in
 # all) until other processes use at most NOISE_MAX cores over half a second. It reads
@@ -50,19 +63,37 @@
 # is "others". A run with others > NOISE_MAX is repeated (up to RETRIES times, while the
 # budget lasts) and the quietest attempt kept; rows that stay noisy are marked.
 #
-# Environment: SIZES, RUNS (3), TOOLS, CLIP_SECONDS (20), LAT_FRAMES (150), OPENCV_FRAMES
-# (150), QUALITY (75), LATENCY (1), FFMPEG_Q, NOISE_MAX (0.25 cores), QUIET_WAIT (20 s),
-# QUIET_BUDGET (180 s), RETRIES (2), TIMEOUT (120 s per process), CACHE_DIR (rendered clips;
-# 3 GB for the three sizes at 20 s), OUT_DIR (keep raw logs there), INSTALL (1: apt-get
-# install what is missing, as root), PORT_BASE (19300), FRAMECAST (binary; default: build).
+# Environment: SIZES, RUNS (3), TOOLS, N_LO (30), N_HI (300), LAT_FRAMES (150), QUALITY (75),
+# LATENCY (1), FFMPEG_Q, NOISE_MAX (0.25 cores), QUIET_WAIT (20 s), QUIET_BUDGET (180 s),
+# RETRIES (2), TIMEOUT (120 s per process), CACHE_DIR (rendered clips; about 1.8 GB for the
+# three sizes), OUT_DIR (keep raw logs there), PORT_BASE (19300), FRAMECAST (binary; default:
+# build). --quick sets the defaults SIZES=640x480 RUNS=1 LATENCY=0 QUIET_BUDGET=0 RETRIES=0.
 set -euo pipefail
+
+quick=0
+for arg in "$@"; do
+    case $arg in
+    --quick) quick=1 ;;
+    -h | --help)
+        sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+        exit 0
+        ;;
+    *)
+        echo "compare.sh: unknown argument '$arg' (--quick, --help)" >&2
+        exit 2
+        ;;
+    esac
+done
+if [ $quick = 1 ]; then
+    SIZES=${SIZES:-640x480} RUNS=${RUNS:-1} LATENCY=${LATENCY:-0} QUIET_BUDGET=${QUIET_BUDGET:-0} RETRIES=${RETRIES:-0}
+fi
 
 SIZES=${SIZES:-"640x480 1280x720 1920x1080"}
 RUNS=${RUNS:-3}
 TOOLS=${TOOLS:-"framecast gstreamer gstreamer-queue ffmpeg opencv"}
-CLIP_SECONDS=${CLIP_SECONDS:-20}
+N_LO=${N_LO:-30}
+N_HI=${N_HI:-300}
 LAT_FRAMES=${LAT_FRAMES:-150}
-OPENCV_FRAMES=${OPENCV_FRAMES:-150}
 QUALITY=${QUALITY:-75}
 LATENCY=${LATENCY:-1}
 FFMPEG_Q=${FFMPEG_Q:-}
@@ -73,7 +104,6 @@ RETRIES=${RETRIES:-2}
 TIMEOUT=${TIMEOUT:-120}
 CACHE_DIR=${CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/framecast-compare}
 OUT_DIR=${OUT_DIR:-}
-INSTALL=${INSTALL:-1}
 PORT_BASE=${PORT_BASE:-19300}
 PY=${PYTHON:-/usr/bin/python3}   # Debian's python3: where apt puts python3-gi and python3-opencv
 
@@ -87,6 +117,11 @@ helpers=$repo/benches/compare
 
 for s in $SIZES; do [[ $s =~ ^[0-9]+x[0-9]+$ ]] || die "SIZES: '$s' is not WIDTHxHEIGHT"; done
 [[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "RUNS: '$RUNS' is not a positive integer"
+[[ $N_LO =~ ^[1-9][0-9]*$ && $N_HI =~ ^[1-9][0-9]*$ ]] || die "N_LO, N_HI: '$N_LO', '$N_HI' are not positive integers"
+[ "$N_LO" -lt "$N_HI" ] || die "N_LO=$N_LO must be below N_HI=$N_HI (the rate is their difference over the time difference)"
+if ! [[ $LAT_FRAMES =~ ^[1-9][0-9]*$ ]] || [ "$LAT_FRAMES" -gt "$N_HI" ]; then
+    die "LAT_FRAMES=$LAT_FRAMES: expected 1..=N_HI ($N_HI, the clip's length)"
+fi
 for t in $TOOLS; do
     case $t in framecast | gstreamer | gstreamer-queue | ffmpeg | opencv) ;;
     *) die "TOOLS: unknown tool '$t' (framecast gstreamer gstreamer-queue ffmpeg opencv)" ;;
@@ -94,62 +129,34 @@ for t in $TOOLS; do
 done
 
 # ---------------------------------------------------------------------------------------------
-# Peers: install what is missing (apt, as root), then check; a missing required tool is fatal.
+# Peers: check; a missing required tool is fatal, with what to install.
 
 gst_has() { gst-inspect-1.0 "$1" >/dev/null 2>&1; }
 py_has() { [ -x "$PY" ] && "$PY" -c "$1" >/dev/null 2>&1; }
 PY_GST='import gi; gi.require_version("Gst", "1.0"); from gi.repository import Gst'
 PY_CV='import cv2, numpy'
 
-missing_pkgs() {
-    local p=()
-    command -v gst-launch-1.0 >/dev/null || p+=(gstreamer1.0-tools)
-    if command -v gst-inspect-1.0 >/dev/null; then
-        gst_has tcpserversrc || p+=(gstreamer1.0-plugins-base)
-        gst_has jpegenc || p+=(gstreamer1.0-plugins-good)
-        { gst_has gdppay && gst_has y4mdec; } || p+=(gstreamer1.0-plugins-bad)
-    else
-        p+=(gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad)
-    fi
-    command -v ffmpeg >/dev/null || p+=(ffmpeg)
-    [ -x /usr/bin/time ] || p+=(time)
-    command -v ss >/dev/null || p+=(iproute2)
-    [ -x "$PY" ] || p+=(python3)
-    py_has "$PY_GST" || p+=(python3-gi gir1.2-gstreamer-1.0)
-    py_has "$PY_CV" || p+=(python3-opencv python3-numpy)
-    echo "${p[@]}"
-}
-
-pkgs=$(missing_pkgs)
-if [ -n "$pkgs" ]; then
-    if [ "$INSTALL" = 1 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        note "installing: $pkgs"
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get update -qq >&2 || die "apt-get update failed"
-        # shellcheck disable=SC2086
-        apt-get install -y -qq $pkgs >&2 || die "apt-get install $pkgs failed"
-    else
-        note "missing: $pkgs (install as root: apt-get update && apt-get install -y $pkgs)"
-    fi
-fi
 fatal=()
-command -v gst-launch-1.0 >/dev/null || fatal+=("gst-launch-1.0 (gstreamer1.0-tools)")
-for e in filesrc y4mdec jpegenc jpegdec gdppay gdpdepay tcpserversrc tcpclientsink identity tee queue fakesink filesink; do
-    gst_has "$e" || fatal+=("GStreamer element $e")
-done
+if command -v gst-launch-1.0 >/dev/null && command -v gst-inspect-1.0 >/dev/null; then
+    for e in filesrc rawvideoparse jpegenc jpegdec gdppay gdpdepay tcpserversrc tcpclientsink identity tee queue fakesink filesink; do
+        gst_has "$e" || fatal+=("GStreamer element $e")
+    done
+else
+    fatal+=("gst-launch-1.0 and gst-inspect-1.0")
+fi
 command -v ffmpeg >/dev/null || fatal+=("ffmpeg")
-[ -x /usr/bin/time ] || fatal+=("/usr/bin/time (time)")
-command -v ss >/dev/null || fatal+=("ss (iproute2)")
-[ -x "$PY" ] || fatal+=("$PY (python3)")
-[ ${#fatal[@]} -eq 0 ] || die "missing after install: ${fatal[*]}. Install them (Debian/Ubuntu: apt-get install -y gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad ffmpeg time iproute2 python3) or run as root."
+[ -x /usr/bin/time ] || fatal+=("/usr/bin/time")
+command -v ss >/dev/null || fatal+=("ss")
+[ -x "$PY" ] || fatal+=("$PY")
+[ ${#fatal[@]} -eq 0 ] || die "missing: ${fatal[*]}. Install the peers with: scripts/setup.sh --bench-deps"
 gst_latency=1
-if ! py_has "$PY_GST"; then
+if [ "$LATENCY" = 1 ] && ! py_has "$PY_GST"; then
     gst_latency=0
-    note "no GStreamer Python bindings ($PY: python3-gi, gir1.2-gstreamer-1.0): GStreamer latency is left out"
+    note "no GStreamer Python bindings for $PY (scripts/setup.sh --bench-deps): GStreamer latency is left out"
 fi
 if [[ " $TOOLS " == *" opencv "* ]] && ! py_has "$PY_CV"; then
     TOOLS=$(echo " $TOOLS " | sed 's/ opencv / /; s/^ *//; s/ *$//')
-    note "no OpenCV for $PY (python3-opencv): the opencv rows are left out"
+    note "no OpenCV for $PY (scripts/setup.sh --bench-deps): the opencv rows are left out"
 fi
 [[ " $TOOLS " == *" framecast "* ]] || TOOLS="framecast $TOOLS" # its frame size calibrates FFmpeg's -q:v
 
@@ -256,24 +263,18 @@ wait_quiet() {
 }
 
 manifest=$work/manifest.tsv
-: >"$manifest"
-echo -e "size\ttool\tkind\trun\tattempt\tdir\twall_s\tload1\tothers_cores\tffmpeg_q" >"$manifest"
+echo -e "size\ttool\tkind\tframes\trun\tattempt\tdir\twall_s\tload1\tothers_cores\tffmpeg_q" >"$manifest"
 
 # ---------------------------------------------------------------------------------------------
-# One measured run: $1 tool, $2 kind (tp|lat), $3 size, $4 clip, $5 dir. Sets $others.
+# The clip of the size being measured: $w, $h, $y4m, $yuv (the same frames, raw I420), $frame_bytes.
+w='' h='' y4m='' yuv='' frame_bytes='' ffq=''
 
-others=0
-measure() {
-    local tool=$1 kind=$2 size=$3 clip=$4 dir=$5 rpid spid b0 b1 t0 t1 ok=1
-    mkdir -p "$dir"
-    wait_quiet
-    next_port
-    local addr=127.0.0.1:$port
-    local fps=0 frames=0
-    [ "$kind" = lat ] && fps=30 frames=$LAT_FRAMES
+# Starts the receiver of $1 tool for $2 kind (tp|lat) into $3 dir, listening on $port.
+start_receiver() {
+    local tool=$1 kind=$2 dir=$3
     case $tool in
     framecast)
-        start "$dir/recv" "$FRAMECAST" recv --listen "$addr" --headless --once --stats-json "$dir/recv.jsonl"
+        start "$dir/recv" "$FRAMECAST" recv --listen "127.0.0.1:$port" --headless --once --stats-json "$dir/recv.jsonl"
         ;;
     gstreamer-queue)
         start "$dir/recv" gst-launch-1.0 -q tcpserversrc host=127.0.0.1 port="$port" ! gdpdepay ! queue max-size-buffers=2 ! \
@@ -288,54 +289,71 @@ measure() {
         fi
         ;;
     ffmpeg)
-        start "$dir/recv" ffmpeg -nostdin -hide_banner -loglevel info -stats -f mjpeg -i "tcp://$addr?listen=1" -f null -
+        start "$dir/recv" ffmpeg -nostdin -hide_banner -loglevel info -stats -f mjpeg -i "tcp://127.0.0.1:$port?listen=1" -f null -
         ;;
     opencv)
         start "$dir/recv" "$PY" "$helpers/cv_snippet.py" recv 127.0.0.1 "$port" "$dir/recv.json"
         ;;
     esac
+}
+
+# Starts the sender of $1 tool for $2 kind into $3 dir: $4 frames, at 30 fps (lat) or as fast
+# as it can (tp), each tool reading the clip the fastest way it can.
+start_sender() {
+    local tool=$1 kind=$2 dir=$3 n=$4 fps=0
+    [ "$kind" = lat ] && fps=30
+    local raw=(filesrc location="$yuv" blocksize="$frame_bytes" num-buffers="$n" ! rawvideoparse width="$w" height="$h"
+        format=i420 framerate=30/1)
+    local sink=(tcpclientsink host=127.0.0.1 port="$port" sync=false)
+    case $tool in
+    framecast)
+        start "$dir/send" "$FRAMECAST" send --connect "127.0.0.1:$port" --source "$y4m" --fps "$fps" --quality "$QUALITY" \
+            --frames "$n" --stats-json "$dir/send.jsonl"
+        ;;
+    gstreamer-queue)
+        start "$dir/send" gst-launch-1.0 -q "${raw[@]}" ! queue max-size-buffers=2 ! jpegenc quality="$QUALITY" ! \
+            queue max-size-buffers=2 ! gdppay ! "${sink[@]}"
+        ;;
+    gstreamer)
+        if [ "$kind" = tp ]; then
+            start "$dir/send" gst-launch-1.0 -q "${raw[@]}" ! jpegenc quality="$QUALITY" ! gdppay ! "${sink[@]}"
+        else
+            start "$dir/send" "$PY" "$helpers/gst_latency.py" send "$dir/send.json" "$n" \
+                "${raw[*]} ! identity name=probe sync=true ! jpegenc quality=$QUALITY ! gdppay ! ${sink[*]}"
+        fi
+        ;;
+    ffmpeg)
+        start "$dir/send" ffmpeg -nostdin -hide_banner -loglevel info -f rawvideo -pix_fmt yuv420p -video_size "${w}x$h" \
+            -framerate 30 -i "$yuv" -frames:v "$n" -c:v mjpeg -strict unofficial -q:v "$ffq" -f mjpeg "tcp://127.0.0.1:$port"
+        ;;
+    opencv)
+        start "$dir/send" "$PY" "$helpers/cv_snippet.py" send 127.0.0.1 "$port" "$y4m" "$fps" "$n" "$QUALITY"
+        ;;
+    esac
+}
+
+# One measured run: $1 tool, $2 kind (tp|lat), $3 frames, $4 dir. Writes $4/wall; sets $others.
+others=0
+measure() {
+    local tool=$1 kind=$2 n=$3 dir=$4 rpid spid b0 b1 t0 t1 ok=1
+    mkdir -p "$dir"
+    wait_quiet
+    next_port
+    start_receiver "$tool" "$kind" "$dir"
     rpid=$bg_pid
     if ! wait_listen "$port"; then
         kill -TERM "$rpid" 2>/dev/null || true
         finish "$rpid" "$dir/recv" "$tool receiver" || true
-        die "$tool receiver did not listen on $addr within 5 s"
+        die "$tool receiver did not listen on 127.0.0.1:$port within 5 s"
     fi
     load1 >"$dir/load1"
     b0=$(busy_s)
     t0=$EPOCHREALTIME
-    case $tool in
-    framecast)
-        local f=()
-        [ "$frames" -gt 0 ] && f=(--frames "$frames")
-        start "$dir/send" "$FRAMECAST" send --connect "$addr" --source "$clip" --fps "$fps" --quality "$QUALITY" \
-            "${f[@]}" --stats-json "$dir/send.jsonl"
-        ;;
-    gstreamer-queue)
-        start "$dir/send" gst-launch-1.0 -q filesrc location="$clip" ! y4mdec ! queue max-size-buffers=2 ! jpegenc quality="$QUALITY" ! \
-            queue max-size-buffers=2 ! gdppay ! tcpclientsink host=127.0.0.1 port="$port" sync=false
-        ;;
-    gstreamer)
-        if [ "$kind" = tp ]; then
-            start "$dir/send" gst-launch-1.0 -q filesrc location="$clip" ! y4mdec ! jpegenc quality="$QUALITY" ! gdppay ! \
-                tcpclientsink host=127.0.0.1 port="$port" sync=false
-        else
-            start "$dir/send" "$PY" "$helpers/gst_latency.py" send "$dir/send.json" "$frames" \
-                "filesrc location=$clip ! y4mdec ! identity name=probe sync=true ! jpegenc quality=$QUALITY ! gdppay ! tcpclientsink host=127.0.0.1 port=$port sync=false"
-        fi
-        ;;
-    ffmpeg)
-        start "$dir/send" ffmpeg -nostdin -hide_banner -loglevel info -i "$clip" -c:v mjpeg -strict unofficial \
-            -q:v "$ffq" -f mjpeg "tcp://$addr"
-        ;;
-    opencv)
-        [ "$kind" = tp ] && frames=$OPENCV_FRAMES
-        start "$dir/send" "$PY" "$helpers/cv_snippet.py" send 127.0.0.1 "$port" "$clip" "$fps" "$frames" "$QUALITY"
-        ;;
-    esac
+    start_sender "$tool" "$kind" "$dir" "$n"
     spid=$bg_pid
-    finish "$spid" "$dir/send" "$tool $kind sender ($size)" || ok=0
+    finish "$spid" "$dir/send" "$tool $kind sender (${w}x$h, $n frames)" || ok=0
     if [ $ok = 0 ]; then kill -TERM "$rpid" 2>/dev/null || true; fi
-    finish "$rpid" "$dir/recv" "$tool $kind receiver ($size)" || ok=0
+    finish "$rpid" "$dir/recv" "$tool $kind receiver (${w}x$h, $n frames)" || ok=0
     t1=$EPOCHREALTIME
     b1=$(busy_s)
     [ $ok = 1 ] || return 1
@@ -343,35 +361,89 @@ measure() {
         "$PY" "$helpers/gst_latency.py" latency "$dir/send.json" "$dir/recv.json" >"$dir/latency.json"
     fi
     local wall ours
-    wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f\n", b - a }')
+    wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.4f\n", b - a }')
     ours=$(awk -v a="$(cpu_of "$dir/send.time")" -v b="$(cpu_of "$dir/recv.time")" 'BEGIN { print a + b }')
     others=$(awk -v b0="$b0" -v b1="$b1" -v o="$ours" -v w="$wall" 'BEGIN { x = (b1 - b0 - o) / w; printf "%.2f\n", x < 0 ? 0 : x }')
     echo "$wall" >"$dir/wall"
 }
 
 # Runs measure with retries while others > NOISE_MAX; records every attempt in the manifest.
+# $1 tool, $2 kind, $3 frames, $4 round.
 run() {
-    local tool=$1 kind=$2 size=$3 clip=$4 r=$5 a dir
+    local tool=$1 kind=$2 n=$3 r=$4 size=${w}x$h a dir
     for a in $(seq 0 "$RETRIES"); do
-        dir=$work/$size/$tool-$kind-$r-$a
+        dir=$work/$size/$tool-$kind-$n-$r-$a
         local tries=0
-        until measure "$tool" "$kind" "$size" "$clip" "$dir"; do
+        until measure "$tool" "$kind" "$n" "$dir"; do
             tries=$((tries + 1))
-            [ $tries -lt 2 ] || die "$tool $kind at $size failed twice; logs in $dir (set OUT_DIR to keep them)"
+            [ $tries -lt 2 ] || die "$tool $kind ($n frames) at $size failed twice; logs in $dir (set OUT_DIR to keep them)"
             note "$tool $kind failed; once more"
         done
-        echo -e "$size\t$tool\t$kind\t$r\t$a\t$dir\t$(cat "$dir/wall")\t$(cat "$dir/load1")\t$others\t${ffq:-}" >>"$manifest"
-        printf '   %-9s %-3s run %d: wall %6.2f s, load %s, others %s cores%s\n' "$tool" "$kind" "$r" "$(cat "$dir/wall")" \
-            "$(cat "$dir/load1")" "$others" "$(awk -v o="$others" -v m="$NOISE_MAX" 'BEGIN { if (o > m) print " (noisy)" }')" >&2
+        echo -e "$size\t$tool\t$kind\t$n\t$r\t$a\t$dir\t$(cat "$dir/wall")\t$(cat "$dir/load1")\t$others\t${ffq:-}" >>"$manifest"
+        printf '   %-15s %-3s %4d frames, round %d: wall %7.3f s, load %s, others %s cores%s\n' "$tool" "$kind" "$n" "$r" \
+            "$(cat "$dir/wall")" "$(cat "$dir/load1")" "$others" \
+            "$(awk -v o="$others" -v m="$NOISE_MAX" 'BEGIN { if (o > m) print " (noisy)" }')" >&2
         awk -v o="$others" -v m="$NOISE_MAX" 'BEGIN { exit !(o > m) }' || break
         [ "$waited" -lt "$QUIET_BUDGET" ] || break # a machine that stays busy: no point repeating
     done
+}
+
+# Renders the clip of the current size once into CACHE_DIR: N_HI frames as Y4M, and the same
+# frames as raw I420 (the Y4M without its headers).
+render_clip() {
+    local base=$CACHE_DIR/testsrc2-${w}x$h-30fps-${N_HI}f
+    y4m=$base.y4m yuv=$base.yuv frame_bytes=$((w * h * 3 / 2))
+    if [ ! -s "$y4m" ]; then
+        note "rendering $y4m"
+        timeout "$((TIMEOUT * 3))" ffmpeg -nostdin -loglevel error -y -f lavfi -i "testsrc2=size=${w}x$h:rate=30" \
+            -frames:v "$N_HI" -pix_fmt yuv420p -f yuv4mpegpipe "$y4m.part" || die "rendering $y4m failed"
+        mv "$y4m.part" "$y4m"
+    fi
+    if [ ! -s "$yuv" ]; then
+        timeout "$((TIMEOUT * 3))" ffmpeg -nostdin -loglevel error -y -f yuv4mpegpipe -i "$y4m" -f rawvideo -pix_fmt yuv420p \
+            "$yuv.part" || die "converting $y4m to raw I420 failed"
+        mv "$yuv.part" "$yuv"
+    fi
+    [ "$(stat -c %s "$yuv")" -eq $((frame_bytes * N_HI)) ] || die "$yuv: expected $N_HI frames of $frame_bytes bytes"
+    cat "$y4m" "$yuv" >/dev/null # into the page cache
+}
+
+# FFmpeg's -q:v whose frames come closest in size to $1 bytes (framecast's mean frame).
+calibrate_ffmpeg() {
+    local target=$1 best='' q d
+    for q in 2 3 4 5 6 7 8 10 12; do
+        timeout "$TIMEOUT" ffmpeg -nostdin -loglevel error -y -f rawvideo -pix_fmt yuv420p -video_size "${w}x$h" -framerate 30 \
+            -i "$yuv" -frames:v 60 -c:v mjpeg -strict unofficial -q:v "$q" -f mjpeg "$work/q$q.mjpeg" ||
+            die "ffmpeg -q:v $q calibration failed"
+        d=$(awk -v s="$(stat -c %s "$work/q$q.mjpeg")" -v t="$target" 'BEGIN { d = s / 60 - t; print d < 0 ? -d : d }')
+        if [ -z "$best" ] || awk -v a="$d" -v b="$best" 'BEGIN { exit !(a < b) }'; then best=$d ffq=$q; fi
+        rm -f "$work/q$q.mjpeg"
+    done
+}
+
+# GStreamer check (not timed): N_HI frames decoded, and the JPEG bytes that crossed the socket.
+check_gstreamer() {
+    local d=$work/${w}x$h/gst-check rpid n
+    mkdir -p "$d"
+    next_port
+    start "$d/recv" gst-launch-1.0 -v tcpserversrc host=127.0.0.1 port="$port" ! gdpdepay ! tee name=t ! queue ! jpegdec ! \
+        fakesink sync=false silent=false t. ! queue ! filesink location="$d/stream.mjpeg"
+    rpid=$bg_pid
+    wait_listen "$port" || die "GStreamer check: the receiver did not listen"
+    start_sender gstreamer tp "$d" "$N_HI"
+    finish "$bg_pid" "$d/send" "GStreamer check sender" || die "GStreamer check failed"
+    finish "$rpid" "$d/recv" "GStreamer check receiver" || die "GStreamer check failed"
+    n=$(grep -c 'last-message = chain' "$d/recv.log" || true)
+    [ "$n" = "$N_HI" ] || die "GStreamer check: $n frames decoded, $N_HI sent"
+    echo "$n $(stat -c %s "$d/stream.mjpeg")" >"$work/${w}x$h/gst_check"
+    rm -f "$d/stream.mjpeg"
 }
 
 # ---------------------------------------------------------------------------------------------
 
 machine=$work/machine.txt
 {
+    [ $quick = 0 ] || echo "QUICK MODE (--quick): one round, not quiet-gated; a check that the script works, not a result"
     echo "host: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(uname -sr), load average at start $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "framecast $(git -C "$repo" describe --always --dirty 2>/dev/null || echo '?') (libjpeg-turbo 3.1 via the turbojpeg crate); $(gst-launch-1.0 --version | sed -n 2p) (jpegenc/jpegdec: libjpeg62-turbo $(dpkg-query -W -f='${Version}' libjpeg62-turbo 2>/dev/null || echo '?')); $(ffmpeg -version | head -1 | cut -d' ' -f1-3); OpenCV $("$PY" -c 'import cv2; print(cv2.__version__)' 2>/dev/null || echo none)"
 } >"$machine"
@@ -380,81 +452,40 @@ start_epoch=$(date +%s)
 
 for size in $SIZES; do
     w=${size%x*} h=${size#*x}
-    clip=$CACHE_DIR/testsrc2-${size}-30fps-${CLIP_SECONDS}s.y4m
-    if [ ! -s "$clip" ]; then
-        note "rendering $clip"
-        timeout "$((TIMEOUT * 3))" ffmpeg -nostdin -loglevel error -y -f lavfi -i "testsrc2=size=${size}:rate=30" -t "$CLIP_SECONDS" \
-            -pix_fmt yuv420p -f yuv4mpegpipe "$clip.part" || die "rendering $clip failed"
-        mv "$clip.part" "$clip"
-    fi
-    cat "$clip" >/dev/null # into the page cache
-    clip_frames=$("$PY" -c '
-import os, sys
-path, w, h = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-with open(path, "rb") as f:
-    header = len(f.readline())
-print((os.path.getsize(path) - header) // (6 + w * h * 3 // 2))' "$clip" "$w" "$h")
-    note "$size: $clip_frames frames"
+    render_clip
     mkdir -p "$work/$size"
-    echo "$clip_frames" >"$work/$size/clip_frames"
 
     # Warm-up (not counted): framecast once; its mean frame size is FFmpeg's -q:v target.
     ffq=
-    measure framecast tp "$size" "$clip" "$work/$size/warmup" || die "framecast warm-up run failed"
+    measure framecast tp "$N_HI" "$work/$size/warmup" || die "framecast warm-up run failed"
     target=$("$PY" -c 'import json, sys; print([json.loads(l) for l in open(sys.argv[1]) if l.strip()][-1]["mean_frame_bytes"])' \
         "$work/$size/warmup/recv.jsonl")
     if [[ " $TOOLS " == *" ffmpeg "* ]]; then
-        if [ -n "$FFMPEG_Q" ]; then
-            ffq=$FFMPEG_Q
-        else
-            best=
-            for q in 2 3 4 5 6 7 8 10 12; do
-                timeout "$TIMEOUT" ffmpeg -nostdin -loglevel error -y -i "$clip" -frames:v 60 -c:v mjpeg -strict unofficial -q:v "$q" \
-                    -f mjpeg "$work/$size/q$q.mjpeg" || die "ffmpeg -q:v $q calibration failed"
-                d=$(awk -v s="$(stat -c %s "$work/$size/q$q.mjpeg")" -v t="$target" 'BEGIN { d = s / 60 - t; print d < 0 ? -d : d }')
-                if [ -z "$best" ] || awk -v a="$d" -v b="$best" 'BEGIN { exit !(a < b) }'; then best=$d ffq=$q; fi
-                rm -f "$work/$size/q$q.mjpeg"
-            done
-        fi
+        if [ -n "$FFMPEG_Q" ]; then ffq=$FFMPEG_Q; else calibrate_ffmpeg "$target"; fi
         note "$size: ffmpeg -q:v $ffq (framecast q$QUALITY: $(awk -v t="$target" 'BEGIN { printf "%.1f", t / 1000 }') KB/frame)"
     fi
-    # GStreamer check (not timed): frames decoded and JPEG bytes that crossed the socket.
-    if [[ " $TOOLS " == *" gstreamer"* ]]; then
-        d=$work/$size/gst-check
-        mkdir -p "$d"
-        next_port
-        start "$d/recv" gst-launch-1.0 -v tcpserversrc host=127.0.0.1 port="$port" ! gdpdepay ! tee name=t ! queue ! jpegdec ! \
-            fakesink sync=false silent=false t. ! queue ! filesink location="$d/stream.mjpeg"
-        rpid=$bg_pid
-        wait_listen "$port" || die "GStreamer check: the receiver did not listen"
-        start "$d/send" gst-launch-1.0 -q filesrc location="$clip" ! y4mdec ! jpegenc quality="$QUALITY" ! gdppay ! \
-            tcpclientsink host=127.0.0.1 port="$port" sync=false
-        finish "$bg_pid" "$d/send" "GStreamer check sender" || die "GStreamer check failed"
-        finish "$rpid" "$d/recv" "GStreamer check receiver" || die "GStreamer check failed"
-        n=$(grep -c 'last-message = chain' "$d/recv.log" || true)
-        [ "$n" = "$clip_frames" ] || die "GStreamer check: $n frames decoded, the clip has $clip_frames"
-        echo "$n $(stat -c %s "$d/stream.mjpeg")" >"$work/$size/gst_check"
-        rm -f "$d/stream.mjpeg"
-    fi
+    [[ " $TOOLS " != *" gstreamer"* ]] || check_gstreamer
 
     read -r -a tools <<<"$TOOLS"
     for r in $(seq "$RUNS"); do
         note "$size round $r/$RUNS"
         n=${#tools[@]}
+        pair=("$N_LO" "$N_HI")
+        [ $((r % 2)) = 1 ] || pair=("$N_HI" "$N_LO")
         for i in $(seq 0 $((n - 1))); do
             tool=${tools[$(((i + r - 1) % n))]}
-            run "$tool" tp "$size" "$clip" "$r"
+            for frames in "${pair[@]}"; do run "$tool" tp "$frames" "$r"; done
         done
         if [ "$LATENCY" = 1 ]; then
             for i in $(seq 0 $((n - 1))); do
                 tool=${tools[$(((i + r - 1) % n))]}
                 case $tool in ffmpeg | gstreamer-queue) continue ;; gstreamer) [ $gst_latency = 1 ] || continue ;; esac
-                run "$tool" lat "$size" "$clip" "$r"
+                run "$tool" lat "$LAT_FRAMES" "$r"
             done
         fi
     done
 done
 
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg); $(($(date +%s) - start_epoch)) s for the runs" >>"$machine"
-"$PY" "$helpers/table.py" "$work" "$QUALITY" "$NOISE_MAX" "$CLIP_SECONDS" "$LAT_FRAMES" "$OPENCV_FRAMES"
+"$PY" "$helpers/table.py" "$work" "$QUALITY" "$NOISE_MAX" "$N_LO" "$N_HI" "$LAT_FRAMES"
 [ -z "$OUT_DIR" ] || note "raw logs: $work"

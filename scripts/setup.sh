@@ -3,6 +3,8 @@
 #
 #   scripts/setup.sh               build dependencies
 #   scripts/setup.sh --test-deps   also Xvfb, xwd, xwininfo, ImageMagick and tjbench
+#   scripts/setup.sh --bench-deps  also the peers benches/compare.sh measures framecast against
+#                                  (GStreamer, FFmpeg, OpenCV) and the tools it times them with
 #   scripts/setup.sh --no-update   skip `apt-get update` (the caller has just run it)
 #
 # Debian/Ubuntu: installs with apt-get (through sudo unless run as root), only the packages
@@ -19,10 +21,12 @@
 set -euo pipefail
 
 test_deps=false
+bench_deps=false
 update=true
 for arg in "$@"; do
     case "$arg" in
         --test-deps) test_deps=true ;;
+        --bench-deps) bench_deps=true ;;
         --no-update) update=false ;;
         -h | --help)
             sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
@@ -45,14 +49,23 @@ build_pkgs=(build-essential cmake nasm libclang-dev clang pkg-config libx11-6 li
 # libjpeg-turbo-progs: tjbench, the reference numbers the benches are compared with;
 # chromium and ffmpeg: real clients of the HTTP endpoint.
 test_pkgs=(xvfb x11-apps x11-utils xdotool imagemagick libjpeg-turbo-progs chromium ffmpeg)
+# benches/compare.sh: gst-launch-1.0 with filesrc/rawvideoparse (base), jpegenc/jpegdec (good) and
+# gdppay/gdpdepay (bad); the GStreamer Python bindings for its latency probes; OpenCV for the
+# classic socket snippet; /usr/bin/time and ss to time and wait for the processes.
+bench_pkgs=(gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
+    python3 python3-gi gir1.2-gstreamer-1.0 python3-opencv python3-numpy ffmpeg time iproute2)
 
 say() { printf 'setup.sh: %s\n' "$*"; }
 
 print_other_platforms() {
     local fedora_test="" brew_test=""
     if $test_deps; then
-        fedora_test=$'\n    sudo dnf install -y xorg-x11-server-Xvfb xwd xwininfo xdotool ImageMagick libjpeg-turbo-utils chromium ffmpeg'
-        brew_test=$'\n    brew install imagemagick jpeg-turbo    # tjbench; the window test is X11-only and skips on macOS'
+        fedora_test+=$'\n    sudo dnf install -y xorg-x11-server-Xvfb xwd xwininfo xdotool ImageMagick libjpeg-turbo-utils chromium ffmpeg'
+        brew_test+=$'\n    brew install imagemagick jpeg-turbo    # tjbench; the window test is X11-only and skips on macOS'
+    fi
+    if $bench_deps; then
+        fedora_test+=$'\n    sudo dnf install -y gstreamer1 gstreamer1-plugins-base gstreamer1-plugins-good gstreamer1-plugins-bad-free python3-gobject python3-opencv ffmpeg time iproute'
+        brew_test+=$'\n    brew install gstreamer ffmpeg opencv pygobject3    # benches/compare.sh also needs GNU time and ss: Linux only'
     fi
     cat <<EOF
 Fedora / RHEL (dnf):
@@ -139,6 +152,9 @@ wanted=("${build_pkgs[@]}")
 if $test_deps; then
     wanted+=("${test_pkgs[@]}")
 fi
+if $bench_deps; then
+    wanted+=("${bench_pkgs[@]}")
+fi
 missing=()
 for pkg in "${wanted[@]}"; do
     if [ "$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null)" != "install ok installed" ]; then
@@ -161,6 +177,9 @@ fi
 tools=(cc cmake nasm)
 if $test_deps; then
     tools+=(Xvfb xwd xwininfo convert tjbench chromium ffmpeg ffprobe)
+fi
+if $bench_deps; then
+    tools+=(gst-launch-1.0 gst-inspect-1.0 ffmpeg /usr/bin/time ss /usr/bin/python3)
 fi
 absent=()
 for tool in "${tools[@]}"; do

@@ -10,17 +10,19 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use tracing::warn;
 
 use crate::capture::camera::CameraSource;
+use crate::capture::fault::{self, Fault, FlakyOpener};
 use crate::capture::pattern::PatternSource;
 use crate::capture::y4m::Y4mSource;
 use crate::capture::{CaptureError, FrameSource, SourceSpec};
+use crate::clock::ClockSkew;
 use crate::codec::Speed;
 use crate::control::ControlConfig;
+use crate::format::Subsampling;
 use crate::net::proto::{MAX_DIMENSION, MAX_PIXELS};
 use crate::net::secure::{Key, KEY_ENV};
-use crate::net::Subsampling;
 use crate::receiver::{self, DumpConfig, RecvConfig};
 use crate::sender::{self, SendConfig, SourceFactory};
-use crate::stats::StatsConfig;
+use crate::stats::{JsonLog, StatsConfig};
 
 pub const DEFAULT_PORT: u16 = 8089;
 
@@ -226,7 +228,11 @@ pub struct RunArgs {
 
 impl RunArgs {
     fn stats(&self) -> StatsConfig {
-        StatsConfig { interval: self.stats_interval, json: self.stats_json.clone(), enabled: !self.no_stats }
+        StatsConfig {
+            interval: self.stats_interval,
+            json: self.stats_json.clone().map(JsonLog::new),
+            enabled: !self.no_stats,
+        }
     }
 }
 
@@ -375,6 +381,11 @@ pub struct DemoArgs {
     /// No window, even if a display exists.
     #[arg(long)]
     pub headless: bool,
+    /// Both sides' stats as JSON lines in one file, each record tagged by "role" ("sender" or
+    /// "receiver"); `framecast report PATH` reads it. For a file per side use
+    /// --send-stats-json and --recv-stats-json instead (not together with this one).
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["send_stats_json", "recv_stats_json"])]
+    pub stats_json: Option<PathBuf>,
     /// Sender stats as JSON lines (see `send --stats-json`).
     #[arg(long, value_name = "PATH")]
     pub send_stats_json: Option<PathBuf>,
@@ -382,7 +393,7 @@ pub struct DemoArgs {
     #[arg(long, value_name = "PATH")]
     pub recv_stats_json: Option<PathBuf>,
     /// Measure nothing and print no stats (to see what measuring costs).
-    #[arg(long, conflicts_with_all = ["send_stats_json", "recv_stats_json"])]
+    #[arg(long, conflicts_with_all = ["stats_json", "send_stats_json", "recv_stats_json"])]
     pub no_stats: bool,
     #[command(flatten)]
     pub source: SourceArgs,
@@ -394,75 +405,114 @@ pub struct DemoArgs {
     pub decode: DecodeArgs,
 }
 
+impl DemoArgs {
+    /// The sender's and the receiver's JSON-lines logs. With `--stats-json` (or both per-side
+    /// flags naming one path) the two are clones of one log, so their lines never interleave.
+    pub fn stats_logs(&self) -> (Option<JsonLog>, Option<JsonLog>) {
+        if let Some(path) = &self.stats_json {
+            let log = JsonLog::new(path);
+            return (Some(log.clone()), Some(log));
+        }
+        let send = self.send_stats_json.clone().map(JsonLog::new);
+        let recv = match (&send, &self.recv_stats_json) {
+            (Some(s), Some(r)) if s.path() == r.as_path() => send.clone(),
+            (_, r) => r.clone().map(JsonLog::new),
+        };
+        (send, recv)
+    }
+}
+
 const CONNECT_PATIENCE: Duration = Duration::from_secs(10);
 
 fn bind(addr: SocketAddr, flag: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).with_context(|| format!("{flag} {addr}: cannot listen there"))
 }
 
+/// Test hooks: environment variables that make a process misbehave on purpose, for the
+/// integration tests. Hidden from `--help`. The binary reads them once at start-up, before
+/// any thread starts, into this explicit config; no production path reads the environment.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct TestHooks {
+    /// `FRAMECAST_TEST_CLOCK_SKEW=OFFSET_S,DRIFT_PPM`: this process's clock runs ahead and
+    /// fast, with a clock id of its own (see [`crate::clock::install_skew`]).
+    pub clock_skew: Option<ClockSkew>,
+    /// `FRAMECAST_TEST_SOURCE_FAULT=AFTER:DOWN`: `--source test` fails on demand (see
+    /// [`crate::capture::fault`]).
+    pub source_fault: Option<Fault>,
+}
+
+/// The variable behind [`TestHooks::clock_skew`].
+pub const CLOCK_SKEW_ENV: &str = "FRAMECAST_TEST_CLOCK_SKEW";
+
+impl TestHooks {
+    /// Reads the hooks from the environment. An unset or empty variable is no hook; a value
+    /// that does not parse is an error naming the variable.
+    pub fn from_env() -> anyhow::Result<TestHooks> {
+        Self::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// [`TestHooks::from_env`] over any source of variables.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> anyhow::Result<TestHooks> {
+        let get = |name: &str| var(name).filter(|v| !v.trim().is_empty());
+        let clock_skew = get(CLOCK_SKEW_ENV)
+            .map(|v| v.parse::<ClockSkew>().map_err(|e| anyhow::anyhow!("{CLOCK_SKEW_ENV}={e}")))
+            .transpose()?;
+        let source_fault = get(fault::ENV).map(|v| v.parse::<Fault>().map_err(anyhow::Error::msg)).transpose()?;
+        Ok(TestHooks { clock_skew, source_fault })
+    }
+
+    /// Applies the hooks that are process-wide (the clock skew). Call it once, before any
+    /// thread starts.
+    pub fn install(&self) -> anyhow::Result<()> {
+        if let Some(skew) = self.clock_skew {
+            crate::clock::install_skew(skew).map_err(|e| anyhow::anyhow!("{CLOCK_SKEW_ENV}: {e}"))?;
+            warn!(offset_us = skew.offset_us, drift_ppm = skew.drift_ppm, "test hook: this process's clock is skewed");
+        }
+        Ok(())
+    }
+}
+
+/// Rejects a frame size that `sub` cannot sample (odd widths or heights where chroma is halved).
+fn check_even(size: Size, sub: Subsampling) -> anyhow::Result<()> {
+    let (w, h) = (size.width, size.height);
+    let w_even = matches!(sub, Subsampling::S420 | Subsampling::S422);
+    if (w_even && w % 2 == 1) || (sub == Subsampling::S420 && h % 2 == 1) {
+        bail!(
+            "--size {w}x{h}: with --subsampling {sub} the width{} must be even",
+            if sub == Subsampling::S420 { " and height" } else { "" }
+        );
+    }
+    Ok(())
+}
+
+/// The test pattern, failing on demand when a test asked for it (`fault`).
+fn pattern_factory(size: Size, sub: Subsampling, fault: Option<Fault>) -> SourceFactory {
+    let pattern = move || Box::new(PatternSource::new(size.width, size.height, sub)) as Box<dyn FrameSource>;
+    match fault {
+        Some(fault) => {
+            let opener = FlakyOpener::new(fault);
+            Box::new(move || opener.open(pattern()))
+        }
+        None => Box::new(move || Ok(pattern())),
+    }
+}
+
 impl SourceArgs {
     /// Checks the source flags together and returns the function that opens the source on
     /// the capture thread, the encoder's subsampling, and whether a camera's MJPEG must be
-    /// re-encoded.
-    pub fn validate(&self) -> anyhow::Result<(SourceFactory, Subsampling, bool)> {
+    /// re-encoded. `fault` is the test hook [`TestHooks::source_fault`] (test pattern only).
+    pub fn validate(&self, fault: Option<Fault>) -> anyhow::Result<(SourceFactory, Subsampling, bool)> {
         let sub: Subsampling = self.subsampling.map_or(Subsampling::S420, Into::into);
         let size = self.size.unwrap_or(Size { width: 1280, height: 720 });
-        let check_even = |sub: Subsampling| -> anyhow::Result<()> {
-            let (w, h) = (size.width, size.height);
-            let w_even = matches!(sub, Subsampling::S420 | Subsampling::S422);
-            if (w_even && w % 2 == 1) || (sub == Subsampling::S420 && h % 2 == 1) {
-                bail!(
-                    "--size {w}x{h}: with --subsampling {sub} the width{} must be even",
-                    if sub == Subsampling::S420 { " and height" } else { "" }
-                );
-            }
-            Ok(())
-        };
         if self.looping && !matches!(self.source, SourceSpec::Y4m(_)) {
             bail!("--loop applies to a Y4M file source, not to --source {}", source_name(&self.source));
         }
         let factory: SourceFactory = match &self.source {
             SourceSpec::TestPattern => {
-                check_even(sub)?;
-                let pattern =
-                    move || Box::new(PatternSource::new(size.width, size.height, sub)) as Box<dyn FrameSource>;
-                // Test-only, hidden from --help: a pattern that fails on demand (capture::fault).
-                match std::env::var(crate::capture::fault::ENV) {
-                    Ok(spec) => {
-                        let fault: crate::capture::fault::Fault =
-                            spec.parse().map_err(|e: String| anyhow::anyhow!(e))?;
-                        let opener = crate::capture::fault::FlakyOpener::new(fault);
-                        Box::new(move || opener.open(pattern()))
-                    }
-                    Err(_) => Box::new(move || Ok(pattern())),
-                }
+                check_even(size, sub)?;
+                pattern_factory(size, sub, fault)
             }
-            SourceSpec::Y4m(path) => {
-                let src = Y4mSource::open(path, self.looping).context("--source")?;
-                if let Some(s) = self.size {
-                    if (s.width, s.height) != src.size() {
-                        bail!(
-                            "--size {}x{} differs from the Y4M file's {}x{}; omit --size (framecast does not scale)",
-                            s.width,
-                            s.height,
-                            src.size().0,
-                            src.size().1
-                        );
-                    }
-                }
-                if let Some(want) = self.subsampling.map(Subsampling::from) {
-                    if want != src.subsampling() {
-                        bail!("--subsampling {want} differs from the Y4M file's {}; omit --subsampling or convert the file (ffmpeg -pix_fmt)", src.subsampling());
-                    }
-                }
-                // Opened once: a file that fails mid-stream ends the stream (never reopened).
-                let (mut src, path) = (Some(src), path.clone());
-                Box::new(move || {
-                    src.take()
-                        .map(|s| Box::new(s) as Box<dyn FrameSource>)
-                        .ok_or_else(|| CaptureError::File { path: path.clone(), what: "cannot be opened twice".into() })
-                })
-            }
+            SourceSpec::Y4m(path) => self.y4m_factory(path)?,
             SourceSpec::Camera(index) => {
                 let (index, fps) = (*index, self.fps);
                 Box::new(move || {
@@ -472,6 +522,35 @@ impl SourceArgs {
             }
         };
         Ok((factory, sub, self.quality.is_some()))
+    }
+
+    /// Opens the Y4M file now (a bad file fails before any thread starts) and checks that
+    /// `--size` and `--subsampling`, if given, match it.
+    fn y4m_factory(&self, path: &Path) -> anyhow::Result<SourceFactory> {
+        let src = Y4mSource::open(path, self.looping).context("--source")?;
+        if let Some(s) = self.size {
+            if (s.width, s.height) != src.size() {
+                bail!(
+                    "--size {}x{} differs from the Y4M file's {}x{}; omit --size (framecast does not scale)",
+                    s.width,
+                    s.height,
+                    src.size().0,
+                    src.size().1
+                );
+            }
+        }
+        if let Some(want) = self.subsampling.map(Subsampling::from) {
+            if want != src.subsampling() {
+                bail!("--subsampling {want} differs from the Y4M file's {}; omit --subsampling or convert the file (ffmpeg -pix_fmt)", src.subsampling());
+            }
+        }
+        // Opened once: a file that fails mid-stream ends the stream (never reopened).
+        let (mut src, path) = (Some(src), path.to_path_buf());
+        Ok(Box::new(move || {
+            src.take()
+                .map(|s| Box::new(s) as Box<dyn FrameSource>)
+                .ok_or_else(|| CaptureError::File { path: path.clone(), what: "cannot be opened twice".into() })
+        }))
     }
 }
 
@@ -484,8 +563,9 @@ fn source_name(s: &SourceSpec) -> String {
 }
 
 impl SendArgs {
-    pub fn into_config(self) -> anyhow::Result<(SendConfig, SourceFactory)> {
-        let (factory, subsampling, reencode_jpeg) = self.source.validate()?;
+    /// The sender's config and source. `hooks` are the test hooks read at start-up.
+    pub fn into_config(self, hooks: &TestHooks) -> anyhow::Result<(SendConfig, SourceFactory)> {
+        let (factory, subsampling, reencode_jpeg) = self.source.validate(hooks.source_fault)?;
         let (congestion, control) = self.link.validate(self.source.fps)?;
         // A controller moves quality, so a camera's own MJPEG is re-encoded.
         let reencode_jpeg = reencode_jpeg || control.is_some();
@@ -661,19 +741,81 @@ mod tests {
     #[test]
     fn odd_size_with_420_is_rejected() {
         let Cmd::Send(a) = parse(&["send", "--size", "641x480"]).unwrap().cmd else { unreachable!() };
-        let e = a.source.validate().err().unwrap().to_string();
+        let e = a.source.validate(None).err().unwrap().to_string();
         assert!(e.contains("--size 641x480") && e.contains("even"), "{e}");
         let Cmd::Send(a) = parse(&["send", "--size", "641x481", "--subsampling", "444"]).unwrap().cmd else {
             unreachable!()
         };
-        assert!(a.source.validate().is_ok());
+        assert!(a.source.validate(None).is_ok());
+    }
+
+    #[test]
+    fn test_hooks_come_from_the_variables_given() {
+        let vars = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+        };
+        assert_eq!(TestHooks::from_vars(vars(&[])).unwrap(), TestHooks::default());
+        assert_eq!(
+            TestHooks::from_vars(vars(&[(CLOCK_SKEW_ENV, " "), (fault::ENV, "")])).unwrap(),
+            TestHooks::default()
+        );
+        let h = TestHooks::from_vars(vars(&[(CLOCK_SKEW_ENV, "3600,100"), (fault::ENV, "30:2.5")])).unwrap();
+        assert_eq!(h.clock_skew, Some(ClockSkew { offset_us: 3_600_000_000, drift_ppm: 100.0 }));
+        assert_eq!(h.source_fault, Some(Fault { after_frames: 30, down: Duration::from_millis(2500) }));
+        let e = TestHooks::from_vars(vars(&[(CLOCK_SKEW_ENV, "an hour")])).unwrap_err().to_string();
+        assert!(e.contains(CLOCK_SKEW_ENV) && e.contains("OFFSET_S,DRIFT_PPM"), "{e}");
+        let e = TestHooks::from_vars(vars(&[(fault::ENV, "30")])).unwrap_err().to_string();
+        assert!(e.contains(fault::ENV) && e.contains("AFTER_FRAMES:DOWN_SECONDS"), "{e}");
+    }
+
+    #[test]
+    fn only_the_test_pattern_takes_a_source_fault() {
+        let fault = Some(Fault { after_frames: 2, down: Duration::from_secs(60) });
+        let Cmd::Send(a) = parse(&["send", "--size", "16x16"]).unwrap().cmd else { unreachable!() };
+        let (mut open, _, _) = a.source.validate(fault).unwrap();
+        let mut src = open().unwrap();
+        assert!(src.describe().contains(fault::ENV), "{}", src.describe());
+        let mut frame = crate::capture::RawFrame::empty();
+        assert!(src.next_frame(&mut frame).is_ok() && src.next_frame(&mut frame).is_ok());
+        assert!(src.next_frame(&mut frame).is_err(), "the fault did not fire after 2 frames");
+        let (mut open, _, _) = a.source.validate(None).unwrap();
+        assert!(!open().unwrap().describe().contains(fault::ENV));
+    }
+
+    #[test]
+    fn demo_stats_logs_share_one_file_when_asked() {
+        let dir = std::env::temp_dir().join(format!("framecast-cli-logs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = |name: &str| dir.join(name).to_str().unwrap().to_string();
+        // Whether the receiver's log shares the sender's file: opening a second, separate
+        // log of one path would truncate what the first one's file holds.
+        let shared = |args: &[&str]| -> bool {
+            let Cmd::Demo(d) = parse(&[&["demo"][..], args].concat()).unwrap().cmd else { unreachable!() };
+            let (Some(s), Some(r)) = d.stats_logs() else { panic!("{args:?}: a side has no log") };
+            let cfg = |log: JsonLog| StatsConfig { json: Some(log), ..StatsConfig::default() };
+            crate::stats::open_json(&cfg(s.clone())).unwrap();
+            std::fs::write(s.path(), "kept\n").unwrap();
+            crate::stats::open_json(&cfg(r.clone())).unwrap();
+            std::fs::read_to_string(s.path()).unwrap() == "kept\n"
+        };
+        assert!(shared(&["--stats-json", &path("both.jsonl")]));
+        assert!(shared(&["--send-stats-json", &path("x.jsonl"), "--recv-stats-json", &path("x.jsonl")]));
+        let logs = |args: &[&str]| {
+            let Cmd::Demo(d) = parse(&[&["demo"][..], args].concat()).unwrap().cmd else { unreachable!() };
+            d.stats_logs()
+        };
+        let (s, r) = logs(&["--send-stats-json", "s.jsonl", "--recv-stats-json", "r.jsonl"]);
+        assert_eq!((s.unwrap().path(), r.unwrap().path()), (Path::new("s.jsonl"), Path::new("r.jsonl")));
+        let (s, r) = logs(&["--recv-stats-json", "r.jsonl"]);
+        assert!(s.is_none() && r.unwrap().path() == Path::new("r.jsonl"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn explicit_quality_means_reencode() {
         let Cmd::Send(a) = parse(&["send"]).unwrap().cmd else { unreachable!() };
-        assert!(!a.source.validate().unwrap().2);
+        assert!(!a.source.validate(None).unwrap().2);
         let Cmd::Send(a) = parse(&["send", "--quality", "75"]).unwrap().cmd else { unreachable!() };
-        assert!(a.source.validate().unwrap().2);
+        assert!(a.source.validate(None).unwrap().2);
     }
 }

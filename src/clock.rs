@@ -2,10 +2,10 @@
 //! the same host, plus an identifier of that clock for the handshake.
 
 /// Microseconds on `CLOCK_MONOTONIC`. Processes on one host (one boot) share this clock,
-/// unless [`SKEW_ENV`] skews this process's clock for a test.
+/// unless a test skewed this process's clock with [`install_skew`].
 pub fn now_us() -> u64 {
     let raw = raw_now_us();
-    match skew() {
+    match SKEW.get() {
         None => raw,
         Some(s) => s.apply(raw),
     }
@@ -19,48 +19,65 @@ fn raw_now_us() -> u64 {
     ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
 }
 
-/// Test hook: `FRAMECAST_TEST_CLOCK_SKEW=OFFSET_S,DRIFT_PPM` (e.g. `3600,100`) makes this
-/// process's clock run `OFFSET_S` seconds ahead and `DRIFT_PPM` parts per million fast, as a
-/// machine with an unsynchronised clock would, and gives it a clock id of its own.
-pub const SKEW_ENV: &str = "FRAMECAST_TEST_CLOCK_SKEW";
+/// A deliberate error in this process's clock, for tests of clock sync: it runs `offset_us`
+/// ahead and `drift_ppm` parts per million fast, as a machine with an unsynchronised clock
+/// would. Parsed from `OFFSET_S,DRIFT_PPM` (e.g. `3600,100`; the drift may be left out); the
+/// binary reads it from a test hook at start-up (`cli::TestHooks`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ClockSkew {
+    pub offset_us: i64,
+    pub drift_ppm: f64,
+}
 
+impl std::str::FromStr for ClockSkew {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?}: expected OFFSET_S,DRIFT_PPM, e.g. 3600,100");
+        let (o, d) = s.split_once(',').unwrap_or((s, "0"));
+        let (offset_s, drift_ppm): (f64, f64) =
+            (o.trim().parse().map_err(|_| bad())?, d.trim().parse().map_err(|_| bad())?);
+        if !(offset_s.abs() < 1e9 && drift_ppm.abs() < 1e6) {
+            return Err(bad());
+        }
+        Ok(ClockSkew { offset_us: (offset_s * 1e6) as i64, drift_ppm })
+    }
+}
+
+/// A [`ClockSkew`] and the raw time it was installed at (drift accumulates from there).
 #[derive(Clone, Copy, Debug)]
-struct Skew {
-    offset_us: i64,
-    drift_ppm: f64,
+struct Installed {
+    skew: ClockSkew,
     origin_us: u64,
 }
 
-impl Skew {
+impl Installed {
     fn apply(&self, raw: u64) -> u64 {
         let elapsed = raw.saturating_sub(self.origin_us) as f64;
-        let v = raw as i64 + self.offset_us + (elapsed * self.drift_ppm * 1e-6) as i64;
+        let v = raw as i64 + self.skew.offset_us + (elapsed * self.skew.drift_ppm * 1e-6) as i64;
         v.max(0) as u64
     }
 }
 
-fn skew() -> Option<Skew> {
-    static SKEW: std::sync::OnceLock<Option<Skew>> = std::sync::OnceLock::new();
-    *SKEW.get_or_init(|| {
-        let v = std::env::var(SKEW_ENV).ok()?;
-        let (o, d) = v.split_once(',').unwrap_or((v.as_str(), "0"));
-        match (o.trim().parse::<f64>(), d.trim().parse::<f64>()) {
-            (Ok(o), Ok(d)) => Some(Skew { offset_us: (o * 1e6) as i64, drift_ppm: d, origin_us: raw_now_us() }),
-            _ => {
-                tracing::warn!(value = %v, "{SKEW_ENV} should be OFFSET_S,DRIFT_PPM; ignored");
-                None
-            }
-        }
-    })
+static SKEW: std::sync::OnceLock<Installed> = std::sync::OnceLock::new();
+
+/// Test hook: skews [`now_us`] from now on and gives this process a [`clock_id`] of its own,
+/// so a peer on the same host treats it as another machine. Call it once, at start-up, before
+/// any timestamp or the clock id is taken; later calls fail and change nothing.
+pub fn install_skew(skew: ClockSkew) -> Result<(), &'static str> {
+    if ID.get().is_some() {
+        return Err("the clock id was already read; install the skew at start-up");
+    }
+    SKEW.set(Installed { skew, origin_us: raw_now_us() }).map_err(|_| "a clock skew is already installed")
 }
+
+static ID: std::sync::OnceLock<[u8; 16]> = std::sync::OnceLock::new();
 
 /// Identifies the clock behind [`now_us`]: on Linux the kernel's boot id, so two peers with
 /// equal ids share a monotonic clock. Elsewhere (or if it cannot be read) a value unique to
 /// this process, so no shared clock is ever assumed by mistake.
 pub fn clock_id() -> [u8; 16] {
-    static ID: std::sync::OnceLock<[u8; 16]> = std::sync::OnceLock::new();
     *ID.get_or_init(|| {
-        if skew().is_some() {
+        if SKEW.get().is_some() {
             return process_unique_id();
         }
         std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
@@ -226,6 +243,21 @@ mod tests {
     }
 
     #[test]
+    fn clock_skew_parses_and_applies() {
+        let s: ClockSkew = "3600,100".parse().unwrap();
+        assert_eq!(s, ClockSkew { offset_us: 3_600_000_000, drift_ppm: 100.0 });
+        assert_eq!("-1.5".parse::<ClockSkew>(), Ok(ClockSkew { offset_us: -1_500_000, drift_ppm: 0.0 }));
+        for bad in ["", "soon", "1,fast", "1e12,0", "nan,0"] {
+            assert!(bad.parse::<ClockSkew>().unwrap_err().contains("OFFSET_S,DRIFT_PPM"), "{bad}");
+        }
+        let i = Installed { skew: s, origin_us: 1_000_000 };
+        // 10 s after installation: 3600 s ahead plus 100 ppm of 10 s (1 ms).
+        assert_eq!(i.apply(11_000_000), 11_000_000 + 3_600_000_000 + 1_000);
+        let behind = Installed { skew: ClockSkew { offset_us: -5_000_000, drift_ppm: 0.0 }, origin_us: 0 };
+        assert_eq!(behind.apply(1_000_000), 0, "a clock set behind saturates at zero");
+    }
+
+    #[test]
     fn parses_boot_id_format() {
         let id = parse_uuid("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0").unwrap();
         assert_eq!(id[0], 0x0f);
@@ -313,16 +345,14 @@ mod tests {
     }
 
     /// Both ends of a stream on one host must announce the same clock, so without a test
-    /// skew the id is the kernel's boot id (the same in every process), not this process's.
+    /// skew (unit tests install none) the id is the kernel's boot id (the same in every
+    /// process), not this process's.
     #[cfg(target_os = "linux")]
     #[test]
     fn clock_id_is_the_boot_id() {
         let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").expect("the kernel's boot id");
         let boot = parse_uuid(boot.trim()).expect("a UUID");
-        if skew().is_none() {
-            assert_eq!(clock_id(), boot, "the clock id is the boot id");
-        } else {
-            assert_ne!(clock_id(), boot, "a skewed clock is not the host's clock");
-        }
+        assert!(SKEW.get().is_none(), "no unit test installs a clock skew");
+        assert_eq!(clock_id(), boot, "the clock id is the boot id");
     }
 }

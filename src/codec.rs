@@ -17,7 +17,7 @@ use turbojpeg::raw;
 use turbojpeg::{Decompressor, PixelFormat, Subsamp, YuvImage};
 
 use crate::capture::{yuv_len, Layout, RawFrame};
-use crate::net::Subsampling;
+use crate::format::Subsampling;
 
 /// The turbojpeg pixel format whose bytes, read as native-endian `u32`, are `0x00RRGGBB`.
 #[cfg(target_endian = "little")]

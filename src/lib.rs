@@ -4,6 +4,7 @@
 //!
 //! - [`capture`]: frame sources (test pattern, Y4M file, camera) behind `FrameSource`; run by
 //!   the sender's `capture` thread.
+//! - [`format`]: pixel formats (`Subsampling`) shared by capture, codec and the wire.
 //! - [`codec`]: libjpeg-turbo encode (sender's `encode` thread) and decode (receiver's
 //!   `decode` thread), with reused handles and buffers.
 //! - [`net`]: the wire protocol, `net::proto` (pure format), `net::io` (sockets, reconnect
@@ -37,6 +38,7 @@ pub mod cli;
 pub mod clock;
 pub mod codec;
 pub mod control;
+pub mod format;
 pub use sender::http;
 pub mod hub;
 pub mod net;

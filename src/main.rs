@@ -11,7 +11,7 @@ use clap::Parser;
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
-use framecast::cli::{Cli, Cmd, DemoArgs};
+use framecast::cli::{Cli, Cmd, DemoArgs, TestHooks};
 use framecast::receiver::{self, RecvConfig};
 use framecast::sender::{self, SendConfig};
 use framecast::stage;
@@ -61,9 +61,12 @@ fn install_ctrl_c() -> anyhow::Result<Arc<AtomicBool>> {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // Test hooks are read here, once, before any thread starts; nothing else reads them.
+    let hooks = TestHooks::from_env()?;
+    hooks.install()?;
     match cli.cmd {
         Cmd::Send(args) => {
-            let (cfg, source) = args.into_config()?;
+            let (cfg, source) = args.into_config(&hooks)?;
             let stop = install_ctrl_c()?;
             sender::run(cfg, source, stop)?;
         }
@@ -74,7 +77,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let stop = install_ctrl_c()?;
             receiver::run(cfg, sink.as_mut(), stop)?;
         }
-        Cmd::Demo(args) => demo(args)?,
+        Cmd::Demo(args) => demo(args, &hooks)?,
         Cmd::Cameras => cameras()?,
         Cmd::Netsim(args) => framecast::netsim::run(args.into_config()?)?,
         Cmd::Keygen(args) => {
@@ -94,8 +97,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn demo(args: DemoArgs) -> anyhow::Result<()> {
-    let (source, subsampling, reencode_jpeg) = args.source.validate()?;
+fn demo(args: DemoArgs, hooks: &TestHooks) -> anyhow::Result<()> {
+    let (source, subsampling, reencode_jpeg) = args.source.validate(hooks.source_fault)?;
+    let (send_json, recv_json) = args.stats_logs();
     let (congestion, control) = args.link.validate(args.source.fps)?;
     let reencode_jpeg = reencode_jpeg || control.is_some();
     let key = args.key.load()?;
@@ -118,7 +122,7 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
         reencode_jpeg,
         frames: args.frames,
         duration: args.duration,
-        stats: StatsConfig { json: args.send_stats_json, enabled: !args.no_stats, ..StatsConfig::default() },
+        stats: StatsConfig { json: send_json, enabled: !args.no_stats, ..StatsConfig::default() },
         connect_patience: std::time::Duration::from_secs(5),
         once: true,
         http: None,
@@ -131,7 +135,7 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
         endpoint: receiver::Endpoint::Listen(listener),
         frames: None,
         duration: None,
-        stats: StatsConfig { json: args.recv_stats_json, enabled: !args.no_stats, ..StatsConfig::default() },
+        stats: StatsConfig { json: recv_json, enabled: !args.no_stats, ..StatsConfig::default() },
         once: true,
         dump: None,
         connect_patience: std::time::Duration::from_secs(5),

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -645,7 +645,8 @@ impl Meter {
 #[derive(Clone, Debug)]
 pub struct StatsConfig {
     pub interval: Duration,
-    pub json: Option<PathBuf>,
+    /// The JSON-lines file; `demo --stats-json` gives both sides clones of one.
+    pub json: Option<JsonLog>,
     /// False with `--no-stats`: nothing is measured or reported.
     pub enabled: bool,
 }
@@ -671,15 +672,65 @@ pub type OnReport = Box<dyn Fn(&Report) + Send>;
 /// Called just before each report is built (to sample state such as connected viewers).
 pub type BeforeReport = Box<dyn Fn() + Send>;
 
-/// Opens the JSON-lines file (truncating it), so a bad path fails before any thread starts.
-pub fn open_json(cfg: &StatsConfig) -> anyhow::Result<Option<BufWriter<File>>> {
+/// A `--stats-json` file. Clones share it: the first [`open_json`] creates it (truncating),
+/// later ones reuse it, and each record is serialised first and written as one whole line
+/// under a lock, so two reporters writing to one file (`demo --stats-json`) never interleave.
+#[derive(Clone, Debug)]
+pub struct JsonLog {
+    path: PathBuf,
+    file: Arc<Mutex<JsonFile>>,
+}
+
+#[derive(Debug)]
+enum JsonFile {
+    Unopened,
+    Open(File),
+    /// A write failed: no more records, from any clone.
+    Failed,
+}
+
+impl JsonLog {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        JsonLog { path: path.into(), file: Arc::new(Mutex::new(JsonFile::Unopened)) }
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, JsonFile> {
+        self.file.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes `r` as one line; after a failed write, warns once and writes nothing more.
+    fn write(&self, r: &Report) {
+        let mut line = match serde_json::to_vec(r) {
+            Ok(l) => l,
+            Err(e) => return tracing::warn!(error = %e, "cannot serialise a stats record; skipped"),
+        };
+        line.push(b'\n');
+        let mut file = self.lock();
+        if let JsonFile::Open(f) = &mut *file {
+            if let Err(e) = f.write_all(&line) {
+                tracing::warn!(error = %e, "cannot write --stats-json; no more JSON stats");
+                *file = JsonFile::Failed;
+            }
+        }
+    }
+}
+
+/// Opens the JSON-lines file (creating and truncating it unless a clone already did), so a
+/// bad path fails before any thread starts.
+pub fn open_json(cfg: &StatsConfig) -> anyhow::Result<Option<JsonLog>> {
     use anyhow::Context;
-    cfg.json
-        .as_ref()
-        .map(|p| {
-            File::create(p).map(BufWriter::new).with_context(|| format!("--stats-json: cannot create {}", p.display()))
-        })
-        .transpose()
+    let Some(log) = &cfg.json else { return Ok(None) };
+    let mut file = log.lock();
+    if let JsonFile::Unopened = *file {
+        let f =
+            File::create(&log.path).with_context(|| format!("--stats-json: cannot create {}", log.path.display()))?;
+        *file = JsonFile::Open(f);
+    }
+    Ok(Some(log.clone()))
 }
 
 /// Starts the thread that logs one human line per interval (and writes it to the JSON file),
@@ -688,7 +739,7 @@ pub fn open_json(cfg: &StatsConfig) -> anyhow::Result<Option<BufWriter<File>>> {
 pub fn spawn_reporter(
     meter: Meter,
     cfg: StatsConfig,
-    mut json: Option<BufWriter<File>>,
+    json: Option<JsonLog>,
     done: Receiver<()>,
     before: Option<BeforeReport>,
     on_report: Option<OnReport>,
@@ -713,28 +764,21 @@ pub fn spawn_reporter(
             let r = meter.take_interval(since);
             since = Instant::now();
             tracing::info!(target: "framecast::stats", "{}", r.human_line());
-            write_json(&mut json, &r);
+            write_json(&json, &r);
             if let Some(f) = &on_report {
                 f(&r);
             }
         }
         let summary = meter.summary();
         tracing::info!(target: "framecast::stats", "{}", summary.summary_text());
-        write_json(&mut json, &summary);
+        write_json(&json, &summary);
         summary
     })
 }
 
-fn write_json(json: &mut Option<BufWriter<File>>, r: &Report) {
-    if let Some(w) = json {
-        let res = serde_json::to_writer(&mut *w, r)
-            .map_err(std::io::Error::from)
-            .and_then(|_| w.write_all(b"\n"))
-            .and_then(|_| w.flush());
-        if let Err(e) = res {
-            tracing::warn!(error = %e, "cannot write --stats-json; no more JSON stats");
-            *json = None;
-        }
+fn write_json(json: &Option<JsonLog>, r: &Report) {
+    if let Some(log) = json {
+        log.write(r);
     }
 }
 
@@ -844,6 +888,38 @@ mod tests {
         assert_eq!(v["type"], "summary");
         assert_eq!(v["role"], "sender");
         assert!(v.get("decode_ms").is_none());
+    }
+
+    #[test]
+    fn one_json_log_shared_by_two_threads_keeps_whole_lines() {
+        let path = std::env::temp_dir().join(format!("framecast-jsonlog-{}.jsonl", std::process::id()));
+        std::fs::write(&path, "stale line from an earlier run\n").unwrap();
+        let log = JsonLog::new(&path);
+        let cfg = StatsConfig { json: Some(log.clone()), ..StatsConfig::default() };
+        let a = open_json(&cfg).unwrap().unwrap();
+        write_json(&Some(a.clone()), &Report::build(Side::Sender, "interval", &sample(), 1.0, 1.0));
+        let b = open_json(&cfg).unwrap().unwrap();
+        let writers: Vec<_> = [(a, Side::Sender), (b, Side::Receiver)]
+            .into_iter()
+            .map(|(log, side)| {
+                std::thread::spawn(move || {
+                    for _ in 0..200 {
+                        write_json(&Some(log.clone()), &Report::build(side, "interval", &sample(), 1.0, 1.0));
+                    }
+                })
+            })
+            .collect();
+        writers.into_iter().for_each(|w| w.join().unwrap());
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let mut roles = BTreeMap::new();
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+            *roles.entry(v["role"].as_str().unwrap().to_string()).or_insert(0) += 1;
+        }
+        // The file was truncated once (the stale line is gone), by the first open only (the
+        // line written before the second open is still there).
+        assert_eq!(roles, BTreeMap::from([("receiver".to_string(), 200), ("sender".to_string(), 201)]));
     }
 
     #[test]

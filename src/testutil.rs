@@ -11,7 +11,8 @@ use std::io::{self, Read};
 use crate::capture::pattern::TestPattern;
 use crate::capture::{Layout, RawFrame};
 use crate::codec::{CodecError, Encoder, JpegBuf};
-use crate::net::{FrameHeader, StreamInfo, Subsampling};
+use crate::format::Subsampling;
+use crate::net::{FrameHeader, StreamInfo};
 
 /// `MessageReader`'s first allocation and smallest read: its buffer never grows past this
 /// (or twice the largest message allowed) however the bytes arrive.
@@ -31,7 +32,7 @@ pub fn sample_header(seq: u64, info: StreamInfo, jpeg_len: usize) -> FrameHeader
         width: info.width as u16,
         height: info.height as u16,
         quality: 75,
-        subsampling: Subsampling::S420 as u8,
+        subsampling: Subsampling::S420.to_wire(),
         flags: 0,
         jpeg_len: jpeg_len as u32,
     }

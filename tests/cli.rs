@@ -1,5 +1,6 @@
 //! Command-line behaviour of the `framecast` binary: bad flags are clear errors (never panics),
-//! `cameras` copes with no camera, and a Y4M file can be streamed.
+//! `cameras` copes with no camera, a Y4M file can be streamed, and `demo --stats-json` writes
+//! both sides to one file that `report` reads.
 
 mod common;
 
@@ -9,7 +10,7 @@ use std::time::Duration;
 use assert_cmd::Command;
 use common::{free_port, num, scratch_dir, summary, Proc, BIN};
 use framecast::capture::pattern::TestPattern;
-use framecast::net::Subsampling;
+use framecast::format::Subsampling;
 use framecast::testutil::psnr;
 use framecast::view::read_ppm;
 
@@ -146,5 +147,61 @@ fn y4m_file_streams_to_a_headless_receiver() {
         let db = psnr(rgb, &pattern.render_rgb(seq));
         eprintln!("y4m frame {seq}: PSNR {db:.2} dB");
         assert!(db >= 30.0, "y4m frame {seq}: PSNR {db:.2} dB < 30 dB");
+    }
+}
+
+/// `demo --stats-json` puts both sides' records in one file: every line whole, valid JSON,
+/// tagged by role, interval and summary records of both roles; `report` reads the file as two
+/// runs. The sides' lines are written by two threads, so a torn or interleaved line would
+/// fail to parse here.
+#[test]
+fn demo_stats_json_holds_both_roles_in_one_file() {
+    let dir = scratch_dir("cli-demo-stats");
+    let log = dir.join("demo.jsonl");
+    let out = framecast()
+        .args(["demo", "--headless", "--size", "320x240", "--fps", "60", "--duration", "2.6"])
+        .arg("--stats-json")
+        .arg(&log)
+        .output()
+        .expect("run framecast demo");
+    let stderr = common::strip_ansi(&String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "demo failed:\n{stderr}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let mut counts = std::collections::BTreeMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{}:{}: {e}: {line:?}", log.display(), i + 1));
+        let (Some(role), Some(kind)) = (v["role"].as_str(), v["type"].as_str()) else {
+            panic!("{}:{}: no role or type: {line}", log.display(), i + 1)
+        };
+        *counts.entry((role.to_string(), kind.to_string())).or_insert(0u32) += 1;
+    }
+    eprintln!("demo --stats-json records: {counts:?}");
+    for role in ["sender", "receiver"] {
+        let n = |kind: &str| counts.get(&(role.to_string(), kind.to_string())).copied().unwrap_or(0);
+        assert!(n("interval") >= 1, "no {role} interval records: {counts:?}");
+        assert_eq!(n("summary"), 1, "{role} summary records: {counts:?}");
+    }
+    assert_eq!(counts.len(), 4, "records other than interval/summary of sender/receiver: {counts:?}");
+
+    let report = framecast().arg("report").arg(&log).output().expect("run framecast report");
+    let table = String::from_utf8_lossy(&report.stdout);
+    assert!(report.status.success(), "report failed: {}", String::from_utf8_lossy(&report.stderr));
+    assert!(table.contains("demo sender") && table.contains("demo receiver"), "report table:\n{table}");
+}
+
+/// `demo --stats-json` is the one-file form of `--send-stats-json`/`--recv-stats-json`: they
+/// cannot be combined, and `--no-stats` excludes all three.
+#[test]
+fn demo_stats_json_excludes_the_per_side_files() {
+    for (extra, other) in [
+        (&["--send-stats-json", "s.jsonl"][..], "--send-stats-json"),
+        (&["--recv-stats-json", "r.jsonl"], "--recv-stats-json"),
+        (&["--no-stats"], "--no-stats"),
+    ] {
+        let mut args = vec!["demo", "--headless", "--frames", "1", "--stats-json", "both.jsonl"];
+        args.extend_from_slice(extra);
+        let stderr = fails(&args);
+        assert!(stderr.contains("--stats-json") && stderr.contains(other), "{args:?}:\n{stderr}");
     }
 }

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use common::{connect_retry, free_port, num, read_until_closed, scratch_dir, summary, try_read_until_closed, Proc};
 use framecast::capture::pattern::TestPattern;
 use framecast::clock::clock_id;
+use framecast::format::Subsampling;
 use framecast::net::proto::HELLO_LEN;
-use framecast::net::{Event, Hello, Message, MessageReader, MessageWriter, Role, StreamInfo, Subsampling};
+use framecast::net::{Event, Hello, Message, MessageReader, MessageWriter, Role, StreamInfo};
 use framecast::testutil::{live_header, pattern_jpeg, psnr};
 use framecast::view::read_ppm;
 

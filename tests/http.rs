@@ -33,8 +33,8 @@ use common::tools::{require_tools, run_tool, tool_stdout};
 use common::{connect_retry, free_port, num, records_of, scratch_dir, summary, try_read_until_closed, Proc};
 use framecast::capture::pattern::{TestPattern, BARS};
 use framecast::codec::Decoder;
+use framecast::format::Subsampling;
 use framecast::http::{HEAD_TIMEOUT, MAX_CLIENTS, MAX_HEAD};
-use framecast::net::Subsampling;
 use framecast::testutil::{psnr, xrgb_to_rgb};
 use serde_json::Value;
 

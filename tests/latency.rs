@@ -285,7 +285,8 @@ fn assert_latency_present_iff_frames(path: &Path) -> (usize, usize) {
 #[test]
 fn dropped_frames_are_counted_not_folded_into_latency() {
     use framecast::clock::clock_id;
-    use framecast::net::{FrameHeader, Hello, Message, MessageReader, MessageWriter, Role, StreamInfo, Subsampling};
+    use framecast::format::Subsampling;
+    use framecast::net::{FrameHeader, Hello, Message, MessageReader, MessageWriter, Role, StreamInfo};
     use framecast::testutil::{live_header, pattern_jpeg};
 
     const FRAMES: u64 = 400;

@@ -15,7 +15,7 @@
 use std::sync::OnceLock;
 
 use framecast::codec::{CodecError, Decoder};
-use framecast::net::proto::Subsampling;
+use framecast::format::Subsampling;
 use framecast::testutil::pattern_jpeg;
 use libfuzzer_sys::fuzz_target;
 

@@ -10,7 +10,7 @@ use nokhwa::utils::{ApiBackend, CameraFormat, CameraIndex, FrameFormat, Requeste
 use nokhwa::Camera;
 
 use super::{chroma_size, CaptureError, FrameSource, Layout, RawFrame};
-use crate::net::Subsampling;
+use crate::format::Subsampling;
 
 /// A camera and the formats it offers.
 #[derive(Clone, Debug)]

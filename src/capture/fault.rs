@@ -4,14 +4,16 @@
 //! Test-only and hidden from `--help`: with `--source test`, the environment variable
 //! `FRAMECAST_TEST_SOURCE_FAULT=AFTER:DOWN` (e.g. `30:2.5`) makes the test pattern fail after
 //! every AFTER frames it delivers, and every attempt to reopen it fail for DOWN seconds after
-//! that, like a camera that is unplugged and plugged back in.
+//! that, like a camera that is unplugged and plugged back in. The binary reads the variable
+//! once at start-up (`cli::TestHooks`) and the CLI wraps the pattern in a [`FlakyOpener`];
+//! nothing here reads the environment.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{CaptureError, FrameSource, RawFrame};
 
-/// The environment variable read by `--source test` (see the module documentation).
+/// The environment variable `cli::TestHooks` reads (see the module documentation).
 pub const ENV: &str = "FRAMECAST_TEST_SOURCE_FAULT";
 
 /// When a `Flaky` source fails and for how long it stays away.
@@ -96,7 +98,7 @@ impl FrameSource for Flaky {
 mod tests {
     use super::*;
     use crate::capture::pattern::PatternSource;
-    use crate::net::Subsampling;
+    use crate::format::Subsampling;
 
     #[test]
     fn parses_and_rejects() {

@@ -12,7 +12,7 @@ pub mod y4m;
 
 use std::path::PathBuf;
 
-use crate::net::Subsampling;
+use crate::format::Subsampling;
 
 /// How the bytes of a [`RawFrame`] are laid out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

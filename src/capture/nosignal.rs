@@ -4,7 +4,7 @@
 //! layout as the stream, so the encoder and the viewers need nothing special.
 
 use super::{yuv_len, Layout, RawFrame};
-use crate::net::Subsampling;
+use crate::format::Subsampling;
 
 /// Luma of the background (dark grey), the band and the text.
 const BACKGROUND: u8 = 48;

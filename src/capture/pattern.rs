@@ -8,7 +8,7 @@
 //! in white on black over the last 1/6.
 
 use super::{chroma_size, yuv_len, CaptureError, FrameSource, Layout, RawFrame};
-use crate::net::Subsampling;
+use crate::format::Subsampling;
 
 /// The bar colours, left to right, as RGB.
 pub const BARS: [[u8; 3]; 8] =

@@ -2,7 +2,7 @@
 //! 2x2 block of the input plane, on every plane, so a frame keeps its subsampling.
 
 use super::{chroma_size, yuv_len, Layout, RawFrame};
-use crate::net::Subsampling;
+use crate::format::Subsampling;
 
 /// The size of a halved frame: half, rounded down to what the subsampling needs (even
 /// width for 4:2:0 and 4:2:2, even height for 4:2:0), at least one chroma block.

@@ -11,8 +11,8 @@ use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use super::{yuv_len, CaptureError, FrameSource, Layout, RawFrame};
+use crate::format::Subsampling;
 use crate::net::proto::{MAX_DIMENSION, MAX_PIXELS};
-use crate::net::Subsampling;
 
 /// Longest header or `FRAME` line accepted (real ones are well under 100 bytes).
 const MAX_LINE: u64 = 4096;

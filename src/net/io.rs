@@ -322,7 +322,7 @@ mod tests {
     /// Frame `seq` with a JPEG of `len` bytes; quality and subsampling differ from the
     /// sample header's defaults, so that a reader mixing up fields shows.
     fn frame(seq: u64, info: StreamInfo, len: usize) -> (FrameHeader, Vec<u8>) {
-        let h = FrameHeader { quality: 80, subsampling: Subsampling::S422 as u8, ..sample_header(seq, info, len) };
+        let h = FrameHeader { quality: 80, subsampling: Subsampling::S422.to_wire(), ..sample_header(seq, info, len) };
         (h, (0..len).map(|i| (i as u64 * 13 + seq) as u8).collect())
     }
 

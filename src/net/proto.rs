@@ -42,16 +42,22 @@ impl fmt::Display for Role {
     }
 }
 
-/// Chroma subsampling of a JPEG frame, numbered as libjpeg-turbo's `TJSAMP`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Subsampling {
-    S444 = 0,
-    S422 = 1,
-    S420 = 2,
-    Gray = 3,
-}
+pub use crate::format::Subsampling;
 
+/// The frame header's `subsampling` byte (`docs/protocol.md`): libjpeg-turbo's `TJSAMP`
+/// numbers. The type lives in [`crate::format`]; only its wire code is defined here.
 impl Subsampling {
+    /// The wire code of this subsampling.
+    pub fn to_wire(self) -> u8 {
+        match self {
+            Self::S444 => 0,
+            Self::S422 => 1,
+            Self::S420 => 2,
+            Self::Gray => 3,
+        }
+    }
+
+    /// The subsampling a wire code stands for; `None` for a code no version defines.
     pub fn from_wire(v: u8) -> Option<Self> {
         Some(match v {
             0 => Self::S444,
@@ -60,22 +66,6 @@ impl Subsampling {
             3 => Self::Gray,
             _ => return None,
         })
-    }
-
-    /// The name used on the command line and in stats.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::S444 => "444",
-            Self::S422 => "422",
-            Self::S420 => "420",
-            Self::Gray => "gray",
-        }
-    }
-}
-
-impl fmt::Display for Subsampling {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
     }
 }
 
@@ -1033,6 +1023,17 @@ mod tests {
             assert_eq!(offset, 44 + 8 + 40);
             assert!(what.contains(&format!("{w}x{h}")) && what.contains("320x240"), "{what}");
         }
+    }
+
+    #[test]
+    fn subsampling_wire_codes_are_tjsamp_and_round_trip() {
+        let codes: Vec<u8> = Subsampling::ALL.iter().map(|s| s.to_wire()).collect();
+        assert_eq!(codes, [0, 1, 2, 3]);
+        for s in Subsampling::ALL {
+            assert_eq!(Subsampling::from_wire(s.to_wire()), Some(s));
+            assert_eq!(s.to_wire(), s as u8, "the TJSAMP discriminant and the wire code agree");
+        }
+        assert_eq!(Subsampling::from_wire(4), None);
     }
 
     #[test]

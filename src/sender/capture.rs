@@ -24,8 +24,8 @@ use super::{SourceFactory, POLL};
 use crate::capture::{nosignal, CaptureError, FrameSource, Layout, RawFrame};
 use crate::chan::{LatestSender, Pool};
 use crate::clock::now_us;
+use crate::format::Subsampling;
 use crate::net::conn::Backoff;
-use crate::net::Subsampling;
 use crate::stats::{DropCause, Meter, SourceLost};
 
 /// How the capture thread rides out a source that fails mid-stream: reopen attempts with

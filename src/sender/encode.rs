@@ -27,8 +27,9 @@ use crate::chan::{LatestReceiver, Pool};
 use crate::clock::now_us;
 use crate::codec::{Encoded, Encoder, Speed};
 use crate::control::Controller;
+use crate::format::Subsampling;
 use crate::hub::{FrameRing, Hub};
-use crate::net::{FrameHeader, Subsampling};
+use crate::net::FrameHeader;
 use crate::stats::{DropCause, Meter};
 
 /// What a viewer transport tells the rate controller, each with the time it happened (µs on
@@ -251,7 +252,7 @@ impl Encode {
             width: width as u16,
             height: height as u16,
             quality: info.quality,
-            subsampling: info.subsampling as u8,
+            subsampling: info.subsampling.to_wire(),
             flags: if info.passthrough { FrameHeader::FLAG_PASSTHROUGH } else { 0 },
             jpeg_len: frame.jpeg.as_slice().len() as u32,
         };

@@ -47,9 +47,10 @@ use self::transport::{Feed, LatestStats, Transport};
 use crate::capture::{CaptureError, FrameSource, RawFrame};
 use crate::chan::{latest, LatestReceiver, Pool};
 use crate::control::{ControlConfig, Controller};
+use crate::format::Subsampling;
 use crate::hub::Hub;
 use crate::net::secure::Key;
-use crate::net::{StreamInfo, Subsampling};
+use crate::net::StreamInfo;
 use crate::stage::{self, join, join_early, Stage};
 use crate::stats::{self, Meter, Report, Side, StatsConfig};
 
@@ -270,7 +271,7 @@ fn start_encode(cfg: &SendConfig, info: &SourceInfo, up: Upstream) -> anyhow::Re
 /// and each interval's record is kept for HTTP `/stats`. It ends when `done` disconnects.
 fn start_reporter(
     cfg: &StatsConfig,
-    json: Option<std::io::BufWriter<std::fs::File>>,
+    json: Option<stats::JsonLog>,
     feed: &Feed,
     done: Receiver<()>,
 ) -> anyhow::Result<std::thread::JoinHandle<Report>> {

@@ -544,8 +544,8 @@ mod tests {
     use super::*;
     use crate::capture::pattern::PatternSource;
     use crate::capture::FrameSource;
+    use crate::format::Subsampling;
     use crate::net::proto::{Ack, Ping};
-    use crate::net::Subsampling;
     use crate::sender::{run, SendConfig, SourceFactory};
     use crate::stats::StatsConfig;
     use std::sync::atomic::AtomicBool;
