@@ -300,3 +300,16 @@ mod tests {
         std::fs::remove_dir_all(d).unwrap();
     }
 }
+
+/// `framecast report`'s table of the stats schema fixture (`src/testdata/stats-v2.jsonl`).
+#[cfg(test)]
+mod fixture {
+    use super::*;
+
+    #[test]
+    fn table_of_the_schema_fixture() {
+        let path = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/src/testdata/stats-v2.jsonl"));
+        let t = table(&load(&[path]).unwrap());
+        assert_eq!(t, include_str!("testdata/stats-v2-report.txt"));
+    }
+}

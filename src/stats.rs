@@ -882,3 +882,153 @@ mod tests {
         assert_eq!(m.summary().frames, 7);
     }
 }
+
+/// The schema fixture: `testdata/stats-v2.jsonl` and `testdata/stats-v2.txt` were written by
+/// the code before `Report` was typed, from the counters built here. Any change to a field's
+/// name, order, presence or format, or to the human text, fails these tests.
+#[cfg(test)]
+mod schema {
+    use super::*;
+    use crate::control::ControlStatus;
+    use crate::hub::{LinkReport, ViewerKind};
+
+    const JSONL: &str = include_str!("testdata/stats-v2.jsonl");
+    const TEXT: &str = include_str!("testdata/stats-v2.txt");
+
+    fn record(h: &mut Histogram<u64>, base_us: u64, n: u64) {
+        for i in 0..n {
+            h.record(base_us + i * 37).unwrap();
+        }
+    }
+
+    fn receiver_counters() -> Counters {
+        let mut c = Counters {
+            received: 31,
+            decoded: 30,
+            displayed: 29,
+            bytes: 812_345,
+            decode_us: 36_123,
+            quality: Some(75),
+            seq_gaps: 1,
+            out_of_order: 0,
+            latency_unknown: 2,
+            clock: Some(ClockStatus::from_estimate(
+                false,
+                &crate::clock::Estimate {
+                    offset_us: 3_600_000_123.4567,
+                    drift_ppm: 99.87654,
+                    uncertainty_us: 51.2345,
+                    at_us: 0,
+                    samples: 9,
+                },
+            )),
+            ..Default::default()
+        };
+        c.drop_frame(DropCause::DecoderBusy);
+        c.drop_frame(DropCause::DisplayBusy);
+        c.drop_frame(DropCause::DisplayBusy);
+        record(&mut c.lat_encoded, 1_200, 30);
+        record(&mut c.lat_sent, 1_500, 30);
+        record(&mut c.lat_received, 2_100, 30);
+        record(&mut c.lat_decoded, 3_300, 30);
+        record(&mut c.lat_displayed, 3_900, 29);
+        record(&mut c.lat_shown, 450, 29);
+        c
+    }
+
+    fn control(mode: &'static str, rate_kbps: f64) -> ControlStatus {
+        ControlStatus {
+            mode,
+            quality: 62,
+            fps: 27.5,
+            half_size: true,
+            rate_kbps,
+            predicted_kbps: 4_321.0,
+            delivered_kbps: 4_100.0,
+            latency_p95_ms: Some(48.2),
+            in_flight: 3,
+            reason: "latency p95 48.2 ms over 40 ms".into(),
+        }
+    }
+
+    fn links() -> Vec<LinkReport> {
+        vec![
+            LinkReport {
+                id: 1,
+                kind: ViewerKind::Native,
+                peer: "127.0.0.1:40001".into(),
+                seconds: 12.345,
+                frames: 300,
+                bytes: 7_654_321,
+                drops: 4,
+            },
+            LinkReport {
+                id: 3,
+                kind: ViewerKind::Http,
+                peer: "[::1]:40002".into(),
+                seconds: 0.5,
+                frames: 15,
+                bytes: 400_000,
+                drops: 0,
+            },
+        ]
+    }
+
+    fn sender_counters(viewer: &Report) -> Counters {
+        let mut c = Counters {
+            captured: 33,
+            encoded: 31,
+            sent: 30,
+            bytes: 812_345,
+            encode_us: 31_234,
+            quality: Some(62),
+            viewers: Some(2),
+            reconnects: 1,
+            source_losses: 1,
+            no_signal_frames: 4,
+            source_lost: Some(SourceLost { unix_ms: 1_700_000_000_123, at: Instant::now() }),
+            ..Default::default()
+        };
+        c.drop_frame(DropCause::EncoderBusy);
+        c.drop_frame(DropCause::Congestion);
+        c.drop_frame(DropCause::RateLimit);
+        record(&mut c.ack_rtt, 2_700, 30);
+        c.viewer = Some(serde_json::from_slice(&serde_json::to_vec(viewer).unwrap()).unwrap());
+        c.links = serde_json::to_value(links()).ok();
+        c.control = Some(control("latency", f64::INFINITY));
+        c
+    }
+
+    /// Today's four records: sender interval, receiver interval, receiver summary, sender
+    /// summary. `source_lost_s` depends on the time elapsed, so it is pinned.
+    fn reports() -> Vec<Report> {
+        let r_int = Report::build(Side::Receiver, "interval", &receiver_counters(), 5.0004, 1.0012);
+        let mut s_int = Report::build(Side::Sender, "interval", &sender_counters(&r_int), 5.1234, 0.9996);
+        s_int.source_lost_s = Some(2.5);
+        let r_sum = Report::build(Side::Receiver, "summary", &receiver_counters(), 12.25, 11.75);
+        let mut c = sender_counters(&r_int);
+        c.source_lost = None;
+        c.control = Some(control("target+latency", 5_000.0));
+        let s_sum = Report::build(Side::Sender, "summary", &c, 12.5, 12.0);
+        vec![s_int, r_int, r_sum, s_sum]
+    }
+
+    fn jsonl(reports: &[Report]) -> String {
+        reports.iter().map(|r| serde_json::to_string(r).unwrap() + "\n").collect()
+    }
+
+    fn text(reports: &[Report]) -> String {
+        let [s_int, r_int, r_sum, s_sum] = reports else { panic!("four reports") };
+        [s_int.human_line(), r_int.human_line(), r_sum.summary_text(), s_sum.summary_text()]
+            .iter()
+            .map(|l| l.clone() + "\n")
+            .collect()
+    }
+
+    #[test]
+    fn counters_serialise_to_the_fixture() {
+        let reports = reports();
+        assert_eq!(jsonl(&reports), JSONL);
+        assert_eq!(text(&reports), TEXT);
+    }
+}
