@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use crate::chan::{latest, LatestReceiver, LatestSender, Pushed};
@@ -29,7 +29,7 @@ pub type Shared = Arc<EncodedFrame>;
 const FRESH_US: u64 = 50_000;
 
 /// How a viewer watches.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ViewerKind {
     /// The framecast protocol (`framecast recv`).
@@ -51,7 +51,7 @@ pub struct LinkCounters {
 }
 
 /// One viewer's link, as the stats report it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LinkReport {
     pub id: u64,
     pub kind: ViewerKind,

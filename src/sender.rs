@@ -223,7 +223,7 @@ pub fn run(cfg: SendConfig, open_source: SourceFactory, stop: Arc<AtomicBool>) -
             let status = control.as_ref().map(|c| lock(c).status());
             meter2.update(|c| {
                 c.viewers = Some(links.len() as u64);
-                c.links = serde_json::to_value(&links).ok();
+                c.links = Some(links.clone());
                 if status.is_some() {
                     c.control = status.clone();
                 }
@@ -1007,9 +1007,9 @@ fn ack_loop(
                     }
                 }
             }
-            Ok(Event::Message(Message::Report(json))) => match serde_json::from_slice::<serde_json::Value>(json) {
-                Ok(v) if v.is_object() => meter.update(|c| c.viewer = Some(v.clone())),
-                _ => debug!("ignored a report from the viewer that is not a JSON object"),
+            Ok(Event::Message(Message::Report(json))) => match stats::parse_report(json) {
+                Ok(r) => meter.update(|c| c.viewer = Some(Box::new(r.clone()))),
+                Err(e) => debug!(error = %e, "ignored a malformed report from the viewer"),
             },
             Ok(Event::Message(other)) => debug!(message = ?other, "ignored message from viewer"),
             Ok(Event::Idle) => {}

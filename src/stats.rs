@@ -1,21 +1,26 @@
 //! Per-side statistics: counters the stages update ([`Meter`]), a plain [`Report`] built from
 //! them by one function ([`Report::build`]) and formatted by others ([`Report::human_line`],
 //! JSON through serde), and the thread that emits one report per interval ([`spawn_reporter`]).
+//! A `--stats-json` log reads back into typed reports with [`read_json_lines`]; the latency
+//! stages are listed once, in [`Stage`].
 //!
 //! Units: times in milliseconds (`_ms`), rates per second, sizes in bytes, bit rates in
 //! kbit/s (1000 bits). The JSON schema is versioned by the `schema` field.
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufWriter, Write};
-use std::path::PathBuf;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+use crate::control::ControlStatus;
+use crate::hub::LinkReport;
 
 /// Version of the JSON stats schema (README "Stats").
 pub const SCHEMA: u32 = 2;
@@ -61,11 +66,101 @@ impl DropCause {
 }
 
 /// Which side a meter belongs to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Side {
     Sender,
     Receiver,
+}
+
+impl Side {
+    /// The name in the JSON `role` field.
+    pub fn name(self) -> &'static str {
+        match self {
+            Side::Sender => "sender",
+            Side::Receiver => "receiver",
+        }
+    }
+}
+
+/// What span a [`Report`] covers: the JSON `type` field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordType {
+    /// One interval (`--stats-interval`).
+    Interval,
+    /// The whole run, written once at exit.
+    Summary,
+}
+
+/// A latency the stats measure, in pipeline order. The one list of stages: its JSON key and
+/// label are here, and [`Report::latency`] reads its percentiles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Capture to the end of encoding (on the sender's clock, so always known).
+    CaptureEncoded,
+    /// Capture to the write to the socket (on the sender's clock).
+    CaptureSent,
+    /// Capture to received, decoded and displayed (receiver, once the sender's clock is known).
+    CaptureReceived,
+    CaptureDecoded,
+    CaptureDisplayed,
+    /// Decoded to displayed: the delay the view adds (one clock, always known).
+    DecodedDisplayed,
+    /// Sender: a frame's write to its acknowledgement.
+    AckRtt,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 7] = [
+        Stage::CaptureEncoded,
+        Stage::CaptureSent,
+        Stage::CaptureReceived,
+        Stage::CaptureDecoded,
+        Stage::CaptureDisplayed,
+        Stage::DecodedDisplayed,
+        Stage::AckRtt,
+    ];
+
+    /// The stages the summary and `framecast report` list: each measured from capture, and the
+    /// ack round trip (decoded→displayed is the last part of capture→displayed).
+    pub const LISTED: [Stage; 6] = [
+        Stage::CaptureEncoded,
+        Stage::CaptureSent,
+        Stage::CaptureReceived,
+        Stage::CaptureDecoded,
+        Stage::CaptureDisplayed,
+        Stage::AckRtt,
+    ];
+
+    /// A viewer's end-to-end latency is the first of these it reports.
+    pub const END_TO_END: [Stage; 2] = [Stage::CaptureDisplayed, Stage::CaptureDecoded];
+
+    /// The field of the JSON schema.
+    pub fn key(self) -> &'static str {
+        match self {
+            Stage::CaptureEncoded => "latency_capture_encoded_ms",
+            Stage::CaptureSent => "latency_capture_sent_ms",
+            Stage::CaptureReceived => "latency_capture_received_ms",
+            Stage::CaptureDecoded => "latency_capture_decoded_ms",
+            Stage::CaptureDisplayed => "latency_capture_displayed_ms",
+            Stage::DecodedDisplayed => "latency_decoded_displayed_ms",
+            Stage::AckRtt => "ack_rtt_ms",
+        }
+    }
+
+    /// The label of the summary and of `framecast report`'s table.
+    pub fn label(self) -> &'static str {
+        match self {
+            Stage::CaptureEncoded => "capture->encoded",
+            Stage::CaptureSent => "capture->sent",
+            Stage::CaptureReceived => "capture->received",
+            Stage::CaptureDecoded => "capture->decoded",
+            Stage::CaptureDisplayed => "capture->displayed",
+            Stage::DecodedDisplayed => "decoded->displayed",
+            Stage::AckRtt => "ack rtt",
+        }
+    }
 }
 
 /// Counters for one span of time (an interval, or the whole run).
@@ -104,12 +199,12 @@ pub struct Counters {
     /// Receiver: the latest view of the sender's clock.
     pub clock: Option<ClockStatus>,
     /// Sender: the latest interval report from the viewer.
-    pub viewer: Option<serde_json::Value>,
-    /// Sender: viewers connected, and each one's link (`hub::LinkReport`s).
+    pub viewer: Option<Box<Report>>,
+    /// Sender: viewers connected, and each one's link.
     pub viewers: Option<u64>,
-    pub links: Option<serde_json::Value>,
+    pub links: Option<Vec<LinkReport>>,
     /// Sender: the rate controller's state (with `--target-kbps` or `--max-latency-ms`).
-    pub control: Option<crate::control::ControlStatus>,
+    pub control: Option<ControlStatus>,
     /// When the first frame was sent (sender) or received (receiver).
     pub first_frame: Option<Instant>,
     /// Connections made again after one was lost (`--connect`).
@@ -158,12 +253,33 @@ pub fn utc_string(secs: u64) -> String {
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem / 60 % 60, rem % 60)
 }
 
+/// Where the receiver's view of the sender's clock comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClockSource {
+    /// Same host: one monotonic clock.
+    Shared,
+    /// Offset estimated from the reverse channel's NTP-style exchanges.
+    Synced,
+    /// No exchange yet.
+    Unknown,
+}
+
+impl ClockSource {
+    /// The name in the JSON `source` field.
+    pub fn name(self) -> &'static str {
+        match self {
+            ClockSource::Shared => "shared",
+            ClockSource::Synced => "synced",
+            ClockSource::Unknown => "unknown",
+        }
+    }
+}
+
 /// How the receiver relates the sender's timestamps to its own clock.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ClockStatus {
-    /// "shared" (same host: one monotonic clock), "synced" (offset estimated from the
-    /// reverse channel's NTP-style exchanges) or "unknown" (no exchange yet).
-    pub source: &'static str,
+    pub source: ClockSource,
     /// Sender clock minus receiver clock, ms (as measured, also when the clock is shared).
     pub offset_ms: Option<f64>,
     /// Bound on the offset error, ms: half the best exchange's round trip.
@@ -176,7 +292,7 @@ pub struct ClockStatus {
 impl ClockStatus {
     pub fn unsynced(shared: bool) -> Self {
         ClockStatus {
-            source: if shared { "shared" } else { "unknown" },
+            source: if shared { ClockSource::Shared } else { ClockSource::Unknown },
             offset_ms: None,
             uncertainty_ms: None,
             drift_ppm: None,
@@ -186,7 +302,7 @@ impl ClockStatus {
 
     pub fn from_estimate(shared: bool, e: &crate::clock::Estimate) -> Self {
         ClockStatus {
-            source: if shared { "shared" } else { "synced" },
+            source: if shared { ClockSource::Shared } else { ClockSource::Synced },
             offset_ms: Some(round3(e.offset_us / 1000.0)),
             uncertainty_ms: Some(round3(e.uncertainty_us / 1000.0)),
             drift_ppm: Some(round3(e.drift_ppm)),
@@ -250,10 +366,22 @@ impl Counters {
     pub fn drop_frame(&mut self, cause: DropCause) {
         *self.drops.entry(cause).or_insert(0) += 1;
     }
+
+    fn histogram(&self, stage: Stage) -> &Histogram<u64> {
+        match stage {
+            Stage::CaptureEncoded => &self.lat_encoded,
+            Stage::CaptureSent => &self.lat_sent,
+            Stage::CaptureReceived => &self.lat_received,
+            Stage::CaptureDecoded => &self.lat_decoded,
+            Stage::CaptureDisplayed => &self.lat_displayed,
+            Stage::DecodedDisplayed => &self.lat_shown,
+            Stage::AckRtt => &self.ack_rtt,
+        }
+    }
 }
 
 /// Latency percentiles in milliseconds.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Percentiles {
     pub p50: f64,
     pub p95: f64,
@@ -284,13 +412,13 @@ fn round3(v: f64) -> f64 {
 }
 
 /// One stats record: a per-interval line or the summary at exit. Field meanings and units
-/// are listed in the README ("Stats").
-#[derive(Clone, Debug, PartialEq, Serialize)]
+/// are listed in the README ("Stats"). It reads back from JSON as it was written; fields it
+/// does not know are ignored, and a required one missing is an error.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     pub schema: u32,
-    /// "interval" or "summary".
     #[serde(rename = "type")]
-    pub kind: &'static str,
+    pub kind: RecordType,
     pub role: Side,
     /// Seconds since the side started, at the end of this span.
     pub t: f64,
@@ -315,7 +443,8 @@ pub struct Report {
     pub encode_ms: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub decode_ms: Option<f64>,
-    pub drops: BTreeMap<&'static str, u64>,
+    /// By [`DropCause::name`].
+    pub drops: BTreeMap<String, u64>,
     pub drops_total: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seq_gaps: Option<u64>,
@@ -346,25 +475,25 @@ pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub clock: Option<ClockStatus>,
     /// Sender: the viewer's latest interval report, as it sent it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub viewer: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "sorted_keys")]
+    pub viewer: Option<Box<Report>>,
     /// Sender: viewers connected (native and HTTP).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub viewers: Option<u64>,
-    /// Sender: each viewer's link: id, kind, peer, seconds, frames, bytes, drops.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub links: Option<serde_json::Value>,
+    /// Sender: each viewer's link.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "sorted_keys")]
+    pub links: Option<Vec<LinkReport>>,
     /// Sender: the rate controller's state at the end of the span.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub control: Option<crate::control::ControlStatus>,
+    pub control: Option<ControlStatus>,
     /// Connections made again after one was lost (`--connect`); absent when 0.
-    #[serde(skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub reconnects: u64,
     /// Sender: times the source failed mid-stream; absent when 0.
-    #[serde(skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub source_losses: u64,
     /// Sender: "no signal" frames sent while the source was lost; absent when 0.
-    #[serde(skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub no_signal_frames: u64,
     /// Sender, while the source is lost: since when (UTC, `YYYY-MM-DDTHH:MM:SSZ`) and for how
     /// many seconds at the end of this span.
@@ -378,15 +507,27 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
+/// Writes a nested record (`viewer`, `links`) with its keys sorted, as schema 2 always has:
+/// those records used to pass through `serde_json::Value`, whose maps are sorted. Once a
+/// report, not once a frame.
+fn sorted_keys<T: Serialize, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    serde_json::to_value(v).map_err(serde::ser::Error::custom)?.serialize(s)
+}
+
+/// Reads a rate where `null` means unlimited: `serde_json` writes an infinite `f64` as `null`.
+pub(crate) fn null_is_infinite<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::INFINITY))
+}
+
 impl Report {
     /// Builds a report from the counters of a span of `seconds` ending `t` seconds after start.
-    pub fn build(side: Side, kind: &'static str, c: &Counters, t: f64, seconds: f64) -> Report {
+    pub fn build(side: Side, kind: RecordType, c: &Counters, t: f64, seconds: f64) -> Report {
         let per_s = |n: u64| if seconds > 0.0 { n as f64 / seconds } else { 0.0 };
         let mean_ms = |us: u64, n: u64| (n > 0).then(|| round3(us as f64 / n as f64 / 1000.0));
         let sender = side == Side::Sender;
         let frames = if sender { c.sent } else { c.decoded };
         let counted = if sender { c.sent } else { c.received };
-        Report {
+        let mut r = Report {
             schema: SCHEMA,
             kind,
             role: side,
@@ -404,17 +545,17 @@ impl Report {
             quality: c.quality,
             encode_ms: if sender { mean_ms(c.encode_us, c.encoded) } else { None },
             decode_ms: if sender { None } else { mean_ms(c.decode_us, c.decoded) },
-            drops: c.drops.iter().map(|(k, v)| (k.name(), *v)).collect(),
+            drops: c.drops.iter().map(|(k, v)| (k.name().to_owned(), *v)).collect(),
             drops_total: c.drops.values().sum(),
             seq_gaps: (!sender).then_some(c.seq_gaps),
             out_of_order: (!sender).then_some(c.out_of_order),
-            latency_capture_encoded_ms: Percentiles::of(&c.lat_encoded),
-            latency_capture_sent_ms: Percentiles::of(&c.lat_sent),
-            latency_capture_received_ms: Percentiles::of(&c.lat_received),
-            latency_capture_decoded_ms: Percentiles::of(&c.lat_decoded),
-            latency_capture_displayed_ms: Percentiles::of(&c.lat_displayed),
-            latency_decoded_displayed_ms: Percentiles::of(&c.lat_shown),
-            ack_rtt_ms: Percentiles::of(&c.ack_rtt),
+            latency_capture_encoded_ms: None,
+            latency_capture_sent_ms: None,
+            latency_capture_received_ms: None,
+            latency_capture_decoded_ms: None,
+            latency_capture_displayed_ms: None,
+            latency_decoded_displayed_ms: None,
+            ack_rtt_ms: None,
             latency_unknown_frames: (!sender).then_some(c.latency_unknown),
             clock: c.clock,
             viewer: c.viewer.clone(),
@@ -426,7 +567,41 @@ impl Report {
             no_signal_frames: c.no_signal_frames,
             source_lost_since: c.source_lost.map(|l| l.utc()),
             source_lost_s: c.source_lost.map(|l| round3(l.at.elapsed().as_secs_f64())),
+        };
+        for stage in Stage::ALL {
+            *r.latency_mut(stage) = Percentiles::of(c.histogram(stage));
         }
+        r
+    }
+
+    /// The percentiles of one latency stage, if measured in this span.
+    pub fn latency(&self, stage: Stage) -> Option<Percentiles> {
+        match stage {
+            Stage::CaptureEncoded => self.latency_capture_encoded_ms,
+            Stage::CaptureSent => self.latency_capture_sent_ms,
+            Stage::CaptureReceived => self.latency_capture_received_ms,
+            Stage::CaptureDecoded => self.latency_capture_decoded_ms,
+            Stage::CaptureDisplayed => self.latency_capture_displayed_ms,
+            Stage::DecodedDisplayed => self.latency_decoded_displayed_ms,
+            Stage::AckRtt => self.ack_rtt_ms,
+        }
+    }
+
+    fn latency_mut(&mut self, stage: Stage) -> &mut Option<Percentiles> {
+        match stage {
+            Stage::CaptureEncoded => &mut self.latency_capture_encoded_ms,
+            Stage::CaptureSent => &mut self.latency_capture_sent_ms,
+            Stage::CaptureReceived => &mut self.latency_capture_received_ms,
+            Stage::CaptureDecoded => &mut self.latency_capture_decoded_ms,
+            Stage::CaptureDisplayed => &mut self.latency_capture_displayed_ms,
+            Stage::DecodedDisplayed => &mut self.latency_decoded_displayed_ms,
+            Stage::AckRtt => &mut self.ack_rtt_ms,
+        }
+    }
+
+    /// The viewer's latency from capture to the end of its pipeline ([`Stage::END_TO_END`]).
+    pub fn end_to_end(&self) -> Option<Percentiles> {
+        Stage::END_TO_END.into_iter().find_map(|stage| self.latency(stage))
     }
 
     /// The line a person reads on stderr.
@@ -457,9 +632,9 @@ impl Report {
         if let Some(ms) = self.decode_ms {
             s.push_str(&format!("  dec {ms:.2} ms"));
         }
-        if let Some(p) = self.latency_capture_displayed_ms.or(self.latency_capture_decoded_ms) {
+        if let Some(p) = self.end_to_end() {
             s.push_str(&format!("  latency p50/p95/p99 {:.1}/{:.1}/{:.1} ms", p.p50, p.p95, p.p99));
-            if let Some(ClockStatus { source: "synced", uncertainty_ms: Some(u), .. }) = self.clock {
+            if let Some(ClockStatus { source: ClockSource::Synced, uncertainty_ms: Some(u), .. }) = self.clock {
                 s.push_str(&format!(" (clock synced ±{u:.2} ms)"));
             }
         } else if self.role == Side::Receiver {
@@ -483,11 +658,9 @@ impl Report {
             s.push_str(&format!("  SOURCE LOST since {since} ({secs:.0} s, no-signal frames sent)"));
         }
         if let Some(v) = &self.viewer {
-            let fps = v.get("fps").and_then(|f| f.as_f64()).unwrap_or(0.0);
-            s.push_str(&format!("  | viewer {fps:.1} fps"));
-            let lat = v.get("latency_capture_displayed_ms").or_else(|| v.get("latency_capture_decoded_ms"));
-            match lat.and_then(|l| l.get("p95")).and_then(|p| p.as_f64()) {
-                Some(p95) => s.push_str(&format!(" latency p95 {p95:.1} ms")),
+            s.push_str(&format!("  | viewer {:.1} fps", v.fps));
+            match v.end_to_end() {
+                Some(p) => s.push_str(&format!(" latency p95 {:.1} ms", p.p95)),
                 None => s.push_str(" latency unknown"),
             }
         }
@@ -498,10 +671,7 @@ impl Report {
     pub fn summary_text(&self) -> String {
         let mut s = format!(
             "{} summary: {} frames in {:.1} s = {:.1} fps, {} bytes = {:.0} kbit/s, mean frame {:.0} bytes",
-            match self.role {
-                Side::Sender => "sender",
-                Side::Receiver => "receiver",
-            },
+            self.role.name(),
             self.frames,
             self.seconds,
             self.fps,
@@ -515,15 +685,9 @@ impl Report {
         if let Some(ms) = self.decode_ms {
             s.push_str(&format!(", decode {ms:.2} ms"));
         }
-        for (name, p) in [
-            ("capture->encoded", self.latency_capture_encoded_ms),
-            ("capture->sent", self.latency_capture_sent_ms),
-            ("capture->received", self.latency_capture_received_ms),
-            ("capture->decoded", self.latency_capture_decoded_ms),
-            ("capture->displayed", self.latency_capture_displayed_ms),
-            ("ack rtt", self.ack_rtt_ms),
-        ] {
-            if let Some(p) = p {
+        for stage in Stage::LISTED {
+            if let Some(p) = self.latency(stage) {
+                let name = stage.label();
                 s.push_str(&format!("; {name} p50/p95/p99/max {:.2}/{:.2}/{:.2}/{:.2} ms", p.p50, p.p95, p.p99, p.max));
             }
         }
@@ -553,6 +717,7 @@ impl Report {
         if let Some(ClockStatus { source, offset_ms: Some(o), uncertainty_ms: Some(u), drift_ppm: Some(d), .. }) =
             self.clock
         {
+            let source = source.name();
             s.push_str(&format!("; sender clock {source}, offset {o:.3} ms ±{u:.3}, drift {d:.1} ppm"));
         }
         s
@@ -627,7 +792,8 @@ impl Meter {
             g.interval.source_lost = c.source_lost;
             c
         };
-        Report::build(self.side, "interval", &c, (now - self.started).as_secs_f64(), (now - since).as_secs_f64())
+        let (t, seconds) = ((now - self.started).as_secs_f64(), (now - since).as_secs_f64());
+        Report::build(self.side, RecordType::Interval, &c, t, seconds)
     }
 
     /// The whole-run report.
@@ -637,7 +803,7 @@ impl Meter {
         let t = self.started.elapsed().as_secs_f64();
         let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let secs = g.total.first_frame.map_or(t, |f| f.elapsed().as_secs_f64());
-        Report::build(self.side, "summary", &g.total, t, secs)
+        Report::build(self.side, RecordType::Summary, &g.total, t, secs)
     }
 }
 
@@ -738,6 +904,34 @@ fn write_json(json: &mut Option<BufWriter<File>>, r: &Report) {
     }
 }
 
+/// Reads a `--stats-json` log: one [`Report`] a line, blank lines skipped. An error names the
+/// file, the line and what was wrong with it.
+pub fn read_json_lines(path: &Path) -> anyhow::Result<Vec<Report>> {
+    let file = File::open(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    let mut reports = Vec::new();
+    for (i, line) in BufReader::new(file).lines().enumerate() {
+        let at = || format!("{}:{}", path.display(), i + 1);
+        let line = line.map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", at()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        reports.push(parse_report(line.as_bytes()).map_err(|e| anyhow::anyhow!("{}: {e}", at()))?);
+    }
+    Ok(reports)
+}
+
+/// Parses one stats record, saying whether the input was not JSON at all or JSON that is not
+/// a stats record (and which field was wrong).
+pub fn parse_report(json: &[u8]) -> anyhow::Result<Report> {
+    serde_json::from_slice(json).map_err(|e| {
+        if e.is_data() {
+            anyhow::anyhow!("not a framecast stats record: {e}")
+        } else {
+            anyhow::anyhow!("not JSON; expected a framecast --stats-json log: {e}")
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -761,7 +955,7 @@ mod tests {
 
     #[test]
     fn report_computes_rates_and_means() {
-        let r = Report::build(Side::Sender, "interval", &sample(), 2.0, 1.0);
+        let r = Report::build(Side::Sender, RecordType::Interval, &sample(), 2.0, 1.0);
         assert_eq!(r.frames, 30);
         assert_eq!(r.fps, 30.0);
         assert_eq!(r.kbps, 2400.0);
@@ -814,7 +1008,7 @@ mod tests {
 
     #[test]
     fn zero_length_span_does_not_divide_by_zero() {
-        let r = Report::build(Side::Receiver, "summary", &Counters::default(), 0.0, 0.0);
+        let r = Report::build(Side::Receiver, RecordType::Summary, &Counters::default(), 0.0, 0.0);
         assert_eq!(r.fps, 0.0);
         assert_eq!(r.mean_frame_bytes, 0.0);
         assert!(r.latency_capture_decoded_ms.is_none());
@@ -823,7 +1017,7 @@ mod tests {
 
     #[test]
     fn json_has_documented_fields() {
-        let r = Report::build(Side::Sender, "summary", &sample(), 1.0, 1.0);
+        let r = Report::build(Side::Sender, RecordType::Summary, &sample(), 1.0, 1.0);
         let v: serde_json::Value = serde_json::to_value(&r).unwrap();
         for key in [
             "schema",
@@ -848,7 +1042,7 @@ mod tests {
 
     #[test]
     fn human_line_names_drop_causes() {
-        let r = Report::build(Side::Sender, "interval", &sample(), 1.0, 1.0);
+        let r = Report::build(Side::Sender, RecordType::Interval, &sample(), 1.0, 1.0);
         let line = r.human_line();
         assert!(line.contains("30.0 fps"), "{line}");
         assert!(line.contains("q75"), "{line}");
@@ -889,8 +1083,7 @@ mod tests {
 #[cfg(test)]
 mod schema {
     use super::*;
-    use crate::control::ControlStatus;
-    use crate::hub::{LinkReport, ViewerKind};
+    use crate::hub::ViewerKind;
 
     const JSONL: &str = include_str!("testdata/stats-v2.jsonl");
     const TEXT: &str = include_str!("testdata/stats-v2.txt");
@@ -915,7 +1108,7 @@ mod schema {
             clock: Some(ClockStatus::from_estimate(
                 false,
                 &crate::clock::Estimate {
-                    offset_us: 3_600_000_123.4567,
+                    offset_us: 3_600_000_123.456_7,
                     drift_ppm: 99.87654,
                     uncertainty_us: 51.2345,
                     at_us: 0,
@@ -938,7 +1131,7 @@ mod schema {
 
     fn control(mode: &'static str, rate_kbps: f64) -> ControlStatus {
         ControlStatus {
-            mode,
+            mode: mode.into(),
             quality: 62,
             fps: 27.5,
             half_size: true,
@@ -993,8 +1186,9 @@ mod schema {
         c.drop_frame(DropCause::Congestion);
         c.drop_frame(DropCause::RateLimit);
         record(&mut c.ack_rtt, 2_700, 30);
-        c.viewer = Some(serde_json::from_slice(&serde_json::to_vec(viewer).unwrap()).unwrap());
-        c.links = serde_json::to_value(links()).ok();
+        // As the sender gets it: off the wire.
+        c.viewer = Some(Box::new(parse_report(&serde_json::to_vec(viewer).unwrap()).unwrap()));
+        c.links = Some(links());
         c.control = Some(control("latency", f64::INFINITY));
         c
     }
@@ -1002,14 +1196,14 @@ mod schema {
     /// Today's four records: sender interval, receiver interval, receiver summary, sender
     /// summary. `source_lost_s` depends on the time elapsed, so it is pinned.
     fn reports() -> Vec<Report> {
-        let r_int = Report::build(Side::Receiver, "interval", &receiver_counters(), 5.0004, 1.0012);
-        let mut s_int = Report::build(Side::Sender, "interval", &sender_counters(&r_int), 5.1234, 0.9996);
+        let r_int = Report::build(Side::Receiver, RecordType::Interval, &receiver_counters(), 5.0004, 1.0012);
+        let mut s_int = Report::build(Side::Sender, RecordType::Interval, &sender_counters(&r_int), 5.1234, 0.9996);
         s_int.source_lost_s = Some(2.5);
-        let r_sum = Report::build(Side::Receiver, "summary", &receiver_counters(), 12.25, 11.75);
+        let r_sum = Report::build(Side::Receiver, RecordType::Summary, &receiver_counters(), 12.25, 11.75);
         let mut c = sender_counters(&r_int);
         c.source_lost = None;
         c.control = Some(control("target+latency", 5_000.0));
-        let s_sum = Report::build(Side::Sender, "summary", &c, 12.5, 12.0);
+        let s_sum = Report::build(Side::Sender, RecordType::Summary, &c, 12.5, 12.0);
         vec![s_int, r_int, r_sum, s_sum]
     }
 
@@ -1030,5 +1224,67 @@ mod schema {
         let reports = reports();
         assert_eq!(jsonl(&reports), JSONL);
         assert_eq!(text(&reports), TEXT);
+    }
+
+    #[test]
+    fn the_fixture_reads_back_and_writes_the_same_bytes() {
+        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/src/testdata/stats-v2.jsonl"));
+        let read = read_json_lines(path).unwrap();
+        assert_eq!(jsonl(&read), JSONL);
+        assert_eq!(text(&read), TEXT);
+        // Typed all the way down: the viewer's report, the links, the controller's state.
+        let v = read[0].viewer.as_deref().expect("a nested viewer report");
+        assert_eq!((v.role, v.kind), (Side::Receiver, RecordType::Interval));
+        assert_eq!(v.clock.map(|c| c.source), Some(ClockSource::Synced));
+        assert_eq!(read[0].links.as_ref().map(|l| l[1].kind), Some(ViewerKind::Http));
+        assert_eq!(read[0].control.as_ref().map(|c| c.rate_kbps), Some(f64::INFINITY));
+        assert_eq!(read, reports());
+    }
+
+    #[test]
+    fn a_dropped_or_renamed_field_fails_the_round_trip() {
+        let line = JSONL.lines().next().unwrap();
+        for (from, to) in
+            [("\"fps\":", "\"fps_x\":"), ("\"no_signal_frames\":", "\"no_signal\":"), ("\"p95\":", "\"p_95\":")]
+        {
+            let changed = line.replacen(from, to, 1);
+            let back = parse_report(changed.as_bytes()).map(|r| serde_json::to_string(&r).unwrap());
+            assert!(back.as_deref().ok() != Some(changed.as_str()), "{from} -> {to} survived");
+        }
+    }
+
+    #[test]
+    fn stage_keys_are_the_schema_fields() {
+        for stage in Stage::ALL {
+            let mut r = Report::build(Side::Receiver, RecordType::Interval, &Counters::default(), 1.0, 1.0);
+            let p = Percentiles { p50: 1.0, p95: 2.0, p99: 3.0, max: 4.0, count: 5 };
+            *r.latency_mut(stage) = Some(p);
+            assert_eq!(r.latency(stage), Some(p));
+            let v = serde_json::to_value(&r).unwrap();
+            assert_eq!(v[stage.key()]["count"], 5, "{stage:?}: {v}");
+        }
+    }
+
+    #[test]
+    fn bad_records_are_errors_not_panics() {
+        for bad in [&b"not json"[..], b"", b"[1,2]", b"{\"fps\":3}", b"{\"type\":\"interval\",\"role\":\"sender\"}"] {
+            assert!(parse_report(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+        assert!(format!("{}", parse_report(b"nope").unwrap_err()).contains("not JSON"));
+        let e = format!("{}", parse_report(br#"{"schema":2,"type":"interval"}"#).unwrap_err());
+        assert!(e.contains("not a framecast stats record") && e.contains("role"), "{e}");
+    }
+
+    #[test]
+    fn read_errors_name_the_file_and_line() {
+        let dir = std::env::temp_dir().join(format!("fc-stats-read-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("x.jsonl");
+        std::fs::write(&p, format!("{}\n\n{{\"type\":\"summary\"}}\n", JSONL.lines().next().unwrap())).unwrap();
+        let e = format!("{}", read_json_lines(&p).unwrap_err());
+        assert!(e.contains("x.jsonl:3: not a framecast stats record") && e.contains("missing field"), "{e}");
+        let e = format!("{}", read_json_lines(&dir.join("none.jsonl")).unwrap_err());
+        assert!(e.contains("cannot read") && e.contains("none.jsonl"), "{e}");
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }
