@@ -599,6 +599,11 @@ impl Report {
         }
     }
 
+    /// Frames dropped for `cause` in this span.
+    pub fn dropped(&self, cause: DropCause) -> u64 {
+        self.drops.get(cause.name()).copied().unwrap_or(0)
+    }
+
     /// The viewer's latency from capture to the end of its pipeline ([`Stage::END_TO_END`]).
     pub fn end_to_end(&self) -> Option<Percentiles> {
         Stage::END_TO_END.into_iter().find_map(|stage| self.latency(stage))

@@ -19,6 +19,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use framecast::capture::pattern::BARS;
+use framecast::stats::{read_json_lines, RecordType};
 
 /// The frame size asked of the demo; the window opens at the first frame's size.
 const SIZE: (usize, usize) = (640, 480);
@@ -382,21 +383,20 @@ fn window_keeps_up_with_60_fps_at_720p() {
     assert!(status.success(), "framecast demo failed ({status}); stderr:\n{log}");
     assert!(!log.contains("headless"), "framecast demo ran headless instead of opening a window; stderr:\n{log}");
 
-    let text = std::fs::read_to_string(&stats.0).expect("the receiver's stats file");
-    let summary: serde_json::Value = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .rfind(|v| v["type"] == "summary")
-        .unwrap_or_else(|| panic!("no summary line in the receiver's stats:\n{text}"));
-    let (shown, seconds) = (summary["displayed"].as_f64().unwrap_or(0.0), summary["seconds"].as_f64().unwrap_or(0.0));
+    let records = read_json_lines(&stats.0).unwrap_or_else(|e| panic!("the receiver's stats file: {e:#}"));
+    let summary = records
+        .iter()
+        .rfind(|r| r.kind == RecordType::Summary)
+        .unwrap_or_else(|| panic!("no summary line in the receiver's stats: {records:?}"));
+    let (shown, seconds) = (summary.displayed.unwrap_or(0) as f64, summary.seconds);
     let fps = if seconds > 0.0 { shown / seconds } else { 0.0 };
-    let p95 = summary["latency_decoded_displayed_ms"]["p95"].as_f64();
+    let p95 = summary.latency_decoded_displayed_ms.map(|p| p.p95);
     eprintln!(
-        "{shown} frames shown in {seconds:.2} s = {fps:.1} fps; decoded->displayed {}",
-        summary["latency_decoded_displayed_ms"]
+        "{shown} frames shown in {seconds:.2} s = {fps:.1} fps; decoded->displayed {:?}",
+        summary.latency_decoded_displayed_ms
     );
-    assert!(fps >= 50.0, "{fps:.1} fps shown, expected at least 50 of 60; summary: {summary}");
-    let p95 = p95.unwrap_or_else(|| panic!("no decoded->displayed latency in the summary: {summary}"));
+    assert!(fps >= 50.0, "{fps:.1} fps shown, expected at least 50 of 60; summary: {summary:?}");
+    let p95 = p95.unwrap_or_else(|| panic!("no decoded->displayed latency in the summary: {summary:?}"));
     assert!(p95 < 1000.0 / 60.0, "decoded->displayed p95 {p95:.2} ms, expected under one frame (16.7 ms)");
 }
 
