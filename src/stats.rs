@@ -101,9 +101,11 @@ pub enum Stage {
     CaptureEncoded,
     /// Capture to the write to the socket (on the sender's clock).
     CaptureSent,
-    /// Capture to received, decoded and displayed (receiver, once the sender's clock is known).
+    /// Capture to received (receiver, once the sender's clock is known, as the next two).
     CaptureReceived,
+    /// Capture to the end of decoding.
     CaptureDecoded,
+    /// Capture to shown (or handed to the headless sink).
     CaptureDisplayed,
     /// Decoded to displayed: the delay the view adds (one clock, always known).
     DecodedDisplayed,
@@ -112,6 +114,7 @@ pub enum Stage {
 }
 
 impl Stage {
+    /// Every stage, in pipeline order (and in the order of the JSON fields).
     pub const ALL: [Stage; 7] = [
         Stage::CaptureEncoded,
         Stage::CaptureSent,
@@ -1271,10 +1274,26 @@ mod schema {
     }
 
     #[test]
+    fn names_are_the_json_strings() {
+        for side in [Side::Sender, Side::Receiver] {
+            assert_eq!(serde_json::to_value(side).unwrap(), side.name());
+        }
+        for source in [ClockSource::Shared, ClockSource::Synced, ClockSource::Unknown] {
+            assert_eq!(serde_json::to_value(source).unwrap(), source.name());
+        }
+    }
+
+    #[test]
     fn bad_records_are_errors_not_panics() {
         for bad in [&b"not json"[..], b"", b"[1,2]", b"{\"fps\":3}", b"{\"type\":\"interval\",\"role\":\"sender\"}"] {
             assert!(parse_report(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
+        // A viewer's report cut anywhere (it is read off the wire) is an error, never a panic.
+        let line = JSONL.lines().next().unwrap().as_bytes();
+        for cut in 0..line.len() {
+            assert!(parse_report(&line[..cut]).is_err(), "cut at {cut}");
+        }
+        assert!(parse_report(line).is_ok());
         assert!(format!("{}", parse_report(b"nope").unwrap_err()).contains("not JSON"));
         let e = format!("{}", parse_report(br#"{"schema":2,"type":"interval"}"#).unwrap_err());
         assert!(e.contains("not a framecast stats record") && e.contains("role"), "{e}");
