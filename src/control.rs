@@ -31,7 +31,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// How often the controller decides, µs.
 pub const TICK_US: u64 = 250_000;
@@ -74,15 +74,16 @@ pub struct Setting {
 }
 
 /// The controller's state for the stats line and JSON (`control` field).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ControlStatus {
     /// "target", "latency" or "target+latency".
-    pub mode: &'static str,
+    pub mode: std::borrow::Cow<'static, str>,
     pub quality: u8,
     pub fps: f64,
     /// Frames are encoded at half size (`--allow-downscale`).
     pub half_size: bool,
-    /// The rate the controller allows now, kbit/s.
+    /// The rate the controller allows now, kbit/s (infinite, written as `null`: unlimited).
+    #[serde(deserialize_with = "crate::stats::null_is_infinite")]
     pub rate_kbps: f64,
     /// Rate predicted at the current quality and fps, kbit/s.
     pub predicted_kbps: f64,
@@ -168,7 +169,7 @@ impl Controller {
             _ => "latency",
         };
         let status = ControlStatus {
-            mode,
+            mode: mode.into(),
             quality,
             fps: setting.fps,
             half_size: false,

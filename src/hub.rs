@@ -65,7 +65,7 @@ pub struct LinkCounters {
 }
 
 /// One viewer's link, as the stats report it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LinkReport {
     pub id: u64,
     pub kind: ViewerKind,

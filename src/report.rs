@@ -5,79 +5,53 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context};
-use serde_json::Value;
+use anyhow::bail;
 
-/// Latency fields of the stats schema, in pipeline order, with their short labels.
-pub const STAGES: [(&str, &str); 6] = [
-    ("latency_capture_encoded_ms", "capture->encoded"),
-    ("latency_capture_sent_ms", "capture->sent"),
-    ("latency_capture_received_ms", "capture->received"),
-    ("latency_capture_decoded_ms", "capture->decoded"),
-    ("latency_capture_displayed_ms", "capture->displayed"),
-    ("ack_rtt_ms", "ack round trip"),
-];
+use crate::stats::{read_json_lines, RecordType, Report, Side, Stage};
 
 /// The records of one side in one log file.
 #[derive(Clone, Debug)]
 pub struct Run {
     pub file: PathBuf,
-    pub role: String,
+    pub role: Side,
     /// Interval records in order.
-    pub intervals: Vec<Value>,
+    pub intervals: Vec<Report>,
     /// The summary record, if the run ended cleanly.
-    pub summary: Option<Value>,
+    pub summary: Option<Report>,
 }
 
 impl Run {
     /// A short name for legends: file stem and role.
     pub fn label(&self) -> String {
         let stem = self.file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-        format!("{stem} {}", self.role)
+        format!("{stem} {}", self.role.name())
     }
 }
 
-/// Reads stats logs. A line that is not a stats record is an error naming the file and line.
+/// Reads stats logs ([`read_json_lines`]). A line that is not a stats record is an error
+/// naming the file and line.
 pub fn load(paths: &[PathBuf]) -> anyhow::Result<Vec<Run>> {
     let mut runs: Vec<Run> = Vec::new();
     for path in paths {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let mut found = 0;
-        for (i, line) in text.lines().enumerate() {
-            if line.trim().is_empty() {
-                continue;
-            }
-            let v: Value = serde_json::from_str(line).with_context(|| {
-                format!("{}:{}: not JSON; expected a framecast --stats-json log", path.display(), i + 1)
-            })?;
-            let (Some(kind), Some(role)) =
-                (v.get("type").and_then(Value::as_str), v.get("role").and_then(Value::as_str))
-            else {
-                bail!("{}:{}: expected a stats record with \"type\" and \"role\"", path.display(), i + 1);
-            };
-            let run = match runs.iter_mut().find(|r| r.file == *path && r.role == role) {
-                Some(r) => r,
+        let reports = read_json_lines(path)?;
+        if reports.is_empty() {
+            bail!("{}: no stats records", path.display());
+        }
+        for report in reports {
+            let run = match runs.iter_mut().position(|r| r.file == *path && r.role == report.role) {
+                Some(i) => &mut runs[i],
                 None => {
-                    runs.push(Run { file: path.clone(), role: role.to_string(), intervals: Vec::new(), summary: None });
+                    runs.push(Run { file: path.clone(), role: report.role, intervals: Vec::new(), summary: None });
                     runs.last_mut().expect("just pushed")
                 }
             };
-            match kind {
-                "interval" => run.intervals.push(v),
-                "summary" => run.summary = Some(v),
-                other => bail!("{}:{}: unknown record type {other:?}", path.display(), i + 1),
+            match report.kind {
+                RecordType::Interval => run.intervals.push(report),
+                RecordType::Summary => run.summary = Some(report),
             }
-            found += 1;
-        }
-        if found == 0 {
-            bail!("{}: no stats records", path.display());
         }
     }
     Ok(runs)
-}
-
-fn num(v: &Value, key: &str) -> Option<f64> {
-    v.get(key).and_then(Value::as_f64)
 }
 
 fn fmt_opt(v: Option<f64>, prec: usize) -> String {
@@ -85,7 +59,7 @@ fn fmt_opt(v: Option<f64>, prec: usize) -> String {
 }
 
 /// The whole-run record of a run: its summary, or (for a run cut short) its last interval.
-fn whole(run: &Run) -> Option<&Value> {
+fn whole(run: &Run) -> Option<&Report> {
     run.summary.as_ref().or(run.intervals.last())
 }
 
@@ -99,20 +73,19 @@ pub fn table(runs: &[Run]) -> String {
     );
     for run in runs {
         let Some(s) = whole(run) else { continue };
-        let codec = num(s, "encode_ms").or_else(|| num(s, "decode_ms"));
-        let quality = s.get("quality").and_then(Value::as_u64).map(|q| q as f64);
+        let codec = s.encode_ms.or(s.decode_ms);
         let _ = writeln!(
             out,
             "{:<28} {:>8} {:>8} {:>8} {:>10} {:>9} {:>7} {:>9} {:>7}{}",
             run.label(),
-            fmt_opt(num(s, "seconds"), 1),
-            fmt_opt(num(s, "frames"), 0),
-            fmt_opt(num(s, "fps"), 1),
-            fmt_opt(num(s, "kbps"), 0),
-            fmt_opt(num(s, "mean_frame_bytes").map(|b| b / 1000.0), 1),
-            fmt_opt(quality, 0),
+            fmt_opt(Some(s.seconds), 1),
+            fmt_opt(Some(s.frames as f64), 0),
+            fmt_opt(Some(s.fps), 1),
+            fmt_opt(Some(s.kbps), 0),
+            fmt_opt(Some(s.mean_frame_bytes / 1000.0), 1),
+            fmt_opt(s.quality.map(f64::from), 0),
             fmt_opt(codec, 2),
-            fmt_opt(num(s, "drops_total"), 0),
+            fmt_opt(Some(s.drops_total as f64), 0),
             if run.summary.is_none() { "  (no summary: last interval)" } else { "" },
         );
     }
@@ -120,41 +93,42 @@ pub fn table(runs: &[Run]) -> String {
     let _ = writeln!(out, "{:<28} {:<20} {:>9} {:>9} {:>9} {:>9}", "latency (ms)", "stage", "p50", "p95", "p99", "max");
     for run in runs {
         let Some(s) = whole(run) else { continue };
-        for (key, label) in STAGES {
-            if let Some(p) = s.get(key) {
+        for stage in Stage::LISTED {
+            if let Some(p) = s.latency(stage) {
                 let _ = writeln!(
                     out,
-                    "{:<28} {:<20} {:>9} {:>9} {:>9} {:>9}",
+                    "{:<28} {:<20} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
                     run.label(),
-                    label,
-                    fmt_opt(num(p, "p50"), 2),
-                    fmt_opt(num(p, "p95"), 2),
-                    fmt_opt(num(p, "p99"), 2),
-                    fmt_opt(num(p, "max"), 2),
+                    stage.label(),
+                    p.p50,
+                    p.p95,
+                    p.p99,
+                    p.max,
                 );
             }
         }
-        if let Some(c) = s.get("clock") {
+        if let Some(c) = &s.clock {
             let _ = writeln!(
                 out,
                 "{:<28} sender clock {}: offset {} ms ±{} ms, drift {} ppm",
                 run.label(),
-                c.get("source").and_then(Value::as_str).unwrap_or("?"),
-                fmt_opt(num(c, "offset_ms"), 3),
-                fmt_opt(num(c, "uncertainty_ms"), 3),
-                fmt_opt(num(c, "drift_ppm"), 1),
+                c.source.name(),
+                fmt_opt(c.offset_ms, 3),
+                fmt_opt(c.uncertainty_ms, 3),
+                fmt_opt(c.drift_ppm, 1),
             );
         }
     }
     out
 }
 
-/// The latency series plotted for a run: capture→displayed, else capture→decoded, else
-/// the ack round trip (a sender's log).
-fn latency_key(run: &Run) -> Option<&'static str> {
-    ["latency_capture_displayed_ms", "latency_capture_decoded_ms", "ack_rtt_ms"]
+/// The latency series plotted for a run: its end-to-end latency ([`Stage::END_TO_END`]),
+/// else the ack round trip (a sender's log).
+fn plotted_stage(run: &Run) -> Option<Stage> {
+    Stage::END_TO_END
         .into_iter()
-        .find(|k| run.intervals.iter().any(|v| v.get(*k).is_some()))
+        .chain([Stage::AckRtt])
+        .find(|stage| run.intervals.iter().any(|r| r.latency(*stage).is_some()))
 }
 
 /// Plots fps, kbit/s, quality and latency p50/p95 over time, one line per run.
@@ -162,28 +136,25 @@ pub fn svg(runs: &[Run], out: &Path) -> anyhow::Result<()> {
     use plotters::prelude::*;
     type Series = Vec<(f64, f64)>;
     type Panel<'a> = (&'a str, Box<dyn Fn(&Run) -> Vec<(String, Series)> + 'a>);
-    let series = |run: &Run, f: &dyn Fn(&Value) -> Option<f64>| -> Series {
-        run.intervals.iter().filter_map(|v| Some((num(v, "t")?, f(v)?))).collect()
+    let series = |run: &Run, f: &dyn Fn(&Report) -> Option<f64>| -> Series {
+        run.intervals.iter().filter_map(|r| Some((r.t, f(r)?))).collect()
     };
     let panels: [Panel; 4] = [
-        ("frames per second", Box::new(|r: &Run| vec![(r.label(), series(r, &|v| num(v, "fps")))])),
-        ("kbit/s", Box::new(|r: &Run| vec![(r.label(), series(r, &|v| num(v, "kbps")))])),
-        (
-            "JPEG quality",
-            Box::new(|r: &Run| vec![(r.label(), series(r, &|v| v.get("quality")?.as_u64().map(|q| q as f64)))]),
-        ),
+        ("frames per second", Box::new(|r: &Run| vec![(r.label(), series(r, &|v| Some(v.fps)))])),
+        ("kbit/s", Box::new(|r: &Run| vec![(r.label(), series(r, &|v| Some(v.kbps)))])),
+        ("JPEG quality", Box::new(|r: &Run| vec![(r.label(), series(r, &|v| v.quality.map(f64::from)))])),
         (
             "latency p50 / p95 (ms)",
-            Box::new(|r: &Run| match latency_key(r) {
-                Some(k) => vec![
-                    (format!("{} {} p50", r.label(), k), series(r, &|v| num(v.get(k)?, "p50"))),
-                    (format!("{} {} p95", r.label(), k), series(r, &|v| num(v.get(k)?, "p95"))),
+            Box::new(|r: &Run| match plotted_stage(r) {
+                Some(st) => vec![
+                    (format!("{} {} p50", r.label(), st.key()), series(r, &|v| Some(v.latency(st)?.p50))),
+                    (format!("{} {} p95", r.label(), st.key()), series(r, &|v| Some(v.latency(st)?.p95))),
                 ],
                 None => Vec::new(),
             }),
         ),
     ];
-    let t_max = runs.iter().flat_map(|r| r.intervals.iter().filter_map(|v| num(v, "t"))).fold(1.0f64, f64::max);
+    let t_max = runs.iter().flat_map(|r| r.intervals.iter().map(|v| v.t)).fold(1.0f64, f64::max);
     let root = SVGBackend::new(out, (1000, 1100)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow::anyhow!("cannot draw {}: {e}", out.display()))?;
     let areas = root.split_evenly((4, 1));
@@ -248,8 +219,8 @@ mod tests {
             &d,
             "r.jsonl",
             &[
-                r#"{"schema":2,"type":"interval","role":"receiver","t":1.0,"seconds":1.0,"frames":30,"fps":30.0,"kbps":6400.0,"mean_frame_bytes":26600,"quality":75,"decode_ms":1.2,"drops_total":0,"latency_capture_decoded_ms":{"p50":2.5,"p95":3.5,"p99":4.0,"max":5.0}}"#,
-                r#"{"schema":2,"type":"summary","role":"receiver","t":2.0,"seconds":2.0,"frames":60,"fps":30.0,"kbps":6400.0,"mean_frame_bytes":26600,"quality":75,"decode_ms":1.2,"drops_total":1,"latency_capture_decoded_ms":{"p50":2.5,"p95":3.6,"p99":4.1,"max":5.5},"clock":{"source":"synced","offset_ms":3600000.1,"uncertainty_ms":0.05,"drift_ppm":99.0,"exchanges":9}}"#,
+                r#"{"schema":2,"type":"interval","role":"receiver","t":1.0,"seconds":1.0,"frames":30,"fps":30.0,"bytes":798000,"kbps":6400.0,"mean_frame_bytes":26600,"quality":75,"decode_ms":1.2,"drops":{},"drops_total":0,"latency_capture_decoded_ms":{"p50":2.5,"p95":3.5,"p99":4.0,"max":5.0,"count":30}}"#,
+                r#"{"schema":2,"type":"summary","role":"receiver","t":2.0,"seconds":2.0,"frames":60,"fps":30.0,"bytes":1596000,"kbps":6400.0,"mean_frame_bytes":26600,"quality":75,"decode_ms":1.2,"drops":{"decoder_busy":1},"drops_total":1,"latency_capture_decoded_ms":{"p50":2.5,"p95":3.6,"p99":4.1,"max":5.5,"count":60},"clock":{"source":"synced","offset_ms":3600000.1,"uncertainty_ms":0.05,"drift_ppm":99.0,"exchanges":9}}"#,
             ],
         );
         let runs = load(&[recv]).unwrap();
@@ -266,11 +237,13 @@ mod tests {
     #[test]
     fn bad_lines_name_file_and_line() {
         let d = tmp("bad");
-        let p = write_log(&d, "x.jsonl", &[r#"{"type":"interval","role":"sender","t":1}"#, "not json"]);
+        let good = include_str!("testdata/stats-v2.jsonl").lines().next().unwrap();
+        let p = write_log(&d, "x.jsonl", &[good, "not json"]);
         let e = format!("{:#}", load(&[p]).unwrap_err());
         assert!(e.contains("x.jsonl:2") && e.contains("not JSON"), "{e}");
         let p = write_log(&d, "y.jsonl", &[r#"{"fps":3}"#]);
-        assert!(format!("{:#}", load(&[p]).unwrap_err()).contains("y.jsonl:1"));
+        let e = format!("{:#}", load(&[p]).unwrap_err());
+        assert!(e.contains("y.jsonl:1: not a framecast stats record"), "{e}");
         let p = write_log(&d, "z.jsonl", &[""]);
         assert!(format!("{:#}", load(&[p]).unwrap_err()).contains("no stats records"));
         std::fs::remove_dir_all(d).unwrap();
@@ -282,7 +255,7 @@ mod tests {
         let lines: Vec<String> = (1..=5)
             .map(|i| {
                 format!(
-                    r#"{{"type":"interval","role":"receiver","t":{i}.0,"fps":{},"kbps":6000,"quality":75,"latency_capture_displayed_ms":{{"p50":2.0,"p95":{i}.5,"p99":4,"max":5}}}}"#,
+                    r#"{{"schema":2,"type":"interval","role":"receiver","t":{i}.0,"seconds":1.0,"frames":30,"fps":{},"bytes":750000,"kbps":6000,"mean_frame_bytes":25000.0,"quality":75,"drops":{{}},"drops_total":0,"latency_capture_displayed_ms":{{"p50":2.0,"p95":{i}.5,"p99":4,"max":5,"count":30}}}}"#,
                     28 + i
                 )
             })
@@ -298,5 +271,18 @@ mod tests {
         assert_eq!(series, 2 * 5, "fps, kbit/s, quality, p50, p95");
         assert!(text.contains("frames per second") && text.contains("latency p50 / p95"));
         std::fs::remove_dir_all(d).unwrap();
+    }
+}
+
+/// `framecast report`'s table of the stats schema fixture (`src/testdata/stats-v2.jsonl`).
+#[cfg(test)]
+mod fixture {
+    use super::*;
+
+    #[test]
+    fn table_of_the_schema_fixture() {
+        let path = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/src/testdata/stats-v2.jsonl"));
+        let t = table(&load(&[path]).unwrap());
+        assert_eq!(t, include_str!("testdata/stats-v2-report.txt"));
     }
 }

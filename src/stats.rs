@@ -1,6 +1,8 @@
 //! Per-side statistics: counters the stages update ([`Meter`]), a plain [`Report`] built from
 //! them by one function ([`Report::build`]) and formatted by others ([`Report::human_line`],
 //! JSON through serde), and the thread that emits one report per interval ([`spawn_reporter`]).
+//! The record itself, how it reads back ([`read_json_lines`]) and the list of latency stages
+//! ([`Stage`]) are in `stats/record.rs`.
 //!
 //! Units: times in milliseconds (`_ms`), rates per second, sizes in bytes, bit rates in
 //! kbit/s (1000 bits). The JSON schema is versioned by the `schema` field.
@@ -15,10 +17,16 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use hdrhistogram::Histogram;
-use serde::Serialize;
 
-/// Version of the JSON stats schema (README "Stats").
-pub const SCHEMA: u32 = 2;
+use crate::control::ControlStatus;
+use crate::hub::LinkReport;
+
+mod record;
+
+pub(crate) use record::null_is_infinite;
+pub use record::{
+    parse_report, read_json_lines, ClockSource, ClockStatus, Percentiles, RecordType, Report, Side, Stage, SCHEMA,
+};
 
 /// Why a frame was dropped. Each cause is counted on its own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -60,14 +68,6 @@ impl DropCause {
     }
 }
 
-/// Which side a meter belongs to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Side {
-    Sender,
-    Receiver,
-}
-
 /// Counters for one span of time (an interval, or the whole run).
 #[derive(Clone, Debug)]
 pub struct Counters {
@@ -104,12 +104,12 @@ pub struct Counters {
     /// Receiver: the latest view of the sender's clock.
     pub clock: Option<ClockStatus>,
     /// Sender: the latest interval report from the viewer.
-    pub viewer: Option<serde_json::Value>,
-    /// Sender: viewers connected, and each one's link (`hub::LinkReport`s).
+    pub viewer: Option<Box<Report>>,
+    /// Sender: viewers connected, and each one's link.
     pub viewers: Option<u64>,
-    pub links: Option<serde_json::Value>,
+    pub links: Option<Vec<LinkReport>>,
     /// Sender: the rate controller's state (with `--target-kbps` or `--max-latency-ms`).
-    pub control: Option<crate::control::ControlStatus>,
+    pub control: Option<ControlStatus>,
     /// When the first frame was sent (sender) or received (receiver).
     pub first_frame: Option<Instant>,
     /// Connections made again after one was lost (`--connect`).
@@ -156,43 +156,6 @@ pub fn utc_string(secs: u64) -> String {
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem / 60 % 60, rem % 60)
-}
-
-/// How the receiver relates the sender's timestamps to its own clock.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
-pub struct ClockStatus {
-    /// "shared" (same host: one monotonic clock), "synced" (offset estimated from the
-    /// reverse channel's NTP-style exchanges) or "unknown" (no exchange yet).
-    pub source: &'static str,
-    /// Sender clock minus receiver clock, ms (as measured, also when the clock is shared).
-    pub offset_ms: Option<f64>,
-    /// Bound on the offset error, ms: half the best exchange's round trip.
-    pub uncertainty_ms: Option<f64>,
-    /// How much faster the sender's clock runs, parts per million.
-    pub drift_ppm: Option<f64>,
-    pub exchanges: u64,
-}
-
-impl ClockStatus {
-    pub fn unsynced(shared: bool) -> Self {
-        ClockStatus {
-            source: if shared { "shared" } else { "unknown" },
-            offset_ms: None,
-            uncertainty_ms: None,
-            drift_ppm: None,
-            exchanges: 0,
-        }
-    }
-
-    pub fn from_estimate(shared: bool, e: &crate::clock::Estimate) -> Self {
-        ClockStatus {
-            source: if shared { "shared" } else { "synced" },
-            offset_ms: Some(round3(e.offset_us / 1000.0)),
-            uncertainty_ms: Some(round3(e.uncertainty_us / 1000.0)),
-            drift_ppm: Some(round3(e.drift_ppm)),
-            exchanges: e.samples,
-        }
-    }
 }
 
 fn histogram() -> Histogram<u64> {
@@ -250,312 +213,17 @@ impl Counters {
     pub fn drop_frame(&mut self, cause: DropCause) {
         *self.drops.entry(cause).or_insert(0) += 1;
     }
-}
 
-/// Latency percentiles in milliseconds.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
-pub struct Percentiles {
-    pub p50: f64,
-    pub p95: f64,
-    pub p99: f64,
-    pub max: f64,
-    /// Frames measured.
-    pub count: u64,
-}
-
-impl Percentiles {
-    fn of(h: &Histogram<u64>) -> Option<Self> {
-        if h.is_empty() {
-            return None;
+    fn histogram(&self, stage: Stage) -> &Histogram<u64> {
+        match stage {
+            Stage::CaptureEncoded => &self.lat_encoded,
+            Stage::CaptureSent => &self.lat_sent,
+            Stage::CaptureReceived => &self.lat_received,
+            Stage::CaptureDecoded => &self.lat_decoded,
+            Stage::CaptureDisplayed => &self.lat_displayed,
+            Stage::DecodedDisplayed => &self.lat_shown,
+            Stage::AckRtt => &self.ack_rtt,
         }
-        let ms = |v: u64| round3(v as f64 / 1000.0);
-        Some(Percentiles {
-            p50: ms(h.value_at_quantile(0.50)),
-            p95: ms(h.value_at_quantile(0.95)),
-            p99: ms(h.value_at_quantile(0.99)),
-            max: ms(h.max()),
-            count: h.len(),
-        })
-    }
-}
-
-fn round3(v: f64) -> f64 {
-    (v * 1000.0).round() / 1000.0
-}
-
-/// One stats record: a per-interval line or the summary at exit. Field meanings and units
-/// are listed in the README ("Stats").
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Report {
-    pub schema: u32,
-    /// "interval" or "summary".
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    pub role: Side,
-    /// Seconds since the side started, at the end of this span.
-    pub t: f64,
-    /// Length of this span in seconds.
-    pub seconds: f64,
-    /// Frames through the side's last stage: sent (sender) or decoded (receiver).
-    pub frames: u64,
-    pub fps: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub captured: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub encoded: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub received: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub displayed: Option<u64>,
-    pub bytes: u64,
-    pub kbps: f64,
-    pub mean_frame_bytes: f64,
-    pub quality: Option<u8>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub encode_ms: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub decode_ms: Option<f64>,
-    pub drops: BTreeMap<&'static str, u64>,
-    pub drops_total: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub seq_gaps: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub out_of_order: Option<u64>,
-    /// Receiver: capture→encoded and capture→sent (sender's clock, always known).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub latency_capture_encoded_ms: Option<Percentiles>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub latency_capture_sent_ms: Option<Percentiles>,
-    /// Receiver, once the sender's clock is known: capture→received/decoded/displayed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub latency_capture_received_ms: Option<Percentiles>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub latency_capture_decoded_ms: Option<Percentiles>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub latency_capture_displayed_ms: Option<Percentiles>,
-    /// Receiver: decoded→displayed (waiting for the view, and drawing).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub latency_decoded_displayed_ms: Option<Percentiles>,
-    /// Sender: write → acknowledgement round trip.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ack_rtt_ms: Option<Percentiles>,
-    /// Receiver: frames whose latency is unknown (received before the clocks were synced).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub latency_unknown_frames: Option<u64>,
-    /// Receiver: the sender's clock as seen from here.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub clock: Option<ClockStatus>,
-    /// Sender: the viewer's latest interval report, as it sent it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub viewer: Option<serde_json::Value>,
-    /// Sender: viewers connected (native and HTTP).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub viewers: Option<u64>,
-    /// Sender: each viewer's link: id, kind, peer, seconds, frames, bytes, drops.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub links: Option<serde_json::Value>,
-    /// Sender: the rate controller's state at the end of the span.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub control: Option<crate::control::ControlStatus>,
-    /// Connections made again after one was lost (`--connect`); absent when 0.
-    #[serde(skip_serializing_if = "is_zero")]
-    pub reconnects: u64,
-    /// Sender: times the source failed mid-stream; absent when 0.
-    #[serde(skip_serializing_if = "is_zero")]
-    pub source_losses: u64,
-    /// Sender: "no signal" frames sent while the source was lost; absent when 0.
-    #[serde(skip_serializing_if = "is_zero")]
-    pub no_signal_frames: u64,
-    /// Sender, while the source is lost: since when (UTC, `YYYY-MM-DDTHH:MM:SSZ`) and for how
-    /// many seconds at the end of this span.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub source_lost_since: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub source_lost_s: Option<f64>,
-}
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
-}
-
-impl Report {
-    /// Builds a report from the counters of a span of `seconds` ending `t` seconds after start.
-    pub fn build(side: Side, kind: &'static str, c: &Counters, t: f64, seconds: f64) -> Report {
-        let per_s = |n: u64| if seconds > 0.0 { n as f64 / seconds } else { 0.0 };
-        let mean_ms = |us: u64, n: u64| (n > 0).then(|| round3(us as f64 / n as f64 / 1000.0));
-        let sender = side == Side::Sender;
-        let frames = if sender { c.sent } else { c.decoded };
-        let counted = if sender { c.sent } else { c.received };
-        Report {
-            schema: SCHEMA,
-            kind,
-            role: side,
-            t: round3(t),
-            seconds: round3(seconds),
-            frames,
-            fps: round3(per_s(frames)),
-            captured: sender.then_some(c.captured),
-            encoded: sender.then_some(c.encoded),
-            received: (!sender).then_some(c.received),
-            displayed: (!sender).then_some(c.displayed),
-            bytes: c.bytes,
-            kbps: round3(per_s(c.bytes) * 8.0 / 1000.0),
-            mean_frame_bytes: if counted > 0 { round3(c.bytes as f64 / counted as f64) } else { 0.0 },
-            quality: c.quality,
-            encode_ms: if sender { mean_ms(c.encode_us, c.encoded) } else { None },
-            decode_ms: if sender { None } else { mean_ms(c.decode_us, c.decoded) },
-            drops: c.drops.iter().map(|(k, v)| (k.name(), *v)).collect(),
-            drops_total: c.drops.values().sum(),
-            seq_gaps: (!sender).then_some(c.seq_gaps),
-            out_of_order: (!sender).then_some(c.out_of_order),
-            latency_capture_encoded_ms: Percentiles::of(&c.lat_encoded),
-            latency_capture_sent_ms: Percentiles::of(&c.lat_sent),
-            latency_capture_received_ms: Percentiles::of(&c.lat_received),
-            latency_capture_decoded_ms: Percentiles::of(&c.lat_decoded),
-            latency_capture_displayed_ms: Percentiles::of(&c.lat_displayed),
-            latency_decoded_displayed_ms: Percentiles::of(&c.lat_shown),
-            ack_rtt_ms: Percentiles::of(&c.ack_rtt),
-            latency_unknown_frames: (!sender).then_some(c.latency_unknown),
-            clock: c.clock,
-            viewer: c.viewer.clone(),
-            viewers: if sender { c.viewers } else { None },
-            links: if sender { c.links.clone() } else { None },
-            control: c.control.clone(),
-            reconnects: c.reconnects,
-            source_losses: c.source_losses,
-            no_signal_frames: c.no_signal_frames,
-            source_lost_since: c.source_lost.map(|l| l.utc()),
-            source_lost_s: c.source_lost.map(|l| round3(l.at.elapsed().as_secs_f64())),
-        }
-    }
-
-    /// The line a person reads on stderr.
-    pub fn human_line(&self) -> String {
-        let mut s = format!(
-            "{:<8} {:>6.1} fps {:>8.0} kbit/s {:>7.1} KB/frame",
-            match self.role {
-                Side::Sender => "send",
-                Side::Receiver => "recv",
-            },
-            self.fps,
-            self.kbps,
-            self.mean_frame_bytes / 1000.0,
-        );
-        match self.quality {
-            Some(0) => s.push_str("  q cam"),
-            Some(q) => s.push_str(&format!("  q{q:<3}")),
-            None => s.push_str("  q -  "),
-        }
-        if let Some(c) = &self.control {
-            let rate = if c.rate_kbps.is_finite() { format!("{:.0}", c.rate_kbps) } else { "-".into() };
-            let half = if c.half_size { " half size" } else { "" };
-            s.push_str(&format!("  ctl q{} {:.1} fps{half} rate {rate} kbit/s", c.quality, c.fps));
-        }
-        if let Some(ms) = self.encode_ms {
-            s.push_str(&format!("  enc {ms:.2} ms"));
-        }
-        if let Some(ms) = self.decode_ms {
-            s.push_str(&format!("  dec {ms:.2} ms"));
-        }
-        if let Some(p) = self.latency_capture_displayed_ms.or(self.latency_capture_decoded_ms) {
-            s.push_str(&format!("  latency p50/p95/p99 {:.1}/{:.1}/{:.1} ms", p.p50, p.p95, p.p99));
-            if let Some(ClockStatus { source: "synced", uncertainty_ms: Some(u), .. }) = self.clock {
-                s.push_str(&format!(" (clock synced ±{u:.2} ms)"));
-            }
-        } else if self.role == Side::Receiver {
-            s.push_str("  latency unknown");
-        }
-        if let Some(p) = self.ack_rtt_ms {
-            s.push_str(&format!("  ack rtt p50 {:.1} ms", p.p50));
-        }
-        s.push_str(&format!("  drops {}", self.drops_total));
-        if self.drops_total > 0 {
-            let parts: Vec<String> = self.drops.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            s.push_str(&format!(" ({})", parts.join(" ")));
-        }
-        if let Some(n) = self.viewers {
-            s.push_str(&format!("  viewers {n}"));
-        }
-        if self.reconnects > 0 {
-            s.push_str(&format!("  reconnects {}", self.reconnects));
-        }
-        if let (Some(since), Some(secs)) = (&self.source_lost_since, self.source_lost_s) {
-            s.push_str(&format!("  SOURCE LOST since {since} ({secs:.0} s, no-signal frames sent)"));
-        }
-        if let Some(v) = &self.viewer {
-            let fps = v.get("fps").and_then(|f| f.as_f64()).unwrap_or(0.0);
-            s.push_str(&format!("  | viewer {fps:.1} fps"));
-            let lat = v.get("latency_capture_displayed_ms").or_else(|| v.get("latency_capture_decoded_ms"));
-            match lat.and_then(|l| l.get("p95")).and_then(|p| p.as_f64()) {
-                Some(p95) => s.push_str(&format!(" latency p95 {p95:.1} ms")),
-                None => s.push_str(" latency unknown"),
-            }
-        }
-        s
-    }
-
-    /// The multi-line summary printed at exit.
-    pub fn summary_text(&self) -> String {
-        let mut s = format!(
-            "{} summary: {} frames in {:.1} s = {:.1} fps, {} bytes = {:.0} kbit/s, mean frame {:.0} bytes",
-            match self.role {
-                Side::Sender => "sender",
-                Side::Receiver => "receiver",
-            },
-            self.frames,
-            self.seconds,
-            self.fps,
-            self.bytes,
-            self.kbps,
-            self.mean_frame_bytes
-        );
-        if let Some(ms) = self.encode_ms {
-            s.push_str(&format!(", encode {ms:.2} ms"));
-        }
-        if let Some(ms) = self.decode_ms {
-            s.push_str(&format!(", decode {ms:.2} ms"));
-        }
-        for (name, p) in [
-            ("capture->encoded", self.latency_capture_encoded_ms),
-            ("capture->sent", self.latency_capture_sent_ms),
-            ("capture->received", self.latency_capture_received_ms),
-            ("capture->decoded", self.latency_capture_decoded_ms),
-            ("capture->displayed", self.latency_capture_displayed_ms),
-            ("ack rtt", self.ack_rtt_ms),
-        ] {
-            if let Some(p) = p {
-                s.push_str(&format!("; {name} p50/p95/p99/max {:.2}/{:.2}/{:.2}/{:.2} ms", p.p50, p.p95, p.p99, p.max));
-            }
-        }
-        s.push_str(&format!("; drops {}", self.drops_total));
-        if self.drops_total > 0 {
-            let parts: Vec<String> = self.drops.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            s.push_str(&format!(" ({})", parts.join(" ")));
-        }
-        if let (Some(g), Some(o)) = (self.seq_gaps, self.out_of_order) {
-            s.push_str(&format!("; sequence gaps {g}, out of order {o}"));
-        }
-        if self.reconnects > 0 {
-            s.push_str(&format!("; reconnects {}", self.reconnects));
-        }
-        if self.source_losses > 0 {
-            s.push_str(&format!(
-                "; source lost {} times, {} no-signal frames",
-                self.source_losses, self.no_signal_frames
-            ));
-        }
-        if let Some(since) = &self.source_lost_since {
-            s.push_str(&format!("; source lost since {since}"));
-        }
-        if let Some(n) = self.latency_unknown_frames.filter(|n| *n > 0) {
-            s.push_str(&format!("; {n} frames before the clock was known"));
-        }
-        if let Some(ClockStatus { source, offset_ms: Some(o), uncertainty_ms: Some(u), drift_ppm: Some(d), .. }) =
-            self.clock
-        {
-            s.push_str(&format!("; sender clock {source}, offset {o:.3} ms ±{u:.3}, drift {d:.1} ppm"));
-        }
-        s
     }
 }
 
@@ -627,7 +295,8 @@ impl Meter {
             g.interval.source_lost = c.source_lost;
             c
         };
-        Report::build(self.side, "interval", &c, (now - self.started).as_secs_f64(), (now - since).as_secs_f64())
+        let (t, seconds) = ((now - self.started).as_secs_f64(), (now - since).as_secs_f64());
+        Report::build(self.side, RecordType::Interval, &c, t, seconds)
     }
 
     /// The whole-run report.
@@ -637,7 +306,7 @@ impl Meter {
         let t = self.started.elapsed().as_secs_f64();
         let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let secs = g.total.first_frame.map_or(t, |f| f.elapsed().as_secs_f64());
-        Report::build(self.side, "summary", &g.total, t, secs)
+        Report::build(self.side, RecordType::Summary, &g.total, t, secs)
     }
 }
 
@@ -805,7 +474,7 @@ mod tests {
 
     #[test]
     fn report_computes_rates_and_means() {
-        let r = Report::build(Side::Sender, "interval", &sample(), 2.0, 1.0);
+        let r = Report::build(Side::Sender, RecordType::Interval, &sample(), 2.0, 1.0);
         assert_eq!(r.frames, 30);
         assert_eq!(r.fps, 30.0);
         assert_eq!(r.kbps, 2400.0);
@@ -858,7 +527,7 @@ mod tests {
 
     #[test]
     fn zero_length_span_does_not_divide_by_zero() {
-        let r = Report::build(Side::Receiver, "summary", &Counters::default(), 0.0, 0.0);
+        let r = Report::build(Side::Receiver, RecordType::Summary, &Counters::default(), 0.0, 0.0);
         assert_eq!(r.fps, 0.0);
         assert_eq!(r.mean_frame_bytes, 0.0);
         assert!(r.latency_capture_decoded_ms.is_none());
@@ -867,7 +536,7 @@ mod tests {
 
     #[test]
     fn json_has_documented_fields() {
-        let r = Report::build(Side::Sender, "summary", &sample(), 1.0, 1.0);
+        let r = Report::build(Side::Sender, RecordType::Summary, &sample(), 1.0, 1.0);
         let v: serde_json::Value = serde_json::to_value(&r).unwrap();
         for key in [
             "schema",
@@ -897,14 +566,14 @@ mod tests {
         let log = JsonLog::new(&path);
         let cfg = StatsConfig { json: Some(log.clone()), ..StatsConfig::default() };
         let a = open_json(&cfg).unwrap().unwrap();
-        write_json(&Some(a.clone()), &Report::build(Side::Sender, "interval", &sample(), 1.0, 1.0));
+        write_json(&Some(a.clone()), &Report::build(Side::Sender, RecordType::Interval, &sample(), 1.0, 1.0));
         let b = open_json(&cfg).unwrap().unwrap();
         let writers: Vec<_> = [(a, Side::Sender), (b, Side::Receiver)]
             .into_iter()
             .map(|(log, side)| {
                 std::thread::spawn(move || {
                     for _ in 0..200 {
-                        write_json(&Some(log.clone()), &Report::build(side, "interval", &sample(), 1.0, 1.0));
+                        write_json(&Some(log.clone()), &Report::build(side, RecordType::Interval, &sample(), 1.0, 1.0));
                     }
                 })
             })
@@ -924,7 +593,7 @@ mod tests {
 
     #[test]
     fn human_line_names_drop_causes() {
-        let r = Report::build(Side::Sender, "interval", &sample(), 1.0, 1.0);
+        let r = Report::build(Side::Sender, RecordType::Interval, &sample(), 1.0, 1.0);
         let line = r.human_line();
         assert!(line.contains("30.0 fps"), "{line}");
         assert!(line.contains("q75"), "{line}");

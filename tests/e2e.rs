@@ -7,12 +7,13 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{connect_retry, free_port, num, read_until_closed, scratch_dir, summary, try_read_until_closed, Proc};
+use common::{connect_retry, free_port, read_until_closed, scratch_dir, summary, try_read_until_closed, Proc};
 use framecast::capture::pattern::TestPattern;
 use framecast::clock::clock_id;
 use framecast::format::Subsampling;
 use framecast::net::proto::HELLO_LEN;
 use framecast::net::{Event, Hello, Message, MessageReader, MessageWriter, Role, StreamInfo};
+use framecast::stats::{DropCause, Side};
 use framecast::testutil::{live_header, pattern_jpeg, psnr};
 use framecast::view::read_ppm;
 
@@ -66,21 +67,21 @@ fn stream_120_frames_with_stats_and_dumps() {
     recv.expect_success(Duration::from_secs(5));
 
     let r = summary(&r_json);
-    assert_eq!(r["role"], "receiver");
-    assert_eq!(num(&r, "frames"), 120, "receiver frames");
-    assert_eq!(num(&r, "received"), 120, "receiver received");
-    assert_eq!(num(&r, "seq_gaps"), 0, "seq_gaps");
-    assert_eq!(num(&r, "out_of_order"), 0, "out_of_order");
-    assert_eq!(num(&r, "drops_total"), 0, "drops: {}", r["drops"]);
-    let lat = &r["latency_capture_decoded_ms"];
-    assert!(lat.is_object(), "no capture->decoded latency although both ends share a clock: {r}");
-    let p50 = lat["p50"].as_f64().unwrap();
+    assert_eq!(r.role, Side::Receiver);
+    assert_eq!(r.frames, 120, "receiver frames");
+    assert_eq!(r.received, Some(120), "receiver received");
+    assert_eq!(r.seq_gaps, Some(0), "seq_gaps");
+    assert_eq!(r.out_of_order, Some(0), "out_of_order");
+    assert_eq!(r.drops_total, 0, "drops: {:?}", r.drops);
+    let lat = r.latency_capture_decoded_ms;
+    let lat = lat.unwrap_or_else(|| panic!("no capture->decoded latency although both ends share a clock: {r:?}"));
+    let p50 = lat.p50;
     assert!(p50 > 0.0 && p50 < 1000.0, "implausible capture->decoded p50 {p50} ms");
     assert!(recv.stderr().contains("same_clock=true"), "recv did not detect the shared clock");
 
     let s = summary(&s_json);
-    assert_eq!(s["role"], "sender");
-    assert_eq!(num(&s, "frames"), 120, "sender frames");
+    assert_eq!(s.role, Side::Sender);
+    assert_eq!(s.frames, 120, "sender frames");
 
     // Every 10th frame was dumped, and each looks like the frame the sender rendered.
     let pattern = TestPattern::new(640, 480, Subsampling::S420);
@@ -126,11 +127,10 @@ fn listening_sender_serves_the_next_viewer() {
         );
         recv.expect_success(EXIT);
         let r = summary(&json);
-        if num(&r, "frames") != 30 {
+        if r.frames != 30 {
             late.push(format!(
-                "viewer {i}: summary says frames={} (received={}) for --frames 30",
-                num(&r, "frames"),
-                num(&r, "received")
+                "viewer {i}: summary says frames={} (received={:?}) for --frames 30",
+                r.frames, r.received
             ));
         }
         assert!(
@@ -169,7 +169,7 @@ fn real_sender_streams_30_frames(port: u16, recv: &mut Proc, json: &std::path::P
     recv.expect_success(EXIT);
     send.expect_success(EXIT);
     let r = summary(json);
-    assert!(num(&r, "frames") >= 30, "frames after the bad peer: {r}");
+    assert!(r.frames >= 30, "frames after the bad peer: {r:?}");
     assert!(send.stderr().contains("viewer closed the connection"), "sender did not see the viewer leave");
 }
 
@@ -299,10 +299,10 @@ fn corrupt_jpeg_is_skipped_and_counted() {
     drop((reader, writer, stream));
 
     let r = summary(&json);
-    assert_eq!(num(&r, "frames"), 5, "decoded frames");
-    assert_eq!(num(&r, "received"), 6, "received frames");
-    assert_eq!(num(&r, "drops.corrupt_jpeg"), 1, "corrupt_jpeg drops: {}", r["drops"]);
-    assert_eq!(num(&r, "drops_total"), 1, "drops: {}", r["drops"]);
+    assert_eq!(r.frames, 5, "decoded frames");
+    assert_eq!(r.received, Some(6), "received frames");
+    assert_eq!(r.dropped(DropCause::CorruptJpeg), 1, "corrupt_jpeg drops: {:?}", r.drops);
+    assert_eq!(r.drops_total, 1, "drops: {:?}", r.drops);
     let log = recv.stderr();
     let line = log.lines().find(|l| l.contains("cannot decode frame")).unwrap();
     eprintln!("recv logged: {line}");

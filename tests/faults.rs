@@ -8,9 +8,9 @@ mod common;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use common::{fnum_opt, free_port, num, records_of, scratch_dir, summary, Proc};
+use common::{free_port, records_of, scratch_dir, summary, Proc};
 use framecast::net::{Hello, Role};
-use serde_json::Value;
+use framecast::stats::{DropCause, RecordType, Report};
 
 fn signal(p: &Proc, sig: libc::c_int) {
     // SAFETY: kill(2) on a child we started and have not reaped.
@@ -34,8 +34,8 @@ fn wait_listening(p: &Proc) {
 }
 
 /// The receiver's interval records whose end time `t` (seconds since it started) is in `from..to`.
-fn intervals_between(path: &std::path::Path, from: f64, to: f64) -> Vec<Value> {
-    records_of(path, "interval").into_iter().filter(|r| r["t"].as_f64().is_some_and(|t| t >= from && t < to)).collect()
+fn intervals_between(path: &std::path::Path, from: f64, to: f64) -> Vec<Report> {
+    records_of(path, RecordType::Interval).into_iter().filter(|r| r.t >= from && r.t < to).collect()
 }
 
 /// (a) The sender is killed with SIGKILL in the middle of a frame: the viewer is stopped for a
@@ -103,10 +103,10 @@ fn viewer_reconnects_to_a_sender_killed_mid_frame_and_restarted() {
         second.stderr()
     );
     let r = summary(&r_json);
-    assert_eq!(num(&r, "reconnects"), 1, "{r}");
+    assert_eq!(r.reconnects, 1, "{r:?}");
     // Frames again after the reconnect, from the new sender (640x480).
     let after = intervals_between(&r_json, reconnected_at.as_secs_f64() + 1.0, 1e9);
-    let frames: u64 = after.iter().map(|i| num(i, "frames")).sum();
+    let frames: u64 = after.iter().map(|i| i.frames).sum();
     assert!(frames >= 20, "{frames} frames decoded after reconnecting at {reconnected_at:?} (killed at {killed_at:?})");
 }
 
@@ -162,17 +162,17 @@ fn sender_survives_a_stopped_viewer_without_growing_and_streaming_recovers() {
     // The sender stays up for its own duration (the viewer left before it), then exits.
     send.expect_success(Duration::from_secs(25));
     let s = summary(&s_json);
-    assert_eq!(s.get("reconnects"), None, "{s}");
+    assert_eq!(s.reconnects, 0, "{s:?}");
     // Frames the stopped viewer could not take are counted as drops (any cause but
     // "no_viewer", which counts the frames after it left at the end).
     let stopped_secs = (send_resumed_at - 5.0, send_resumed_at);
     let mut dropped = 0;
-    for i in records_of(&s_json, "interval") {
-        let t = i["t"].as_f64().unwrap_or(0.0);
+    for i in records_of(&s_json, RecordType::Interval) {
+        let t = i.t;
         if t > stopped_secs.0 && t <= stopped_secs.1 + 1.0 {
-            let d = i["drops"].as_object().cloned().unwrap_or_default();
-            let n: u64 = d.iter().filter(|(k, _)| k.as_str() != "no_viewer").filter_map(|(_, v)| v.as_u64()).sum();
-            eprintln!("sender while the viewer was stopped: t {t} sent {} drops {:?}", i["frames"], d);
+            let d = &i.drops;
+            let n: u64 = d.iter().filter(|(k, _)| *k != DropCause::NoViewer.name()).map(|(_, v)| v).sum();
+            eprintln!("sender while the viewer was stopped: t {t} sent {} drops {:?}", i.frames, d);
             dropped += n;
         }
     }
@@ -183,12 +183,12 @@ fn sender_survives_a_stopped_viewer_without_growing_and_streaming_recovers() {
     let late = intervals_between(&r_json, resumed_at + 3.0, 1e9);
     assert!(late.len() >= 2, "too few intervals after resuming: {late:?}");
     for i in &late {
-        let fps = i["fps"].as_f64().unwrap_or(0.0);
-        let p95 = fnum_opt(i, "latency_capture_displayed_ms.p95");
-        eprintln!("after SIGCONT: t {} fps {fps:.1} latency p95 {p95:?} ms", i["t"]);
-        assert!(fps >= 10.0, "{fps} fps after resuming: {i}");
-        let p95 = p95.unwrap_or_else(|| panic!("no latency after resuming: {i}"));
-        assert!(p95 < 500.0, "capture->displayed p95 {p95} ms 3 s after resuming: {i}");
+        let fps = i.fps;
+        let p95 = i.latency_capture_displayed_ms.map(|p| p.p95);
+        eprintln!("after SIGCONT: t {} fps {fps:.1} latency p95 {p95:?} ms", i.t);
+        assert!(fps >= 10.0, "{fps} fps after resuming: {i:?}");
+        let p95 = p95.unwrap_or_else(|| panic!("no latency after resuming: {i:?}"));
+        assert!(p95 < 500.0, "capture->displayed p95 {p95} ms 3 s after resuming: {i:?}");
     }
 }
 
@@ -245,7 +245,7 @@ fn half_a_handshake_is_dropped_after_the_timeout() {
     let _send = Proc::spawn("send2", &["send", "--connect", &raddr, "--size", "320x240", "--duration", "30"]);
     recv.expect_success(Duration::from_secs(25));
     assert!(recv.stderr().contains("no handshake from the peer"), "{}", recv.stderr());
-    assert!(num(&summary(&r_json), "frames") >= 30);
+    assert!(summary(&r_json).frames >= 30);
 }
 
 /// (d) A link that stalls for 1 s every 3 s (through `framecast netsim`): the connection
@@ -283,11 +283,11 @@ fn streaming_continues_after_each_link_stall() {
     );
     recv.expect_success(Duration::from_secs(30));
     let r = summary(&r_json);
-    assert_eq!(r.get("reconnects"), None, "the connection did not survive the stalls: {r}");
+    assert_eq!(r.reconnects, 0, "the connection did not survive the stalls: {r:?}");
     // Three or four stalls in the run; between them frames arrive. Per-second frame counts
     // from the second second on: no run of more than two empty seconds, and the stream is
     // live at the end.
-    let per_s: Vec<u64> = records_of(&r_json, "interval").iter().map(|i| num(i, "frames")).collect();
+    let per_s: Vec<u64> = records_of(&r_json, RecordType::Interval).iter().map(|i| i.frames).collect();
     eprintln!("frames per second through the stalling link: {per_s:?}");
     assert!(per_s.len() >= 11, "{per_s:?}");
     let body = &per_s[1..];
@@ -296,7 +296,7 @@ fn streaming_continues_after_each_link_stall() {
     let live = body.iter().filter(|&&n| n >= 10).count();
     assert!(live >= body.len() / 2, "too few live seconds: {per_s:?}");
     assert!(per_s[per_s.len() - 3..].iter().any(|&n| n >= 10), "not live at the end: {per_s:?}");
-    assert!(num(&r, "frames") >= 150, "{r}");
+    assert!(r.frames >= 150, "{r:?}");
 }
 
 /// (e) The source fails mid-stream (the test pattern, made to fail after 40 frames and stay
@@ -338,14 +338,14 @@ fn a_lost_source_is_reopened_and_viewers_see_no_signal_meanwhile() {
     assert!(log.contains("source lost") && log.contains("source reopened"), "{log}");
     assert!(log.contains("cannot reopen the source"), "no reopen attempt logged:\n{log}");
     let s = summary(&s_json);
-    assert!(num(&s, "source_losses") >= 2, "{s}");
-    let cards = num(&s, "no_signal_frames");
-    assert!(cards >= 4, "{cards} no-signal frames for two losses of 2.5 s: {s}");
-    let lost_lines = records_of(&s_json, "interval").iter().filter(|i| i["source_lost_since"].is_string()).count();
+    assert!(s.source_losses >= 2, "{s:?}");
+    let cards = s.no_signal_frames;
+    assert!(cards >= 4, "{cards} no-signal frames for two losses of 2.5 s: {s:?}");
+    let lost_lines = records_of(&s_json, RecordType::Interval).iter().filter(|i| i.source_lost_since.is_some()).count();
     assert!(lost_lines >= 3, "{lost_lines} interval lines say the source is lost");
     let r = summary(&r_json);
-    assert_eq!(num(&r, "out_of_order"), 0, "sequence numbers went backwards across a reopen: {r}");
-    assert!(num(&r, "frames") >= 100, "{r}");
+    assert_eq!(r.out_of_order, Some(0), "sequence numbers went backwards across a reopen: {r:?}");
+    assert!(r.frames >= 100, "{r:?}");
     // The viewer got no-signal frames: mostly dark grey with a white band (the test pattern
     // has colour bars over its top two thirds).
     let mut greys = 0;
@@ -404,8 +404,8 @@ fn connecting_sender_calls_its_viewer_again_until_it_is_back() {
     signal(&send, libc::SIGINT);
     send.expect_success(Duration::from_secs(10));
     let s = summary(&s_json);
-    assert_eq!(num(&s, "reconnects"), 1, "{s}");
-    assert!(s["drops"]["no_viewer"].as_u64().is_some_and(|n| n > 0), "encoding did not pause meanwhile: {s}");
+    assert_eq!(s.reconnects, 1, "{s:?}");
+    assert!(s.dropped(DropCause::NoViewer) > 0, "encoding did not pause meanwhile: {s:?}");
 
     // --once: the sender ends when its viewer leaves.
     let mut third = Proc::spawn("recv3", &recv_args);

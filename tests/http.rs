@@ -30,11 +30,13 @@ use std::time::{Duration, Instant};
 
 use common::http_client::{http_get, http_raw, jpeg_size, parse_response, spawn_mjpeg_client, MjpegClient};
 use common::tools::{require_tools, run_tool, tool_stdout};
-use common::{connect_retry, free_port, num, records_of, scratch_dir, summary, try_read_until_closed, Proc};
+use common::{connect_retry, free_port, records_of, scratch_dir, summary, try_read_until_closed, Proc};
 use framecast::capture::pattern::{TestPattern, BARS};
 use framecast::codec::Decoder;
 use framecast::format::Subsampling;
 use framecast::http::{HEAD_TIMEOUT, MAX_CLIENTS, MAX_HEAD};
+use framecast::hub::{LinkReport, ViewerKind};
+use framecast::stats::{parse_report, DropCause, RecordType, Report, Side};
 use framecast::testutil::{psnr, xrgb_to_rgb};
 use serde_json::Value;
 
@@ -124,17 +126,17 @@ fn screenshot(profile: &Path, budget_ms: u32, url: &str, png: &Path) -> (Duratio
 }
 
 /// Waits until /stats answers 200 with a record that `ok` accepts; returns it.
-fn wait_for_stats(port: u16, timeout: Duration, ok: impl Fn(&Value) -> bool) -> Value {
+fn wait_for_stats(port: u16, timeout: Duration, ok: impl Fn(&Report) -> bool) -> Report {
     let deadline = Instant::now() + timeout;
     let mut last = String::new();
     while Instant::now() < deadline {
         let r = http_get(port, "/stats", Duration::from_secs(5));
         if r.status == 200 {
-            let v: Value = serde_json::from_slice(&r.body).expect("/stats is JSON");
+            let v = parse_report(&r.body).unwrap_or_else(|e| panic!("/stats: {e:#}"));
             if ok(&v) {
                 return v;
             }
-            last = v.to_string();
+            last = String::from_utf8_lossy(&r.body).into_owned();
         } else {
             last = format!("status {}", r.status);
         }
@@ -190,9 +192,7 @@ fn chromium_shows_the_page() {
     // viewers to show, then let the page fetch them.
     let watcher =
         spawn_mjpeg_client(port, MjpegClient { run_for: Duration::from_secs(8), throttle: None, rcvbuf: None });
-    wait_for_stats(port, Duration::from_secs(6), |v| {
-        v["fps"].as_f64().is_some_and(|f| f > 5.0) && v["viewers"].as_u64().is_some_and(|n| n >= 1)
-    });
+    wait_for_stats(port, Duration::from_secs(6), |v| v.fps > 5.0 && v.viewers.is_some_and(|n| n >= 1));
     let profile = dir.join("profile-dom");
     std::fs::create_dir_all(&profile).unwrap();
     let out = run_tool(
@@ -268,7 +268,7 @@ fn ffmpeg_reads_the_mjpeg_stream() {
     eprintln!("ffprobe: {v}");
     let s = &v["streams"][0];
     assert_eq!(s["codec_name"], "mjpeg", "ffprobe: {v}");
-    assert_eq!((num(s, "width"), num(s, "height")), (640, 480), "ffprobe: {v}");
+    assert_eq!((s["width"].as_u64(), s["height"].as_u64()), (Some(640), Some(480)), "ffprobe: {v}");
 }
 
 /// /snapshot.jpg is the current 640x480 frame, /stats is the sender's JSON record, and the
@@ -323,16 +323,16 @@ fn snapshot_and_stats() {
 
     // /stats: the sender's record (503 until the first one, a second after start).
     let stats = wait_for_stats(port, Duration::from_secs(5), |_| true);
-    eprintln!("/stats: {stats}");
-    assert_eq!(stats["role"], "sender", "{stats}");
-    assert_eq!(stats["schema"], 2, "{stats}");
+    eprintln!("/stats: {stats:?}");
+    assert_eq!(stats.role, Side::Sender, "{stats:?}");
+    assert_eq!(stats.schema, 2, "{stats:?}");
     let r = http_get(port, "/stats", Duration::from_secs(5));
     assert_eq!(r.header("Content-Type"), Some("application/json"));
     // `viewers` is filled in from the second record on (each record carries the viewers
     // as of the previous one; see the report).
-    let stats = wait_for_stats(port, Duration::from_secs(5), |v| v["t"].as_f64().is_some_and(|t| t >= 1.9));
-    assert!(stats["viewers"].is_u64(), "/stats has no viewers count: {stats}");
-    assert!(stats["links"].is_array(), "/stats has no links: {stats}");
+    let stats = wait_for_stats(port, Duration::from_secs(5), |v| v.t >= 1.9);
+    assert!(stats.viewers.is_some(), "/stats has no viewers count: {stats:?}");
+    assert!(stats.links.is_some(), "/stats has no links: {stats:?}");
 
     // Errors.
     let r = http_get(port, "/nope", Duration::from_secs(5));
@@ -444,17 +444,16 @@ fn eight_viewers_and_a_slow_one() {
     const MIN_FPS: f64 = 28.0;
     for (i, (p, json)) in natives.iter_mut().enumerate() {
         p.expect_success(EXIT);
-        let intervals = records_of(json, "interval");
-        let steady: Vec<&Value> = intervals.iter().skip(1).filter(|r| r["seconds"].as_f64() > Some(0.5)).collect();
-        let frames: u64 = steady.iter().map(|r| num(r, "frames")).sum();
-        let secs: f64 = steady.iter().map(|r| r["seconds"].as_f64().unwrap()).sum();
+        let intervals = records_of(json, RecordType::Interval);
+        let steady: Vec<&Report> = intervals.iter().skip(1).filter(|r| r.seconds > 0.5).collect();
+        let frames: u64 = steady.iter().map(|r| r.frames).sum();
+        let secs: f64 = steady.iter().map(|r| r.seconds).sum();
         let fps = frames as f64 / secs;
-        let min = steady.iter().map(|r| r["fps"].as_f64().unwrap()).fold(f64::INFINITY, f64::min);
+        let min = steady.iter().map(|r| r.fps).fold(f64::INFINITY, f64::min);
         let s = summary(json);
         report.push(format!(
-            "native {i}: {fps:.1} fps steady (min interval {min:.1}), {} frames, drops {}",
-            num(&s, "frames"),
-            s["drops"]
+            "native {i}: {fps:.1} fps steady (min interval {min:.1}), {} frames, drops {:?}",
+            s.frames, s.drops
         ));
         if fps < MIN_FPS {
             failures.push(format!("native viewer {i}: {fps:.1} fps < {MIN_FPS}"));
@@ -491,32 +490,21 @@ fn eight_viewers_and_a_slow_one() {
     let load_after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
 
     let s = summary(&s_json);
-    let (captured, encoded) = (num(&s, "captured"), num(&s, "encoded"));
+    let (captured, encoded) = (s.captured.expect("captured"), s.encoded.expect("encoded"));
     let not_encoded: u64 =
-        ["no_viewer", "encoder_busy", "encode_error"].iter().map(|c| s["drops"][c].as_u64().unwrap_or(0)).sum();
-    report.push(format!(
-        "sender: captured {captured}, encoded {encoded}, sent {}, drops {}",
-        num(&s, "frames"),
-        s["drops"]
-    ));
+        [DropCause::NoViewer, DropCause::EncoderBusy, DropCause::EncodeError].iter().map(|c| s.dropped(*c)).sum();
+    report.push(format!("sender: captured {captured}, encoded {encoded}, sent {}, drops {:?}", s.frames, s.drops));
     // The links of the last interval in which all nine viewers were connected.
-    let intervals = records_of(&s_json, "interval");
+    let intervals = records_of(&s_json, RecordType::Interval);
     let links = intervals
         .iter()
         .rev()
-        .filter_map(|r| r["links"].as_array())
+        .filter_map(|r| r.links.as_ref())
         .find(|l| l.len() == 9)
         .unwrap_or_else(|| panic!("no interval shows 9 viewers; intervals:\n{intervals:#?}"))
         .clone();
     for l in &links {
-        report.push(format!(
-            "link {} {} {}: frames {} drops {}",
-            l["id"],
-            l["kind"].as_str().unwrap_or("?"),
-            l["peer"].as_str().unwrap_or("?"),
-            l["frames"],
-            l["drops"]
-        ));
+        report.push(format!("link {} {:?} {}: frames {} drops {}", l.id, l.kind, l.peer, l.frames, l.drops));
     }
     eprintln!("load before: {load_before}load after:  {load_after}{}", report.join("\n"));
 
@@ -527,23 +515,21 @@ fn eight_viewers_and_a_slow_one() {
         encoded + not_encoded + 2 >= captured && encoded + not_encoded <= captured,
         "captured {captured} != encoded {encoded} + dropped before encoding {not_encoded}"
     );
-    assert!(num(&s, "frames") > 6 * encoded, "fan-out: {} sent for {encoded} encoded", num(&s, "frames"));
+    assert!(s.frames > 6 * encoded, "fan-out: {} sent for {encoded} encoded", s.frames);
 
-    let peer_port = |l: &Value| -> u16 {
-        l["peer"].as_str().and_then(|p| p.rsplit(':').next()).and_then(|p| p.parse().ok()).unwrap_or(0)
-    };
+    let peer_port = |l: &LinkReport| -> u16 { l.peer.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(0) };
     let slow_link = links
         .iter()
         .find(|l| peer_port(l) == slow.local_port)
         .unwrap_or_else(|| panic!("no link for the slow client's port {}", slow.local_port));
-    let slow_drops = num(slow_link, "drops");
-    let slow_frames = num(slow_link, "frames");
-    let others: Vec<&Value> = links.iter().filter(|l| peer_port(l) != slow.local_port).collect();
-    let max_other_drops = others.iter().map(|l| num(l, "drops")).max().unwrap_or(0);
-    let min_other_frames = others.iter().map(|l| num(l, "frames")).min().unwrap_or(0);
+    let slow_drops = slow_link.drops;
+    let slow_frames = slow_link.frames;
+    let others: Vec<&LinkReport> = links.iter().filter(|l| peer_port(l) != slow.local_port).collect();
+    let max_other_drops = others.iter().map(|l| l.drops).max().unwrap_or(0);
+    let min_other_frames = others.iter().map(|l| l.frames).min().unwrap_or(0);
     assert!(
-        others.iter().filter(|l| l["kind"] == "http").count() == 4
-            && others.iter().filter(|l| l["kind"] == "native").count() == 4,
+        others.iter().filter(|l| l.kind == ViewerKind::new("http")).count() == 4
+            && others.iter().filter(|l| l.kind == ViewerKind::new("native")).count() == 4,
         "links are not 4 native + 4 HTTP besides the slow one: {links:?}"
     );
     assert!(slow.parts.len() <= 2, "the ~1 KB/s client completed {} frames", slow.parts.len());
@@ -571,14 +557,15 @@ fn no_viewer_pauses_encoding() {
     );
     send.expect_success(EXIT);
     let s = summary(&json);
-    assert_eq!(num(&s, "encoded"), 0, "encoded with no viewer: {s}");
-    assert_eq!(num(&s, "frames"), 0, "sent with no viewer: {s}");
-    assert!(num(&s, "captured") >= 60, "captured {} frames in 3 s at 30 fps", num(&s, "captured"));
+    let captured = s.captured.expect("captured");
+    assert_eq!(s.encoded, Some(0), "encoded with no viewer: {s:?}");
+    assert_eq!(s.frames, 0, "sent with no viewer: {s:?}");
+    assert!(captured >= 60, "captured {captured} frames in 3 s at 30 fps");
     // Every captured frame was dropped before the encoder: for want of a viewer, or replaced
     // by a newer one before the encode thread woke up (on a loaded machine).
-    let no_viewer = num(&s, "drops.no_viewer");
-    let busy = s["drops"]["encoder_busy"].as_u64().unwrap_or(0);
-    assert!(no_viewer > 0 && no_viewer + busy + 2 >= num(&s, "captured"), "drops.no_viewer {no_viewer}: {s}");
+    let no_viewer = s.dropped(DropCause::NoViewer);
+    let busy = s.dropped(DropCause::EncoderBusy);
+    assert!(no_viewer > 0 && no_viewer + busy + 2 >= captured, "drops.no_viewer {no_viewer}: {s:?}");
     assert!(send.stderr().contains("encoding paused"), "stderr does not say encoding paused:\n{}", send.stderr());
 }
 
@@ -607,18 +594,18 @@ fn a_slow_http_client_is_not_buffered_seconds_behind() {
     );
     // /stats shows the links as of the previous second: wait for the slow link to be 3 s old.
     let stats = wait_for_stats(port, Duration::from_secs(8), |v| {
-        v["links"].as_array().is_some_and(|l| l.iter().any(|l| l["seconds"].as_f64() >= Some(3.0)))
+        v.links.as_ref().is_some_and(|l| l.iter().any(|l| l.seconds >= 3.0))
     });
     let slow = slow.join().expect("slow MJPEG client thread");
-    let link = stats["links"]
-        .as_array()
-        .unwrap()
+    let link = stats
+        .links
         .iter()
-        .find(|l| l["peer"].as_str().is_some_and(|p| p.ends_with(&format!(":{}", slow.local_port))))
-        .unwrap_or_else(|| panic!("no link for the slow client's port {}: {stats}", slow.local_port))
+        .flatten()
+        .find(|l| l.peer.ends_with(&format!(":{}", slow.local_port)))
+        .unwrap_or_else(|| panic!("no link for the slow client's port {}: {stats:?}", slow.local_port))
         .clone();
-    let (frames, bytes, drops) = (num(&link, "frames"), num(&link, "bytes"), num(&link, "drops"));
-    let secs = link["seconds"].as_f64().unwrap();
+    let (frames, bytes, drops) = (link.frames, link.bytes, link.drops);
+    let secs = link.seconds;
     eprintln!(
         "after {secs:.1} s the sender had written {frames} frames ({bytes} bytes) and dropped {drops} for a client \
          that read {} bytes in {:.1} s ({} complete frames)",

@@ -8,8 +8,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{fnum, fnum_opt, num, records_of, scratch_dir, summary, Proc};
-use serde_json::Value;
+use common::{records_of, scratch_dir, summary, Proc};
+use framecast::stats::{ClockSource, ClockStatus, DropCause, RecordType, Report, Side, Stage};
 
 const EXIT: Duration = Duration::from_secs(25);
 
@@ -54,8 +54,12 @@ fn stream(
     Run { recv_json, send_json, recv_log: recv.stderr(), send_log: send.stderr() }
 }
 
-fn p50(v: &Value, key: &str) -> f64 {
-    fnum_opt(v, &format!("{key}.p50")).unwrap_or_else(|| panic!("no {key} in {v}"))
+fn p50(r: &Report, stage: Stage) -> f64 {
+    r.latency(stage).unwrap_or_else(|| panic!("no {} in {r:?}", stage.key())).p50
+}
+
+fn clock(r: &Report) -> ClockStatus {
+    r.clock.unwrap_or_else(|| panic!("no clock in {r:?}"))
 }
 
 /// A sender whose clock runs an hour ahead and 100 ppm fast: the receiver syncs to it over
@@ -75,19 +79,21 @@ fn skewed_sender_clock_is_synced() {
     assert!(shared.recv_log.contains("same_clock=true"), "the unskewed sender's clock was not taken as shared");
 
     // Run 1: synced, an hour ahead (plus 100 ppm of the ~5 s since the sender started: < 1 ms).
-    assert_eq!(r1["clock"]["source"], "synced", "run 1 clock: {}", r1["clock"]);
-    let offset = fnum(&r1, "clock.offset_ms");
-    eprintln!("run 1: sender clock offset {offset:.3} ms (want 3600000 ± 50), clock {}", r1["clock"]);
+    let c1 = clock(&r1);
+    assert_eq!(c1.source, ClockSource::Synced, "run 1 clock: {c1:?}");
+    let offset = c1.offset_ms.unwrap_or_else(|| panic!("run 1: no offset: {c1:?}"));
+    eprintln!("run 1: sender clock offset {offset:.3} ms (want 3600000 ± 50), clock {c1:?}");
     assert!((offset - 3_600_000.0).abs() < 50.0, "run 1 offset {offset} ms, want 3600000 ± 50");
-    assert!(num(&r1, "clock.exchanges") >= 1, "run 1 clock: {}", r1["clock"]);
+    assert!(c1.exchanges >= 1, "run 1 clock: {c1:?}");
     assert!(skewed.recv_log.contains("clock synced with the sender"), "run 1 receiver never logged the sync");
 
     // Run 2: one host, one clock.
-    assert_eq!(r2["clock"]["source"], "shared", "run 2 clock: {}", r2["clock"]);
+    assert_eq!(clock(&r2).source, ClockSource::Shared, "run 2 clock: {:?}", r2.clock);
 
     // The latency is known in run 1, and the same as with a shared clock.
-    for key in ["latency_capture_decoded_ms", "latency_capture_received_ms"] {
-        let (a, b) = (p50(&r1, key), p50(&r2, key));
+    for stage in [Stage::CaptureDecoded, Stage::CaptureReceived] {
+        let key = stage.key();
+        let (a, b) = (p50(&r1, stage), p50(&r2, stage));
         eprintln!("{key} p50: skewed+synced {a:.3} ms, shared {b:.3} ms, difference {:.3} ms", a - b);
         assert!(a > 0.0 && a < 1000.0, "run 1 {key} p50 {a} ms is implausible");
         assert!((a - b).abs() <= 2.0, "{key} p50: synced run {a} ms vs shared run {b} ms differ by more than 2 ms");
@@ -99,9 +105,10 @@ fn skewed_sender_clock_is_synced() {
     // estimate does not model over the run (100 ppm; no drift fit before 20 s of exchanges).
     // A sync applied with the wrong sign puts capture in the future and every latency at the
     // 1 µs floor, which the 2 ms comparison above cannot tell at this frame size.
-    let sent = p50(&r1, "latency_capture_sent_ms");
-    let rcvd = p50(&r1, "latency_capture_received_ms");
-    let slack = fnum(&r1, "clock.uncertainty_ms") + 100e-6 * fnum(&r1, "seconds") * 1000.0 + 0.1;
+    let sent = p50(&r1, Stage::CaptureSent);
+    let rcvd = p50(&r1, Stage::CaptureReceived);
+    let uncertainty = c1.uncertainty_ms.unwrap_or_else(|| panic!("run 1: no uncertainty: {c1:?}"));
+    let slack = uncertainty + 100e-6 * r1.seconds * 1000.0 + 0.1;
     eprintln!("run 1: capture->sent p50 {sent:.3} ms, capture->received p50 {rcvd:.3} ms (slack {slack:.3} ms)");
     assert!(rcvd > 0.01, "run 1: capture->received p50 {rcvd} ms is at the floor: capture times in the future?");
     assert!(
@@ -112,22 +119,21 @@ fn skewed_sender_clock_is_synced() {
     // The receiver pings at once when the sender connects, and the pong comes back on the
     // connection the frames arrive on: only the frames read before the first pong have no
     // latency. Latency must become known and stay known to the end of the run.
-    let unknown = num(&r1, "latency_unknown_frames");
-    let received = num(&r1, "received");
+    let unknown = r1.latency_unknown_frames.expect("latency_unknown_frames");
+    let received = r1.received.expect("received");
     eprintln!("run 1: {unknown} of {received} frames before the clock was known");
     assert!(received >= 100, "run 1 received only {received} frames");
     assert!(unknown < 30, "run 1: {unknown} frames with unknown latency; the clock should be known within 1 s");
-    assert_eq!(num(&r2, "latency_unknown_frames"), 0, "run 2 (shared clock) has frames of unknown latency");
-    let intervals = records_of(&skewed.recv_json, "interval");
+    assert_eq!(r2.latency_unknown_frames, Some(0), "run 2 (shared clock) has frames of unknown latency");
+    let intervals = records_of(&skewed.recv_json, RecordType::Interval);
     let last_with_frames = intervals
         .iter()
         .rev()
-        .find(|v| num(v, "received") > 0)
+        .find(|v| v.received.expect("received") > 0)
         .unwrap_or_else(|| panic!("run 1: no receiver interval with frames"));
     assert!(
-        last_with_frames.get("latency_capture_decoded_ms").is_some()
-            && num(last_with_frames, "latency_unknown_frames") == 0,
-        "run 1: latency unknown in the last interval with frames: {last_with_frames}"
+        last_with_frames.latency_capture_decoded_ms.is_some() && last_with_frames.latency_unknown_frames == Some(0),
+        "run 1: latency unknown in the last interval with frames: {last_with_frames:?}"
     );
 }
 
@@ -139,12 +145,13 @@ fn same_host_offset_converges_near_zero() {
     let dir = scratch_dir("latency-zero");
     let run = stream(&dir, "", &[], &["--size", "320x240", "--duration", "5"], None, Duration::ZERO);
     let r = summary(&run.recv_json);
-    assert_eq!(r["clock"]["source"], "shared", "clock: {}", r["clock"]);
-    let offset = fnum_opt(&r, "clock.offset_ms").unwrap_or_else(|| panic!("no measured offset: {}", r["clock"]));
-    let exchanges = num(&r, "clock.exchanges");
+    let c = clock(&r);
+    assert_eq!(c.source, ClockSource::Shared, "clock: {c:?}");
+    let offset = c.offset_ms.unwrap_or_else(|| panic!("no measured offset: {c:?}"));
+    let exchanges = c.exchanges;
     eprintln!(
         "same host: offset {offset:.3} ms ± {} ms after {exchanges} exchanges",
-        fnum_opt(&r, "clock.uncertainty_ms").unwrap_or(f64::NAN)
+        c.uncertainty_ms.unwrap_or(f64::NAN)
     );
     assert!(offset.abs() <= 0.5, "same-host clock offset {offset} ms, want within 0.5 ms of 0");
     // A burst of 5 at connect, then one a second for ~5 s.
@@ -159,22 +166,15 @@ fn sender_log_shows_what_the_viewer_saw() {
     let _serial = common::serial();
     let dir = scratch_dir("latency-viewer");
     let run = stream(&dir, "", &[], &["--size", "320x240", "--duration", "3.5"], None, Duration::ZERO);
-    let lines = records_of(&run.send_json, "interval");
-    assert!(lines.iter().all(|v| v["role"] == "sender"), "sender log has other roles");
-    let with_viewer: Vec<&Value> = lines.iter().filter(|v| v.get("viewer").is_some_and(Value::is_object)).collect();
-    eprintln!("{} of {} sender intervals carry a viewer report", with_viewer.len(), lines.len());
-    let good = with_viewer.iter().find(|v| {
-        let w = &v["viewer"];
-        w["role"] == "receiver"
-            && fnum_opt(w, "fps").is_some_and(|f| f > 20.0)
-            && ["latency_capture_displayed_ms", "latency_capture_decoded_ms"]
-                .iter()
-                .any(|k| fnum_opt(w, &format!("{k}.p50")).is_some())
-    });
+    let lines = records_of(&run.send_json, RecordType::Interval);
+    assert!(lines.iter().all(|v| v.role == Side::Sender), "sender log has other roles");
+    let viewers: Vec<&Report> = lines.iter().filter_map(|v| v.viewer.as_deref()).collect();
+    eprintln!("{} of {} sender intervals carry a viewer report", viewers.len(), lines.len());
+    let good = viewers.iter().find(|w| w.role == Side::Receiver && w.fps > 20.0 && w.end_to_end().is_some());
     let good = good.unwrap_or_else(|| {
         panic!("no sender interval with a receiver report of > 20 fps and a latency; sender intervals: {lines:#?}")
     });
-    eprintln!("viewer as the sender logged it: {}", good["viewer"]);
+    eprintln!("viewer as the sender logged it: {good:?}");
     assert!(run.send_log.contains("| viewer"), "the sender's human stats lines do not mention the viewer");
     assert_receiver_accounting(&summary(&run.recv_json));
 }
@@ -231,12 +231,13 @@ fn report_command_reads_both_logs() {
 /// Asserts the frame accounting of a receiver summary from a stream the sender ended (so
 /// every queue drained): each received frame was decoded or dropped by exactly one cause, and
 /// each decoded frame shown or dropped as display_busy. Returns (decoder_busy, display_busy).
-fn assert_receiver_accounting(r: &Value) -> (u64, u64) {
-    let d = |cause: &str| r["drops"].get(cause).and_then(Value::as_u64).unwrap_or(0);
-    let (received, decoded, displayed) = (num(r, "received"), num(r, "frames"), num(r, "displayed"));
-    let (decoder_busy, display_busy, corrupt) = (d("decoder_busy"), d("display_busy"), d("corrupt_jpeg"));
-    let listed: u64 = r["drops"].as_object().expect("drops object").values().filter_map(Value::as_u64).sum();
-    assert_eq!(num(r, "drops_total"), listed, "drops_total is not the sum of drops: {}", r["drops"]);
+fn assert_receiver_accounting(r: &Report) -> (u64, u64) {
+    let d = |cause| r.dropped(cause);
+    let (received, decoded, displayed) = (r.received.expect("received"), r.frames, r.displayed.expect("displayed"));
+    let (decoder_busy, display_busy, corrupt) =
+        (d(DropCause::DecoderBusy), d(DropCause::DisplayBusy), d(DropCause::CorruptJpeg));
+    let listed: u64 = r.drops.values().sum();
+    assert_eq!(r.drops_total, listed, "drops_total is not the sum of drops: {:?}", r.drops);
     assert_eq!(
         received,
         decoded + decoder_busy + corrupt,
@@ -254,19 +255,19 @@ fn assert_receiver_accounting(r: &Value) -> (u64, u64) {
 /// when its stage counted frames in that interval. Returns (idle, busy) interval counts.
 fn assert_latency_present_iff_frames(path: &Path) -> (usize, usize) {
     let (mut idle, mut busy) = (0, 0);
-    for v in records_of(path, "interval") {
-        let has = |k: &str| v.get(k).is_some();
-        let (rx, dec, shown) = (num(&v, "received"), num(&v, "frames"), num(&v, "displayed"));
+    for v in records_of(path, RecordType::Interval) {
+        let has = |stage| v.latency(stage).is_some();
+        let (rx, dec, shown) = (v.received.expect("received"), v.frames, v.displayed.expect("displayed"));
         if rx + dec + shown == 0 {
             idle += 1;
         } else {
             busy += 1;
         }
-        assert_eq!(num(&v, "latency_unknown_frames"), 0, "shared clock, yet frames of unknown latency: {v}");
-        assert_eq!(has("latency_capture_encoded_ms"), rx > 0, "capture->encoded vs received in {v}");
-        assert_eq!(has("latency_capture_received_ms"), rx > 0, "capture->received vs received in {v}");
-        assert_eq!(has("latency_capture_decoded_ms"), dec > 0, "capture->decoded vs decoded in {v}");
-        assert_eq!(has("latency_capture_displayed_ms"), shown > 0, "capture->displayed vs displayed in {v}");
+        assert_eq!(v.latency_unknown_frames, Some(0), "shared clock, yet frames of unknown latency: {v:?}");
+        assert_eq!(has(Stage::CaptureEncoded), rx > 0, "capture->encoded vs received in {v:?}");
+        assert_eq!(has(Stage::CaptureReceived), rx > 0, "capture->received vs received in {v:?}");
+        assert_eq!(has(Stage::CaptureDecoded), dec > 0, "capture->decoded vs decoded in {v:?}");
+        assert_eq!(has(Stage::CaptureDisplayed), shown > 0, "capture->displayed vs displayed in {v:?}");
     }
     (idle, busy)
 }
@@ -348,23 +349,20 @@ fn dropped_frames_are_counted_not_folded_into_latency() {
     drop(writer);
 
     let r = summary(&json);
-    let received = num(&r, "received");
+    let received = r.received.expect("received");
     eprintln!(
-        "receiver: received {received} decoded {} displayed {} drops {} seq_gaps {}",
-        num(&r, "frames"),
-        num(&r, "displayed"),
-        r["drops"],
-        num(&r, "seq_gaps")
+        "receiver: received {received} decoded {} displayed {:?} drops {:?} seq_gaps {:?}",
+        r.frames, r.displayed, r.drops, r.seq_gaps
     );
     assert_eq!(received, FRAMES, "TCP delivers every frame written, and recv reads to the end");
-    assert_eq!(num(&r, "seq_gaps"), 0, "no gaps were sent");
-    assert_eq!(num(&r, "out_of_order"), 0, "nothing was sent out of order");
+    assert_eq!(r.seq_gaps, Some(0), "no gaps were sent");
+    assert_eq!(r.out_of_order, Some(0), "nothing was sent out of order");
     let (decoder_busy, display_busy) = assert_receiver_accounting(&r);
-    assert!(decoder_busy > 0, "a burst at ~400 frames/s of {w}x{h} caused no decoder_busy drops: {}", r["drops"]);
+    assert!(decoder_busy > 0, "a burst at ~400 frames/s of {w}x{h} caused no decoder_busy drops: {:?}", r.drops);
     eprintln!("decoder_busy {decoder_busy}, display_busy {display_busy}");
-    assert_eq!(num(&r, "latency_unknown_frames"), 0, "shared clock, yet frames of unknown latency");
-    for key in ["latency_capture_received_ms", "latency_capture_decoded_ms", "latency_capture_displayed_ms"] {
-        assert!(r.get(key).is_some(), "no {key} in the summary: {r}");
+    assert_eq!(r.latency_unknown_frames, Some(0), "shared clock, yet frames of unknown latency");
+    for stage in [Stage::CaptureReceived, Stage::CaptureDecoded, Stage::CaptureDisplayed] {
+        assert!(r.latency(stage).is_some(), "no {} in the summary: {r:?}", stage.key());
     }
 
     let (idle, busy) = assert_latency_present_iff_frames(&json);

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{connect_retry, fnum, free_port, num, read_until_closed, scratch_dir, summary, Proc};
+use common::{connect_retry, free_port, read_until_closed, scratch_dir, summary, Proc};
 
 const MS: Duration = Duration::from_millis(1);
 
@@ -341,10 +341,10 @@ fn stream_through_netsim() {
     recv.expect_success(Duration::from_secs(15));
     send.expect_success(Duration::from_secs(10));
     let r = summary(&r_json);
-    assert_eq!(num(&r, "frames"), 30, "frames decoded");
-    assert_eq!(num(&r, "received"), 30, "frames received");
-    assert_eq!(num(&r, "seq_gaps"), 0, "sequence gaps");
-    let p50 = fnum(&r, "latency_capture_decoded_ms.p50");
+    assert_eq!(r.frames, 30, "frames decoded");
+    assert_eq!(r.received, Some(30), "frames received");
+    assert_eq!(r.seq_gaps, Some(0), "sequence gaps");
+    let p50 = r.latency_capture_decoded_ms.unwrap_or_else(|| panic!("no capture->decoded latency: {r:?}")).p50;
     eprintln!("through netsim: capture->decoded p50 {p50:.1} ms");
     assert!(p50 >= 10.0, "capture->decoded p50 {p50:.1} ms is under the 10 ms --delay: not relayed?");
     assert!(ns.wait_for_stderr("connection closed", Duration::from_secs(5)), "{}", ns.stderr());

@@ -17,7 +17,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use common::http_client::http_raw;
-use common::{free_port, num, scratch_dir, summary, Proc};
+use common::{free_port, scratch_dir, summary, Proc};
 use framecast::net::secure::Key;
 
 const EXIT: Duration = Duration::from_secs(30);
@@ -156,7 +156,7 @@ fn keyed_sender_and_viewer_stream_encrypted_frames() {
         let mut recv = recv_connecting("recv", &relay_addr, k, "30", &json);
         recv.expect_success(EXIT);
         let r = summary(&json);
-        assert!(num(&r, "frames") >= 30, "keyed={keyed}: {r}");
+        assert!(r.frames >= 30, "keyed={keyed}: {r:?}");
         let wire = wire.join().unwrap();
         seen.push((keyed, contains(&wire, b"JFIF"), wire.len()));
         if keyed {
@@ -184,7 +184,7 @@ fn wrong_key_is_refused_on_both_sides() {
     recv.wait(EXIT);
     let log = recv.stderr();
     assert!(log.contains("the sender's key differs from ours"), "viewer log:\n{log}");
-    assert_eq!(num(&summary(&json), "received"), 0, "no frame may reach a viewer with a wrong key");
+    assert_eq!(summary(&json).received, Some(0), "no frame may reach a viewer with a wrong key");
     assert!(
         send.wait_for_stderr("the viewer refused the secure handshake: its key differs from ours", LOG),
         "sender log:\n{}",
@@ -193,7 +193,7 @@ fn wrong_key_is_refused_on_both_sides() {
     // The sender still serves a viewer with the right key.
     let json = dir.join("recv-ok.jsonl");
     recv_connecting("recv-ok", &addr, Some(&k1), "10", &json).expect_success(EXIT);
-    assert!(num(&summary(&json), "frames") >= 10);
+    assert!(summary(&json).frames >= 10);
 }
 
 /// A key on one end only: each side names the mismatch, both ways round.
@@ -215,7 +215,7 @@ fn keyed_and_unkeyed_peers_refuse_each_other() {
         };
         assert!(recv.stderr().contains(viewer_says), "viewer log:\n{}", recv.stderr());
         assert!(send.wait_for_stderr(sender_says, LOG), "sender log:\n{}", send.stderr());
-        assert_eq!(num(&summary(&json), "received"), 0);
+        assert_eq!(summary(&json).received, Some(0));
     }
 }
 
@@ -252,11 +252,11 @@ fn a_tampered_record_ends_the_connection_and_the_sender_keeps_serving() {
                 send.stderr()
             );
         }
-        assert!(num(&summary(&json), "frames") < 5, "a tampered connection delivers at most a few frames");
+        assert!(summary(&json).frames < 5, "a tampered connection delivers at most a few frames");
     }
     let json = dir.join("recv-next.jsonl");
     recv_connecting("recv-next", &addr, Some(&key), "10", &json).expect_success(EXIT);
-    assert!(num(&summary(&json), "frames") >= 10);
+    assert!(summary(&json).frames >= 10);
 }
 
 /// With a key, every HTTP request needs the token derived from it: 401 without it or with a

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{free_port, records_of, scratch_dir, Proc};
+use framecast::stats::{DropCause, RecordType};
 
 /// One displayed frame from `--frame-log`.
 #[derive(Debug, Clone, Copy)]
@@ -126,9 +127,8 @@ fn congestion_control_bounds_latency_where_plain_tcp_lets_it_grow() {
     let bounded = percentile(latencies(&after(&cc.frames, 3.0)), 95.0);
     eprintln!("congestion control: p95 {bounded:.1} ms after 3 s");
     assert!(bounded < 400.0, "with congestion control, capture->displayed p95 {bounded:.1} ms after 3 s");
-    let sent = records_of(&cc.send_json, "interval");
-    let congestion: u64 =
-        sent.iter().map(|r| r.pointer("/drops/congestion").and_then(|v| v.as_u64()).unwrap_or(0)).sum();
+    let sent = records_of(&cc.send_json, RecordType::Interval);
+    let congestion: u64 = sent.iter().map(|r| r.dropped(DropCause::Congestion)).sum();
     assert!(congestion > 0, "the sender counted no congestion drops on a link slower than the stream");
 
     let plain = run("wifi-nocc", 8, &[], &["--quality", "75", "--no-congestion-control"]);
@@ -153,8 +153,8 @@ fn target_bitrate_is_held() {
     let (lo, hi) = (qualities.iter().min().unwrap(), qualities.iter().max().unwrap());
     assert!(hi - lo <= 8, "quality wandered {lo}..{hi} after warm-up");
     // Every decision is in the stats and the debug log names its reason.
-    let last = records_of(&r.send_json, "interval").pop().expect("sender intervals");
-    assert_eq!(last.pointer("/control/mode").and_then(|v| v.as_str()), Some("target"), "{last}");
+    let last = records_of(&r.send_json, RecordType::Interval).pop().expect("sender intervals");
+    assert_eq!(last.control.as_ref().map(|c| &*c.mode), Some("target"), "{last:?}");
     assert!(r.sender.stderr().contains("ctl q"), "the stats line shows the controller's choice");
 }
 

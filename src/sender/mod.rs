@@ -280,7 +280,7 @@ fn start_reporter(
         let links = hub.links();
         meter.update(|c| {
             c.viewers = Some(links.len() as u64);
-            c.links = serde_json::to_value(&links).ok();
+            c.links = Some(links.clone());
         });
     });
     let latest = feed.stats.clone();

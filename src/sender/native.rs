@@ -37,6 +37,7 @@ use crate::net::proto::Pong;
 use crate::net::secure::{self, Key, LinkRead, LinkWrite};
 use crate::net::{Event, Hello, Message, MessageReader, MessageWriter, NetError, Role, StreamInfo};
 use crate::stage::{self, Stage};
+use crate::stats::{self, Report};
 
 /// How native viewers are named in the `links` stats.
 pub const KIND: ViewerKind = ViewerKind::new("native");
@@ -259,7 +260,7 @@ enum FromViewer {
     Ping(Pong),
     Request(ViewerRequest),
     /// The viewer's latest stats interval.
-    Report(serde_json::Value),
+    Report(Box<Report>),
     /// The connection ended (closed, reset, or bad input, already logged).
     Gone,
 }
@@ -309,12 +310,12 @@ fn read_events(mut reader: MessageReader<LinkRead>, tx: Sender<FromViewer>) -> a
     Ok(())
 }
 
-/// A viewer's stats report, if it is a JSON object.
-fn viewer_report(json: &[u8]) -> Option<serde_json::Value> {
-    match serde_json::from_slice::<serde_json::Value>(json) {
-        Ok(v) if v.is_object() => Some(v),
-        _ => {
-            debug!("ignored a report from the viewer that is not a JSON object");
+/// A viewer's stats report, if it is one.
+fn viewer_report(json: &[u8]) -> Option<Box<Report>> {
+    match stats::parse_report(json) {
+        Ok(r) => Some(Box::new(r)),
+        Err(e) => {
+            debug!(error = %e, "ignored a malformed report from the viewer");
             None
         }
     }
@@ -416,7 +417,7 @@ impl Viewer<'_> {
             FromViewer::Request(r) => {
                 let _ = self.feed.requests.try_send(r);
             }
-            FromViewer::Report(v) => self.feed.meter.update(|c| c.viewer = Some(v.clone())),
+            FromViewer::Report(r) => self.feed.meter.update(|c| c.viewer = Some(r.clone())),
             FromViewer::Gone => return Some(Outcome::PeerLeft),
         }
         None

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use framecast::stats::{read_json_lines, RecordType, Report};
 
 /// The binary under test, built by cargo for the integration tests.
 pub const BIN: &str = env!("CARGO_BIN_EXE_framecast");
@@ -309,49 +309,20 @@ pub fn try_read_until_closed(stream: &mut TcpStream, timeout: Duration) -> Resul
     }
 }
 
-/// All JSON lines of a `--stats-json` file.
-pub fn stats_lines(path: &Path) -> Vec<Value> {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{}: bad JSON line {l:?}: {e}", path.display())))
-        .collect()
+/// All records of a `--stats-json` file, typed.
+pub fn stats_lines(path: &Path) -> Vec<Report> {
+    read_json_lines(path).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
-/// The summary record: the last line of a `--stats-json` file, which must have "type": "summary".
-pub fn summary(path: &Path) -> Value {
-    let lines = stats_lines(path);
-    let last = lines.last().unwrap_or_else(|| panic!("{} is empty", path.display())).clone();
-    assert_eq!(last["type"], "summary", "last line of {} is not the summary: {last}", path.display());
-    eprintln!("summary {}: {last}", path.display());
+/// The summary record: the last line of a `--stats-json` file, which must be the summary.
+pub fn summary(path: &Path) -> Report {
+    let last = stats_lines(path).pop().unwrap_or_else(|| panic!("{} is empty", path.display()));
+    assert_eq!(last.kind, RecordType::Summary, "last line of {} is not the summary: {last:?}", path.display());
+    eprintln!("summary {}: {}", path.display(), serde_json::to_string(&last).unwrap_or_default());
     last
 }
 
-/// An unsigned integer field of a stats record (dotted path, e.g. "drops.corrupt_jpeg").
-pub fn num(v: &Value, path: &str) -> u64 {
-    let mut cur = v;
-    for key in path.split('.') {
-        cur = &cur[key];
-    }
-    cur.as_u64().unwrap_or_else(|| panic!("field {path} is not an unsigned integer in {v}"))
-}
-
-/// A numeric field of a stats record as `f64` (dotted path, e.g. "clock.offset_ms"); `None`
-/// if it is absent or not a number.
-pub fn fnum_opt(v: &Value, path: &str) -> Option<f64> {
-    let mut cur = v;
-    for key in path.split('.') {
-        cur = cur.get(key)?;
-    }
-    cur.as_f64()
-}
-
-/// A numeric field of a stats record as `f64` (dotted path); panics naming the field if absent.
-pub fn fnum(v: &Value, path: &str) -> f64 {
-    fnum_opt(v, path).unwrap_or_else(|| panic!("field {path} is not a number in {v}"))
-}
-
-/// The records of a `--stats-json` file with "type": `kind` (e.g. "interval").
-pub fn records_of(path: &Path, kind: &str) -> Vec<Value> {
-    stats_lines(path).into_iter().filter(|v| v["type"] == kind).collect()
+/// The records of a `--stats-json` file of one type (e.g. the intervals).
+pub fn records_of(path: &Path, kind: RecordType) -> Vec<Report> {
+    stats_lines(path).into_iter().filter(|r| r.kind == kind).collect()
 }
