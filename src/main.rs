@@ -5,9 +5,8 @@ use std::net::TcpListener;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread;
 
-use anyhow::{anyhow, Context};
+use anyhow::Context;
 use clap::Parser;
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
@@ -142,13 +141,12 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
     };
     let sender = {
         let stop = stop.clone();
-        thread::Builder::new().name("sender".into()).spawn(move || sender::run(send_cfg, source, stop))?
+        framecast::stage::spawn("sender", move || sender::run(send_cfg, source, stop))?
     };
     let recv_result = receiver::run(recv_cfg, sink.as_mut(), stop.clone());
     // The viewer may end first (window closed): stop the sender too.
     stop.store(true, Ordering::SeqCst);
-    let send_result = sender.join().map_err(|_| anyhow!("sender panicked; look for the panic message above"))?;
-    send_result.context("sender")?;
+    framecast::stage::join(sender, "sender").context("sender")?;
     recv_result.context("receiver")?;
     Ok(())
 }
