@@ -53,7 +53,7 @@ impl Decode {
     /// returns) and hands it on. Returns true while the stage should go on.
     ///
     /// Decode only what can still be shown: wait until the view hands back a buffer (it does
-    /// when it takes the last decoded frame), then take the newest frame received. Frames
+    /// each time it takes a decoded frame), then take the newest frame received. Frames
     /// that arrive meanwhile replace each other in `rx` and count as `decoder_busy` drops, so
     /// a viewer that falls behind never has a decoded frame dropped (`display_busy`).
     fn step(&mut self, spare: &mut Option<Vec<u32>>) -> bool {

@@ -89,8 +89,8 @@ pub struct RecvConfig {
     pub frame_log: Option<PathBuf>,
 }
 
-/// Decoded frames in flight between decode and view: the one the view shows and the one
-/// being decoded. At 1920x1080 each is 8 MB.
+/// Pixel buffers in circulation between decode and view: the one the view shows and the one
+/// being decoded (or waiting to be shown). At 1920x1080 each is 8 MB.
 const PIXEL_BUFFERS: usize = 2;
 
 /// Runs the receiver, showing frames on `sink` from the calling thread, until a limit is
@@ -151,9 +151,8 @@ fn start<'a>(
     let (in_tx, in_rx) = latest(1);
     let (out_tx, out_rx) = latest(1);
     let (free_tx, free_rx) = bounded(PIXEL_BUFFERS);
-    for _ in 0..PIXEL_BUFFERS {
-        free_tx.send(Vec::new()).expect("room for every buffer");
-    }
+    // Decode starts with one; the view adds the other when it takes its first frame.
+    let _ = free_tx.try_send(Vec::new());
     let (ack_tx, ack_rx) = bounded(256);
     let (conn_tx, conn_rx) = bounded(4);
     let (feedback_tx, feedback_rx) = bounded(8);
@@ -211,93 +210,33 @@ fn report_hook(status_tx: LatestSender<String>, feedback_tx: Sender<Feedback>) -
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::capture::pattern::PatternSource;
-    use crate::capture::FrameSource;
-    use crate::net::Subsampling;
-    use crate::sender::{self, SendConfig};
-    use crate::view::{Picture, ViewError};
+    use std::net::{SocketAddr, TcpStream};
     use std::thread;
 
-    /// A view that takes 20 ms per frame, half the stream's period.
-    struct SlowSink {
-        shown: u64,
-    }
+    use super::*;
+    use crate::clock::{clock_id, now_us};
+    use crate::codec::{Encoder, JpegBuf};
+    use crate::net::proto::StreamInfo;
+    use crate::net::{Event, FrameHeader, Hello, Message, MessageReader, MessageWriter, Role, Subsampling};
+    use crate::view::{Picture, ViewError};
 
-    impl FrameSink for SlowSink {
-        fn show(&mut self, pic: &Picture<'_>) -> Result<(), ViewError> {
-            assert_eq!(pic.pixels.len(), pic.width * pic.height, "a whole decoded frame");
-            self.shown += 1;
-            thread::sleep(Duration::from_millis(20));
-            Ok(())
-        }
-        fn poll(&mut self) -> bool {
-            true
-        }
-    }
-
-    /// A viewer that falls behind drops frames before decoding them, never after: every frame
-    /// decoded is shown.
-    #[test]
-    fn a_slow_view_costs_frames_before_decoding_not_after() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let stop = Arc::new(AtomicBool::new(false));
-        let send_cfg = SendConfig {
-            endpoint: sender::Endpoint::Connect(addr),
-            fps: 100,
-            quality: 75,
-            subsampling: Subsampling::S420,
-            reencode_jpeg: false,
-            frames: Some(120),
-            duration: None,
-            stats: StatsConfig { enabled: false, ..StatsConfig::default() },
-            connect_patience: Duration::from_secs(5),
-            http: None,
-            fast_dct: false,
-            once: true,
-            key: None,
-            congestion: Some(sender::Congestion::for_fps(100)),
-            control: None,
-        };
-        let source: sender::SourceFactory =
-            Box::new(|| Ok(Box::new(PatternSource::new(160, 120, Subsampling::S420)) as Box<dyn FrameSource>));
-        let sender = {
-            let stop = stop.clone();
-            thread::spawn(move || sender::run(send_cfg, source, stop))
-        };
-        let recv_cfg = RecvConfig {
-            endpoint: Endpoint::Listen(listener),
-            frames: None,
-            duration: Some(Duration::from_secs(10)),
-            stats: StatsConfig::default(),
-            once: true,
-            dump: None,
-            connect_patience: Duration::from_secs(5),
-            decode_speed: Speed::default(),
-            key: None,
-            quality: None,
-            frame_log: None,
-        };
-        let mut sink = SlowSink { shown: 0 };
-        let r = run(recv_cfg, &mut sink, stop.clone()).unwrap();
-        stop.store(true, Ordering::Relaxed);
-        sender.join().unwrap().unwrap();
-        assert_eq!(r.drops.get("display_busy"), None, "a decoded frame was dropped unseen: {:?}", r.drops);
-        assert!(r.drops.get("decoder_busy").is_some_and(|&n| n > 20), "frames skipped before decoding: {:?}", r.drops);
-        assert_eq!(r.displayed, Some(r.frames), "every decoded frame is shown");
-        assert_eq!(sink.shown, r.frames);
-        assert!(r.frames >= 20, "{} frames shown", r.frames);
-    }
-
-    /// A view that notes when it showed its last frame.
+    /// A view that takes `delay` per frame and notes when it showed the last one.
     struct TimedSink {
+        delay: Duration,
         shown: u64,
         last: Option<Instant>,
     }
 
+    impl TimedSink {
+        fn new(delay: Duration) -> Self {
+            TimedSink { delay, shown: 0, last: None }
+        }
+    }
+
     impl FrameSink for TimedSink {
-        fn show(&mut self, _pic: &Picture<'_>) -> Result<(), ViewError> {
+        fn show(&mut self, pic: &Picture<'_>) -> Result<(), ViewError> {
+            assert_eq!(pic.pixels.len(), pic.width * pic.height, "a whole decoded frame");
+            thread::sleep(self.delay);
             self.shown += 1;
             self.last = Some(Instant::now());
             Ok(())
@@ -307,20 +246,18 @@ mod tests {
         }
     }
 
-    /// A sender by hand: `frames` frames at 5 fps, then an idle, open connection (as from a
-    /// live sender whose next frame is due) until the receiver closes it. Returns
-    /// when the receiver closed it, or after 5 s.
-    fn slow_sender(addr: std::net::SocketAddr, frames: u64) -> Option<Instant> {
-        use crate::clock::{clock_id, now_us};
-        use crate::codec::{Encoder, JpegBuf};
-        use crate::net::proto::StreamInfo;
-        use crate::net::{Event, FrameHeader, Hello, Message, MessageReader, MessageWriter, Role, Subsampling};
-        let stream = std::net::TcpStream::connect(addr).unwrap();
+    /// A sender by hand (no `sender` pipeline): `frames` 64x48 frames, one per `period`.
+    /// Then it closes the connection if `close`, or else stays connected and quiet, as a live
+    /// sender between frames, until the receiver closes it: it returns when it saw that
+    /// close (`None` after 5 s without one).
+    fn fake_sender(addr: SocketAddr, frames: u64, period: Duration, close: bool) -> Option<Instant> {
+        let stream = TcpStream::connect(addr).unwrap();
         let mut w = MessageWriter::new(stream.try_clone().unwrap());
         let mut r = MessageReader::new(stream.try_clone().unwrap());
         w.write_hello(&Hello::new(Role::Sender, clock_id())).unwrap();
         r.read_hello(Role::Receiver, Duration::from_secs(5)).unwrap();
-        w.write_message(&Message::StreamInfo(StreamInfo { width: 64, height: 48, fps_milli: 5000 })).unwrap();
+        let fps_milli = (1e6 / period.as_millis() as f64) as u32;
+        w.write_message(&Message::StreamInfo(StreamInfo { width: 64, height: 48, fps_milli })).unwrap();
         let mut jpeg = JpegBuf::default();
         let mut enc = Encoder::new(75, Subsampling::S420, false).unwrap();
         enc.encode_pixels(&[128; 64 * 48 * 3], 64, 48, turbojpeg::PixelFormat::RGB, &mut jpeg).unwrap();
@@ -341,8 +278,11 @@ mod tests {
             };
             w.write_frame(&header, jpeg.as_slice()).unwrap();
             if seq + 1 < frames {
-                thread::sleep(Duration::from_millis(200));
+                thread::sleep(period);
             }
+        }
+        if close {
+            return None;
         }
         stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         loop {
@@ -354,21 +294,15 @@ mod tests {
         }
     }
 
-    /// `recv --frames N` ends within a few milliseconds of its last frame, even when the
-    /// sender is still connected and quiet (no read timeout or poll on the way out), and
-    /// closes the connection, so the sender sees the end as soon.
-    #[test]
-    fn a_finished_stream_ends_the_receiver_at_once() {
+    fn listening(frames: Option<u64>, once: bool) -> (RecvConfig, SocketAddr) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        let sender = thread::spawn(move || slow_sender(addr, 3));
-        let recv_cfg = RecvConfig {
+        let cfg = RecvConfig {
             endpoint: Endpoint::Listen(listener),
-            frames: Some(3),
+            frames,
             duration: Some(Duration::from_secs(10)),
-            stats: StatsConfig { enabled: false, ..StatsConfig::default() },
-            // Not `once`: the receiver must not wait for a next sender either.
-            once: false,
+            stats: StatsConfig::default(),
+            once,
             dump: None,
             connect_patience: Duration::from_secs(5),
             decode_speed: Speed::default(),
@@ -376,14 +310,44 @@ mod tests {
             quality: None,
             frame_log: None,
         };
-        let mut sink = TimedSink { shown: 0, last: None };
-        run(recv_cfg, &mut sink, Arc::new(AtomicBool::new(false))).unwrap();
+        (cfg, addr)
+    }
+
+    /// A viewer that falls behind drops frames before decoding them, never after: every frame
+    /// decoded is shown.
+    #[test]
+    fn a_slow_view_costs_frames_before_decoding_not_after() {
+        let (cfg, addr) = listening(None, true);
+        // 120 frames at 100 fps to a view that takes 20 ms per frame.
+        let sender = thread::spawn(move || fake_sender(addr, 120, Duration::from_millis(10), true));
+        let mut sink = TimedSink::new(Duration::from_millis(20));
+        let r = run(cfg, &mut sink, Arc::new(AtomicBool::new(false))).unwrap();
+        sender.join().unwrap();
+        assert_eq!(r.drops.get("display_busy"), None, "a decoded frame was dropped unseen: {:?}", r.drops);
+        assert!(r.drops.get("decoder_busy").is_some_and(|&n| n > 20), "frames skipped before decoding: {:?}", r.drops);
+        assert_eq!(r.displayed, Some(r.frames), "every decoded frame is shown");
+        assert_eq!(sink.shown, r.frames);
+        assert!(r.frames >= 20, "{} frames shown", r.frames);
+    }
+
+    /// `recv --frames N` ends within a few milliseconds of its last frame, even when the
+    /// sender is still connected and quiet (no read timeout or poll on the way out), and
+    /// closes the connection, so that the sender sees the end as soon. (It took 100 ms, net-rx's
+    /// read timeout, when net-rx waited to notice.)
+    #[test]
+    fn a_finished_stream_ends_the_receiver_at_once() {
+        // Not `once`: the receiver must not wait for a next sender either.
+        let (cfg, addr) = listening(Some(3), false);
+        let sender = thread::spawn(move || fake_sender(addr, 3, Duration::from_millis(200), false));
+        let mut sink = TimedSink::new(Duration::ZERO);
+        run(cfg, &mut sink, Arc::new(AtomicBool::new(false))).unwrap();
         let ended = Instant::now();
         let closed = sender.join().unwrap();
         assert_eq!(sink.shown, 3);
-        let exit = ended - sink.last.unwrap();
+        let last = sink.last.unwrap();
+        let exit = ended - last;
         assert!(exit < Duration::from_millis(50), "run() returned {exit:?} after the last frame was shown");
-        let closed = closed.expect("the receiver closed the connection") - sink.last.unwrap();
+        let closed = closed.expect("the receiver closed the connection") - last;
         assert!(closed < Duration::from_millis(50), "the sender saw the end {closed:?} after the last frame");
     }
 }

@@ -91,8 +91,8 @@ impl View<'_> {
     /// Shows frames until one of the stop conditions in the module docs.
     pub fn run(&mut self) -> anyhow::Result<()> {
         // The pixels of the frame on show, handed back to decode when the next frame is
-        // taken: decode then never has a buffer while a decoded frame waits, so it never
-        // decodes a frame that would be replaced before it is shown (see `Decode::step`).
+        // taken: decode gets a buffer only when no decoded frame waits, so it never decodes
+        // a frame that would be replaced before it is shown (see `Decode::step`).
         let mut on_show = None;
         let res = loop {
             match self.step(&mut on_show) {
@@ -122,9 +122,8 @@ impl View<'_> {
         }
         match self.rx.recv_timeout(WINDOW_POLL) {
             Ok(f) => {
-                if let Some(done) = on_show.take() {
-                    let _ = self.free_tx.try_send(done);
-                }
+                // The first frame taken brings the second buffer into circulation.
+                let _ = self.free_tx.try_send(on_show.take().unwrap_or_default());
                 *on_show = Some(self.show(f)?);
             }
             Err(RecvTimeoutError::Timeout) => {}
