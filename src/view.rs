@@ -268,11 +268,4 @@ mod tests {
         fit(&mut out, &mut cols, 0, 3, &pic);
         assert!(out.is_empty());
     }
-
-    #[test]
-    fn headless_sink_stays_open() {
-        let mut s = Headless;
-        assert!(s.poll());
-        s.show(&Picture { seq: 0, width: 0, height: 0, pixels: &[] }).unwrap();
-    }
 }
