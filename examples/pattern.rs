@@ -22,7 +22,7 @@ use framecast::capture::pattern::{planar_to_rgb, TestPattern};
 use framecast::capture::{Layout, RawFrame};
 use framecast::cli::{Size, SubsamplingArg};
 use framecast::codec::{Encoder, JpegBuf};
-use framecast::net::Subsampling;
+use framecast::format::Subsampling;
 
 /// Writes test-pattern frame N as PPM, raw planar YUV and/or JPEG.
 #[derive(Debug, Parser)]

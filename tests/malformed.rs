@@ -15,10 +15,11 @@ use std::io::Cursor;
 use std::time::{Duration, Instant};
 
 use framecast::codec::{CodecError, Decoder as JpegDecoder};
+use framecast::format::Subsampling;
 use framecast::net::io::{Event, MessageReader, NetError};
 use framecast::net::proto::{
-    Ack, FrameHeader, Hello, Message, Ping, Pong, ProtocolError, Role, StreamInfo, Subsampling, FRAME_HEADER_LEN,
-    HELLO_LEN, MAX_REPORT_LEN, MSG_HEADER_LEN, VERSION,
+    Ack, FrameHeader, Hello, Message, Ping, Pong, ProtocolError, Role, StreamInfo, FRAME_HEADER_LEN, HELLO_LEN,
+    MAX_REPORT_LEN, MSG_HEADER_LEN, VERSION,
 };
 use framecast::testutil::{pattern_jpeg, sample_header, READ_CHUNK};
 

@@ -13,9 +13,8 @@ use std::path::{Path, PathBuf};
 
 use framecast::capture::pattern::TestPattern;
 use framecast::codec::to_subsamp;
-use framecast::net::proto::{
-    Ack, FrameHeader, Hello, Message, Ping, Pong, Role, StreamInfo, Subsampling, MSG_HEADER_LEN,
-};
+use framecast::format::Subsampling;
+use framecast::net::proto::{Ack, FrameHeader, Hello, Message, Ping, Pong, Role, StreamInfo, MSG_HEADER_LEN};
 use framecast::testutil::{pattern_jpeg, sample_header};
 use framecast_fuzz::DecodeInput;
 use turbojpeg::{Compressor, Image, PixelFormat};
@@ -48,7 +47,7 @@ fn frame_header(seq: u64, info: StreamInfo, sub: Subsampling, quality: u8) -> Fr
         encode_end_us: t + 2_000,
         send_us: t + 2_100,
         quality,
-        subsampling: sub as u8,
+        subsampling: sub.to_wire(),
         ..sample_header(seq, info, 0)
     }
 }

@@ -288,9 +288,8 @@ pub fn write_all_vectored<W: Write + ?Sized>(w: &mut W, mut bufs: &mut [IoSlice<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::net::proto::{
-        Ack, Ping, Pong, StreamInfo, Subsampling, FRAME_HEADER_LEN, MAGIC, MSG_HEADER_LEN, VERSION,
-    };
+    use crate::format::Subsampling;
+    use crate::net::proto::{Ack, Ping, Pong, StreamInfo, FRAME_HEADER_LEN, MAGIC, MSG_HEADER_LEN, VERSION};
     use crate::testutil::{sample_header, Script};
     use proptest::prelude::*;
 

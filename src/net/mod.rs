@@ -8,4 +8,4 @@ pub mod proto;
 pub mod secure;
 
 pub use io::{Event, MessageReader, MessageWriter, NetError};
-pub use proto::{Ack, Decoder, FrameHeader, Hello, Message, ProtocolError, Role, StreamInfo, Subsampling};
+pub use proto::{Ack, Decoder, FrameHeader, Hello, Message, ProtocolError, Role, StreamInfo};

@@ -42,7 +42,7 @@ impl fmt::Display for Role {
     }
 }
 
-pub use crate::format::Subsampling;
+use crate::format::Subsampling;
 
 /// The frame header's `subsampling` byte (`docs/protocol.md`): libjpeg-turbo's `TJSAMP`
 /// numbers. The type lives in [`crate::format`]; only its wire code is defined here.
