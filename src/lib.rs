@@ -2,21 +2,29 @@
 //!
 //! # Layout
 //!
+//! `docs/architecture.md` draws the threads of each side and who owns what. In the order a
+//! frame travels:
+//!
 //! - [`capture`]: frame sources (test pattern, Y4M file, camera) behind `FrameSource`; run by
-//!   the sender's `capture` thread.
-//! - [`format`]: pixel formats (`Subsampling`) shared by capture, codec and the wire.
-//! - [`codec`]: libjpeg-turbo encode (sender's `encode` thread) and decode (receiver's
-//!   `decode` thread), with reused handles and buffers.
-//! - [`net`]: the wire protocol, `net::proto` (pure format), `net::io` (sockets, reconnect
-//!   backoff) and `net::secure` (`--key-file`: Noise handshake, encrypted records); used by
-//!   the sender's `net-tx`/`ack-rx` and the receiver's `net-rx`/`feedback` threads.
+//!   the sender's `capture` thread ([`sender::capture`]).
+//! - [`format`](mod@format): pixel formats (`Subsampling`) shared by capture, codec and the wire.
+//! - [`codec`]: libjpeg-turbo encode (the sender's `encode` thread, [`sender::encode`]) and
+//!   decode (the receiver's `decode` thread), with reused handles and buffers.
+//! - [`control`]: the rate controller (`--target-kbps`, `--max-latency-ms`), owned by the
+//!   encode thread: quality and fps from frame sizes, acknowledgements and congestion drops.
+//! - [`hub`]: the sender's fan-out of each encoded frame to every viewer's newest-wins slot.
+//! - [`sender`]: the sender pipeline, one file per stage, and its viewer transports behind
+//!   [`sender::transport::Transport`]: [`sender::native`] (the framecast protocol) and
+//!   [`sender::http`] (MJPEG, snapshots, the page, `/stats`).
+//! - [`net`]: the wire protocol: `net::proto` (pure format), `net::io` (framed reader and
+//!   writer), `net::conn` (the one accept loop, connect policies, socket options) and
+//!   `net::secure` (`--key-file`: Noise handshake, encrypted records).
+//! - [`receiver`]: the receiver pipeline, one file per stage: `net-rx`, `decode`, the view
+//!   (main thread) and `feedback`.
 //! - [`view`]: frame sinks (minifb window, headless) on the receiver's main thread.
-//! - [`sender`] and [`receiver`]: the two pipelines, wiring the stages with [`chan`].
-//! - [`hub`]: the sender's fan-out of each encoded frame to every viewer.
-//! - [`control`]: the sender's rate controller (`--target-kbps`, `--max-latency-ms`): quality
-//!   and fps from measured frame sizes, acknowledgements and congestion drops.
-//! - [`http`]: the sender's HTTP endpoint (page, MJPEG stream, snapshot, stats), one thread per client.
-//! - [`stats`]: per-side counters, reports, the human line and JSON lines.
+//! - [`stage`] and [`chan`]: named stage threads and the newest-wins channels between them.
+//! - [`stats`]: per-side counters, the typed `Report` (JSON lines written and read back), the
+//!   human line.
 //! - [`report`]: `framecast report`, tables and SVG plots from JSON-lines stats logs.
 //! - [`netsim`]: `framecast netsim`, a TCP relay that simulates a slow link (rate, delay,
 //!   jitter, router queue, stalls); a reader and a writer thread per direction per connection.

@@ -5,13 +5,13 @@
 //!        ◀──TCP── feedback ◀──────────── acks ◀─────────────────┘
 //! ```
 //!
-//! - [`net`] (thread `net-rx`): the listening socket or the outgoing connection, the
+//! - `net.rs` (thread `net-rx`): the listening socket or the outgoing connection, the
 //!   handshake, parsing, sequence tracking and clock sync.
-//! - [`decode`] (thread `decode`): JPEG to 0RGB pixels, in two buffers that circulate
+//! - `decode.rs` (thread `decode`): JPEG to 0RGB pixels, in two buffers that circulate
 //!   between it and the view.
-//! - [`show`] (the caller's thread, because windows must live there): the sink, `--dump-dir`,
+//! - `show.rs` (the caller's thread, because windows must live there): the sink, `--dump-dir`,
 //!   `--frame-log`, and an acknowledgement per frame shown.
-//! - [`feedback`] (thread `feedback`): the write half of the connection: acknowledgements,
+//! - `feedback.rs` (thread `feedback`): the write half of the connection: acknowledgements,
 //!   clock-sync pings, stats reports and quality requests.
 //!
 //! This file holds the configuration and the wiring. Shutdown travels by disconnection: a

@@ -12,7 +12,7 @@
 //!
 //! The viewer's thread `select!`s over its hub slot, the events from `ack-rx` and a timer.
 //! It writes a frame only while fewer than `max_in_flight` frames are unacknowledged
-//! ([`Window`]); meanwhile the newest frame waits in the slot, and frames it replaces count as
+//! (`Window`); meanwhile the newest frame waits in the slot, and frames it replaces count as
 //! `congestion`. Pongs go out between frames, stamped just before writing. A viewer silent
 //! for [`WRITE_TIMEOUT`] with a full window is dropped. When the stream ends it closes its
 //! side and waits up to [`LINGER`] for the last acknowledgements.
