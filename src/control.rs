@@ -641,11 +641,8 @@ mod tests {
                     run.sent_bytes.push((now, bytes));
                 }
             }
-            // CTL_DEBUG=1 prints every decision, for tuning.
             if let Some(d) = c.tick(now) {
-                if std::env::var("CTL_DEBUG").is_ok() {
-                    eprintln!("{:.2} {d} | {:?}", now as f64 / 1e6, c.status());
-                }
+                tracing::debug!(t_s = now as f64 / 1e6, decision = %d, status = ?c.status(), "controller decision");
             }
             run.qualities.push(c.setting().quality);
             run.fps.push(c.setting().fps);

@@ -515,12 +515,11 @@ pub fn relay(id: u64, client: TcpStream, server: TcpStream, p: &LinkParams, epoc
             aborted: AtomicBool::new(false),
         });
         let seed = epoch.elapsed().as_nanos() as u64 ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let (fwd_src, fwd_dst, rev_src, rev_dst) =
-            (client.try_clone()?, server.try_clone()?, server.try_clone()?, client.try_clone()?);
-        let fwd = spawn_link(&conn, 0, "fwd", fwd_src, fwd_dst, p, epoch, seed)?;
+        let fwd = LinkEnds { index: 0, name: "fwd", src: client.try_clone()?, dst: server.try_clone()?, seed };
+        let rev = LinkEnds { index: 1, name: "rev", src: server.try_clone()?, dst: client.try_clone()?, seed: !seed };
+        let fwd = spawn_link(&conn, fwd, p, epoch)?;
         // The fwd link runs already: if rev cannot start, stop it too.
-        let rev = spawn_link(&conn, 1, "rev", rev_src, rev_dst, p, epoch, !seed)
-            .inspect_err(|e| conn.fail("rev", "starting", e))?;
+        let rev = spawn_link(&conn, rev, p, epoch).inspect_err(|e| conn.fail("rev", "starting", e))?;
         Ok((conn, fwd, rev))
     })();
     let (conn, fwd, rev) = match setup {
@@ -564,17 +563,22 @@ impl LinkThreads {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn spawn_link(
-    conn: &Arc<Conn>,
+/// What sets one link apart from the other: its queue, its name in thread names and logs,
+/// its two sockets and the seed of its jitter.
+struct LinkEnds {
+    /// Index into `Conn::queues`: 0 for client->server, 1 for server->client.
     index: usize,
     name: &'static str,
-    mut src: TcpStream,
-    mut dst: TcpStream,
-    p: &LinkParams,
-    epoch: Instant,
+    /// The socket the link reads from.
+    src: TcpStream,
+    /// The socket the link writes to.
+    dst: TcpStream,
     seed: u64,
-) -> io::Result<LinkThreads> {
+}
+
+/// Starts the reader and writer threads of one link of `conn`.
+fn spawn_link(conn: &Arc<Conn>, link: LinkEnds, p: &LinkParams, epoch: Instant) -> io::Result<LinkThreads> {
+    let LinkEnds { index, name, mut src, mut dst, seed } = link;
     let q = conn.queues[index].clone();
     let id = conn.id;
     let reader = {
@@ -654,6 +658,9 @@ fn read_into(q: &Queue, src: &mut TcpStream, epoch: Instant) -> io::Result<()> {
     }
 }
 
+/// Packets being serialised or propagated, each with its delivery time, in delivery order.
+type InFlight = VecDeque<(Duration, Vec<u8>)>;
+
 /// The writer: queue -> model -> destination, each packet written at its delivery time.
 /// Returns true once the source ended and everything was delivered, false on abort.
 fn write_out(
@@ -663,53 +670,24 @@ fn write_out(
     epoch: Instant,
     totals: &mut LinkTotals,
 ) -> io::Result<bool> {
-    let mut in_flight: VecDeque<(Duration, Vec<u8>)> = VecDeque::new();
+    let mut in_flight: InFlight = VecDeque::new();
     let mut out: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     loop {
         let now = epoch.elapsed();
-        // Deliver what is due, in one write.
-        out.clear();
-        while in_flight.front().is_some_and(|(at, _)| *at <= now) {
-            let (at, data) = in_flight.pop_front().expect("front exists");
-            out.extend_from_slice(&data);
-            totals.packets += 1;
-            totals.last_delivery = Some(at);
-        }
-        if !out.is_empty() {
-            dst.write_all(&out)?;
-            totals.bytes += out.len() as u64;
+        if deliver_due(&mut in_flight, now, &mut out, dst, totals)? {
             continue;
         }
-        // Serialise what may start now.
         let mut st = q.lock();
         if st.abort {
             return Ok(false);
         }
-        let mut started = false;
-        while let Some(head) = st.packets.front() {
-            if model.start_time(head.arrived) > now {
-                break;
-            }
-            let p = st.packets.pop_front().expect("front exists");
-            st.bytes -= p.data.len();
-            let t = model.send(p.arrived, p.data.len());
-            totals.max_queue_wait = totals.max_queue_wait.max(t.start.saturating_sub(p.arrived));
-            in_flight.push_back((t.delivery, p.data));
-            started = true;
-        }
-        if started {
+        if start_due(&mut st, model, now, &mut in_flight, totals) {
             drop(st);
             q.room.notify_one();
             continue;
         }
         // Nothing to do now: sleep until the next start or delivery, or until data arrives.
-        let next_start = st.packets.front().map(|h| model.start_time(h.arrived));
-        let next_delivery = in_flight.front().map(|(at, _)| *at);
-        let wake = match (next_start, next_delivery) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        match wake {
+        match next_wake(&st, model, &in_flight) {
             None if st.eof => return Ok(true),
             None => drop(q.data.wait(st).unwrap_or_else(|p| p.into_inner())),
             Some(at) => {
@@ -717,6 +695,65 @@ fn write_out(
                 drop(q.data.wait_timeout(st, left).unwrap_or_else(|p| p.into_inner()));
             }
         }
+    }
+}
+
+/// Writes every packet in `in_flight` that is due at `now` to `dst`, in one write through
+/// the scratch buffer `out`. Returns whether anything was written.
+fn deliver_due(
+    in_flight: &mut InFlight,
+    now: Duration,
+    out: &mut Vec<u8>,
+    dst: &mut TcpStream,
+    totals: &mut LinkTotals,
+) -> io::Result<bool> {
+    out.clear();
+    while in_flight.front().is_some_and(|(at, _)| *at <= now) {
+        let (at, data) = in_flight.pop_front().expect("front exists");
+        out.extend_from_slice(&data);
+        totals.packets += 1;
+        totals.last_delivery = Some(at);
+    }
+    if out.is_empty() {
+        return Ok(false);
+    }
+    dst.write_all(out)?;
+    totals.bytes += out.len() as u64;
+    Ok(true)
+}
+
+/// Moves every queued packet that may start serialising at `now` through the model and into
+/// `in_flight`. Returns whether any packet left the queue.
+fn start_due(
+    st: &mut QueueState,
+    model: &mut LinkModel,
+    now: Duration,
+    in_flight: &mut InFlight,
+    totals: &mut LinkTotals,
+) -> bool {
+    let mut started = false;
+    while let Some(head) = st.packets.front() {
+        if model.start_time(head.arrived) > now {
+            break;
+        }
+        let p = st.packets.pop_front().expect("front exists");
+        st.bytes -= p.data.len();
+        let t = model.send(p.arrived, p.data.len());
+        totals.max_queue_wait = totals.max_queue_wait.max(t.start.saturating_sub(p.arrived));
+        in_flight.push_back((t.delivery, p.data));
+        started = true;
+    }
+    started
+}
+
+/// The earliest time the writer has work: the next packet's start or the next delivery.
+/// None if nothing is queued or in flight.
+fn next_wake(st: &QueueState, model: &LinkModel, in_flight: &InFlight) -> Option<Duration> {
+    let next_start = st.packets.front().map(|h| model.start_time(h.arrived));
+    let next_delivery = in_flight.front().map(|(at, _)| *at);
+    match (next_start, next_delivery) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 

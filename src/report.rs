@@ -131,68 +131,95 @@ fn plotted_stage(run: &Run) -> Option<Stage> {
         .find(|stage| run.intervals.iter().any(|r| r.latency(*stage).is_some()))
 }
 
+/// Points (time in seconds, value) of one plotted line.
+type Series = Vec<(f64, f64)>;
+
+/// One panel of the plot: its title, and the named lines one run contributes to it.
+type Panel = (&'static str, fn(&Run) -> Vec<(String, Series)>);
+
+/// The points of `run` where `f` has a value.
+fn series(run: &Run, f: &dyn Fn(&Report) -> Option<f64>) -> Series {
+    run.intervals.iter().filter_map(|r| Some((r.t, f(r)?))).collect()
+}
+
+/// The four panels of the plot, top to bottom.
+fn panels() -> [Panel; 4] {
+    [
+        ("frames per second", |r: &Run| vec![(r.label(), series(r, &|v| Some(v.fps)))]),
+        ("kbit/s", |r: &Run| vec![(r.label(), series(r, &|v| Some(v.kbps)))]),
+        ("JPEG quality", |r: &Run| vec![(r.label(), series(r, &|v| v.quality.map(f64::from)))]),
+        ("latency p50 / p95 (ms)", |r: &Run| match plotted_stage(r) {
+            Some(st) => vec![
+                (format!("{} {} p50", r.label(), st.key()), series(r, &|v| Some(v.latency(st)?.p50))),
+                (format!("{} {} p95", r.label(), st.key()), series(r, &|v| Some(v.latency(st)?.p95))),
+            ],
+            None => Vec::new(),
+        }),
+    ]
+}
+
+/// The error for a failed drawing step of the plot written to `out`.
+fn draw_error(out: &Path, e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::anyhow!("cannot draw {}: {e}", out.display())
+}
+
 /// Plots fps, kbit/s, quality and latency p50/p95 over time, one line per run.
 pub fn svg(runs: &[Run], out: &Path) -> anyhow::Result<()> {
     use plotters::prelude::*;
-    type Series = Vec<(f64, f64)>;
-    type Panel<'a> = (&'a str, Box<dyn Fn(&Run) -> Vec<(String, Series)> + 'a>);
-    let series = |run: &Run, f: &dyn Fn(&Report) -> Option<f64>| -> Series {
-        run.intervals.iter().filter_map(|r| Some((r.t, f(r)?))).collect()
-    };
-    let panels: [Panel; 4] = [
-        ("frames per second", Box::new(|r: &Run| vec![(r.label(), series(r, &|v| Some(v.fps)))])),
-        ("kbit/s", Box::new(|r: &Run| vec![(r.label(), series(r, &|v| Some(v.kbps)))])),
-        ("JPEG quality", Box::new(|r: &Run| vec![(r.label(), series(r, &|v| v.quality.map(f64::from)))])),
-        (
-            "latency p50 / p95 (ms)",
-            Box::new(|r: &Run| match plotted_stage(r) {
-                Some(st) => vec![
-                    (format!("{} {} p50", r.label(), st.key()), series(r, &|v| Some(v.latency(st)?.p50))),
-                    (format!("{} {} p95", r.label(), st.key()), series(r, &|v| Some(v.latency(st)?.p95))),
-                ],
-                None => Vec::new(),
-            }),
-        ),
-    ];
     let t_max = runs.iter().flat_map(|r| r.intervals.iter().map(|v| v.t)).fold(1.0f64, f64::max);
     let root = SVGBackend::new(out, (1000, 1100)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| anyhow::anyhow!("cannot draw {}: {e}", out.display()))?;
+    root.fill(&WHITE).map_err(|e| draw_error(out, e))?;
     let areas = root.split_evenly((4, 1));
     let mut colour = 0usize;
-    for ((title, make), area) in panels.iter().zip(areas.iter()) {
+    for ((title, make), area) in panels().iter().zip(areas.iter()) {
         let lines: Vec<(String, Series)> = runs.iter().flat_map(make).filter(|(_, s)| !s.is_empty()).collect();
-        let y_max = lines.iter().flat_map(|(_, s)| s.iter().map(|p| p.1)).fold(1.0f64, f64::max) * 1.1;
-        let mut chart = ChartBuilder::on(area)
-            .caption(*title, ("sans-serif", 18))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(60)
-            .build_cartesian_2d(0f64..t_max, 0f64..y_max)
-            .map_err(|e| anyhow::anyhow!("cannot draw {}: {e}", out.display()))?;
-        chart
-            .configure_mesh()
-            .light_line_style(WHITE)
-            .bold_line_style(BLACK.mix(0.15))
-            .x_desc("time (s)")
-            .draw()
-            .map_err(|e| anyhow::anyhow!("cannot draw {}: {e}", out.display()))?;
-        for (name, points) in lines {
-            let style = Palette99::pick(colour).stroke_width(2);
-            colour += 1;
-            chart
-                .draw_series(LineSeries::new(points, style))
-                .map_err(|e| anyhow::anyhow!("cannot draw {}: {e}", out.display()))?
-                .label(name)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
-        }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(|e| anyhow::anyhow!("cannot draw {}: {e}", out.display()))?;
+        draw_panel(area, title, lines, t_max, &mut colour, out)?;
     }
     root.present().map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
+    Ok(())
+}
+
+/// Draws one panel: its axes from 0 to `t_max` seconds, `lines` in the next colours from
+/// `colour` on, and their legend. `out` is the file named in errors.
+fn draw_panel(
+    area: &plotters::drawing::DrawingArea<plotters::backend::SVGBackend<'_>, plotters::coord::Shift>,
+    title: &str,
+    lines: Vec<(String, Series)>,
+    t_max: f64,
+    colour: &mut usize,
+    out: &Path,
+) -> anyhow::Result<()> {
+    use plotters::prelude::*;
+    let y_max = lines.iter().flat_map(|(_, s)| s.iter().map(|p| p.1)).fold(1.0f64, f64::max) * 1.1;
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..t_max, 0f64..y_max)
+        .map_err(|e| draw_error(out, e))?;
+    chart
+        .configure_mesh()
+        .light_line_style(WHITE)
+        .bold_line_style(BLACK.mix(0.15))
+        .x_desc("time (s)")
+        .draw()
+        .map_err(|e| draw_error(out, e))?;
+    for (name, points) in lines {
+        let style = Palette99::pick(*colour).stroke_width(2);
+        *colour += 1;
+        chart
+            .draw_series(LineSeries::new(points, style))
+            .map_err(|e| draw_error(out, e))?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| draw_error(out, e))?;
     Ok(())
 }
 

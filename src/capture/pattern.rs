@@ -181,43 +181,56 @@ impl TestPattern {
         self.draw_moving_parts(seq, out);
     }
 
+    /// Draws the parts of frame `seq` that change from frame to frame (the ramp, the box and
+    /// the frame number) into the luma plane of `out`.
     fn draw_moving_parts(&self, seq: u64, out: &mut [u8]) {
         let (w, h) = (self.width as usize, self.height as usize);
         let luma = &mut out[..w * h];
+        self.draw_ramp(seq, luma);
+        self.draw_box(seq, luma);
+        self.draw_number(seq, luma);
+    }
 
-        // Scrolling ramp: one row computed, copied down the band.
+    /// Scrolling ramp: one row computed, copied down the band.
+    fn draw_ramp(&self, seq: u64, luma: &mut [u8]) {
+        let w = self.width as usize;
         let shift = (seq * 3 % 256) as usize;
-        {
-            let band = &mut luma[self.ramp_top * w..self.text_top * w];
-            if let Some(first) = band.get_mut(..w) {
-                for (x, v) in first.iter_mut().enumerate() {
-                    *v = ((x * 256 / w + shift) % 256) as u8;
-                }
-            }
-            for y in 1..(self.text_top - self.ramp_top) {
-                band.copy_within(0..w, y * w);
+        let band = &mut luma[self.ramp_top * w..self.text_top * w];
+        if let Some(first) = band.get_mut(..w) {
+            for (x, v) in first.iter_mut().enumerate() {
+                *v = ((x * 256 / w + shift) % 256) as u8;
             }
         }
+        for y in 1..(self.text_top - self.ramp_top) {
+            band.copy_within(0..w, y * w);
+        }
+    }
 
-        // Moving box with a black border, inside the ramp band.
+    /// Moving box with a black border, inside the ramp band.
+    fn draw_box(&self, seq: u64, luma: &mut [u8]) {
+        let w = self.width as usize;
         let band_h = self.text_top - self.ramp_top;
         let side = (band_h * 3 / 5).min(w);
-        if side >= 2 {
-            let step = (w / 90).max(1);
-            let span = (w - side).max(1);
-            let bx = (seq as usize).wrapping_mul(step) % span;
-            let by = self.ramp_top + (band_h - side) / 2;
-            let border = (side / 10).max(1);
-            for y in 0..side {
-                let row = &mut luma[(by + y) * w + bx..(by + y) * w + bx + side];
-                for (x, v) in row.iter_mut().enumerate() {
-                    let edge = x < border || y < border || x >= side - border || y >= side - border;
-                    *v = if edge { 0 } else { 255 };
-                }
+        if side < 2 {
+            return;
+        }
+        let step = (w / 90).max(1);
+        let span = (w - side).max(1);
+        let bx = (seq as usize).wrapping_mul(step) % span;
+        let by = self.ramp_top + (band_h - side) / 2;
+        let border = (side / 10).max(1);
+        for y in 0..side {
+            let row = &mut luma[(by + y) * w + bx..(by + y) * w + bx + side];
+            for (x, v) in row.iter_mut().enumerate() {
+                let edge = x < border || y < border || x >= side - border || y >= side - border;
+                *v = if edge { 0 } else { 255 };
             }
         }
+    }
 
-        // Frame number, 8 digits, white on the black band.
+    /// Frame number, 8 digits, white on the black band.
+    fn draw_number(&self, seq: u64, luma: &mut [u8]) {
+        let (w, h) = (self.width as usize, self.height as usize);
         let text_h = h - self.text_top;
         let scale = (text_h * 3 / 5 / 7).max(1);
         let mut digits = [b'0'; 8];

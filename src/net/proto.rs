@@ -500,106 +500,140 @@ impl Decoder {
         };
         let at = self.offset + MSG_HEADER_LEN as u64;
         let p = &buf[MSG_HEADER_LEN..total];
-        let u64_at = |i: usize| u64::from_be_bytes(p[i..i + 8].try_into().expect("8 bytes"));
-        let u32_at = |i: usize| u32::from_be_bytes(p[i..i + 4].try_into().expect("4 bytes"));
-        let u16_at = |i: usize| u16::from_be_bytes(p[i..i + 2].try_into().expect("2 bytes"));
         let msg = match MsgType::from_wire(buf[0]).expect("checked") {
             MsgType::StreamInfo => {
-                let s = StreamInfo { width: u32_at(0), height: u32_at(4), fps_milli: u32_at(8) };
-                s.validate(at)?;
+                let s = decode_stream_info(p, at)?;
                 self.stream = Some(s);
                 Message::StreamInfo(s)
             }
-            MsgType::Frame => {
-                let h = FrameHeader {
-                    seq: u64_at(0),
-                    capture_us: u64_at(8),
-                    encode_start_us: u64_at(16),
-                    encode_end_us: u64_at(24),
-                    send_us: u64_at(32),
-                    width: u16_at(40),
-                    height: u16_at(42),
-                    quality: p[44],
-                    subsampling: p[45],
-                    flags: p[46],
-                    jpeg_len: u32_at(48),
-                };
-                if p[47] != 0 {
-                    return Err(ProtocolError::malformed(at + 47, format!("reserved byte {:#04x}, expected 0", p[47])));
-                }
-                let body = p.len() - FRAME_HEADER_LEN;
-                if h.jpeg_len as usize != body {
-                    return Err(ProtocolError::malformed(
-                        at + 48,
-                        format!(
-                            "jpeg length {} disagrees with the {body} bytes that follow the frame header",
-                            h.jpeg_len
-                        ),
-                    ));
-                }
-                let stream = self.stream.expect("checked by check()");
-                if u32::from(h.width) != stream.width || u32::from(h.height) != stream.height {
-                    return Err(ProtocolError::malformed(
-                        at + 40,
-                        format!(
-                            "frame size {}x{} differs from the announced stream size {}x{}",
-                            h.width, h.height, stream.width, stream.height
-                        ),
-                    ));
-                }
-                if h.quality > 100 {
-                    return Err(ProtocolError::malformed(at + 44, format!("quality {}, expected 0..=100", h.quality)));
-                }
-                if Subsampling::from_wire(h.subsampling).is_none() {
-                    return Err(ProtocolError::malformed(
-                        at + 45,
-                        format!("subsampling code {}, expected 0..=3", h.subsampling),
-                    ));
-                }
-                Message::Frame(h, &p[FRAME_HEADER_LEN..])
-            }
+            MsgType::Frame => decode_frame(p, at, self.stream.expect("checked by check()"))?,
             MsgType::Ack => Message::Ack(Ack {
-                seq: u64_at(0),
-                received_us: u64_at(8),
-                decoded_us: u64_at(16),
-                displayed_us: u64_at(24),
+                seq: u64_at(p, 0),
+                received_us: u64_at(p, 8),
+                decoded_us: u64_at(p, 16),
+                displayed_us: u64_at(p, 24),
             }),
-            MsgType::Ping => Message::Ping(Ping { id: u64_at(0), t1_us: u64_at(8) }),
-            MsgType::Pong => {
-                Message::Pong(Pong { id: u64_at(0), t1_us: u64_at(8), t2_us: u64_at(16), t3_us: u64_at(24) })
-            }
-            MsgType::SetQuality => {
-                let q = p[0];
-                if !(1..=100).contains(&q) || p[1..4] != [0, 0, 0] {
-                    return Err(ProtocolError::malformed(
-                        at,
-                        format!("set-quality payload {p:02x?}, expected a quality 1..=100 and three zero bytes"),
-                    ));
-                }
-                Message::SetQuality(q)
-            }
-            MsgType::Report => {
-                if std::str::from_utf8(p).is_err() {
-                    return Err(ProtocolError::malformed(at, "report payload is not UTF-8 text"));
-                }
-                Message::Report(p)
-            }
-            MsgType::QualityStep => {
-                let n = p[0] as i8;
-                if n == 0 || n.unsigned_abs() > MAX_QUALITY_STEP as u8 || p[1..4] != [0, 0, 0] {
-                    return Err(ProtocolError::malformed(
-                        at,
-                        format!(
-                            "quality-step payload {p:02x?}, expected a step of 1..={MAX_QUALITY_STEP} up or down (two's complement) and three zero bytes"
-                        ),
-                    ));
-                }
-                Message::QualityStep(n)
-            }
+            MsgType::Ping => Message::Ping(Ping { id: u64_at(p, 0), t1_us: u64_at(p, 8) }),
+            MsgType::Pong => Message::Pong(Pong {
+                id: u64_at(p, 0),
+                t1_us: u64_at(p, 8),
+                t2_us: u64_at(p, 16),
+                t3_us: u64_at(p, 24),
+            }),
+            MsgType::SetQuality => decode_set_quality(p, at)?,
+            MsgType::Report => decode_report(p, at)?,
+            MsgType::QualityStep => decode_quality_step(p, at)?,
         };
         self.offset += total as u64;
         Ok(Some((msg, total)))
     }
+}
+
+/// The big-endian `u64` at `p[i..i + 8]`; the caller has checked the payload length.
+fn u64_at(p: &[u8], i: usize) -> u64 {
+    u64::from_be_bytes(p[i..i + 8].try_into().expect("8 bytes"))
+}
+
+/// The big-endian `u32` at `p[i..i + 4]`; the caller has checked the payload length.
+fn u32_at(p: &[u8], i: usize) -> u32 {
+    u32::from_be_bytes(p[i..i + 4].try_into().expect("4 bytes"))
+}
+
+/// The big-endian `u16` at `p[i..i + 2]`; the caller has checked the payload length.
+fn u16_at(p: &[u8], i: usize) -> u16 {
+    u16::from_be_bytes(p[i..i + 2].try_into().expect("2 bytes"))
+}
+
+/// Parses and validates a stream-info payload that starts at stream offset `at`.
+fn decode_stream_info(p: &[u8], at: u64) -> Result<StreamInfo, ProtocolError> {
+    let s = StreamInfo { width: u32_at(p, 0), height: u32_at(p, 4), fps_milli: u32_at(p, 8) };
+    s.validate(at)?;
+    Ok(s)
+}
+
+/// Parses a frame payload that starts at stream offset `at` and checks its header against
+/// the payload length and the announced `stream`. The JPEG bytes are borrowed from `p`.
+fn decode_frame(p: &[u8], at: u64, stream: StreamInfo) -> Result<Message<'_>, ProtocolError> {
+    let h = FrameHeader {
+        seq: u64_at(p, 0),
+        capture_us: u64_at(p, 8),
+        encode_start_us: u64_at(p, 16),
+        encode_end_us: u64_at(p, 24),
+        send_us: u64_at(p, 32),
+        width: u16_at(p, 40),
+        height: u16_at(p, 42),
+        quality: p[44],
+        subsampling: p[45],
+        flags: p[46],
+        jpeg_len: u32_at(p, 48),
+    };
+    if p[47] != 0 {
+        return Err(ProtocolError::malformed(at + 47, format!("reserved byte {:#04x}, expected 0", p[47])));
+    }
+    let body = p.len() - FRAME_HEADER_LEN;
+    if h.jpeg_len as usize != body {
+        return Err(ProtocolError::malformed(
+            at + 48,
+            format!("jpeg length {} disagrees with the {body} bytes that follow the frame header", h.jpeg_len),
+        ));
+    }
+    check_frame_fields(&h, at, stream)?;
+    Ok(Message::Frame(h, &p[FRAME_HEADER_LEN..]))
+}
+
+/// Checks a frame header's size, quality and subsampling fields; `at` is the stream offset
+/// of the frame payload.
+fn check_frame_fields(h: &FrameHeader, at: u64, stream: StreamInfo) -> Result<(), ProtocolError> {
+    if u32::from(h.width) != stream.width || u32::from(h.height) != stream.height {
+        return Err(ProtocolError::malformed(
+            at + 40,
+            format!(
+                "frame size {}x{} differs from the announced stream size {}x{}",
+                h.width, h.height, stream.width, stream.height
+            ),
+        ));
+    }
+    if h.quality > 100 {
+        return Err(ProtocolError::malformed(at + 44, format!("quality {}, expected 0..=100", h.quality)));
+    }
+    if Subsampling::from_wire(h.subsampling).is_none() {
+        return Err(ProtocolError::malformed(at + 45, format!("subsampling code {}, expected 0..=3", h.subsampling)));
+    }
+    Ok(())
+}
+
+/// Parses a set-quality payload that starts at stream offset `at`.
+fn decode_set_quality(p: &[u8], at: u64) -> Result<Message<'_>, ProtocolError> {
+    let q = p[0];
+    if !(1..=100).contains(&q) || p[1..4] != [0, 0, 0] {
+        return Err(ProtocolError::malformed(
+            at,
+            format!("set-quality payload {p:02x?}, expected a quality 1..=100 and three zero bytes"),
+        ));
+    }
+    Ok(Message::SetQuality(q))
+}
+
+/// Checks that a report payload starting at stream offset `at` is UTF-8 text.
+fn decode_report(p: &[u8], at: u64) -> Result<Message<'_>, ProtocolError> {
+    if std::str::from_utf8(p).is_err() {
+        return Err(ProtocolError::malformed(at, "report payload is not UTF-8 text"));
+    }
+    Ok(Message::Report(p))
+}
+
+/// Parses a quality-step payload that starts at stream offset `at`.
+fn decode_quality_step(p: &[u8], at: u64) -> Result<Message<'_>, ProtocolError> {
+    let n = p[0] as i8;
+    if n == 0 || n.unsigned_abs() > MAX_QUALITY_STEP as u8 || p[1..4] != [0, 0, 0] {
+        return Err(ProtocolError::malformed(
+            at,
+            format!(
+                "quality-step payload {p:02x?}, expected a step of 1..={MAX_QUALITY_STEP} up or down (two's complement) and three zero bytes"
+            ),
+        ));
+    }
+    Ok(Message::QualityStep(n))
 }
 
 #[cfg(test)]

@@ -343,6 +343,9 @@ pub fn upgrade(
     Ok((reader, writer))
 }
 
+/// Both handshake messages are an ephemeral public key and a tag over an empty payload.
+const HANDSHAKE_LEN: usize = 32 + TAG_LEN;
+
 /// One handshake message each way, each behind a 2-byte length.
 fn handshake<R: Read, W: Write>(
     role: Role,
@@ -358,64 +361,75 @@ fn handshake<R: Read, W: Write>(
     let peer = opposite(role);
     let mut msg = [0u8; 256];
     let mut payload = [0u8; 256];
-    let next = |input: &mut RecordInput<R>| -> Result<Range<usize>, HandshakeError> {
-        loop {
-            match input.next_record(0) {
-                Ok(Some(r)) => return Ok(r),
-                Ok(None) => return Err(HandshakeError::Closed { peer }),
-                Err(e) if is_timeout(&e) || e.kind() == io::ErrorKind::Interrupted => {
-                    if Instant::now() >= deadline {
-                        return Err(HandshakeError::Timeout(timeout));
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(HandshakeError::Closed { peer }),
-                Err(e) => return Err(e.into()),
-            }
-        }
-    };
-    let send = |out: &mut W, body: &[u8]| -> io::Result<()> {
-        let mut rec = Vec::with_capacity(2 + body.len());
-        rec.extend_from_slice(&(body.len() as u16).to_be_bytes());
-        rec.extend_from_slice(body);
-        out.write_all(&rec)?;
-        out.flush()
-    };
-    // Both handshake messages are an ephemeral public key and a tag over an empty payload.
-    const HANDSHAKE_LEN: usize = 32 + TAG_LEN;
-    let check_len = |r: &Range<usize>| {
-        if r.len() != HANDSHAKE_LEN {
-            return Err(HandshakeError::BadLength { len: r.len(), expected: HANDSHAKE_LEN });
-        }
-        Ok(())
-    };
+    let next = |input: &mut RecordInput<R>| next_handshake_record(input, peer, deadline, timeout);
     let state = match role {
         Role::Sender => {
             let mut hs = builder.and_then(|b| b.build_initiator()).map_err(HandshakeError::Noise)?;
             let n = hs.write_message(&[], &mut msg).map_err(HandshakeError::Noise)?;
-            send(out, &msg[..n])?;
+            send_handshake_record(out, &msg[..n])?;
             let r = next(input)?;
             if r.is_empty() {
                 return Err(HandshakeError::Refused { peer });
             }
-            check_len(&r)?;
+            check_handshake_len(&r)?;
             hs.read_message(&input.buf[r], &mut payload).map_err(|_| HandshakeError::KeyMismatch { peer })?;
             hs
         }
         Role::Receiver => {
             let mut hs = builder.and_then(|b| b.build_responder()).map_err(HandshakeError::Noise)?;
             let r = next(input)?;
-            check_len(&r)?;
+            check_handshake_len(&r)?;
             if hs.read_message(&input.buf[r], &mut payload).is_err() {
                 // Tell the sender why, so that it logs the reason rather than a closed socket.
-                let _ = send(out, &[]);
+                let _ = send_handshake_record(out, &[]);
                 return Err(HandshakeError::KeyMismatch { peer });
             }
             let n = hs.write_message(&[], &mut msg).map_err(HandshakeError::Noise)?;
-            send(out, &msg[..n])?;
+            send_handshake_record(out, &msg[..n])?;
             hs
         }
     };
     state.into_stateless_transport_mode().map_err(HandshakeError::Noise)
+}
+
+/// The next handshake record from `peer`, waiting through read timeouts until `deadline`
+/// (`timeout` is what the error reports). An end of stream is [`HandshakeError::Closed`].
+fn next_handshake_record<R: Read>(
+    input: &mut RecordInput<R>,
+    peer: Role,
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<Range<usize>, HandshakeError> {
+    loop {
+        match input.next_record(0) {
+            Ok(Some(r)) => return Ok(r),
+            Ok(None) => return Err(HandshakeError::Closed { peer }),
+            Err(e) if is_timeout(&e) || e.kind() == io::ErrorKind::Interrupted => {
+                if Instant::now() >= deadline {
+                    return Err(HandshakeError::Timeout(timeout));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(HandshakeError::Closed { peer }),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Writes `body` behind its 2-byte big-endian length, in one write, and flushes.
+fn send_handshake_record<W: Write>(out: &mut W, body: &[u8]) -> io::Result<()> {
+    let mut rec = Vec::with_capacity(2 + body.len());
+    rec.extend_from_slice(&(body.len() as u16).to_be_bytes());
+    rec.extend_from_slice(body);
+    out.write_all(&rec)?;
+    out.flush()
+}
+
+/// Checks that a handshake record is exactly [`HANDSHAKE_LEN`] bytes long.
+fn check_handshake_len(r: &Range<usize>) -> Result<(), HandshakeError> {
+    if r.len() != HANDSHAKE_LEN {
+        return Err(HandshakeError::BadLength { len: r.len(), expected: HANDSHAKE_LEN });
+    }
+    Ok(())
 }
 
 /// Reads length-prefixed records from a byte stream into one fixed buffer. A read timeout

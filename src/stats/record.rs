@@ -434,6 +434,14 @@ impl Report {
         if let Some(ms) = self.decode_ms {
             s.push_str(&format!("  dec {ms:.2} ms"));
         }
+        self.push_latency(&mut s);
+        self.push_counts(&mut s);
+        s
+    }
+
+    /// The latency part of [`human_line`](Self::human_line): end to end (with the clock's
+    /// uncertainty when synced) and the ack round trip.
+    fn push_latency(&self, s: &mut String) {
         if let Some(p) = self.end_to_end() {
             s.push_str(&format!("  latency p50/p95/p99 {:.1}/{:.1}/{:.1} ms", p.p50, p.p95, p.p99));
             if let Some(ClockStatus { source: ClockSource::Synced, uncertainty_ms: Some(u), .. }) = self.clock {
@@ -445,6 +453,11 @@ impl Report {
         if let Some(p) = self.ack_rtt_ms {
             s.push_str(&format!("  ack rtt p50 {:.1} ms", p.p50));
         }
+    }
+
+    /// The tail of [`human_line`](Self::human_line): drops, viewers, reconnects, a lost
+    /// source and the viewer's own figures.
+    fn push_counts(&self, s: &mut String) {
         s.push_str(&format!("  drops {}", self.drops_total));
         if self.drops_total > 0 {
             let parts: Vec<String> = self.drops.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -466,7 +479,6 @@ impl Report {
                 None => s.push_str(" latency unknown"),
             }
         }
-        s
     }
 
     /// The multi-line summary printed at exit.
