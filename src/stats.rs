@@ -25,7 +25,8 @@ mod record;
 
 pub(crate) use record::null_is_infinite;
 pub use record::{
-    parse_report, read_json_lines, ClockSource, ClockStatus, Percentiles, RecordType, Report, Side, Stage, SCHEMA,
+    parse_report, parse_viewer_report, read_json_lines, ClockSource, ClockStatus, Percentiles, RecordType, Report,
+    Side, Stage, SCHEMA,
 };
 
 /// Why a frame was dropped. Each cause is counted on its own.

@@ -141,6 +141,37 @@ fn listening_sender_serves_the_next_viewer() {
     assert!(late.is_empty(), "decoded frame count overshoots --frames: {late:?}");
 }
 
+/// `send --connect --once` with a lossless source (`--fps 0`): frames wait for the viewer it
+/// calls, however late it starts listening, so every frame arrives and none counts as
+/// `no_viewer`. And a viewer that never answers is an error once the patience has passed.
+#[test]
+fn a_once_sender_waits_for_a_late_viewer_and_loses_nothing() {
+    let _serial = common::serial();
+    let dir = scratch_dir("e2e-late-viewer");
+    let (r_json, s_json) = (dir.join("R.jsonl"), dir.join("S.jsonl"));
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let s = s_json.to_str().unwrap();
+    let args = ["send", "--connect", &addr, "--once", "--fps", "0", "--frames", "200", "--size", "160x120"];
+    let mut send = Proc::spawn("send", &[&args[..], &["--stats-json", s]].concat());
+    assert!(send.wait_for_stderr("cannot connect to the viewer; retrying", EXIT), "the sender never called");
+    std::thread::sleep(Duration::from_millis(700));
+    let r = r_json.to_str().unwrap();
+    let mut recv = Proc::spawn("recv", &["recv", "--listen", &addr, "--once", "--headless", "--stats-json", r]);
+    send.expect_success(EXIT);
+    recv.expect_success(EXIT);
+    let sent = summary(&s_json);
+    assert_eq!((sent.frames, sent.dropped(DropCause::NoViewer)), (200, 0), "sender summary: {sent:?}");
+    assert_eq!(summary(&r_json).frames, 200, "frames decoded");
+
+    let closed = format!("127.0.0.1:{}", free_port());
+    // The patience is 10 s.
+    let mut alone = Proc::spawn("send-alone", &["send", "--connect", &closed, "--once", "--frames", "10"]);
+    let status = alone.wait(EXIT);
+    assert!(!status.success(), "a viewer that never answered is an error");
+    assert!(alone.stderr().contains("cannot connect to"), "{}", alone.stderr());
+}
+
 fn recv_listening(name: &str, port: u16, frames: &str, json: &std::path::Path) -> Proc {
     let addr = format!("127.0.0.1:{port}");
     Proc::spawn(

@@ -6,8 +6,11 @@
 //!
 //! It is the only owner of the rate controller (`--target-kbps`, `--max-latency-ms`): the
 //! viewer transports report what they see as [`Feedback`] events carrying their own
-//! timestamps, drained here before each decision, so the controller sees the same calls
-//! in the same order as if they had been made where they happened. The controller's state
+//! timestamps (an acknowledgement's is when it arrived), drained here before each decision.
+//! An acknowledgement reaches the controller once the viewer's thread has handled it, which
+//! is after the frame it was writing when the ack arrived: on a slow link a decision can miss
+//! the acks of the last frame's write time (tens of ms), never their timing. With several
+//! viewers, their events interleave in the order their threads handled them. The controller's state
 //! goes into the meter whenever it decides, which is when it changes, for the stats reporter.
 //!
 //! When its input disconnects (capture ended) it closes the hub, and every viewer finishes.

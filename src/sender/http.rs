@@ -136,8 +136,8 @@ fn admit(
     }
     let Ok(keep) = stream.try_clone() else { return Ok(None) };
     active.fetch_add(1, Ordering::Relaxed);
-    let (ctx, active) = (ctx.clone(), active.clone());
-    let h = stage::spawn(format!("http-{peer}"), move || {
+    let (ctx, mine) = (ctx.clone(), active.clone());
+    let spawned = stage::spawn(format!("http-{peer}"), move || {
         let fin = stream.try_clone();
         if let Err(e) = handle(stream, peer, &ctx) {
             debug!(%peer, error = %e, "HTTP client gone");
@@ -147,8 +147,11 @@ fn admit(
         if let Ok(s) = fin {
             let _ = s.shutdown(std::net::Shutdown::Both);
         }
-        active.fetch_sub(1, Ordering::Relaxed);
+        mine.fetch_sub(1, Ordering::Relaxed);
         Ok(())
+    });
+    let h = spawned.inspect_err(|_| {
+        active.fetch_sub(1, Ordering::Relaxed);
     })?;
     Ok(Some((h, keep)))
 }

@@ -118,13 +118,18 @@ enum Outcome {
 
 impl Ctx {
     /// `--connect`: calls the viewer as `policy` says. With `--once` the stream ends when this
-    /// one viewer does (and its error is the sender's); otherwise the viewer may come and go
-    /// and is called again with backoff until the pipeline ends. The first connection uses the
-    /// subscription made at start-up; each later one subscribes afresh after its handshake.
+    /// one viewer does (and its error is the sender's), and frames wait in the subscription made
+    /// at start-up until it answers (a lossless source waits for it, so nothing is lost); only
+    /// Ctrl-C or the policy's patience stop the calling. Otherwise the viewer may come and go
+    /// and is called again with backoff until the pipeline ends: the first connection uses the
+    /// subscription made at start-up, which is dropped while the viewer is away (encoding
+    /// pauses), and each later one subscribes afresh after its handshake.
     fn call(&self, addr: &str, policy: Policy, once: bool, early: Option<Subscription>) -> anyhow::Result<()> {
         let early = std::cell::RefCell::new(early);
         let mut failed = None;
-        let done = || self.feed.stop.load(Ordering::Relaxed) || self.feed.hub.is_closed();
+        let stopped = || self.feed.stop.load(Ordering::Relaxed);
+        let ended = || stopped() || self.feed.hub.is_closed();
+        let done: &dyn Fn() -> bool = if once { &stopped } else { &ended };
         let serve = |stream: TcpStream, n: u64| {
             let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
             if n > 1 {
@@ -142,9 +147,12 @@ impl Ctx {
             }
             Session::Again
         };
-        // While the viewer is away nobody is subscribed, so encoding pauses.
-        let away = || drop(early.borrow_mut().take());
-        let res = connect(addr, "viewer", policy, &done, serve, away);
+        let away = || {
+            if !once {
+                drop(early.borrow_mut().take());
+            }
+        };
+        let res = connect(addr, "viewer", policy, done, serve, away);
         if once || res.is_err() {
             self.feed.finish();
         }
@@ -312,7 +320,7 @@ fn read_events(mut reader: MessageReader<LinkRead>, tx: Sender<FromViewer>) -> a
 
 /// A viewer's stats report, if it is one.
 fn viewer_report(json: &[u8]) -> Option<Box<Report>> {
-    match stats::parse_report(json) {
+    match stats::parse_viewer_report(json) {
         Ok(r) => Some(Box::new(r)),
         Err(e) => {
             debug!(error = %e, "ignored a malformed report from the viewer");

@@ -21,7 +21,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Sender, TrySendError};
+use tracing::warn;
 
 use super::encode::Feedback;
 use super::ViewerRequest;
@@ -69,10 +70,23 @@ impl Feed {
         });
     }
 
-    /// Tells the rate controller, if there is one (dropped if it is far behind).
+    /// Tells the rate controller, if there is one. The encode thread drains these before
+    /// every frame; should it fall 1024 events behind, a measurement is dropped (logged once
+    /// per run), but never a new viewer's `NewLink`, which waits for room: the controller
+    /// must not judge a new link by the last one's history.
     pub fn feedback(&self, f: Feedback) {
-        if let Some(tx) = &self.feedback {
-            let _ = tx.try_send(f);
+        let Some(tx) = &self.feedback else { return };
+        match tx.try_send(f) {
+            Err(TrySendError::Full(Feedback::NewLink)) => {
+                let _ = tx.send(Feedback::NewLink);
+            }
+            Err(TrySendError::Full(_)) => {
+                static WARNED: AtomicBool = AtomicBool::new(false);
+                if !WARNED.swap(true, Ordering::Relaxed) {
+                    warn!("the rate controller is behind; dropping some of its acknowledgements");
+                }
+            }
+            Ok(()) | Err(TrySendError::Disconnected(_)) => {}
         }
     }
 

@@ -555,15 +555,33 @@ pub fn read_json_lines(path: &Path) -> anyhow::Result<Vec<Report>> {
 }
 
 /// Parses one stats record, saying whether the input was not JSON at all or JSON that is not
-/// a stats record (and which field was wrong).
+/// a stats record (and which field was wrong). A sender's record may carry its viewer's record
+/// (`viewer`), which carries none: deeper nesting is refused before the typed parse recurses
+/// into it (each level of `Report` costs the parser kilobytes of stack, and a 64 KiB record
+/// from the network could otherwise nest a hundred of them).
 pub fn parse_report(json: &[u8]) -> anyhow::Result<Report> {
-    serde_json::from_slice(json).map_err(|e| {
-        if e.is_data() {
-            anyhow::anyhow!("not a framecast stats record: {e}")
-        } else {
-            anyhow::anyhow!("not JSON; expected a framecast --stats-json log: {e}")
+    parse_nested(json, 1)
+}
+
+/// Parses the stats record a viewer sent over the wire: a receiver's own record, which never
+/// carries a `viewer` record of its own (the sender nests it under its own record).
+pub fn parse_viewer_report(json: &[u8]) -> anyhow::Result<Report> {
+    parse_nested(json, 0)
+}
+
+/// Parses a record whose chain of `viewer` records is at most `depth` deep.
+fn parse_nested(json: &[u8], depth: usize) -> anyhow::Result<Report> {
+    // serde_json's `Value` parser limits nesting itself (128 levels, little stack each).
+    let v: serde_json::Value = serde_json::from_slice(json)
+        .map_err(|e| anyhow::anyhow!("not JSON; expected a framecast --stats-json log: {e}"))?;
+    let mut level = &v;
+    for _ in 0..=depth {
+        match level.get("viewer") {
+            Some(inner) => level = inner,
+            None => return serde_json::from_value(v).map_err(|e| anyhow::anyhow!("not a framecast stats record: {e}")),
         }
-    })
+    }
+    anyhow::bail!("not a framecast stats record: viewer reports nested more than {depth} deep")
 }
 
 /// The schema fixture: `testdata/stats-v2.jsonl` and `testdata/stats-v2.txt` were written by
@@ -779,6 +797,29 @@ mod schema {
         }
         assert!(parse_report(line).is_ok());
         assert!(format!("{}", parse_report(b"nope").unwrap_err()).contains("not JSON"));
+        // Nested viewer reports: one level is a sender's record; more is refused, however
+        // deep, without recursing into it (a hundred levels used to overflow the stack).
+        // A receiver's own record: the fixture's one line with no viewer record in it.
+        let own = JSONL.lines().find(|l| !l.contains(r#""viewer""#)).unwrap().as_bytes();
+        let nested = |depth: usize| {
+            let mut json = own.to_vec();
+            for _ in 0..depth {
+                let mut outer = own[..own.len() - 1].to_vec();
+                outer.extend_from_slice(b",\"viewer\":");
+                outer.extend_from_slice(&json);
+                outer.push(b'}');
+                json = outer;
+            }
+            json
+        };
+        assert!(parse_report(&nested(1)).is_ok());
+        assert!(parse_viewer_report(&nested(0)).is_ok());
+        let e = parse_viewer_report(&nested(1)).unwrap_err().to_string();
+        assert!(e.contains("viewer reports nested more than 0 deep"), "{e}");
+        for depth in [2, 100, 127] {
+            let e = parse_report(&nested(depth)).unwrap_err().to_string();
+            assert!(e.contains("nested more than 1 deep") || e.contains("recursion limit"), "{depth}: {e}");
+        }
         let e = format!("{}", parse_report(br#"{"schema":2,"type":"interval"}"#).unwrap_err());
         assert!(e.contains("not a framecast stats record") && e.contains("role"), "{e}");
     }
