@@ -72,6 +72,24 @@ pub fn pattern_jpeg(width: u32, height: u32, sub: Subsampling, quality: u8, seq:
     Ok(out.as_slice().to_vec())
 }
 
+/// Test-pattern frame `seq` ([`pattern_frame`]) compressed at `quality` with a restart marker
+/// every `restart_rows` MCU rows, as `threads` slices (1: one whole encode).
+pub fn restart_jpeg(
+    (width, height): (u32, u32),
+    sub: Subsampling,
+    quality: u8,
+    restart_rows: u16,
+    threads: usize,
+) -> Result<Vec<u8>, CodecError> {
+    let frame = pattern_frame(width, height, sub, 5);
+    let mut out = JpegBuf::default();
+    let mut enc = Encoder::new(quality, sub, false)?;
+    enc.set_restart_rows(restart_rows)?;
+    enc.set_threads(threads)?;
+    enc.encode(&frame, &mut out)?;
+    Ok(out.as_slice().to_vec())
+}
+
 /// Peak signal-to-noise ratio of two 8-bit images, in dB: infinite if they are equal, and
 /// NaN if they differ in length or are empty (every comparison with NaN is false, so a test
 /// that asserts a minimum fails).

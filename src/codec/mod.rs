@@ -10,6 +10,13 @@
 //! ([`Speed`]) are libjpeg-turbo's fast integer DCT (encoder and decoder) and fast chroma
 //! upsampling (decoder). Both are off by default: they cost image quality (see the README's
 //! performance section for what they cost in PSNR and gain in time).
+//!
+//! With more than one thread ([`Encoder::set_threads`], [`Decoder::set_threads`]) a frame is
+//! encoded as horizontal slices joined at restart markers (`restart.rs`, pure code over bytes)
+//! by a pool of workers (`slices.rs`), and a JPEG with restart markers is decoded as pieces.
+
+pub mod restart;
+pub mod slices;
 
 use std::ffi::{c_int, CStr};
 
@@ -18,6 +25,12 @@ use turbojpeg::{Decompressor, PixelFormat, Subsamp, YuvImage};
 
 use crate::capture::{yuv_len, Layout, RawFrame};
 use crate::format::Subsampling;
+use restart::RestartError;
+use slices::{thread_cpu_us, Params, SliceDecoder, SliceEncoder};
+
+/// Restart interval in MCU rows of a sliced encode unless [`Encoder::set_restart_rows`] says
+/// otherwise: every MCU row (see the README's performance section for the sizes).
+pub const DEFAULT_RESTART_ROWS: u16 = 1;
 
 /// The turbojpeg pixel format whose bytes, read as native-endian `u32`, are `0x00RRGGBB`.
 #[cfg(target_endian = "little")]
@@ -33,6 +46,12 @@ pub enum CodecError {
     SizeMismatch { got_w: usize, got_h: usize, want_w: usize, want_h: usize },
     #[error("raw frame of {got} bytes, expected {want} for {width}x{height} {sub}")]
     BadRawLength { got: usize, want: usize, width: u32, height: u32, sub: Subsampling },
+    #[error("restart markers: {0}")]
+    Restart(#[from] RestartError),
+    #[error("cannot start a slice thread: {0}")]
+    Thread(std::io::Error),
+    #[error("a slice thread is gone (it panicked)")]
+    WorkerGone,
 }
 
 pub fn to_subsamp(s: Subsampling) -> Subsamp {
@@ -161,6 +180,8 @@ pub struct Encoded {
     pub subsampling: Subsampling,
     /// True if the JPEG is the source's own, forwarded without re-encoding.
     pub passthrough: bool,
+    /// CPU time spent on the frame by every thread that worked on it, in microseconds.
+    pub cpu_us: u64,
 }
 
 /// Compresses raw frames to JPEG. One per encode thread.
@@ -173,6 +194,13 @@ pub struct Encoder {
     /// Only for re-encoding JPEG sources.
     dec: Option<Decompressor>,
     yuv: Vec<u8>,
+    fast_dct: bool,
+    /// Restart interval in MCU rows (0: none, or the default when sliced).
+    restart_rows: u16,
+    /// The slice workers, with more than one thread.
+    slices: Option<SliceEncoder>,
+    /// CPU time of the slice workers during the current `encode`.
+    worker_cpu_us: u64,
 }
 
 impl Encoder {
@@ -184,12 +212,46 @@ impl Encoder {
         tj.set(raw::TJPARAM_TJPARAM_SUBSAMP, to_subsamp(subsampling) as c_int)?;
         // Output goes into our own buffer, sized for the worst case: never reallocated.
         tj.set(raw::TJPARAM_TJPARAM_NOREALLOC, 1)?;
-        Ok(Encoder { tj, quality, subsampling, reencode_jpeg, dec: None, yuv: Vec::new() })
+        Ok(Encoder {
+            tj,
+            quality,
+            subsampling,
+            reencode_jpeg,
+            dec: None,
+            yuv: Vec::new(),
+            fast_dct: false,
+            restart_rows: 0,
+            slices: None,
+            worker_cpu_us: 0,
+        })
     }
 
     /// Applies `speed.fast_dct` to later frames (`fast_upsample` does not apply to encoding).
     pub fn set_speed(&mut self, speed: Speed) -> Result<(), CodecError> {
-        self.tj.set(raw::TJPARAM_TJPARAM_FASTDCT, c_int::from(speed.fast_dct))
+        self.tj.set(raw::TJPARAM_TJPARAM_FASTDCT, c_int::from(speed.fast_dct))?;
+        self.fast_dct = speed.fast_dct;
+        Ok(())
+    }
+
+    /// Encodes later planar frames as up to `threads` horizontal slices on as many threads
+    /// (this one and `threads - 1` workers started now), joined at restart markers. 0 or 1:
+    /// one thread, no slices.
+    pub fn set_threads(&mut self, threads: usize) -> Result<(), CodecError> {
+        if threads <= 1 {
+            self.slices = None;
+        } else if self.slices.as_ref().map(SliceEncoder::threads) != Some(threads) {
+            self.slices = None;
+            self.slices = Some(SliceEncoder::new(threads)?);
+        }
+        Ok(())
+    }
+
+    /// Puts a restart marker every `rows` MCU rows (a DRI segment) in later frames; 0: none
+    /// with one thread, [`DEFAULT_RESTART_ROWS`] with slices (which always need them).
+    pub fn set_restart_rows(&mut self, rows: u16) -> Result<(), CodecError> {
+        self.tj.set(raw::TJPARAM_TJPARAM_RESTARTROWS, c_int::from(rows))?;
+        self.restart_rows = rows;
+        Ok(())
     }
 
     pub fn quality(&self) -> u8 {
@@ -204,6 +266,14 @@ impl Encoder {
 
     /// Encodes `frame` into `out`.
     pub fn encode(&mut self, frame: &RawFrame, out: &mut JpegBuf) -> Result<Encoded, CodecError> {
+        let t0 = thread_cpu_us();
+        self.worker_cpu_us = 0;
+        let mut info = self.encode_inner(frame, out)?;
+        info.cpu_us = thread_cpu_us().saturating_sub(t0) + self.worker_cpu_us;
+        Ok(info)
+    }
+
+    fn encode_inner(&mut self, frame: &RawFrame, out: &mut JpegBuf) -> Result<Encoded, CodecError> {
         match frame.layout {
             Layout::Yuv(sub) => {
                 let want = yuv_len(frame.width, frame.height, sub);
@@ -217,7 +287,7 @@ impl Encoder {
                     });
                 }
                 self.compress_planar(&frame.data, frame.width as usize, frame.height as usize, sub, out)?;
-                Ok(Encoded { quality: self.quality, subsampling: sub, passthrough: false })
+                Ok(Encoded { quality: self.quality, subsampling: sub, passthrough: false, cpu_us: 0 })
             }
             Layout::Jpeg if !self.reencode_jpeg => {
                 let header = turbojpeg::read_header(&frame.data)?;
@@ -227,6 +297,7 @@ impl Encoder {
                     quality: 0,
                     subsampling: from_subsamp(header.subsamp).unwrap_or(Subsampling::S420),
                     passthrough: true,
+                    cpu_us: 0,
                 })
             }
             Layout::Jpeg => {
@@ -236,7 +307,7 @@ impl Encoder {
                     self.dec = None;
                 }
                 let sub = res?;
-                Ok(Encoded { quality: self.quality, subsampling: sub, passthrough: false })
+                Ok(Encoded { quality: self.quality, subsampling: sub, passthrough: false, cpu_us: 0 })
             }
         }
     }
@@ -282,6 +353,12 @@ impl Encoder {
         if data.len() != want {
             let (width, height) = (width as u32, height as u32);
             return Err(CodecError::BadRawLength { got: data.len(), want, width, height, sub });
+        }
+        if let Some(slices) = &mut self.slices {
+            let restart_rows = if self.restart_rows == 0 { DEFAULT_RESTART_ROWS } else { self.restart_rows };
+            let p = Params { quality: self.quality, subsampling: sub, fast_dct: self.fast_dct, restart_rows };
+            self.worker_cpu_us += slices.compress(data, (width, height), p, out)?;
+            return Ok(());
         }
         let (w, h) = (c_dim(width, "width")?, c_dim(height, "height")?);
         out.ensure(turbojpeg::compressed_buf_len(width, height, subsamp)?);
@@ -336,10 +413,33 @@ impl Encoder {
     }
 }
 
+/// A decompressor handle with `speed`'s settings.
+fn decompressor(speed: Speed) -> Result<Tj, CodecError> {
+    let mut tj = Tj::new(raw::TJINIT_TJINIT_DECOMPRESS)?;
+    tj.set(raw::TJPARAM_TJPARAM_FASTDCT, c_int::from(speed.fast_dct))?;
+    tj.set(raw::TJPARAM_TJPARAM_FASTUPSAMPLE, c_int::from(speed.fast_upsample))?;
+    Ok(tj)
+}
+
+/// The width and height `jpeg`'s header says, read with `tj`; `None` when the data ends
+/// before a frame header (libjpeg-turbo does not call that an error).
+fn read_size(tj: &mut Tj, jpeg: &[u8]) -> Result<Option<(usize, usize)>, CodecError> {
+    // SAFETY: reads at most `jpeg.len()` bytes of `jpeg`.
+    if unsafe { raw::tj3DecompressHeader(tj.ptr, jpeg.as_ptr(), jpeg.len() as raw::size_t) } != 0 {
+        return Err(tj.error());
+    }
+    let got_w = usize::try_from(tj.get(raw::TJPARAM_TJPARAM_JPEGWIDTH)).ok().filter(|&w| w > 0);
+    let got_h = usize::try_from(tj.get(raw::TJPARAM_TJPARAM_JPEGHEIGHT)).ok().filter(|&h| h > 0);
+    Ok(got_w.zip(got_h))
+}
+
 /// Decompresses JPEG frames into `u32` 0RGB pixels. One per decode thread.
 pub struct Decoder {
     tj: Tj,
     speed: Speed,
+    /// The piece workers, with more than one thread.
+    slices: Option<SliceDecoder>,
+    last_cpu_us: u64,
 }
 
 impl Decoder {
@@ -349,10 +449,24 @@ impl Decoder {
 
     /// A decoder with libjpeg-turbo's fast IDCT and/or fast upsampling (see [`Speed`]).
     pub fn with_speed(speed: Speed) -> Result<Self, CodecError> {
-        let mut tj = Tj::new(raw::TJINIT_TJINIT_DECOMPRESS)?;
-        tj.set(raw::TJPARAM_TJPARAM_FASTDCT, c_int::from(speed.fast_dct))?;
-        tj.set(raw::TJPARAM_TJPARAM_FASTUPSAMPLE, c_int::from(speed.fast_upsample))?;
-        Ok(Decoder { tj, speed })
+        Ok(Decoder { tj: decompressor(speed)?, speed, slices: None, last_cpu_us: 0 })
+    }
+
+    /// Decodes later JPEGs that have restart markers every whole number of MCU rows as up to
+    /// `threads` pieces on as many threads (this one and `threads - 1` workers started now),
+    /// each straight into its rows of the output. Other JPEGs decode on this thread as
+    /// before. 0 or 1: one thread.
+    pub fn set_threads(&mut self, threads: usize) -> Result<(), CodecError> {
+        self.slices = None;
+        if threads > 1 {
+            self.slices = Some(SliceDecoder::new(threads, self.speed)?);
+        }
+        Ok(())
+    }
+
+    /// CPU time the last `decode` took on every thread that worked on it, in microseconds.
+    pub fn last_cpu_us(&self) -> u64 {
+        self.last_cpu_us
     }
 
     /// Decodes `jpeg`, which must be `width`x`height` (the size is checked from the JPEG's
@@ -361,30 +475,42 @@ impl Decoder {
     ///
     /// After any error the libjpeg-turbo handle is replaced: libjpeg-turbo 3.1 can leave a
     /// handle mid-header after a bad JPEG, failing every later frame (found by fuzzing).
+    ///
+    /// With threads, a JPEG whose restart markers are out of sequence or not as many as its
+    /// DRI and size make is an error ([`CodecError::Restart`]).
     pub fn decode(&mut self, jpeg: &[u8], width: usize, height: usize, out: &mut Vec<u32>) -> Result<(), CodecError> {
-        let res = self.decode_inner(jpeg, width, height, out);
+        let t0 = thread_cpu_us();
+        let mut workers_us = 0;
+        let res = self.decode_inner(jpeg, (width, height), out, &mut workers_us);
+        self.last_cpu_us = thread_cpu_us().saturating_sub(t0) + workers_us;
         if res.is_err() {
-            *self = Self::with_speed(self.speed)?;
+            self.tj = decompressor(self.speed)?;
         }
         res
     }
 
-    fn decode_inner(&mut self, jpeg: &[u8], width: usize, height: usize, out: &mut Vec<u32>) -> Result<(), CodecError> {
-        // SAFETY: reads at most `jpeg.len()` bytes of `jpeg`.
-        if unsafe { raw::tj3DecompressHeader(self.tj.ptr, jpeg.as_ptr(), jpeg.len() as raw::size_t) } != 0 {
-            return Err(self.tj.error());
-        }
-        // -1 when the data ended before a frame header (libjpeg-turbo does not call that an error).
-        let got_w = usize::try_from(self.tj.get(raw::TJPARAM_TJPARAM_JPEGWIDTH)).ok().filter(|&w| w > 0);
-        let got_h = usize::try_from(self.tj.get(raw::TJPARAM_TJPARAM_JPEGHEIGHT)).ok().filter(|&h| h > 0);
-        let (Some(got_w), Some(got_h)) = (got_w, got_h) else {
+    fn decode_inner(
+        &mut self,
+        jpeg: &[u8],
+        size: (usize, usize),
+        out: &mut Vec<u32>,
+        workers_us: &mut u64,
+    ) -> Result<(), CodecError> {
+        let (width, height) = size;
+        let Some(got) = read_size(&mut self.tj, jpeg)? else {
             let what = format!("the JPEG ends before its frame header (SOF marker), so it has no size; expected a {width}x{height} JPEG");
             return Err(turbojpeg::Error::TurboJpegError(what).into());
         };
-        check_size((got_w, got_h), width, height)?;
+        check_size(got, width, height)?;
         let pitch = c_dim(width.checked_mul(4).ok_or(turbojpeg::Error::IntegerOverflow("pitch"))?, "pitch")?;
         // Growing zero-fills once; a pooled buffer of the right size is left as it is.
         out.resize(width * height, 0);
+        if let Some(slices) = &mut self.slices {
+            if let Some(us) = slices.decode(jpeg, width, out)? {
+                *workers_us = us;
+                return Ok(());
+            }
+        }
         let px = bytemuck::cast_slice_mut::<u32, u8>(out);
         // SAFETY: the header just read says the image is `width`x`height` (checked above), and
         // `px` holds `height` rows of `pitch` = 4 * `width` bytes, which is what a 4-byte

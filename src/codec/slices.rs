@@ -1,0 +1,439 @@
+//! Slices on threads: a pool of persistent workers, each owning its own libjpeg-turbo handle,
+//! that encode the horizontal bands of one frame (joined by [`restart::stitch`]) or decode
+//! the pieces of one JPEG (cut by [`restart::split`]) straight into the rows of the caller's
+//! buffer. The calling thread does one band or piece itself and waits for the others.
+//!
+//! A job borrows the caller's frame and buffers through raw pointers: [`Pool::run`] returns
+//! only once every job it handed out has finished (also when the caller's own part panics),
+//! so the borrowed data outlives every use.
+
+use std::ffi::c_int;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+use turbojpeg::raw;
+
+use super::restart::{self, Pieces, Split};
+use super::{c_dim, CodecError, JpegBuf, Speed, Tj, NATIVE_0RGB};
+use crate::format::Subsampling;
+
+/// CPU time of the calling thread in microseconds (`CLOCK_THREAD_CPUTIME_ID`).
+pub fn thread_cpu_us() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid timespec to write to.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return 0;
+    }
+    (ts.tv_sec as u64).saturating_mul(1_000_000).saturating_add(ts.tv_nsec as u64 / 1000)
+}
+
+/// A job for one worker: a function of the worker's own state.
+type Job<S> = Box<dyn FnOnce(&mut S) -> Result<(), CodecError> + Send>;
+
+struct Worker<S> {
+    jobs: Option<Sender<Job<S>>>,
+    /// Each job's result and the CPU time it took.
+    done: Receiver<(Result<(), CodecError>, u64)>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Persistent worker threads, one per state; they end when the pool is dropped.
+pub(super) struct Pool<S> {
+    workers: Vec<Worker<S>>,
+}
+
+impl<S: Send + 'static> Pool<S> {
+    /// Starts one thread named `name-N` per state.
+    pub(super) fn new(name: &str, states: Vec<S>) -> Result<Self, CodecError> {
+        let mut workers = Vec::with_capacity(states.len());
+        for (i, mut state) in states.into_iter().enumerate() {
+            let (job_tx, job_rx) = bounded::<Job<S>>(1);
+            let (done_tx, done_rx) = bounded(1);
+            let thread = std::thread::Builder::new()
+                .name(format!("{name}-{}", i + 1))
+                .spawn(move || {
+                    for job in job_rx {
+                        let t0 = thread_cpu_us();
+                        let res = job(&mut state);
+                        if done_tx.send((res, thread_cpu_us().saturating_sub(t0))).is_err() {
+                            break;
+                        }
+                    }
+                })
+                .map_err(CodecError::Thread)?;
+            workers.push(Worker { jobs: Some(job_tx), done: done_rx, thread: Some(thread) });
+        }
+        Ok(Pool { workers })
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Runs `jobs[i]` on worker `i` and `own` on the calling thread, and returns once every
+    /// job handed out has finished: `own`'s error or else the first worker's, and the CPU
+    /// time the workers spent.
+    fn run(&self, jobs: Vec<Job<S>>, own: impl FnOnce() -> Result<(), CodecError>) -> Result<u64, CodecError> {
+        let mut wait = Wait { workers: &self.workers, sent: 0, cpu_us: 0, err: None };
+        for (w, job) in self.workers.iter().zip(jobs) {
+            let sent = match &w.jobs {
+                Some(tx) => tx.send(job).is_ok(),
+                None => false,
+            };
+            if !sent {
+                wait.err.get_or_insert(CodecError::WorkerGone);
+                break;
+            }
+            wait.sent += 1;
+        }
+        let own_res = own();
+        wait.finish();
+        own_res?;
+        match wait.err.take() {
+            Some(e) => Err(e),
+            None => Ok(wait.cpu_us),
+        }
+    }
+}
+
+impl<S> Drop for Pool<S> {
+    fn drop(&mut self) {
+        for w in &mut self.workers {
+            w.jobs = None;
+        }
+        for w in &mut self.workers {
+            if let Some(t) = w.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+/// Waits for the jobs handed out, also when dropped during a panic.
+struct Wait<'a, S> {
+    workers: &'a [Worker<S>],
+    sent: usize,
+    cpu_us: u64,
+    err: Option<CodecError>,
+}
+
+impl<S> Wait<'_, S> {
+    fn finish(&mut self) {
+        for w in &self.workers[..self.sent] {
+            match w.done.recv() {
+                Ok((res, cpu)) => {
+                    self.cpu_us += cpu;
+                    if let Err(e) = res {
+                        self.err.get_or_insert(e);
+                    }
+                }
+                // The worker panicked: its job is over.
+                Err(_) => {
+                    self.err.get_or_insert(CodecError::WorkerGone);
+                }
+            }
+        }
+        self.sent = 0;
+    }
+}
+
+impl<S> Drop for Wait<'_, S> {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// A pointer that may cross to a worker; see the module's note on why it stays valid.
+struct Shared<T>(*mut T);
+
+impl<T> Clone for Shared<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for Shared<T> {}
+
+// SAFETY: the pointee outlives the job (`Pool::run` waits) and is used by one thread at a time
+// or only read.
+unsafe impl<T> Send for Shared<T> {}
+
+impl<T> Shared<T> {
+    fn ptr(self) -> *mut T {
+        self.0
+    }
+}
+
+/// The encoder settings every band is made with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Params {
+    pub quality: u8,
+    pub subsampling: Subsampling,
+    pub fast_dct: bool,
+    pub restart_rows: u16,
+}
+
+/// One band of a planar frame: plane pointers at its first row, their strides, its size.
+#[derive(Clone, Copy)]
+struct Band {
+    planes: [Shared<u8>; 3],
+    strides: [c_int; 3],
+    width: usize,
+    rows: usize,
+}
+
+/// A compressor handle and the settings last applied to it.
+pub(super) struct EncWorker {
+    tj: Tj,
+    applied: Option<Params>,
+}
+
+impl EncWorker {
+    pub(super) fn new() -> Result<Self, CodecError> {
+        let mut tj = Tj::new(raw::TJINIT_TJINIT_COMPRESS)?;
+        tj.set(raw::TJPARAM_TJPARAM_NOREALLOC, 1)?;
+        Ok(EncWorker { tj, applied: None })
+    }
+
+    fn apply(&mut self, p: Params) -> Result<(), CodecError> {
+        if self.applied != Some(p) {
+            self.applied = None;
+            self.tj.set(raw::TJPARAM_TJPARAM_QUALITY, c_int::from(p.quality))?;
+            self.tj.set(raw::TJPARAM_TJPARAM_SUBSAMP, super::to_subsamp(p.subsampling) as c_int)?;
+            self.tj.set(raw::TJPARAM_TJPARAM_FASTDCT, c_int::from(p.fast_dct))?;
+            self.tj.set(raw::TJPARAM_TJPARAM_RESTARTROWS, c_int::from(p.restart_rows))?;
+            self.applied = Some(p);
+        }
+        Ok(())
+    }
+
+    /// # Safety
+    /// `band`'s planes must hold `band.rows` rows (chroma: as many as the subsampling makes)
+    /// of their strides, readable for the whole call.
+    unsafe fn compress(&mut self, p: Params, band: &Band, out: &mut JpegBuf) -> Result<(), CodecError> {
+        self.apply(p)?;
+        let subsamp = super::to_subsamp(p.subsampling);
+        out.ensure(turbojpeg::compressed_buf_len(band.width, band.rows, subsamp)?);
+        let (w, h) = (c_dim(band.width, "width")?, c_dim(band.rows, "height")?);
+        let planes = band.planes.map(|s| s.ptr() as *const u8);
+        let mut ptr = out.data.as_mut_ptr();
+        let mut len = out.data.len() as raw::size_t;
+        // SAFETY: the planes are readable (the caller's contract); with NOREALLOC libjpeg-turbo
+        // writes at most `len` bytes at `ptr` (sized by tj3JPEGBufSize) and never frees it.
+        let res = unsafe {
+            raw::tj3CompressFromYUVPlanes8(self.tj.ptr, planes.as_ptr(), w, band.strides.as_ptr(), h, &mut ptr, &mut len)
+        };
+        if res != 0 {
+            return Err(self.tj.error());
+        }
+        out.len = (len as usize).min(out.data.len());
+        Ok(())
+    }
+}
+
+/// The pixel rows of each band: whole restart intervals of `restart_rows` MCU rows, as
+/// equal as they come, at most `threads` bands (the last band possibly shorter).
+pub fn band_rows(height: usize, sub: Subsampling, restart_rows: u16, threads: usize) -> Vec<usize> {
+    let mcu_h = if sub == Subsampling::S420 { 16 } else { 8 };
+    let step = mcu_h * usize::from(restart_rows.max(1));
+    let intervals = height.div_ceil(step).max(1);
+    let k = threads.clamp(1, intervals);
+    let mut rows = Vec::with_capacity(k);
+    let mut first = 0;
+    for i in 0..k {
+        let end = first + (intervals - first) / (k - i);
+        rows.push((end * step).min(height) - (first * step).min(height));
+        first = end;
+    }
+    rows
+}
+
+/// Encodes a planar frame as bands on a pool and stitches them.
+pub(super) struct SliceEncoder {
+    own: EncWorker,
+    pool: Pool<EncWorker>,
+    bands: Vec<JpegBuf>,
+}
+
+impl SliceEncoder {
+    pub(super) fn new(threads: usize) -> Result<Self, CodecError> {
+        let states = (1..threads).map(|_| EncWorker::new()).collect::<Result<Vec<_>, _>>()?;
+        Ok(SliceEncoder { own: EncWorker::new()?, pool: Pool::new("enc-slice", states)?, bands: Vec::new() })
+    }
+
+    pub(super) fn threads(&self) -> usize {
+        self.pool.len() + 1
+    }
+
+    /// Encodes `data`, the planes of a `width`x`height` frame with row alignment 1 (checked
+    /// by the caller against `yuv_len`), into `out`; returns the workers' CPU time.
+    pub(super) fn compress(
+        &mut self,
+        data: &[u8],
+        (width, height): (usize, usize),
+        p: Params,
+        out: &mut JpegBuf,
+    ) -> Result<u64, CodecError> {
+        let bands = plan_bands(data, width, height, p, self.threads())?;
+        self.bands.resize_with(bands.len(), JpegBuf::default);
+        let (own_band, rest) = bands.split_last().ok_or(CodecError::WorkerGone)?;
+        let (own_out, rest_out) = self.bands.split_last_mut().ok_or(CodecError::WorkerGone)?;
+        let jobs = rest
+            .iter()
+            .zip(rest_out.iter_mut())
+            .map(|(band, buf)| {
+                let (band, buf) = (*band, Shared(buf as *mut JpegBuf));
+                // SAFETY: `band` points into `data` and `buf` into `self.bands`, both borrowed
+                // until `run` returns, which waits for this job; no one else touches `buf`.
+                Box::new(move |w: &mut EncWorker| unsafe { w.compress(p, &band, &mut *buf.ptr()) }) as Job<EncWorker>
+            })
+            .collect();
+        let own = &mut self.own;
+        // SAFETY: as for the jobs, on this thread.
+        let cpu = self.pool.run(jobs, || unsafe { own.compress(p, own_band, own_out) })?;
+        let slices: Vec<&[u8]> = self.bands.iter().map(JpegBuf::as_slice).collect();
+        restart::stitch(&slices, &mut out.data)?;
+        out.len = out.data.len();
+        Ok(cpu)
+    }
+}
+
+/// The bands of a planar frame, pointing into `data`.
+fn plan_bands(data: &[u8], width: usize, height: usize, p: Params, threads: usize) -> Result<Vec<Band>, CodecError> {
+    let sub = p.subsampling;
+    let (cw, ch) = crate::capture::chroma_size(width as u32, height as u32, sub);
+    let want = width * height + 2 * cw * ch;
+    if data.len() != want {
+        let (width, height) = (width as u32, height as u32);
+        return Err(CodecError::BadRawLength { got: data.len(), want, width, height, sub });
+    }
+    let vs = if sub == Subsampling::S420 { 2 } else { 1 };
+    let base = data.as_ptr() as *mut u8;
+    let strides = [c_dim(width, "width")?, c_dim(cw, "width")?, c_dim(cw, "width")?];
+    let mut y0 = 0;
+    let mut bands = Vec::new();
+    for rows in band_rows(height, sub, p.restart_rows, threads) {
+        let at = |off: usize| Shared(base.wrapping_add(off));
+        let y = at(y0 * width);
+        let planes = if sub == Subsampling::Gray {
+            [y, y, y]
+        } else {
+            [y, at(width * height + y0 / vs * cw), at(width * height + cw * ch + y0 / vs * cw)]
+        };
+        bands.push(Band { planes, strides, width, rows });
+        y0 += rows;
+    }
+    Ok(bands)
+}
+
+/// A decompressor handle and the buffer its pieces are written to.
+pub(super) struct DecWorker {
+    tj: Tj,
+    speed: Speed,
+    piece: Vec<u8>,
+}
+
+impl DecWorker {
+    pub(super) fn new(speed: Speed) -> Result<Self, CodecError> {
+        Ok(DecWorker { tj: super::decompressor(speed)?, speed, piece: Vec::new() })
+    }
+
+    /// Decodes piece `i` of `p` (split from `jpeg`) into `dst`, `rows` rows of `pitch` bytes.
+    /// After an error the handle is replaced (see `Decoder::decode`).
+    fn decode(&mut self, jpeg: &[u8], p: &Pieces, i: usize, dst: &mut [u8]) -> Result<(), CodecError> {
+        let res = self.decode_inner(jpeg, p, i, dst);
+        if res.is_err() {
+            self.tj = super::decompressor(self.speed)?;
+        }
+        res
+    }
+
+    fn decode_inner(&mut self, jpeg: &[u8], p: &Pieces, i: usize, dst: &mut [u8]) -> Result<(), CodecError> {
+        restart::write_piece(jpeg, p, i, &mut self.piece);
+        let (width, rows) = (usize::from(p.header.width), p.pieces.get(i).map_or(0, |x| x.rows));
+        let got = super::read_size(&mut self.tj, &self.piece)?.unwrap_or((0, 0));
+        let pitch = width * 4;
+        if got != (width, rows) || dst.len() != rows * pitch {
+            return Err(CodecError::SizeMismatch { got_w: got.0, got_h: got.1, want_w: width, want_h: rows });
+        }
+        // SAFETY: the piece's header says `width`x`rows` (checked just above) and `dst` holds
+        // `rows` rows of `pitch` = 4 * `width` bytes; no scaling factor is set.
+        let res = unsafe {
+            raw::tj3Decompress8(
+                self.tj.ptr,
+                self.piece.as_ptr(),
+                self.piece.len() as raw::size_t,
+                dst.as_mut_ptr(),
+                c_dim(pitch, "pitch")?,
+                NATIVE_0RGB as c_int,
+            )
+        };
+        if res != 0 {
+            return Err(self.tj.error());
+        }
+        Ok(())
+    }
+}
+
+/// Decodes JPEGs with restart markers as pieces on a pool.
+pub(super) struct SliceDecoder {
+    own: DecWorker,
+    pool: Pool<DecWorker>,
+}
+
+impl SliceDecoder {
+    pub(super) fn new(threads: usize, speed: Speed) -> Result<Self, CodecError> {
+        let states = (1..threads).map(|_| DecWorker::new(speed)).collect::<Result<Vec<_>, _>>()?;
+        Ok(SliceDecoder { own: DecWorker::new(speed)?, pool: Pool::new("dec-slice", states)? })
+    }
+
+    /// Splits `jpeg` and decodes its pieces into `out` (already `width * height` pixels, the
+    /// JPEG's size checked by the caller). Returns `None` if the JPEG must be decoded
+    /// serially, else the workers' CPU time.
+    pub(super) fn decode(&mut self, jpeg: &[u8], width: usize, out: &mut [u32]) -> Result<Option<u64>, CodecError> {
+        let split = match restart::split(jpeg, self.pool.len() + 1) {
+            Err(e) if e.in_header() => return Ok(None),
+            r => r?,
+        };
+        let p = match split {
+            Split::Pieces(p) if p.pieces.len() > 1 && usize::from(p.header.width) == width => p,
+            _ => return Ok(None),
+        };
+        let pitch = width * 4;
+        let px: &mut [u8] = bytemuck::cast_slice_mut(out);
+        let mut rest = px;
+        let mut parts = Vec::with_capacity(p.pieces.len());
+        for piece in &p.pieces {
+            let n = (piece.rows * pitch).min(rest.len());
+            let (part, tail) = std::mem::take(&mut rest).split_at_mut(n);
+            parts.push(part);
+            rest = tail;
+        }
+        let own_part = parts.pop().unwrap_or_default();
+        let (jp, pp) = (Shared(jpeg.as_ptr() as *mut u8), Shared(&p as *const Pieces as *mut Pieces));
+        let len = jpeg.len();
+        let jobs = parts
+            .into_iter()
+            .enumerate()
+            .map(|(i, part)| {
+                let dst = Shared(part.as_mut_ptr());
+                let dst_len = part.len();
+                Box::new(move |w: &mut DecWorker| {
+                    // SAFETY: `jpeg`, `p` and the rows at `dst` are borrowed until `run` returns,
+                    // which waits for this job; the rows are this job's alone.
+                    let (jpeg, p, dst) = unsafe {
+                        (
+                            std::slice::from_raw_parts(jp.ptr() as *const u8, len),
+                            &*pp.ptr(),
+                            std::slice::from_raw_parts_mut(dst.ptr(), dst_len),
+                        )
+                    };
+                    w.decode(jpeg, p, i, dst)
+                }) as Job<DecWorker>
+            })
+            .collect();
+        let own = &mut self.own;
+        let last = p.pieces.len() - 1;
+        self.pool.run(jobs, || own.decode(jpeg, &p, last, own_part)).map(Some)
+    }
+}
