@@ -258,6 +258,24 @@ pub struct Pieces {
     /// Every restart interval's entropy-coded data (see [`intervals`]).
     pub intervals: Vec<Range<usize>>,
     pub pieces: Vec<Piece>,
+    /// Pixel rows in each restart interval (the last may have fewer).
+    pub rows_per_interval: usize,
+}
+
+impl Pieces {
+    /// The pixel rows of `intervals`, clipped to the image.
+    pub fn rows(&self, intervals: &Range<usize>) -> Range<usize> {
+        let h = usize::from(self.header.height);
+        let row = |i: usize| i.saturating_mul(self.rows_per_interval).min(h);
+        row(intervals.start)..row(intervals.end)
+    }
+
+    /// Piece `i`'s intervals with one more on each side where there is one: the rows whose
+    /// chroma a smooth upsampler reads beside the piece's own (see [`write_intervals`]).
+    pub fn with_context(&self, i: usize) -> Range<usize> {
+        let Some(p) = self.pieces.get(i) else { return 0..0 };
+        p.intervals.start.saturating_sub(1)..(p.intervals.end + 1).min(self.intervals.len())
+    }
 }
 
 /// What [`split`] found.
@@ -285,29 +303,36 @@ pub fn split(jpeg: &[u8], max_pieces: usize) -> Result<Split, RestartError> {
     }
     let intervals = intervals(jpeg, &header)?;
     let rows_per = u64::from(header.interval) / header.mcus_per_row() * u64::from(header.mcu_h);
+    let rows_per_interval = usize::try_from(rows_per).unwrap_or(usize::MAX);
     let n = intervals.len();
     let k = max_pieces.clamp(1, n);
-    let mut pieces = Vec::with_capacity(k);
+    let mut p = Pieces { header, intervals, pieces: Vec::with_capacity(k), rows_per_interval };
     let mut first = 0;
     for i in 0..k {
         let end = first + (n - first) / (k - i);
-        let first_row = (first as u64 * rows_per).min(u64::from(header.height)) as usize;
-        let end_row = (end as u64 * rows_per).min(u64::from(header.height)) as usize;
-        pieces.push(Piece { first_row, rows: end_row - first_row, intervals: first..end });
+        let rows = p.rows(&(first..end));
+        p.pieces.push(Piece { first_row: rows.start, rows: rows.len(), intervals: first..end });
         first = end;
     }
-    Ok(Split::Pieces(Pieces { header, intervals, pieces }))
+    Ok(Split::Pieces(p))
 }
 
 /// Writes piece `i` of `p` (split from `jpeg`) into `out` as a standalone JPEG: the headers
 /// with the piece's height, its intervals with restart markers renumbered from RST0, EOI.
 pub fn write_piece(jpeg: &[u8], p: &Pieces, i: usize, out: &mut Vec<u8>) {
+    let intervals = p.pieces.get(i).map_or(0..0, |piece| piece.intervals.clone());
+    write_intervals(jpeg, p, intervals, out);
+}
+
+/// Writes the restart intervals `intervals` of `p` (split from `jpeg`) into `out` as a
+/// standalone JPEG as tall as they are ([`Pieces::rows`]).
+pub fn write_intervals(jpeg: &[u8], p: &Pieces, intervals: Range<usize>, out: &mut Vec<u8>) {
     out.clear();
-    let (Some(piece), Some(head)) = (p.pieces.get(i), jpeg.get(..p.header.scan_at)) else { return };
+    let Some(head) = jpeg.get(..p.header.scan_at) else { return };
     out.extend_from_slice(head);
-    let rows = u16::try_from(piece.rows).unwrap_or(u16::MAX).to_be_bytes();
+    let rows = u16::try_from(p.rows(&intervals).len()).unwrap_or(u16::MAX).to_be_bytes();
     out[p.header.height_at..p.header.height_at + 2].copy_from_slice(&rows);
-    let ranges = p.intervals.get(piece.intervals.clone()).unwrap_or(&[]);
+    let ranges = p.intervals.get(intervals).unwrap_or(&[]);
     push_intervals(jpeg, ranges, 0, out);
     out.extend_from_slice(&[0xff, EOI]);
 }

@@ -338,7 +338,9 @@ impl DecWorker {
         Ok(DecWorker { tj: super::decompressor(speed)?, speed, piece: Vec::new() })
     }
 
-    /// Decodes piece `i` of `p` (split from `jpeg`) into `dst`, `rows` rows of `pitch` bytes.
+    /// Decodes piece `i` of `p` (split from `jpeg`) into `dst`, its rows of 4 * width bytes.
+    /// The piece is decoded with an interval of context above and below, cropped away, so
+    /// that smooth chroma upsampling sees the same neighbour rows as a serial decode.
     /// After an error the handle is replaced (see `Decoder::decode`).
     fn decode(&mut self, jpeg: &[u8], p: &Pieces, i: usize, dst: &mut [u8]) -> Result<(), CodecError> {
         let res = self.decode_inner(jpeg, p, i, dst);
@@ -349,15 +351,24 @@ impl DecWorker {
     }
 
     fn decode_inner(&mut self, jpeg: &[u8], p: &Pieces, i: usize, dst: &mut [u8]) -> Result<(), CodecError> {
-        restart::write_piece(jpeg, p, i, &mut self.piece);
+        let context = p.with_context(i);
+        restart::write_intervals(jpeg, p, context.clone(), &mut self.piece);
         let (width, rows) = (usize::from(p.header.width), p.pieces.get(i).map_or(0, |x| x.rows));
         let got = super::read_size(&mut self.tj, &self.piece)?.unwrap_or((0, 0));
         let pitch = width * 4;
-        if got != (width, rows) || dst.len() != rows * pitch {
-            return Err(CodecError::SizeMismatch { got_w: got.0, got_h: got.1, want_w: width, want_h: rows });
+        let all = p.rows(&context);
+        let skip = p.pieces.get(i).map_or(0, |x| x.first_row).saturating_sub(all.start);
+        if got != (width, all.len()) || dst.len() != rows * pitch || skip + rows > all.len() {
+            return Err(CodecError::SizeMismatch { got_w: got.0, got_h: got.1, want_w: width, want_h: all.len() });
         }
-        // SAFETY: the piece's header says `width`x`rows` (checked just above) and `dst` holds
-        // `rows` rows of `pitch` = 4 * `width` bytes; no scaling factor is set.
+        let crop = raw::tjregion { x: 0, y: c_dim(skip, "crop")?, w: c_dim(width, "crop")?, h: c_dim(rows, "crop")? };
+        // SAFETY: `ptr` is a live handle whose header was just read.
+        if unsafe { raw::tj3SetCroppingRegion(self.tj.ptr, crop) } != 0 {
+            return Err(self.tj.error());
+        }
+        // SAFETY: the piece's header says `width`x`all.len()` (checked just above), cropped to
+        // `rows` rows from `skip`, and `dst` holds `rows` rows of `pitch` = 4 * `width` bytes;
+        // no scaling factor is set.
         let res = unsafe {
             raw::tj3Decompress8(
                 self.tj.ptr,
@@ -435,5 +446,200 @@ impl SliceDecoder {
         let own = &mut self.own;
         let last = p.pieces.len() - 1;
         self.pool.run(jobs, || own.decode(jpeg, &p, last, own_part)).map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{Decoder, Encoder};
+    use crate::testutil::{self, pattern_frame, pattern_jpeg, restart_jpeg};
+
+    const SUBS: [Subsampling; 4] = [Subsampling::S420, Subsampling::S422, Subsampling::S444, Subsampling::Gray];
+
+    fn decode(jpeg: &[u8], (w, h): (usize, usize), threads: usize) -> (Vec<u32>, u64) {
+        let mut dec = Decoder::new().unwrap();
+        dec.set_threads(threads).unwrap();
+        let mut px = Vec::new();
+        dec.decode(jpeg, w, h, &mut px).unwrap();
+        (px, dec.last_cpu_us())
+    }
+
+    /// The rows where `a` and `b` differ, and the largest difference of a colour channel.
+    fn diff_rows(a: &[u32], b: &[u32], w: usize) -> (Vec<usize>, u8) {
+        let mut rows = Vec::new();
+        let mut max = 0u8;
+        for (y, (ra, rb)) in a.chunks(w).zip(b.chunks(w)).enumerate() {
+            let d = ra.iter().zip(rb).flat_map(|(x, y)| (0..3).map(move |s| ((x >> (8 * s)) as u8).abs_diff((y >> (8 * s)) as u8))).max();
+            if d.unwrap_or(0) > 0 {
+                rows.push(y);
+                max = max.max(d.unwrap_or(0));
+            }
+        }
+        (rows, max)
+    }
+
+    /// A frame of smooth noise (chroma that changes from row to row) encoded as `threads`
+    /// slices with a restart marker every MCU row.
+    fn noise_jpeg(size: (u32, u32), sub: Subsampling, threads: usize) -> Vec<u8> {
+        let mut f = pattern_frame(size.0, size.1, sub, 0);
+        let mut x = 0x2545_f491_u32;
+        let mut prev = 128u8;
+        for b in &mut f.data {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            prev = prev.wrapping_add((x % 9) as u8).wrapping_sub(4);
+            *b = prev;
+        }
+        let mut enc = Encoder::new(75, sub, false).unwrap();
+        enc.set_restart_rows(1).unwrap();
+        enc.set_threads(threads).unwrap();
+        let mut out = JpegBuf::default();
+        enc.encode(&f, &mut out).unwrap();
+        out.as_slice().to_vec()
+    }
+
+    #[test]
+    fn band_rows_are_whole_intervals_with_a_short_last_band() {
+        assert_eq!(band_rows(1080, Subsampling::S420, 1, 2), vec![544, 536]);
+        assert_eq!(band_rows(70, Subsampling::S420, 1, 3), vec![16, 32, 22]);
+        assert_eq!(band_rows(70, Subsampling::S444, 2, 16), vec![16, 16, 16, 16, 6]);
+        assert_eq!(band_rows(5, Subsampling::Gray, 1, 4), vec![5]);
+        assert_eq!(band_rows(0, Subsampling::Gray, 1, 4), vec![0]);
+    }
+
+    /// Sliced encodes at odd sizes, 1 to 16 slices, every subsampling, decoded serially and
+    /// in parallel: the same pixels, also in the rows beside a piece boundary with 4:2:0
+    /// (each piece is decoded with an interval of context for smooth chroma upsampling).
+    #[test]
+    fn parallel_decode_matches_serial_decode() {
+        for sub in SUBS {
+            let (w, h) = if matches!(sub, Subsampling::S420 | Subsampling::S422) { (166, 230) } else { (165, 229) };
+            for threads in [1, 2, 3, 4, 7, 16] {
+                let jpeg = noise_jpeg((w, h), sub, threads);
+                let (w, h) = (w as usize, h as usize);
+                let (serial, _) = decode(&jpeg, (w, h), 1);
+                let (par, _) = decode(&jpeg, (w, h), threads);
+                let (rows, max) = diff_rows(&serial, &par, w);
+                assert!(rows.is_empty(), "{sub} {threads} threads: rows {rows:?} differ by up to {max}");
+            }
+        }
+    }
+
+    /// Without the context intervals, 4:2:0 pieces would differ beside their boundaries: the
+    /// test above could fail.
+    #[test]
+    fn pieces_without_context_differ_at_boundaries() {
+        let (w, h) = (166usize, 230usize);
+        let jpeg = noise_jpeg((w as u32, h as u32), Subsampling::S420, 2);
+        let (serial, _) = decode(&jpeg, (w, h), 1);
+        let Ok(Split::Pieces(p)) = restart::split(&jpeg, 2) else { panic!("pieces") };
+        let mut bare = Vec::new();
+        restart::write_piece(&jpeg, &p, 1, &mut bare);
+        let (piece, _) = decode(&bare, (w, p.pieces[1].rows), 1);
+        let (rows, _) = diff_rows(&serial[p.pieces[1].first_row * w..], &piece, w);
+        assert_eq!(rows.first(), Some(&0), "the first row of a bare piece differs");
+    }
+
+    #[test]
+    fn sliced_encodes_decode_close_to_the_pattern() {
+        let (w, h) = (320u32, 200u32);
+        let want = crate::capture::pattern::TestPattern::new(w, h, Subsampling::S420).render_rgb(5);
+        for threads in [1, 2, 4] {
+            let jpeg = restart_jpeg((w, h), Subsampling::S420, 90, 1, threads).unwrap();
+            let (px, cpu) = decode(&jpeg, (w as usize, h as usize), threads);
+            let p = testutil::psnr(&testutil::xrgb_to_rgb(&px), &want);
+            assert!(p > 30.0, "{threads} threads: {p:.1} dB");
+            assert!(cpu > 0, "decode CPU time counted");
+        }
+    }
+
+    #[test]
+    fn one_thread_encodes_as_before_and_threads_count_cpu() {
+        let f = pattern_frame(320, 240, Subsampling::S420, 2);
+        let mut out = JpegBuf::default();
+        let mut enc = Encoder::new(75, Subsampling::S420, false).unwrap();
+        let info = enc.encode(&f, &mut out).unwrap();
+        assert_eq!(out.as_slice(), pattern_jpeg(320, 240, Subsampling::S420, 75, 2).unwrap());
+        assert!(restart::parse_header(out.as_slice()).unwrap().interval == 0, "no DRI by default");
+        assert!(info.cpu_us > 0);
+        enc.set_threads(3).unwrap();
+        let info = enc.encode(&f, &mut out).unwrap();
+        assert_eq!(restart::parse_header(out.as_slice()).unwrap().interval, 20, "one MCU row");
+        assert!(info.cpu_us > 0 && !info.passthrough);
+        enc.set_quality(40).unwrap();
+        let small = enc.encode(&f, &mut out).unwrap();
+        assert_eq!(small.quality, 40);
+        let mut serial = JpegBuf::default();
+        let mut one = Encoder::new(40, Subsampling::S420, false).unwrap();
+        one.set_restart_rows(1).unwrap();
+        one.encode(&f, &mut serial).unwrap();
+        assert!(out.as_slice() == serial.as_slice(), "quality reaches the workers");
+        enc.set_threads(1).unwrap();
+        enc.set_restart_rows(0).unwrap();
+        enc.encode(&f, &mut out).unwrap();
+        assert_eq!(out.as_slice(), pattern_jpeg(320, 240, Subsampling::S420, 40, 2).unwrap());
+    }
+
+    #[test]
+    fn parallel_decoder_handles_plain_and_corrupt_jpegs() {
+        let (w, h) = (128usize, 96usize);
+        let plain = pattern_jpeg(w as u32, h as u32, Subsampling::S420, 75, 5).unwrap();
+        let (a, _) = decode(&plain, (w, h), 1);
+        let (b, _) = decode(&plain, (w, h), 4);
+        assert!(a == b, "a JPEG without restart markers decodes as before");
+        let good = restart_jpeg((w as u32, h as u32), Subsampling::S420, 75, 1, 2).unwrap();
+        let h_ = restart::parse_header(&good).unwrap();
+        let ivs = restart::intervals(&good, &h_).unwrap();
+        let mut bad = good.clone();
+        bad[ivs[2].end + 1] = 0xd0 + 6;
+        let mut dec = Decoder::new().unwrap();
+        dec.set_threads(2).unwrap();
+        let mut px = Vec::new();
+        let e = dec.decode(&bad, w, h, &mut px).unwrap_err();
+        assert!(e.to_string().contains("restart markers: restart marker out of sequence"), "{e}");
+        let e = dec.decode(&good, w, 2 * h, &mut px).unwrap_err();
+        assert!(matches!(e, CodecError::SizeMismatch { .. }), "{e}");
+        let mut short = good[..ivs[3].end].to_vec();
+        short.extend_from_slice(&[0xff, 0xd9]);
+        let e = dec.decode(&short, w, h, &mut px).unwrap_err();
+        assert!(e.to_string().contains("ended early"), "{e}");
+        // Damaged entropy data inside a piece: libjpeg-turbo's error, and the decoder goes on.
+        let mut garbled = good.clone();
+        for b in &mut garbled[ivs[4].clone()] {
+            *b = if *b == 0xff { 0xff } else { 0x5a };
+        }
+        let _ = dec.decode(&garbled, w, h, &mut px);
+        dec.decode(&good, w, h, &mut px).expect("a good frame decodes after bad ones");
+        assert!(px == decode(&good, (w, h), 2).0);
+    }
+
+    #[test]
+    fn pool_waits_for_every_job_and_reports_errors() {
+        let states: Vec<u32> = vec![0, 0, 0];
+        let pool = Pool::new("test", states).unwrap();
+        let counter = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let jobs: Vec<Job<u32>> = (0..3)
+            .map(|i| {
+                let c = counter.clone();
+                Box::new(move |s: &mut u32| {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                    *s += 1;
+                    c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    if i == 1 {
+                        return Err(CodecError::WorkerGone);
+                    }
+                    Ok(())
+                }) as Job<u32>
+            })
+            .collect();
+        let res = pool.run(jobs, || Ok(()));
+        assert!(matches!(res, Err(CodecError::WorkerGone)));
+        assert_eq!(counter.load(std::sync::atomic::Ordering::SeqCst), 3, "run returned after every job");
+        let jobs: Vec<Job<u32>> = vec![Box::new(|_: &mut u32| panic!("a worker panics"))];
+        assert!(matches!(pool.run(jobs, || Ok(())), Err(CodecError::WorkerGone)));
+        let jobs: Vec<Job<u32>> = vec![Box::new(|_: &mut u32| Ok(()))];
+        assert!(pool.run(jobs, || Ok(())).is_err(), "the panicked worker is gone");
     }
 }
