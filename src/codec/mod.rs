@@ -29,7 +29,10 @@ use restart::RestartError;
 use slices::{thread_cpu_us, Params, SliceDecoder, SliceEncoder};
 
 /// Restart interval in MCU rows of a sliced encode unless [`Encoder::set_restart_rows`] says
-/// otherwise: every MCU row (see the README's performance section for the sizes).
+/// otherwise: every MCU row, the finest cut for decoding and for loss concealment. Measured at
+/// q75 4:2:0 on the test pattern, markers every 1, 2 and 4 MCU rows make a frame 0.33 %,
+/// 0.16 % and 0.04 % larger at 1920x1080 (52616 bytes without), 0.23 %, 0.07 % and 0.02 % at
+/// 3840x2160 (162573 bytes without).
 pub const DEFAULT_RESTART_ROWS: u16 = 1;
 
 /// The turbojpeg pixel format whose bytes, read as native-endian `u32`, are `0x00RRGGBB`.

@@ -643,3 +643,65 @@ mod tests {
         assert!(pool.run(jobs, || Ok(())).is_err(), "the panicked worker is gone");
     }
 }
+
+/// Timings for the README and the issue (release build, run by hand):
+/// `cargo test --release --lib codec::slices::measure -- --ignored --nocapture`.
+#[cfg(test)]
+mod measure {
+    use super::*;
+    use crate::codec::{Decoder, Encoder};
+    use crate::testutil::pattern_frame;
+    use std::time::Instant;
+
+    fn median(mut v: Vec<u64>) -> u64 {
+        v.sort_unstable();
+        v[v.len() / 2]
+    }
+
+    /// Median wall and CPU microseconds of `f` over `n` runs, and its last output size.
+    fn time(n: usize, mut f: impl FnMut() -> (u64, usize)) -> (u64, u64, usize) {
+        let (mut wall, mut cpu, mut size) = (Vec::new(), Vec::new(), 0);
+        for _ in 0..n {
+            let t = Instant::now();
+            let (c, s) = f();
+            wall.push(t.elapsed().as_micros() as u64);
+            cpu.push(c);
+            size = s;
+        }
+        (median(wall), median(cpu), size)
+    }
+
+    #[test]
+    #[ignore]
+    fn encode_and_decode_times_and_restart_overhead() {
+        for (w, h) in [(1920u32, 1080u32), (3840, 2160)] {
+            let f = pattern_frame(w, h, Subsampling::S420, 3);
+            let mut out = JpegBuf::default();
+            for rows in [0u16, 1, 2, 4] {
+                let mut enc = Encoder::new(75, Subsampling::S420, false).unwrap();
+                enc.set_restart_rows(rows).unwrap();
+                let info = enc.encode(&f, &mut out).unwrap();
+                eprintln!("{w}x{h} q75 4:2:0 restart every {rows} MCU rows: {} bytes", out.as_slice().len());
+                let _ = info;
+            }
+            for threads in [1usize, 2] {
+                let mut enc = Encoder::new(75, Subsampling::S420, false).unwrap();
+                enc.set_restart_rows(1).unwrap();
+                enc.set_threads(threads).unwrap();
+                let (wall, cpu, size) = time(30, || {
+                    let info = enc.encode(&f, &mut out).unwrap();
+                    (info.cpu_us, out.as_slice().len())
+                });
+                eprintln!("{w}x{h} encode {threads} thread(s): wall {wall} us, cpu {cpu} us, {size} bytes");
+                let mut dec = Decoder::new().unwrap();
+                dec.set_threads(threads).unwrap();
+                let mut px = Vec::new();
+                let (wall, cpu, _) = time(30, || {
+                    dec.decode(out.as_slice(), w as usize, h as usize, &mut px).unwrap();
+                    (dec.last_cpu_us(), 0)
+                });
+                eprintln!("{w}x{h} decode {threads} thread(s): wall {wall} us, cpu {cpu} us");
+            }
+        }
+    }
+}
