@@ -116,10 +116,9 @@ pub fn parse_header(jpeg: &[u8]) -> Result<Header, RestartError> {
             }
             DRI => {
                 let ok = seg.len() == 4;
-                h.interval = be16(jpeg, seg.start + 2).filter(|_| ok).ok_or(RestartError::BadSegment {
-                    at: seg.start,
-                    what: "DRI segment (its length is not 4)",
-                })?;
+                h.interval = be16(jpeg, seg.start + 2)
+                    .filter(|_| ok)
+                    .ok_or(RestartError::BadSegment { at: seg.start, what: "DRI segment (its length is not 4)" })?;
             }
             SOS => return read_sos(jpeg, seg, components, h),
             _ => {}
@@ -393,7 +392,8 @@ fn check_band(i: usize, band: &[u8], h: &Header, band0: &[u8], first: &Header, l
     }
     for ((m, r), (_, r0)) in h.tables.iter().zip(&first.tables) {
         let (a, b) = (&band[r.clone()], &band0[r0.clone()]);
-        let same = if *m == DQT || *m == DHT { a == b } else { a.len() == b.len() && a[..3] == b[..3] && a[5..] == b[5..] };
+        let same =
+            if *m == DQT || *m == DHT { a == b } else { a.len() == b.len() && a[..3] == b[..3] && a[5..] == b[5..] };
         if !same {
             let what = match *m {
                 DQT => "quantisation table (DQT)",

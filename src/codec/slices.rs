@@ -221,7 +221,15 @@ impl EncWorker {
         // SAFETY: the planes are readable (the caller's contract); with NOREALLOC libjpeg-turbo
         // writes at most `len` bytes at `ptr` (sized by tj3JPEGBufSize) and never frees it.
         let res = unsafe {
-            raw::tj3CompressFromYUVPlanes8(self.tj.ptr, planes.as_ptr(), w, band.strides.as_ptr(), h, &mut ptr, &mut len)
+            raw::tj3CompressFromYUVPlanes8(
+                self.tj.ptr,
+                planes.as_ptr(),
+                w,
+                band.strides.as_ptr(),
+                h,
+                &mut ptr,
+                &mut len,
+            )
         };
         if res != 0 {
             return Err(self.tj.error());
@@ -470,7 +478,11 @@ mod tests {
         let mut rows = Vec::new();
         let mut max = 0u8;
         for (y, (ra, rb)) in a.chunks(w).zip(b.chunks(w)).enumerate() {
-            let d = ra.iter().zip(rb).flat_map(|(x, y)| (0..3).map(move |s| ((x >> (8 * s)) as u8).abs_diff((y >> (8 * s)) as u8))).max();
+            let d = ra
+                .iter()
+                .zip(rb)
+                .flat_map(|(x, y)| (0..3).map(move |s| ((x >> (8 * s)) as u8).abs_diff((y >> (8 * s)) as u8)))
+                .max();
             if d.unwrap_or(0) > 0 {
                 rows.push(y);
                 max = max.max(d.unwrap_or(0));
