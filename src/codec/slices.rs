@@ -692,9 +692,12 @@ mod measure {
             for rows in [0u16, 1, 2, 4] {
                 let mut enc = Encoder::new(75, Subsampling::S420, false).unwrap();
                 enc.set_restart_rows(rows).unwrap();
-                let info = enc.encode(&f, &mut out).unwrap();
+                enc.encode(&f, &mut out).unwrap();
                 eprintln!("{w}x{h} q75 4:2:0 restart every {rows} MCU rows: {} bytes", out.as_slice().len());
-                let _ = info;
+                if rows == 0 {
+                    std::fs::write(std::env::temp_dir().join(format!("framecast-{w}x{h}-plain.jpg")), out.as_slice())
+                        .unwrap();
+                }
             }
             for threads in [1usize, 2] {
                 let mut enc = Encoder::new(75, Subsampling::S420, false).unwrap();
@@ -705,6 +708,9 @@ mod measure {
                     (info.cpu_us, out.as_slice().len())
                 });
                 eprintln!("{w}x{h} encode {threads} thread(s): wall {wall} us, cpu {cpu} us, {size} bytes");
+                // For other decoders (ffmpeg, GStreamer): the sliced frame and a plain one.
+                let dir = std::env::temp_dir();
+                std::fs::write(dir.join(format!("framecast-{w}x{h}-{threads}.jpg")), out.as_slice()).unwrap();
                 let mut dec = Decoder::new().unwrap();
                 dec.set_threads(threads).unwrap();
                 let mut px = Vec::new();
