@@ -627,6 +627,24 @@ mod tests {
         assert!(px == decode(&good, (w, h), 2).0);
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+        /// A damaged JPEG that both decoders accept decodes to the same pixels.
+        #[test]
+        fn damaged_jpegs_decode_alike_or_fail(at in proptest::prelude::any::<proptest::sample::Index>(), v in 0u8..=255) {
+            let mut jpeg = restart_jpeg((64, 48), Subsampling::S420, 60, 1, 2).unwrap();
+            let i = at.index(jpeg.len());
+            jpeg[i] = v;
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            let one = Decoder::new().unwrap().decode(&jpeg, 64, 48, &mut a);
+            let mut dec = Decoder::new().unwrap();
+            dec.set_threads(3).unwrap();
+            if one.is_ok() && dec.decode(&jpeg, 64, 48, &mut b).is_ok() {
+                proptest::prop_assert!(a == b, "byte {} set to {:#x}", i, v);
+            }
+        }
+    }
+
     #[test]
     fn pool_waits_for_every_job_and_reports_errors() {
         let states: Vec<u32> = vec![0, 0, 0];
