@@ -48,10 +48,10 @@ rust_min="${rust_min:-1.81}"
 build_pkgs=(build-essential cmake nasm libclang-dev clang pkg-config libx11-6 libxcursor1)
 # xvfb: Xvfb; x11-apps: xwd; x11-utils: xwininfo; imagemagick: convert; xdotool: key presses into the window;
 # libjpeg-turbo-progs: tjbench, the reference numbers the benches are compared with;
-# chromium and ffmpeg: real clients of the HTTP endpoint; they, gst-launch-1.0 (tools), videoconvert
-# (base) and jpegdec (good) also decode the sliced JPEGs of tests/slices.rs.
+# chromium and ffmpeg: real clients of the HTTP endpoint; they and GStreamer's gst-launch-1.0 (tools)
+# with jpegdec (plugins-good) also decode the sliced JPEGs of tests/slices.rs.
 test_pkgs=(xvfb x11-apps x11-utils xdotool imagemagick libjpeg-turbo-progs chromium ffmpeg
-    gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good)
+    gstreamer1.0-tools gstreamer1.0-plugins-good)
 # benches/compare.sh: gst-launch-1.0 with filesrc/rawvideoparse (base), jpegenc/jpegdec (good) and
 # gdppay/gdpdepay (bad); the GStreamer Python bindings for its latency probes; OpenCV for the
 # classic socket snippet; /usr/bin/time and ss to time and wait for the processes.
@@ -63,7 +63,7 @@ say() { printf 'setup.sh: %s\n' "$*"; }
 print_other_platforms() {
     local fedora_test="" brew_test=""
     if $test_deps; then
-        fedora_test+=$'\n    sudo dnf install -y xorg-x11-server-Xvfb xwd xwininfo xdotool ImageMagick libjpeg-turbo-utils chromium ffmpeg gstreamer1 gstreamer1-plugins-base gstreamer1-plugins-good'
+        fedora_test+=$'\n    sudo dnf install -y xorg-x11-server-Xvfb xwd xwininfo xdotool ImageMagick libjpeg-turbo-utils chromium ffmpeg gstreamer1 gstreamer1-plugins-good'
         brew_test+=$'\n    brew install imagemagick jpeg-turbo ffmpeg gstreamer    # tjbench; the window test is X11-only and skips on macOS'
     fi
     if $bench_deps; then
