@@ -2,7 +2,8 @@
 # Installs what framecast needs to build (and, with --test-deps, to run its tests).
 #
 #   scripts/setup.sh               build dependencies
-#   scripts/setup.sh --test-deps   also Xvfb, xwd, xwininfo, ImageMagick and tjbench
+#   scripts/setup.sh --test-deps   also Xvfb, xwd, xwininfo, ImageMagick, tjbench and the
+#                                  decoders tests/slices.rs checks (Chromium, FFmpeg, GStreamer)
 #   scripts/setup.sh --bench-deps  also the peers benches/compare.sh measures framecast against
 #                                  (GStreamer, FFmpeg, OpenCV) and the tools it times them with
 #   scripts/setup.sh --no-update   skip `apt-get update` (the caller has just run it)
@@ -47,8 +48,10 @@ rust_min="${rust_min:-1.81}"
 build_pkgs=(build-essential cmake nasm libclang-dev clang pkg-config libx11-6 libxcursor1)
 # xvfb: Xvfb; x11-apps: xwd; x11-utils: xwininfo; imagemagick: convert; xdotool: key presses into the window;
 # libjpeg-turbo-progs: tjbench, the reference numbers the benches are compared with;
-# chromium and ffmpeg: real clients of the HTTP endpoint.
-test_pkgs=(xvfb x11-apps x11-utils xdotool imagemagick libjpeg-turbo-progs chromium ffmpeg)
+# chromium and ffmpeg: real clients of the HTTP endpoint; they and GStreamer's gst-launch-1.0 (tools)
+# with jpegdec (plugins-good) also decode the sliced JPEGs of tests/slices.rs.
+test_pkgs=(xvfb x11-apps x11-utils xdotool imagemagick libjpeg-turbo-progs chromium ffmpeg
+    gstreamer1.0-tools gstreamer1.0-plugins-good)
 # benches/compare.sh: gst-launch-1.0 with filesrc/rawvideoparse (base), jpegenc/jpegdec (good) and
 # gdppay/gdpdepay (bad); the GStreamer Python bindings for its latency probes; OpenCV for the
 # classic socket snippet; /usr/bin/time and ss to time and wait for the processes.
@@ -60,8 +63,8 @@ say() { printf 'setup.sh: %s\n' "$*"; }
 print_other_platforms() {
     local fedora_test="" brew_test=""
     if $test_deps; then
-        fedora_test+=$'\n    sudo dnf install -y xorg-x11-server-Xvfb xwd xwininfo xdotool ImageMagick libjpeg-turbo-utils chromium ffmpeg'
-        brew_test+=$'\n    brew install imagemagick jpeg-turbo    # tjbench; the window test is X11-only and skips on macOS'
+        fedora_test+=$'\n    sudo dnf install -y xorg-x11-server-Xvfb xwd xwininfo xdotool ImageMagick libjpeg-turbo-utils chromium ffmpeg gstreamer1 gstreamer1-plugins-good'
+        brew_test+=$'\n    brew install imagemagick jpeg-turbo ffmpeg gstreamer    # tjbench; the window test is X11-only and skips on macOS'
     fi
     if $bench_deps; then
         fedora_test+=$'\n    sudo dnf install -y gstreamer1 gstreamer1-plugins-base gstreamer1-plugins-good gstreamer1-plugins-bad-free python3-gobject python3-opencv ffmpeg time iproute'

@@ -128,3 +128,24 @@ pub fn tool_stdout(cmd: &mut Command, timeout: Duration) -> Vec<u8> {
     assert!(out.status.success(), "{label} failed ({}):\n{}", out.status, out.stderr);
     out.stdout
 }
+
+/// Headless Chromium with the flags that make it work as root on a closed network
+/// (design.md) and a profile in `profile`; the caller adds what to do (`--dump-dom`, a URL).
+/// (tests/http.rs has its own copy, from before this one.)
+pub fn chromium(profile: &Path) -> Command {
+    let mut c = Command::new("chromium");
+    c.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--window-size=800,700",
+    ])
+    .arg(format!("--user-data-dir={}", profile.display()));
+    c
+}
