@@ -921,6 +921,52 @@ mod tests {
     }
 
     #[test]
+    fn codec_threads_parse_and_follow_the_frame_size() {
+        for (arg, want) in [("auto", CodecThreads::Auto), ("AUTO", CodecThreads::Auto), ("0", CodecThreads::Auto)] {
+            assert_eq!(arg.parse::<CodecThreads>(), Ok(want), "{arg}");
+        }
+        assert_eq!("16".parse::<CodecThreads>(), Ok(CodecThreads::Fixed(16)));
+        for bad in ["17", "-1", "two", ""] {
+            assert!(bad.parse::<CodecThreads>().unwrap_err().contains("1..=16"), "{bad}");
+        }
+        let auto = CodecThreads::Auto;
+        assert_eq!(auto.for_frame(640, 480, 4), 1);
+        assert_eq!(auto.for_frame(1279, 720, 4), 1);
+        assert_eq!(auto.for_frame(1280, 720, 4), 4);
+        assert_eq!(auto.for_frame(1920, 1080, 2), 2);
+        assert_eq!(auto.for_frame(3840, 2160, 64), CodecThreads::MAX);
+        // A wide, flat frame: one thread per 128 rows at most.
+        assert_eq!(auto.for_frame(8192, 200, 8), 1);
+        assert_eq!(auto.for_frame(4096, 300, 8), 2);
+        assert_eq!(CodecThreads::Fixed(3).for_frame(64, 64, 1), 3);
+        for (args, flag) in [
+            (&["send", "--encode-threads", "17"][..], "--encode-threads"),
+            (&["recv", "--decode-threads", "x"][..], "--decode-threads"),
+            (&["demo", "--decode-threads", "99"][..], "--decode-threads"),
+        ] {
+            let e = parse(args).unwrap_err().to_string();
+            assert!(e.contains(flag), "{args:?}: {e}");
+        }
+        let Cmd::Demo(d) = parse(&["demo", "--encode-threads", "2", "--decode-threads", "auto"]).unwrap().cmd else {
+            unreachable!()
+        };
+        assert_eq!((d.source.encode_threads, d.decode.decode_threads), (CodecThreads::Fixed(2), CodecThreads::Auto));
+        let Cmd::Recv(r) = parse(&["recv"]).unwrap().cmd else { unreachable!() };
+        assert_eq!(r.decode.decode_threads, CodecThreads::Auto);
+    }
+
+    #[test]
+    fn threads_by_size_change_only_with_the_size() {
+        let mut t = ThreadsBySize::new(CodecThreads::Fixed(2));
+        assert_eq!(t.change_for(64, 64), Some(2));
+        t.threads = 2;
+        assert_eq!(t.change_for(64, 64), None);
+        assert_eq!(t.change_for(32, 32), None, "a fixed count does not change with the size");
+        let mut t = ThreadsBySize::new(CodecThreads::Auto);
+        assert_eq!(t.change_for(640, 480), None, "one thread, as a new codec has");
+    }
+
+    #[test]
     fn explicit_quality_means_reencode() {
         let Cmd::Send(a) = parse(&["send"]).unwrap().cmd else { unreachable!() };
         assert!(!a.source.validate(None).unwrap().2);

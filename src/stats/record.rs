@@ -764,6 +764,31 @@ mod schema {
         assert_eq!(read, reports());
     }
 
+    /// Sliced stages add their CPU time after the wall time, in the JSON and the text; the
+    /// fixture's counters (no frame sliced) have none.
+    #[test]
+    fn sliced_records_carry_cpu_time() {
+        let receiver = Counters { decoded: 4, decode_us: 4_400, decode_cpu_us: 8_810, sliced: 4, ..Default::default() };
+        let r = Report::build(Side::Receiver, RecordType::Interval, &receiver, 1.0, 1.0);
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(json.contains(r#""decode_ms":1.1,"decode_cpu_ms":2.203,"drops""#), "{json}");
+        assert!(!json.contains("encode_cpu_ms"), "{json}");
+        assert!(r.human_line().contains("  dec 1.10 ms (cpu 2.20)  "), "{}", r.human_line());
+        assert_eq!(parse_report(json.as_bytes()).unwrap(), r);
+        let sender = Counters { encoded: 2, encode_us: 3_000, encode_cpu_us: 5_000, sliced: 1, ..Default::default() };
+        let s = Report::build(Side::Sender, RecordType::Summary, &sender, 1.0, 1.0);
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(json.contains(r#""encode_ms":1.5,"encode_cpu_ms":2.5,"drops""#), "{json}");
+        assert!(s.summary_text().contains(", encode 1.50 ms (cpu 2.50);"), "{}", s.summary_text());
+        // Measured, but on one thread: not shown.
+        let one = Counters { sliced: 0, ..sender };
+        let s = Report::build(Side::Sender, RecordType::Summary, &one, 1.0, 1.0);
+        assert!(s.encode_cpu_ms.is_none() && !s.summary_text().contains("cpu"), "{}", s.summary_text());
+        for r in reports() {
+            assert!(r.encode_cpu_ms.is_none() && r.decode_cpu_ms.is_none());
+        }
+    }
+
     #[test]
     fn a_dropped_or_renamed_field_fails_the_round_trip() {
         let line = JSONL.lines().next().unwrap();
