@@ -339,3 +339,107 @@ fn corrupt_jpeg_is_skipped_and_counted() {
     eprintln!("recv logged: {line}");
     assert!(line.contains("seq=0") && line.contains("skipped"), "log does not name the skipped frame: {line}");
 }
+
+/// The sliced stream the fake sender announces: 256x192 (12 MCU rows at 4:2:0) at 30 fps.
+const SLICED_INFO: StreamInfo = StreamInfo { width: 256, height: 192, fps_milli: 30_000 };
+
+/// A sliced frame of `SLICED_INFO`'s size: two slices, a restart marker every MCU row.
+fn sliced_jpeg() -> Vec<u8> {
+    let (w, h) = (u32::from(SLICED_INFO.width), u32::from(SLICED_INFO.height));
+    framecast::testutil::restart_jpeg((w, h), Subsampling::S420, 75, 1, 2).unwrap()
+}
+
+/// Where each restart marker (0xFFD0..=0xFFD7) of `jpeg`'s scan starts.
+fn restart_markers(jpeg: &[u8]) -> Vec<usize> {
+    let sos = jpeg.windows(2).position(|w| w == [0xFF, 0xDA]).expect("a SOS marker");
+    (sos..jpeg.len() - 1).filter(|&i| jpeg[i] == 0xFF && (0xD0..=0xD7).contains(&jpeg[i + 1])).collect()
+}
+
+/// Sends frame `seq` and waits for the receiver to acknowledge it.
+fn send_and_await_ack(writer: &mut MessageWriter<TcpStream>, reader: &mut MessageReader<TcpStream>, seq: u64, jpeg: &[u8]) {
+    writer.write_frame(&live_header(seq, SLICED_INFO, jpeg.len()), jpeg).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        assert!(Instant::now() < deadline, "no ack for frame {seq}");
+        match reader.next_event().expect("connection to recv") {
+            Event::Message(Message::Ack(a)) if a.seq == seq => return,
+            Event::Eof => panic!("recv closed the connection before acknowledging frame {seq}"),
+            _ => {}
+        }
+    }
+}
+
+/// `recv --decode-threads 2` gets a good sliced frame, one whose restart markers are numbered
+/// wrong, one whose DRI does not match its markers, one whose last slice ends early, then good
+/// ones: it shows the good ones, counts the bad ones as corrupt JPEGs with a clear error, and
+/// keeps going.
+#[test]
+fn corrupt_sliced_frames_are_skipped_and_counted() {
+    let _serial = common::serial();
+    let dir = scratch_dir("e2e-corrupt-sliced");
+    let json = dir.join("R.jsonl");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let args = ["recv", "--listen", &addr, "--headless", "--frames", "4", "--decode-threads", "2"];
+    let mut recv = Proc::spawn("recv", &[&args[..], &["--stats-json", json.to_str().unwrap()]].concat());
+
+    let good = sliced_jpeg();
+    let rst = restart_markers(&good);
+    assert_eq!(rst.len(), 11, "a restart marker between each of 12 MCU rows");
+    // Frame 2: the second marker says RST3 where RST1 belongs.
+    let mut misnumbered = good.clone();
+    misnumbered[rst[1] + 1] = 0xD3;
+    // Frame 3: the DRI says a marker every 2 MCU rows (32 MCUs) where they come every row.
+    let dri = good.windows(6).position(|w| w == [0xFF, 0xDD, 0, 4, 0, 16]).expect("a DRI of 16 MCUs");
+    let mut wrong_dri = good.clone();
+    wrong_dri[dri + 5] = 32;
+    // Frame 4: the scan stops after 8 of its 12 intervals, and the JPEG ends there.
+    let mut cut = good[..rst[7]].to_vec();
+    cut.extend_from_slice(&[0xFF, 0xD9]);
+
+    let stream = connect_retry(port, Duration::from_secs(10));
+    stream.set_nodelay(true).unwrap();
+    stream.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let mut reader = MessageReader::new(stream.try_clone().unwrap());
+    let mut writer = MessageWriter::new(stream.try_clone().unwrap());
+    writer.write_hello(&Hello::new(Role::Sender, clock_id())).unwrap();
+    reader.read_hello(Role::Receiver, Duration::from_secs(5)).expect("recv's hello");
+    writer.write_message(&Message::StreamInfo(SLICED_INFO)).unwrap();
+
+    send_and_await_ack(&mut writer, &mut reader, 1, &good);
+    for (n, (seq, bad)) in [(2u64, &misnumbered), (3, &wrong_dri), (4, &cut)].into_iter().enumerate() {
+        writer.write_frame(&live_header(seq, SLICED_INFO, bad.len()), bad).unwrap();
+        assert!(
+            recv.wait_for_stderr_n("cannot decode frame", n + 1, Duration::from_secs(5)),
+            "recv did not log corrupt frame {seq}; stderr:\n{}",
+            recv.stderr()
+        );
+    }
+    for seq in 5..=7u64 {
+        if seq == 7 {
+            // recv may exit before acknowledging its last frame.
+            writer.write_frame(&live_header(seq, SLICED_INFO, good.len()), &good).unwrap();
+            break;
+        }
+        send_and_await_ack(&mut writer, &mut reader, seq, &good);
+    }
+    recv.expect_success(EXIT);
+    drop((reader, writer, stream));
+
+    let r = summary(&json);
+    assert_eq!(r.frames, 4, "decoded frames");
+    assert_eq!(r.received, Some(7), "received frames");
+    assert_eq!(r.dropped(DropCause::CorruptJpeg), 3, "corrupt_jpeg drops: {:?}", r.drops);
+    assert_eq!(r.drops_total, 3, "drops: {:?}", r.drops);
+    assert!(r.decode_cpu_ms.is_some_and(|ms| ms > 0.0), "no decode CPU time with 2 threads: {r:?}");
+    let log = recv.stderr();
+    assert!(log.contains("decode threads per frame") && log.contains("threads=2"), "recv did not slice:\n{log}");
+    let line = |seq: u64| {
+        let tag = format!("seq={seq} ");
+        log.lines().find(|l| l.contains("cannot decode frame") && l.contains(&tag)).unwrap_or_default().to_string()
+    };
+    eprintln!("recv logged:\n{}\n{}\n{}", line(2), line(3), line(4));
+    for (seq, says) in [(2, "expected RST1, got RST3"), (3, "a DRI of 32 MCUs"), (4, "a slice ended early")] {
+        assert!(line(seq).contains(says), "frame {seq}'s error does not say {says:?}: {}", line(seq));
+    }
+}
