@@ -443,3 +443,94 @@ fn corrupt_sliced_frames_are_skipped_and_counted() {
         assert!(line(seq).contains(says), "frame {seq}'s error does not say {says:?}: {}", line(seq));
     }
 }
+
+/// Streams 30 frames of 1920x1080 with `threads` threads on each side (`--fps 0`: every frame
+/// arrives), dumping frames 0, 10 and 20 to `dumps`. Returns the sender's and the receiver's
+/// summaries and stderr.
+fn stream_1080p(threads: &str, dir: &std::path::Path) -> [(framecast::stats::Report, String); 2] {
+    std::fs::create_dir_all(dir).unwrap();
+    let (r_json, s_json, dumps) = (dir.join("R.jsonl"), dir.join("S.jsonl"), dir.join("dumps"));
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut recv = Proc::spawn(
+        "recv",
+        &[
+            "recv",
+            "--listen",
+            &addr,
+            "--headless",
+            "--frames",
+            "30",
+            "--decode-threads",
+            threads,
+            "--dump-dir",
+            dumps.to_str().unwrap(),
+            "--dump-every",
+            "10",
+            "--stats-json",
+            r_json.to_str().unwrap(),
+        ],
+    );
+    let mut send = Proc::spawn(
+        "send",
+        &[
+            "send",
+            "--connect",
+            &addr,
+            "--once",
+            "--size",
+            "1920x1080",
+            "--fps",
+            "0",
+            "--frames",
+            "30",
+            "--encode-threads",
+            threads,
+            "--stats-json",
+            s_json.to_str().unwrap(),
+        ],
+    );
+    send.expect_success(EXIT);
+    recv.expect_success(Duration::from_secs(10));
+    [(summary(&s_json), send.stderr()), (summary(&r_json), recv.stderr())]
+}
+
+/// 1920x1080 in slices on 2 threads each side shows the pictures a 1-thread stream shows: equal
+/// but for the rows beside a slice boundary, where the decoder's smooth chroma upsampling lacks
+/// its neighbour row. The sliced run reports its CPU time; the plain one does not.
+#[test]
+fn sliced_1080p_stream_shows_what_one_thread_shows() {
+    let _serial = common::serial();
+    let dir = scratch_dir("e2e-sliced");
+    let (one, two) = (dir.join("one"), dir.join("two"));
+    let [(s1, _), (r1, _)] = stream_1080p("1", &one);
+    let [(s2, send_log), (r2, recv_log)] = stream_1080p("2", &two);
+    for (s, r) in [(&s1, &r1), (&s2, &r2)] {
+        assert_eq!((s.frames, r.frames, r.drops_total), (30, 30, 0), "sender {s:?}\nreceiver {r:?}");
+    }
+    assert!(s1.encode_cpu_ms.is_none() && r1.decode_cpu_ms.is_none(), "1 thread: CPU time shown");
+    let (enc_cpu, dec_cpu) = (s2.encode_cpu_ms.unwrap_or(0.0), r2.decode_cpu_ms.unwrap_or(0.0));
+    assert!(enc_cpu > 0.0 && dec_cpu > 0.0, "2 threads: no CPU time: {s2:?}\n{r2:?}");
+    eprintln!(
+        "1 thread: encode {:?} ms, decode {:?} ms; 2 threads: encode {:?} ms (cpu {enc_cpu}), decode {:?} ms (cpu {dec_cpu})",
+        s1.encode_ms, r1.decode_ms, s2.encode_ms, r2.decode_ms
+    );
+    for (log, stage) in [(&send_log, "encode"), (&recv_log, "decode")] {
+        let said = log.lines().any(|l| l.contains(&format!("{stage} threads per frame")) && l.contains("threads=2"));
+        assert!(said, "the {stage} stage did not run on 2 threads:\n{log}");
+    }
+    for seq in [0u64, 10, 20] {
+        let name = format!("frame-{seq:08}.ppm");
+        let (a, b) = (std::fs::read(one.join("dumps").join(&name)), std::fs::read(two.join("dumps").join(&name)));
+        let (a, b) = (a.unwrap_or_else(|e| panic!("1 thread, {name}: {e}")), b.unwrap_or_else(|e| panic!("2 threads, {name}: {e}")));
+        let (Some((w1, h1, p1)), Some((w2, h2, p2))) = (read_ppm(&a), read_ppm(&b)) else { panic!("{name}: not a PPM") };
+        assert_eq!((w1, h1, w2, h2), (1920, 1080, 1920, 1080), "{name} size");
+        let db = psnr(p1, p2);
+        let max = p1.iter().zip(p2).map(|(x, y)| x.abs_diff(*y)).max().unwrap_or(0);
+        let rows: Vec<usize> =
+            (0..1080).filter(|r| p1[r * 1920 * 3..(r + 1) * 1920 * 3] != p2[r * 1920 * 3..(r + 1) * 1920 * 3]).collect();
+        eprintln!("{name}: 2 threads vs 1: PSNR {db:.2} dB, largest difference {max}, rows that differ {rows:?}");
+        assert!(db >= 50.0, "{name}: PSNR {db:.2} dB < 50 dB");
+        // Slices end on MCU rows (16 pixel rows at 4:2:0): only rows beside one may differ.
+        assert!(rows.iter().all(|r| (r + 2) % 16 <= 3), "{name}: rows away from a slice boundary differ: {rows:?}");
+    }
+}
