@@ -345,8 +345,8 @@ const SLICED_INFO: StreamInfo = StreamInfo { width: 256, height: 192, fps_milli:
 
 /// A sliced frame of `SLICED_INFO`'s size: two slices, a restart marker every MCU row.
 fn sliced_jpeg() -> Vec<u8> {
-    let (w, h) = (u32::from(SLICED_INFO.width), u32::from(SLICED_INFO.height));
-    framecast::testutil::restart_jpeg((w, h), Subsampling::S420, 75, 1, 2).unwrap()
+    let size = (SLICED_INFO.width, SLICED_INFO.height);
+    framecast::testutil::restart_jpeg(size, Subsampling::S420, 75, 1, 2).unwrap()
 }
 
 /// Where each restart marker (0xFFD0..=0xFFD7) of `jpeg`'s scan starts.
@@ -356,7 +356,12 @@ fn restart_markers(jpeg: &[u8]) -> Vec<usize> {
 }
 
 /// Sends frame `seq` and waits for the receiver to acknowledge it.
-fn send_and_await_ack(writer: &mut MessageWriter<TcpStream>, reader: &mut MessageReader<TcpStream>, seq: u64, jpeg: &[u8]) {
+fn send_and_await_ack(
+    writer: &mut MessageWriter<TcpStream>,
+    reader: &mut MessageReader<TcpStream>,
+    seq: u64,
+    jpeg: &[u8],
+) {
     writer.write_frame(&live_header(seq, SLICED_INFO, jpeg.len()), jpeg).unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -521,13 +526,19 @@ fn sliced_1080p_stream_shows_what_one_thread_shows() {
     for seq in [0u64, 10, 20] {
         let name = format!("frame-{seq:08}.ppm");
         let (a, b) = (std::fs::read(one.join("dumps").join(&name)), std::fs::read(two.join("dumps").join(&name)));
-        let (a, b) = (a.unwrap_or_else(|e| panic!("1 thread, {name}: {e}")), b.unwrap_or_else(|e| panic!("2 threads, {name}: {e}")));
-        let (Some((w1, h1, p1)), Some((w2, h2, p2))) = (read_ppm(&a), read_ppm(&b)) else { panic!("{name}: not a PPM") };
+        let (a, b) = (
+            a.unwrap_or_else(|e| panic!("1 thread, {name}: {e}")),
+            b.unwrap_or_else(|e| panic!("2 threads, {name}: {e}")),
+        );
+        let (Some((w1, h1, p1)), Some((w2, h2, p2))) = (read_ppm(&a), read_ppm(&b)) else {
+            panic!("{name}: not a PPM")
+        };
         assert_eq!((w1, h1, w2, h2), (1920, 1080, 1920, 1080), "{name} size");
         let db = psnr(p1, p2);
         let max = p1.iter().zip(p2).map(|(x, y)| x.abs_diff(*y)).max().unwrap_or(0);
-        let rows: Vec<usize> =
-            (0..1080).filter(|r| p1[r * 1920 * 3..(r + 1) * 1920 * 3] != p2[r * 1920 * 3..(r + 1) * 1920 * 3]).collect();
+        let rows: Vec<usize> = (0..1080)
+            .filter(|r| p1[r * 1920 * 3..(r + 1) * 1920 * 3] != p2[r * 1920 * 3..(r + 1) * 1920 * 3])
+            .collect();
         eprintln!("{name}: 2 threads vs 1: PSNR {db:.2} dB, largest difference {max}, rows that differ {rows:?}");
         assert!(db >= 50.0, "{name}: PSNR {db:.2} dB < 50 dB");
         // Slices end on MCU rows (16 pixel rows at 4:2:0): only rows beside one may differ.
