@@ -85,7 +85,8 @@ pub struct Counters {
     /// CPU time of encoding or decoding, on every thread that worked on a frame, in µs.
     pub encode_cpu_us: u64,
     pub decode_cpu_us: u64,
-    /// Frames encoded (sender) or decoded (receiver) with more than one thread.
+    /// Frames encoded (sender) or decoded (receiver) by a codec given more than one thread
+    /// (a JPEG without restart markers still decodes on one).
     pub sliced: u64,
     /// Quality of the last frame (0: unknown, e.g. a camera's MJPEG forwarded as is).
     pub quality: Option<u8>,

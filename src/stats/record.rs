@@ -241,7 +241,8 @@ pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub decode_ms: Option<f64>,
     /// Mean CPU time per frame of encoding (sender) or decoding (receiver), all threads
-    /// together; present when some frame of the span was coded on more than one thread.
+    /// together; present when the stage's codec had more than one thread for some frame of
+    /// the span (`--encode-threads`, `--decode-threads`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub encode_cpu_ms: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
