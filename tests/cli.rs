@@ -237,3 +237,24 @@ fn demo_slices_1080p_on_two_threads_each_side() {
     assert!(r["decode_cpu_ms"].as_f64().is_some_and(|ms| ms > 0.0), "receiver summary: {r}");
     assert_eq!(r["frames"], 30, "receiver summary: {r}");
 }
+
+/// `--help` states the thread flags' default and what `auto` means, for each command that takes
+/// them.
+#[test]
+fn thread_flags_state_their_default_in_help() {
+    for (cmd, flags) in [
+        ("send", &["--encode-threads"][..]),
+        ("recv", &["--decode-threads"]),
+        ("demo", &["--encode-threads", "--decode-threads"]),
+    ] {
+        let out = framecast().args([cmd, "--help"]).output().expect("run framecast --help");
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{cmd} --help failed");
+        for flag in flags {
+            let at = help.find(&format!("{flag} <N|auto>")).unwrap_or_else(|| panic!("{cmd} --help lacks {flag}:\n{help}"));
+            let text = &help[at..help[at..].find("\n\n").map_or(help.len(), |n| at + n)];
+            let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+            assert!(text.contains("[default: auto]") && text.contains("1280x720"), "{cmd} {flag}: {text}");
+        }
+    }
+}
