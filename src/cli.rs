@@ -162,13 +162,15 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 /// How many threads code one frame (`--encode-threads`, `--decode-threads`): `auto` (or 0)
 /// decides by the frame's size, a number fixes it.
 ///
-/// `auto` is one thread below [`CodecThreads::AUTO_MIN_PIXELS`] (1280x720): there, handing the
-/// slices to a second thread and waiting for it saves less than it costs. Measured in release
-/// on this project's 2-core machine, q75 4:2:0 test pattern, wall time per frame for 1 and 2
-/// threads (`cargo test --release --lib cli::measure -- --ignored --nocapture`):
-/// MEASURE_FIGURES. At and
-/// above it, as many threads as the machine has cores, at most one per
-/// [`CodecThreads::ROWS_PER_THREAD`] rows of the frame and at most [`CodecThreads::MAX`].
+/// `auto` is one thread below [`CodecThreads::AUTO_MIN_PIXELS`] (1280x720): there a second
+/// thread saves at most about 0.1 ms a frame, within the noise of a busy machine, for a
+/// worker thread and 0.6 % more bytes. Measured in release on this project's 2-core machine
+/// with another process busy (load 2.0-2.2), q75 4:2:0 test pattern, 1 and 2 threads in turn,
+/// medians of 4 runs of 400 frames (`cargo test --release --lib cli::measure -- --ignored
+/// --nocapture`): 640x480 encode 0.34 -> 0.30 ms, decode 0.33 -> 0.29 ms; 1280x720 encode
+/// 1.10 -> 0.79 ms, decode 1.05 -> 0.79 ms; 1920x1080 encode 2.42 -> 1.82 ms, decode
+/// 2.50 -> 1.67 ms. At and above it, as many threads as the machine has cores, at most one
+/// per [`CodecThreads::ROWS_PER_THREAD`] rows of the frame and at most [`CodecThreads::MAX`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum CodecThreads {
     #[default]
@@ -282,8 +284,12 @@ pub struct SourceArgs {
     #[arg(long)]
     pub fast_dct: bool,
     /// Encode each frame as N horizontal slices on N threads, joined at restart markers into
-    /// one standard JPEG. 'auto' (or 0): 1 below 1280x720 (the hand-off costs more than it
-    /// saves there), else one per core, at most one per 128 rows. See README "Slices".
+    /// one standard JPEG. 'auto' (or 0): 1 below 1280x720, else one per core, at most one per
+    /// 128 rows. See README "Slices".
+    ///
+    /// Measured on 2 cores under load, median wall ms per frame on 1 -> 2 threads: 640x480
+    /// 0.34 -> 0.30, 1280x720 1.10 -> 0.79, 1920x1080 2.42 -> 1.82. Below 1280x720 a second
+    /// thread saves about 0.1 ms or less, for 0.6 % more bytes (restart markers).
     #[arg(long, value_name = "N|auto", default_value = "auto")]
     pub encode_threads: CodecThreads,
 }
@@ -302,6 +308,9 @@ pub struct DecodeArgs {
     /// Decode each JPEG that has restart markers on N threads, split at those markers (a JPEG
     /// without them decodes on one). 'auto' (or 0): 1 below 1280x720, else one per core, at
     /// most one per 128 rows. See README "Slices".
+    ///
+    /// Measured on 2 cores under load, median wall ms per frame on 1 -> 2 threads: 640x480
+    /// 0.33 -> 0.29, 1280x720 1.05 -> 0.79, 1920x1080 2.50 -> 1.67.
     #[arg(long, value_name = "N|auto", default_value = "auto")]
     pub decode_threads: CodecThreads,
 }
@@ -984,42 +993,54 @@ mod measure {
     use crate::testutil::pattern_frame;
     use std::time::Instant;
 
-    /// Median wall microseconds of `f` over `n` runs.
-    fn median_us(n: usize, mut f: impl FnMut()) -> f64 {
-        let mut v: Vec<u128> = (0..n)
-            .map(|_| {
-                let t = Instant::now();
-                f();
-                t.elapsed().as_micros()
+    fn median(mut v: Vec<u128>) -> f64 {
+        v.sort_unstable();
+        v[v.len() / 2] as f64 / 1000.0
+    }
+
+    /// Encodes and decodes one frame on 1 and on 2 threads in turn, `runs` times, so that
+    /// both meet the same load on a shared machine: median wall ms of each, and frame bytes.
+    fn by_threads(w: u32, h: u32, runs: usize) -> [(f64, f64, usize); 2] {
+        let frame = pattern_frame(w, h, Subsampling::S420, 3);
+        let mut sides: Vec<(Encoder, Decoder, JpegBuf, Vec<u32>, Vec<u128>, Vec<u128>)> = (1..=2)
+            .map(|threads| {
+                let mut enc = Encoder::new(75, Subsampling::S420, false).unwrap();
+                enc.set_threads(threads).unwrap();
+                let mut dec = Decoder::new().unwrap();
+                dec.set_threads(threads).unwrap();
+                (enc, dec, JpegBuf::default(), Vec::new(), Vec::new(), Vec::new())
             })
             .collect();
-        v.sort_unstable();
-        v[n / 2] as f64
+        for _ in 0..runs {
+            for (enc, dec, out, px, enc_us, dec_us) in &mut sides {
+                let t = Instant::now();
+                enc.encode(&frame, out).unwrap();
+                enc_us.push(t.elapsed().as_micros());
+                let t = Instant::now();
+                dec.decode(out.as_slice(), w as usize, h as usize, px).unwrap();
+                dec_us.push(t.elapsed().as_micros());
+            }
+        }
+        let mut it = sides.into_iter().map(|(_, _, out, _, e, d)| (median(e), median(d), out.as_slice().len()));
+        [it.next().unwrap(), it.next().unwrap()]
     }
 
     #[test]
     #[ignore]
     fn wall_per_frame_by_threads() {
         for (w, h) in [(640u32, 480u32), (1280, 720), (1920, 1080)] {
-            let frame = pattern_frame(w, h, Subsampling::S420, 3);
-            for threads in [1usize, 2] {
-                let mut enc = Encoder::new(75, Subsampling::S420, false).unwrap();
-                enc.set_threads(threads).unwrap();
-                let mut out = JpegBuf::default();
-                let enc_us = median_us(200, || {
-                    enc.encode(&frame, &mut out).unwrap();
-                });
-                let mut dec = Decoder::new().unwrap();
-                dec.set_threads(threads).unwrap();
-                let mut px = Vec::new();
-                let dec_us = median_us(200, || dec.decode(out.as_slice(), w as usize, h as usize, &mut px).unwrap());
-                eprintln!(
-                    "{w}x{h} {threads} thread(s): encode {:.2} ms, decode {:.2} ms, {} bytes",
-                    enc_us / 1000.0,
-                    dec_us / 1000.0,
-                    out.as_slice().len()
-                );
-            }
+            let [one, two] = by_threads(w, h, 400);
+            eprintln!(
+                "{w}x{h}: encode {:.2} -> {:.2} ms ({:.2}x), decode {:.2} -> {:.2} ms ({:.2}x), {} -> {} bytes",
+                one.0,
+                two.0,
+                two.0 / one.0,
+                one.1,
+                two.1,
+                two.1 / one.1,
+                one.2,
+                two.2
+            );
         }
     }
 }
