@@ -998,30 +998,40 @@ mod measure {
         v[v.len() / 2] as f64 / 1000.0
     }
 
+    /// One thread count's codec, buffers and timings (µs).
+    struct Side {
+        enc: Encoder,
+        dec: Decoder,
+        out: JpegBuf,
+        px: Vec<u32>,
+        enc_us: Vec<u128>,
+        dec_us: Vec<u128>,
+    }
+
     /// Encodes and decodes one frame on 1 and on 2 threads in turn, `runs` times, so that
     /// both meet the same load on a shared machine: median wall ms of each, and frame bytes.
     fn by_threads(w: u32, h: u32, runs: usize) -> [(f64, f64, usize); 2] {
         let frame = pattern_frame(w, h, Subsampling::S420, 3);
-        let mut sides: Vec<(Encoder, Decoder, JpegBuf, Vec<u32>, Vec<u128>, Vec<u128>)> = (1..=2)
+        let mut sides: Vec<Side> = (1..=2)
             .map(|threads| {
                 let mut enc = Encoder::new(75, Subsampling::S420, false).unwrap();
                 enc.set_threads(threads).unwrap();
                 let mut dec = Decoder::new().unwrap();
                 dec.set_threads(threads).unwrap();
-                (enc, dec, JpegBuf::default(), Vec::new(), Vec::new(), Vec::new())
+                Side { enc, dec, out: JpegBuf::default(), px: Vec::new(), enc_us: Vec::new(), dec_us: Vec::new() }
             })
             .collect();
         for _ in 0..runs {
-            for (enc, dec, out, px, enc_us, dec_us) in &mut sides {
+            for s in &mut sides {
                 let t = Instant::now();
-                enc.encode(&frame, out).unwrap();
-                enc_us.push(t.elapsed().as_micros());
+                s.enc.encode(&frame, &mut s.out).unwrap();
+                s.enc_us.push(t.elapsed().as_micros());
                 let t = Instant::now();
-                dec.decode(out.as_slice(), w as usize, h as usize, px).unwrap();
-                dec_us.push(t.elapsed().as_micros());
+                s.dec.decode(s.out.as_slice(), w as usize, h as usize, &mut s.px).unwrap();
+                s.dec_us.push(t.elapsed().as_micros());
             }
         }
-        let mut it = sides.into_iter().map(|(_, _, out, _, e, d)| (median(e), median(d), out.as_slice().len()));
+        let mut it = sides.into_iter().map(|s| (median(s.enc_us), median(s.dec_us), s.out.as_slice().len()));
         [it.next().unwrap(), it.next().unwrap()]
     }
 

@@ -251,7 +251,8 @@ fn thread_flags_state_their_default_in_help() {
         let help = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{cmd} --help failed");
         for flag in flags {
-            let at = help.find(&format!("{flag} <N|auto>")).unwrap_or_else(|| panic!("{cmd} --help lacks {flag}:\n{help}"));
+            let at =
+                help.find(&format!("{flag} <N|auto>")).unwrap_or_else(|| panic!("{cmd} --help lacks {flag}:\n{help}"));
             let text = &help[at..help[at..].find("\n\n").map_or(help.len(), |n| at + n)];
             let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
             assert!(text.contains("[default: auto]") && text.contains("1280x720"), "{cmd} {flag}: {text}");
