@@ -130,6 +130,7 @@ fn demo(args: DemoArgs, hooks: &TestHooks) -> anyhow::Result<()> {
         control,
         key: key.clone(),
         fast_dct: args.source.fast_dct,
+        encode_threads: args.source.encode_threads,
     };
     let recv_cfg = RecvConfig {
         endpoint: receiver::Endpoint::Listen(listener),
@@ -143,6 +144,7 @@ fn demo(args: DemoArgs, hooks: &TestHooks) -> anyhow::Result<()> {
         frame_log: None,
         key,
         decode_speed: args.decode.into(),
+        decode_threads: args.decode.decode_threads,
     };
     let sender = {
         let stop = stop.clone();

@@ -82,6 +82,12 @@ pub struct Counters {
     pub bytes: u64,
     pub encode_us: u64,
     pub decode_us: u64,
+    /// CPU time of encoding or decoding, on every thread that worked on a frame, in µs.
+    pub encode_cpu_us: u64,
+    pub decode_cpu_us: u64,
+    /// Frames encoded (sender) or decoded (receiver) by a codec given more than one thread
+    /// (a JPEG without restart markers still decodes on one).
+    pub sliced: u64,
     /// Quality of the last frame (0: unknown, e.g. a camera's MJPEG forwarded as is).
     pub quality: Option<u8>,
     pub drops: BTreeMap<DropCause, u64>,
@@ -178,6 +184,9 @@ impl Default for Counters {
             bytes: 0,
             encode_us: 0,
             decode_us: 0,
+            encode_cpu_us: 0,
+            decode_cpu_us: 0,
+            sliced: 0,
             quality: None,
             drops: BTreeMap::new(),
             seq_gaps: 0,

@@ -205,3 +205,57 @@ fn demo_stats_json_excludes_the_per_side_files() {
         assert!(stderr.contains("--stats-json") && stderr.contains(other), "{args:?}:\n{stderr}");
     }
 }
+
+/// `demo` takes both thread flags: 1920x1080 in slices on 2 threads each side, every frame
+/// decoded, and the human summaries show each stage's CPU time beside its wall time.
+#[test]
+fn demo_slices_1080p_on_two_threads_each_side() {
+    let dir = scratch_dir("cli-demo-slices");
+    let log = dir.join("demo.jsonl");
+    let out = framecast()
+        .args(["demo", "--headless", "--size", "1920x1080", "--encode-threads", "2", "--decode-threads", "2"])
+        .args(["--fps", "0", "--frames", "30", "--stats-json"])
+        .arg(&log)
+        .output()
+        .expect("run framecast demo");
+    let stderr = common::strip_ansi(&String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "demo failed:\n{stderr}");
+    for stage in ["encode", "decode"] {
+        let cpu = format!(", {stage} ");
+        let line = stderr.lines().find(|l| l.contains("summary:") && l.contains(&cpu)).unwrap_or_default();
+        assert!(line.contains(" ms (cpu "), "no {stage} CPU time in the summary: {line}\n{stderr}");
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    let summaries: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["type"] == "summary")
+        .collect();
+    let by_role = |role: &str| summaries.iter().find(|v| v["role"] == role).cloned().unwrap_or_default();
+    let (s, r) = (by_role("sender"), by_role("receiver"));
+    assert!(s["encode_cpu_ms"].as_f64().is_some_and(|ms| ms > 0.0), "sender summary: {s}");
+    assert!(r["decode_cpu_ms"].as_f64().is_some_and(|ms| ms > 0.0), "receiver summary: {r}");
+    assert_eq!(r["frames"], 30, "receiver summary: {r}");
+}
+
+/// `--help` states the thread flags' default and what `auto` means, for each command that takes
+/// them.
+#[test]
+fn thread_flags_state_their_default_in_help() {
+    for (cmd, flags) in [
+        ("send", &["--encode-threads"][..]),
+        ("recv", &["--decode-threads"]),
+        ("demo", &["--encode-threads", "--decode-threads"]),
+    ] {
+        let out = framecast().args([cmd, "--help"]).output().expect("run framecast --help");
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{cmd} --help failed");
+        for flag in flags {
+            let at =
+                help.find(&format!("{flag} <N|auto>")).unwrap_or_else(|| panic!("{cmd} --help lacks {flag}:\n{help}"));
+            let text = &help[at..help[at..].find("\n\n").map_or(help.len(), |n| at + n)];
+            let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+            assert!(text.contains("[default: auto]") && text.contains("1280x720"), "{cmd} {flag}: {text}");
+        }
+    }
+}

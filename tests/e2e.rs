@@ -339,3 +339,209 @@ fn corrupt_jpeg_is_skipped_and_counted() {
     eprintln!("recv logged: {line}");
     assert!(line.contains("seq=0") && line.contains("skipped"), "log does not name the skipped frame: {line}");
 }
+
+/// The sliced stream the fake sender announces: 256x192 (12 MCU rows at 4:2:0) at 30 fps.
+const SLICED_INFO: StreamInfo = StreamInfo { width: 256, height: 192, fps_milli: 30_000 };
+
+/// A sliced frame of `SLICED_INFO`'s size: two slices, a restart marker every MCU row.
+fn sliced_jpeg() -> Vec<u8> {
+    let size = (SLICED_INFO.width, SLICED_INFO.height);
+    framecast::testutil::restart_jpeg(size, Subsampling::S420, 75, 1, 2).unwrap()
+}
+
+/// Where each restart marker (0xFFD0..=0xFFD7) of `jpeg`'s scan starts.
+fn restart_markers(jpeg: &[u8]) -> Vec<usize> {
+    let sos = jpeg.windows(2).position(|w| w == [0xFF, 0xDA]).expect("a SOS marker");
+    (sos..jpeg.len() - 1).filter(|&i| jpeg[i] == 0xFF && (0xD0..=0xD7).contains(&jpeg[i + 1])).collect()
+}
+
+/// Sends frame `seq` and waits for the receiver to acknowledge it.
+fn send_and_await_ack(
+    writer: &mut MessageWriter<TcpStream>,
+    reader: &mut MessageReader<TcpStream>,
+    seq: u64,
+    jpeg: &[u8],
+) {
+    writer.write_frame(&live_header(seq, SLICED_INFO, jpeg.len()), jpeg).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        assert!(Instant::now() < deadline, "no ack for frame {seq}");
+        match reader.next_event().expect("connection to recv") {
+            Event::Message(Message::Ack(a)) if a.seq == seq => return,
+            Event::Eof => panic!("recv closed the connection before acknowledging frame {seq}"),
+            _ => {}
+        }
+    }
+}
+
+/// `recv --decode-threads 2` gets a good sliced frame, one whose restart markers are numbered
+/// wrong, one whose DRI does not match its markers, one whose last slice ends early, then good
+/// ones: it shows the good ones, counts the bad ones as corrupt JPEGs with a clear error, and
+/// keeps going.
+#[test]
+fn corrupt_sliced_frames_are_skipped_and_counted() {
+    let _serial = common::serial();
+    let dir = scratch_dir("e2e-corrupt-sliced");
+    let json = dir.join("R.jsonl");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let args = ["recv", "--listen", &addr, "--headless", "--frames", "4", "--decode-threads", "2"];
+    let mut recv = Proc::spawn("recv", &[&args[..], &["--stats-json", json.to_str().unwrap()]].concat());
+
+    let good = sliced_jpeg();
+    let rst = restart_markers(&good);
+    assert_eq!(rst.len(), 11, "a restart marker between each of 12 MCU rows");
+    // Frame 2: the second marker says RST3 where RST1 belongs.
+    let mut misnumbered = good.clone();
+    misnumbered[rst[1] + 1] = 0xD3;
+    // Frame 3: the DRI says a marker every 2 MCU rows (32 MCUs) where they come every row.
+    let dri = good.windows(6).position(|w| w == [0xFF, 0xDD, 0, 4, 0, 16]).expect("a DRI of 16 MCUs");
+    let mut wrong_dri = good.clone();
+    wrong_dri[dri + 5] = 32;
+    // Frame 4: the scan stops after 8 of its 12 intervals, and the JPEG ends there.
+    let mut cut = good[..rst[7]].to_vec();
+    cut.extend_from_slice(&[0xFF, 0xD9]);
+
+    let stream = connect_retry(port, Duration::from_secs(10));
+    stream.set_nodelay(true).unwrap();
+    stream.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let mut reader = MessageReader::new(stream.try_clone().unwrap());
+    let mut writer = MessageWriter::new(stream.try_clone().unwrap());
+    writer.write_hello(&Hello::new(Role::Sender, clock_id())).unwrap();
+    reader.read_hello(Role::Receiver, Duration::from_secs(5)).expect("recv's hello");
+    writer.write_message(&Message::StreamInfo(SLICED_INFO)).unwrap();
+
+    send_and_await_ack(&mut writer, &mut reader, 1, &good);
+    for (n, (seq, bad)) in [(2u64, &misnumbered), (3, &wrong_dri), (4, &cut)].into_iter().enumerate() {
+        writer.write_frame(&live_header(seq, SLICED_INFO, bad.len()), bad).unwrap();
+        assert!(
+            recv.wait_for_stderr_n("cannot decode frame", n + 1, Duration::from_secs(5)),
+            "recv did not log corrupt frame {seq}; stderr:\n{}",
+            recv.stderr()
+        );
+    }
+    for seq in 5..=7u64 {
+        if seq == 7 {
+            // recv may exit before acknowledging its last frame.
+            writer.write_frame(&live_header(seq, SLICED_INFO, good.len()), &good).unwrap();
+            break;
+        }
+        send_and_await_ack(&mut writer, &mut reader, seq, &good);
+    }
+    recv.expect_success(EXIT);
+    drop((reader, writer, stream));
+
+    let r = summary(&json);
+    assert_eq!(r.frames, 4, "decoded frames");
+    assert_eq!(r.received, Some(7), "received frames");
+    assert_eq!(r.dropped(DropCause::CorruptJpeg), 3, "corrupt_jpeg drops: {:?}", r.drops);
+    assert_eq!(r.drops_total, 3, "drops: {:?}", r.drops);
+    assert!(r.decode_cpu_ms.is_some_and(|ms| ms > 0.0), "no decode CPU time with 2 threads: {r:?}");
+    let log = recv.stderr();
+    assert!(log.contains("decode threads per frame") && log.contains("threads=2"), "recv did not slice:\n{log}");
+    let line = |seq: u64| {
+        let tag = format!("seq={seq} ");
+        log.lines().find(|l| l.contains("cannot decode frame") && l.contains(&tag)).unwrap_or_default().to_string()
+    };
+    eprintln!("recv logged:\n{}\n{}\n{}", line(2), line(3), line(4));
+    for (seq, says) in [(2, "expected RST1, got RST3"), (3, "a DRI of 32 MCUs"), (4, "a slice ended early")] {
+        assert!(line(seq).contains(says), "frame {seq}'s error does not say {says:?}: {}", line(seq));
+    }
+}
+
+/// Streams 30 frames of 1920x1080 with `threads` threads on each side (`--fps 0`: every frame
+/// arrives), dumping frames 0, 10 and 20 to `dumps`. Returns the sender's and the receiver's
+/// summaries and stderr.
+fn stream_1080p(threads: &str, dir: &std::path::Path) -> [(framecast::stats::Report, String); 2] {
+    std::fs::create_dir_all(dir).unwrap();
+    let (r_json, s_json, dumps) = (dir.join("R.jsonl"), dir.join("S.jsonl"), dir.join("dumps"));
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut recv = Proc::spawn(
+        "recv",
+        &[
+            "recv",
+            "--listen",
+            &addr,
+            "--headless",
+            "--frames",
+            "30",
+            "--decode-threads",
+            threads,
+            "--dump-dir",
+            dumps.to_str().unwrap(),
+            "--dump-every",
+            "10",
+            "--stats-json",
+            r_json.to_str().unwrap(),
+        ],
+    );
+    let mut send = Proc::spawn(
+        "send",
+        &[
+            "send",
+            "--connect",
+            &addr,
+            "--once",
+            "--size",
+            "1920x1080",
+            "--fps",
+            "0",
+            "--frames",
+            "30",
+            "--encode-threads",
+            threads,
+            "--stats-json",
+            s_json.to_str().unwrap(),
+        ],
+    );
+    send.expect_success(EXIT);
+    recv.expect_success(Duration::from_secs(10));
+    [(summary(&s_json), send.stderr()), (summary(&r_json), recv.stderr())]
+}
+
+/// 1920x1080 in slices on 2 threads each side shows the pictures a 1-thread stream shows: equal
+/// but for the rows beside a slice boundary, where the decoder's smooth chroma upsampling lacks
+/// its neighbour row. The sliced run reports its CPU time; the plain one does not.
+#[test]
+fn sliced_1080p_stream_shows_what_one_thread_shows() {
+    let _serial = common::serial();
+    let dir = scratch_dir("e2e-sliced");
+    let (one, two) = (dir.join("one"), dir.join("two"));
+    let [(s1, _), (r1, _)] = stream_1080p("1", &one);
+    let [(s2, send_log), (r2, recv_log)] = stream_1080p("2", &two);
+    for (s, r) in [(&s1, &r1), (&s2, &r2)] {
+        assert_eq!((s.frames, r.frames, r.drops_total), (30, 30, 0), "sender {s:?}\nreceiver {r:?}");
+    }
+    assert!(s1.encode_cpu_ms.is_none() && r1.decode_cpu_ms.is_none(), "1 thread: CPU time shown");
+    let (enc_cpu, dec_cpu) = (s2.encode_cpu_ms.unwrap_or(0.0), r2.decode_cpu_ms.unwrap_or(0.0));
+    assert!(enc_cpu > 0.0 && dec_cpu > 0.0, "2 threads: no CPU time: {s2:?}\n{r2:?}");
+    eprintln!(
+        "1 thread: encode {:?} ms, decode {:?} ms; 2 threads: encode {:?} ms (cpu {enc_cpu}), decode {:?} ms (cpu {dec_cpu})",
+        s1.encode_ms, r1.decode_ms, s2.encode_ms, r2.decode_ms
+    );
+    for (log, stage) in [(&send_log, "encode"), (&recv_log, "decode")] {
+        let said = log.lines().any(|l| l.contains(&format!("{stage} threads per frame")) && l.contains("threads=2"));
+        assert!(said, "the {stage} stage did not run on 2 threads:\n{log}");
+    }
+    for seq in [0u64, 10, 20] {
+        let name = format!("frame-{seq:08}.ppm");
+        let (a, b) = (std::fs::read(one.join("dumps").join(&name)), std::fs::read(two.join("dumps").join(&name)));
+        let (a, b) = (
+            a.unwrap_or_else(|e| panic!("1 thread, {name}: {e}")),
+            b.unwrap_or_else(|e| panic!("2 threads, {name}: {e}")),
+        );
+        let (Some((w1, h1, p1)), Some((w2, h2, p2))) = (read_ppm(&a), read_ppm(&b)) else {
+            panic!("{name}: not a PPM")
+        };
+        assert_eq!((w1, h1, w2, h2), (1920, 1080, 1920, 1080), "{name} size");
+        let db = psnr(p1, p2);
+        let max = p1.iter().zip(p2).map(|(x, y)| x.abs_diff(*y)).max().unwrap_or(0);
+        let rows: Vec<usize> = (0..1080)
+            .filter(|r| p1[r * 1920 * 3..(r + 1) * 1920 * 3] != p2[r * 1920 * 3..(r + 1) * 1920 * 3])
+            .collect();
+        eprintln!("{name}: 2 threads vs 1: PSNR {db:.2} dB, largest difference {max}, rows that differ {rows:?}");
+        assert!(db >= 50.0, "{name}: PSNR {db:.2} dB < 50 dB");
+        // Slices end on MCU rows (16 pixel rows at 4:2:0): only rows beside one may differ.
+        assert!(rows.iter().all(|r| (r + 2) % 16 <= 3), "{name}: rows away from a slice boundary differ: {rows:?}");
+    }
+}

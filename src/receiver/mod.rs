@@ -37,6 +37,7 @@ use crossbeam_channel::{bounded, Sender};
 use tracing::warn;
 
 use crate::chan::{latest, LatestSender, Pool};
+use crate::cli::{CodecThreads, ThreadsBySize};
 use crate::codec::{Decoder, Speed};
 use crate::net::proto::MAX_REPORT_LEN;
 use crate::net::secure::Key;
@@ -81,6 +82,8 @@ pub struct RecvConfig {
     pub connect_patience: Duration,
     /// libjpeg-turbo's fast decoding settings.
     pub decode_speed: Speed,
+    /// Threads that decode each JPEG with restart markers (`--decode-threads`).
+    pub decode_threads: CodecThreads,
     /// Pre-shared key: the sender must prove it holds it, and the stream is encrypted.
     pub key: Option<Key>,
     /// Ask each sender for this JPEG quality when it connects (`SetQuality`).
@@ -172,7 +175,9 @@ fn start<'a>(
     let endpoint = cfg.endpoint;
     let net = stage::spawn("net-rx", move || net.run(endpoint))?;
     let (meter_d, count_d, limit) = (meter.clone(), count.clone(), cfg.frames);
-    let decode = Decode { rx: in_rx, jpeg_pool, tx: out_tx, free_rx, meter: meter_d, count: count_d, limit, decoder };
+    let threads = ThreadsBySize::new(cfg.decode_threads);
+    let decode =
+        Decode { rx: in_rx, jpeg_pool, tx: out_tx, free_rx, meter: meter_d, count: count_d, limit, decoder, threads };
     let decode = stage::spawn("decode", move || decode.run())?;
     let feedback = FeedbackTx { conn_rx, ack_rx, rx: feedback_rx, quality: cfg.quality };
     let feedback = stage::spawn("feedback", move || feedback.run())?;
@@ -307,6 +312,7 @@ mod tests {
             dump: None,
             connect_patience: Duration::from_secs(5),
             decode_speed: Speed::default(),
+            decode_threads: CodecThreads::Auto,
             key: None,
             quality: None,
             frame_log: None,

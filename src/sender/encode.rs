@@ -27,6 +27,7 @@ use tracing::{debug, info, warn};
 use super::{ViewerRequest, POLL};
 use crate::capture::RawFrame;
 use crate::chan::{LatestReceiver, Pool};
+use crate::cli::{CodecThreads, ThreadsBySize};
 use crate::clock::now_us;
 use crate::codec::{Encoded, Encoder, Speed};
 use crate::control::Controller;
@@ -56,6 +57,8 @@ pub(super) struct EncodeSettings {
     /// A lossless stream: wait for each viewer instead of dropping.
     pub backpressure: bool,
     pub fast_dct: bool,
+    /// Threads per frame (`--encode-threads`), decided again whenever the frame size changes.
+    pub threads: CodecThreads,
 }
 
 /// Everything the encode thread owns.
@@ -87,6 +90,8 @@ struct Work {
     said: Said,
     /// The controller's last decision time already put in the meter.
     published_tick: Option<u64>,
+    /// The encoder's threads per frame.
+    threads: ThreadsBySize,
 }
 
 /// What to encode a frame at.
@@ -120,6 +125,7 @@ impl Encode {
             small: RawFrame::empty(),
             said: Said::default(),
             published_tick: None,
+            threads: ThreadsBySize::new(s.threads),
         };
         self.publish_status(&mut work, true);
         while let Ok(raw) = self.rx.recv() {
@@ -230,10 +236,13 @@ impl Encode {
         if plan.half && !halved {
             self.cannot_halve(&mut work.said);
         }
+        let size = if halved { (work.small.width, work.small.height) } else { (raw.width, raw.height) };
+        Self::fit_threads(work, size);
+        let input = if halved { &work.small } else { &raw };
         let slot = work.ring.take();
         let frame = Arc::get_mut(slot).expect("the ring hands out frames nobody else holds");
         let start = now_us();
-        let res = work.enc.encode(if halved { &work.small } else { &raw }, &mut frame.jpeg);
+        let res = work.enc.encode(input, &mut frame.jpeg);
         let end = now_us();
         let info = match res {
             Ok(i) => i,
@@ -245,7 +254,7 @@ impl Encode {
             }
         };
         say_mode(&info, &mut work.said);
-        let (width, height) = if halved { (work.small.width, work.small.height) } else { (raw.width, raw.height) };
+        let (width, height) = size;
         frame.header = FrameHeader {
             seq: raw.seq,
             capture_us: raw.capture_us,
@@ -262,6 +271,8 @@ impl Encode {
         self.meter.update(|c| {
             c.encoded += 1;
             c.encode_us += end - start;
+            c.encode_cpu_us += info.cpu_us;
+            c.sliced += u64::from(work.threads.threads > 1);
             c.quality = Some(info.quality);
         });
         let (len, no_signal) = (frame.jpeg.as_slice().len() as u64, raw.no_signal);
@@ -274,6 +285,25 @@ impl Encode {
             }
         }
         Ok(())
+    }
+
+    /// Gives the encoder the threads `--encode-threads` means for frames of `size`, when the
+    /// size differs from the last frame's (the first frame, `--allow-downscale`). If its
+    /// threads cannot start, it goes on with one.
+    fn fit_threads(work: &mut Work, (width, height): (u32, u32)) {
+        let Some(threads) = work.threads.change_for(width, height) else { return };
+        let setting = work.threads.setting;
+        match work.enc.set_threads(threads) {
+            Ok(()) => {
+                work.threads.threads = threads;
+                info!(threads, width, height, %setting, "encode threads per frame");
+            }
+            Err(e) => {
+                warn!(threads, error = %e, "cannot start the encoder's slice threads; encoding on one");
+                // A failed `set_threads` leaves the encoder on one thread.
+                work.threads.threads = 1;
+            }
+        }
     }
 
     /// `--allow-downscale` asked for half size, but this source's frames cannot be halved.

@@ -46,6 +46,7 @@ use self::encode::{Encode, EncodeSettings, Feedback};
 use self::transport::{Feed, LatestStats, Transport};
 use crate::capture::{CaptureError, FrameSource, RawFrame};
 use crate::chan::{latest, LatestReceiver, Pool};
+use crate::cli::CodecThreads;
 use crate::control::{ControlConfig, Controller};
 use crate::format::Subsampling;
 use crate::hub::Hub;
@@ -89,6 +90,8 @@ pub struct SendConfig {
     pub http: Option<TcpListener>,
     /// libjpeg-turbo's fast integer DCT (see `codec::Speed`).
     pub fast_dct: bool,
+    /// Threads that encode each frame, as slices (`--encode-threads`).
+    pub encode_threads: CodecThreads,
     /// Pre-shared key: viewers must prove they hold it, the stream is encrypted, and HTTP
     /// requires the token derived from it.
     pub key: Option<Key>,
@@ -255,6 +258,7 @@ fn start_encode(cfg: &SendConfig, info: &SourceInfo, up: Upstream) -> anyhow::Re
             // is sent.
             backpressure: cfg.fps == 0 && !info.self_paced,
             fast_dct: cfg.fast_dct,
+            threads: cfg.encode_threads,
         },
         rx: up.raw_rx,
         raw_pool: up.raw_pool,

@@ -609,6 +609,7 @@ mod tests {
             once: false,
             http: None,
             fast_dct: false,
+            encode_threads: crate::cli::CodecThreads::Auto,
             key: None,
             congestion: Some(Congestion { max_in_flight: 2, send_queue: Congestion::SEND_QUEUE }),
             control: None,

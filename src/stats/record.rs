@@ -240,6 +240,13 @@ pub struct Report {
     pub encode_ms: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub decode_ms: Option<f64>,
+    /// Mean CPU time per frame of encoding (sender) or decoding (receiver), all threads
+    /// together; present when the stage's codec had more than one thread for some frame of
+    /// the span (`--encode-threads`, `--decode-threads`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encode_cpu_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decode_cpu_ms: Option<f64>,
     /// By [`DropCause::name`].
     pub drops: BTreeMap<String, u64>,
     pub drops_total: u64,
@@ -300,6 +307,11 @@ pub struct Report {
     pub source_lost_s: Option<f64>,
 }
 
+/// ` (cpu 2.20)` after a sliced stage's wall time; nothing when it is not measured.
+fn cpu_note(cpu_ms: Option<f64>) -> String {
+    cpu_ms.map_or_else(String::new, |ms| format!(" (cpu {ms:.2})"))
+}
+
 fn is_zero(n: &u64) -> bool {
     *n == 0
 }
@@ -342,6 +354,8 @@ impl Report {
             quality: c.quality,
             encode_ms: if sender { mean_ms(c.encode_us, c.encoded) } else { None },
             decode_ms: if sender { None } else { mean_ms(c.decode_us, c.decoded) },
+            encode_cpu_ms: if sender && c.sliced > 0 { mean_ms(c.encode_cpu_us, c.encoded) } else { None },
+            decode_cpu_ms: if !sender && c.sliced > 0 { mean_ms(c.decode_cpu_us, c.decoded) } else { None },
             drops: c.drops.iter().map(|(k, v)| (k.name().to_owned(), *v)).collect(),
             drops_total: c.drops.values().sum(),
             seq_gaps: (!sender).then_some(c.seq_gaps),
@@ -429,10 +443,10 @@ impl Report {
             s.push_str(&format!("  ctl q{} {:.1} fps{half} rate {rate} kbit/s", c.quality, c.fps));
         }
         if let Some(ms) = self.encode_ms {
-            s.push_str(&format!("  enc {ms:.2} ms"));
+            s.push_str(&format!("  enc {ms:.2} ms{}", cpu_note(self.encode_cpu_ms)));
         }
         if let Some(ms) = self.decode_ms {
-            s.push_str(&format!("  dec {ms:.2} ms"));
+            s.push_str(&format!("  dec {ms:.2} ms{}", cpu_note(self.decode_cpu_ms)));
         }
         self.push_latency(&mut s);
         self.push_counts(&mut s);
@@ -494,10 +508,10 @@ impl Report {
             self.mean_frame_bytes
         );
         if let Some(ms) = self.encode_ms {
-            s.push_str(&format!(", encode {ms:.2} ms"));
+            s.push_str(&format!(", encode {ms:.2} ms{}", cpu_note(self.encode_cpu_ms)));
         }
         if let Some(ms) = self.decode_ms {
-            s.push_str(&format!(", decode {ms:.2} ms"));
+            s.push_str(&format!(", decode {ms:.2} ms{}", cpu_note(self.decode_cpu_ms)));
         }
         for stage in Stage::LISTED {
             if let Some(p) = self.latency(stage) {
@@ -749,6 +763,31 @@ mod schema {
         assert_eq!(read[0].links.as_ref().map(|l| l[1].kind.clone()), Some(ViewerKind::new("http")));
         assert_eq!(read[0].control.as_ref().map(|c| c.rate_kbps), Some(f64::INFINITY));
         assert_eq!(read, reports());
+    }
+
+    /// Sliced stages add their CPU time after the wall time, in the JSON and the text; the
+    /// fixture's counters (no frame sliced) have none.
+    #[test]
+    fn sliced_records_carry_cpu_time() {
+        let receiver = Counters { decoded: 4, decode_us: 4_400, decode_cpu_us: 8_810, sliced: 4, ..Default::default() };
+        let r = Report::build(Side::Receiver, RecordType::Interval, &receiver, 1.0, 1.0);
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(json.contains(r#""decode_ms":1.1,"decode_cpu_ms":2.203,"drops""#), "{json}");
+        assert!(!json.contains("encode_cpu_ms"), "{json}");
+        assert!(r.human_line().contains("  dec 1.10 ms (cpu 2.20)  "), "{}", r.human_line());
+        assert_eq!(parse_report(json.as_bytes()).unwrap(), r);
+        let sender = Counters { encoded: 2, encode_us: 3_000, encode_cpu_us: 5_000, sliced: 1, ..Default::default() };
+        let s = Report::build(Side::Sender, RecordType::Summary, &sender, 1.0, 1.0);
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(json.contains(r#""encode_ms":1.5,"encode_cpu_ms":2.5,"drops""#), "{json}");
+        assert!(s.summary_text().contains(", encode 1.50 ms (cpu 2.50);"), "{}", s.summary_text());
+        // Measured, but on one thread: not shown.
+        let one = Counters { sliced: 0, ..sender };
+        let s = Report::build(Side::Sender, RecordType::Summary, &one, 1.0, 1.0);
+        assert!(s.encode_cpu_ms.is_none() && !s.summary_text().contains("cpu"), "{}", s.summary_text());
+        for r in reports() {
+            assert!(r.encode_cpu_ms.is_none() && r.decode_cpu_ms.is_none());
+        }
     }
 
     #[test]
