@@ -701,6 +701,40 @@ mod measure {
         (median(wall), median(cpu), size)
     }
 
+    /// The same frames at a live 30 fps (33 ms idle between frames, as in a stream): the
+    /// workers sleep between frames, so each frame pays for waking them.
+    #[test]
+    #[ignore]
+    fn paced_encode_and_decode_at_30_fps() {
+        for (w, h) in [(1920u32, 1080u32), (3840, 2160)] {
+            let f = pattern_frame(w, h, Subsampling::S420, 3);
+            let mut out = JpegBuf::default();
+            for threads in [1usize, 2] {
+                let mut enc = Encoder::new(75, Subsampling::S420, false).unwrap();
+                enc.set_restart_rows(1).unwrap();
+                enc.set_threads(threads).unwrap();
+                let mut dec = Decoder::new().unwrap();
+                dec.set_threads(threads).unwrap();
+                let mut px = Vec::new();
+                let (mut e, mut d) = (Vec::new(), Vec::new());
+                for _ in 0..30 {
+                    std::thread::sleep(std::time::Duration::from_millis(33));
+                    let t = Instant::now();
+                    enc.encode(&f, &mut out).unwrap();
+                    e.push(t.elapsed().as_micros() as u64);
+                    let t = Instant::now();
+                    dec.decode(out.as_slice(), w as usize, h as usize, &mut px).unwrap();
+                    d.push(t.elapsed().as_micros() as u64);
+                }
+                eprintln!(
+                    "{w}x{h} paced at 30 fps, {threads} thread(s): encode {} us, decode {} us",
+                    median(e),
+                    median(d)
+                );
+            }
+        }
+    }
+
     #[test]
     #[ignore]
     fn encode_and_decode_times_and_restart_overhead() {
