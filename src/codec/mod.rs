@@ -17,6 +17,7 @@
 
 pub mod restart;
 pub mod slices;
+pub mod threads;
 
 use std::ffi::{c_int, CStr};
 

@@ -12,7 +12,7 @@ use tracing::{info, warn};
 
 use super::net::Incoming;
 use crate::chan::{LatestReceiver, LatestSender, Pool};
-use crate::cli::ThreadsBySize;
+use crate::codec::threads::ThreadsBySize;
 use crate::clock::now_us;
 use crate::codec::Decoder;
 use crate::net::FrameHeader;

@@ -37,7 +37,7 @@ use crossbeam_channel::{bounded, Sender};
 use tracing::warn;
 
 use crate::chan::{latest, LatestSender, Pool};
-use crate::cli::{CodecThreads, ThreadsBySize};
+use crate::codec::threads::{CodecThreads, ThreadsBySize};
 use crate::codec::{Decoder, Speed};
 use crate::net::proto::MAX_REPORT_LEN;
 use crate::net::secure::Key;

@@ -46,7 +46,7 @@ use self::encode::{Encode, EncodeSettings, Feedback};
 use self::transport::{Feed, LatestStats, Transport};
 use crate::capture::{CaptureError, FrameSource, RawFrame};
 use crate::chan::{latest, LatestReceiver, Pool};
-use crate::cli::CodecThreads;
+use crate::codec::threads::CodecThreads;
 use crate::control::{ControlConfig, Controller};
 use crate::format::Subsampling;
 use crate::hub::Hub;

@@ -609,7 +609,7 @@ mod tests {
             once: false,
             http: None,
             fast_dct: false,
-            encode_threads: crate::cli::CodecThreads::Auto,
+            encode_threads: crate::codec::threads::CodecThreads::Auto,
             key: None,
             congestion: Some(Congestion { max_in_flight: 2, send_queue: Congestion::SEND_QUEUE }),
             control: None,
