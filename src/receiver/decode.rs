@@ -12,8 +12,8 @@ use tracing::{info, warn};
 
 use super::net::Incoming;
 use crate::chan::{LatestReceiver, LatestSender, Pool};
-use crate::codec::threads::ThreadsBySize;
 use crate::clock::now_us;
+use crate::codec::threads::ThreadsBySize;
 use crate::codec::Decoder;
 use crate::net::FrameHeader;
 use crate::stats::{DropCause, Meter};
