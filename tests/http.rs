@@ -29,7 +29,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::http_client::{http_get, http_raw, jpeg_size, parse_response, spawn_mjpeg_client, MjpegClient};
-use common::tools::{require_tools, run_tool, tool_stdout};
+use common::tools::{chromium, require_tools, run_tool, tool_stdout};
 use common::{connect_retry, free_port, records_of, scratch_dir, summary, try_read_until_closed, Proc};
 use framecast::capture::pattern::{TestPattern, BARS};
 use framecast::codec::Decoder;
@@ -45,25 +45,6 @@ const EXIT: Duration = Duration::from_secs(30);
 const CONVERT: &str = "/usr/bin/convert";
 /// What the Chromium tests run, and the Debian packages that install it.
 const CHROMIUM_TOOLS: [(&str, &str); 2] = [("chromium", "chromium"), (CONVERT, "imagemagick")];
-
-/// The flags that make headless Chromium work as root on a closed network (design.md).
-fn chromium(profile: &Path) -> Command {
-    let mut c = Command::new("chromium");
-    c.args([
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-        "--window-size=800,700",
-    ])
-    .arg(format!("--user-data-dir={}", profile.display()));
-    c
-}
 
 /// Largest difference per channel between a bar's colour and its pixels on screen (JPEG
 /// quality 75, 4:2:0, then the browser's own decode).

@@ -131,7 +131,6 @@ pub fn tool_stdout(cmd: &mut Command, timeout: Duration) -> Vec<u8> {
 
 /// Headless Chromium with the flags that make it work as root on a closed network
 /// (design.md) and a profile in `profile`; the caller adds what to do (`--dump-dom`, a URL).
-/// (tests/http.rs has its own copy, from before this one.)
 pub fn chromium(profile: &Path) -> Command {
     let mut c = Command::new("chromium");
     c.args([
