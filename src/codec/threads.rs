@@ -74,6 +74,32 @@ impl ThreadsBySize {
         let want = self.setting.for_frame_here(width, height);
         (want != self.threads).then_some(want)
     }
+
+    /// Gives a stage's codec (`set_threads`: `Encoder::set_threads` or `Decoder::set_threads`)
+    /// the threads a `width`x`height` frame wants, when the size differs from the last
+    /// frame's, and logs the change as `{stage} threads per frame` ("encode", "decode"). If
+    /// its threads cannot start, the codec goes on with one (a failed `set_threads` leaves
+    /// it there) and a warning names the `coder` and what it goes on `doing` ("encoder",
+    /// "encoding").
+    pub fn fit(
+        &mut self,
+        (width, height): (u32, u32),
+        (stage, coder, doing): (&str, &str, &str),
+        set_threads: impl FnOnce(usize) -> Result<(), super::CodecError>,
+    ) {
+        let Some(threads) = self.change_for(width, height) else { return };
+        let setting = self.setting;
+        match set_threads(threads) {
+            Ok(()) => {
+                self.threads = threads;
+                tracing::info!(threads, width, height, %setting, "{stage} threads per frame");
+            }
+            Err(e) => {
+                tracing::warn!(threads, error = %e, "cannot start the {coder}'s slice threads; {doing} on one");
+                self.threads = 1;
+            }
+        }
+    }
 }
 
 impl std::str::FromStr for CodecThreads {

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crossbeam_channel::Receiver;
-use tracing::{info, warn};
+use tracing::warn;
 
 use super::net::Incoming;
 use crate::chan::{LatestReceiver, LatestSender, Pool};
@@ -63,7 +63,9 @@ impl Decode {
         let Some(mut pixels) = spare.take().or_else(|| self.free_rx.recv().ok()) else { return false };
         let Ok(inc) = self.rx.recv() else { return false };
         let (w, h) = (usize::from(inc.header.width), usize::from(inc.header.height));
-        self.fit_threads(inc.header.width, inc.header.height);
+        let size = (u32::from(inc.header.width), u32::from(inc.header.height));
+        let decoder = &mut self.decoder;
+        self.threads.fit(size, ("decode", "decoder", "decoding"), |n| decoder.set_threads(n));
         let start = now_us();
         let res = self.decoder.decode(&inc.jpeg, w, h, &mut pixels);
         let end = now_us();
@@ -102,24 +104,5 @@ impl Decode {
         let count = self.count.fetch_add(1, Ordering::Relaxed) + 1;
         // --frames reached: decode no more (the view shows what is queued, then stops).
         delivered && !self.limit.is_some_and(|n| count >= n)
-    }
-
-    /// Gives the decoder the threads `--decode-threads` means for frames of this size, when
-    /// the size differs from the last frame's. If its threads cannot start, it goes on with one.
-    fn fit_threads(&mut self, width: u16, height: u16) {
-        let (width, height) = (u32::from(width), u32::from(height));
-        let Some(threads) = self.threads.change_for(width, height) else { return };
-        let setting = self.threads.setting;
-        match self.decoder.set_threads(threads) {
-            Ok(()) => {
-                self.threads.threads = threads;
-                info!(threads, width, height, %setting, "decode threads per frame");
-            }
-            Err(e) => {
-                warn!(threads, error = %e, "cannot start the decoder's slice threads; decoding on one");
-                // A failed `set_threads` leaves the decoder on one thread.
-                self.threads.threads = 1;
-            }
-        }
     }
 }

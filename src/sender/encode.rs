@@ -237,7 +237,8 @@ impl Encode {
             self.cannot_halve(&mut work.said);
         }
         let size = if halved { (work.small.width, work.small.height) } else { (raw.width, raw.height) };
-        Self::fit_threads(work, size);
+        let enc = &mut work.enc;
+        work.threads.fit(size, ("encode", "encoder", "encoding"), |n| enc.set_threads(n));
         let input = if halved { &work.small } else { &raw };
         let slot = work.ring.take();
         let frame = Arc::get_mut(slot).expect("the ring hands out frames nobody else holds");
@@ -285,25 +286,6 @@ impl Encode {
             }
         }
         Ok(())
-    }
-
-    /// Gives the encoder the threads `--encode-threads` means for frames of `size`, when the
-    /// size differs from the last frame's (the first frame, `--allow-downscale`). If its
-    /// threads cannot start, it goes on with one.
-    fn fit_threads(work: &mut Work, (width, height): (u32, u32)) {
-        let Some(threads) = work.threads.change_for(width, height) else { return };
-        let setting = work.threads.setting;
-        match work.enc.set_threads(threads) {
-            Ok(()) => {
-                work.threads.threads = threads;
-                info!(threads, width, height, %setting, "encode threads per frame");
-            }
-            Err(e) => {
-                warn!(threads, error = %e, "cannot start the encoder's slice threads; encoding on one");
-                // A failed `set_threads` leaves the encoder on one thread.
-                work.threads.threads = 1;
-            }
-        }
     }
 
     /// `--allow-downscale` asked for half size, but this source's frames cannot be halved.
