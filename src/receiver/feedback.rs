@@ -74,10 +74,17 @@ impl FeedbackTx {
                 Err(_) => self.conn_rx = never(),
             },
             recv(self.ack_rx) -> a => match a {
-                Ok(a) if current.conn.as_ref().is_some_and(|c| c.conn == a.conn) => {
-                    current.send(&Message::Ack(a.ack));
+                Ok(a) => {
+                    // net-rx announces a connection before any of its frames can be
+                    // acknowledged, but `select!` picks among ready channels at random: take
+                    // the announcements first, or an ack could be dropped as stale.
+                    while let Ok(c) = self.conn_rx.try_recv() {
+                        self.connected(current, c);
+                    }
+                    if current.conn.as_ref().is_some_and(|c| c.conn == a.conn) {
+                        current.send(&Message::Ack(a.ack));
+                    }
                 }
-                Ok(_) => {}
                 Err(_) => return false,
             },
             recv(self.rx) -> r => match r {
