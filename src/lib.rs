@@ -19,6 +19,8 @@
 //! - [`net`]: the wire protocol: `net::proto` (pure format), `net::io` (framed reader and
 //!   writer), `net::conn` (the one accept loop, connect policies, socket options) and
 //!   `net::secure` (`--key-file`: Noise handshake, encrypted records).
+//! - [`rtp`]: RTP for JPEG (RFC 2435): the payload headers and framecast's capture-time header
+//!   extension, shared by the RTSP server, publishing and the RTSP client.
 //! - [`receiver`]: the receiver pipeline, one file per stage: `net-rx`, `decode`, the view
 //!   (main thread) and `feedback`.
 //! - [`view`]: frame sinks (minifb window, headless) on the receiver's main thread.
@@ -53,6 +55,7 @@ pub mod net;
 pub mod netsim;
 pub mod receiver;
 pub mod report;
+pub mod rtp;
 pub mod sender;
 pub mod stage;
 pub mod stats;
