@@ -3,7 +3,8 @@
 #
 #   scripts/setup.sh               build dependencies
 #   scripts/setup.sh --test-deps   also Xvfb, xwd, xwininfo, ImageMagick, tjbench and the
-#                                  decoders tests/slices.rs checks (Chromium, FFmpeg, GStreamer)
+#                                  decoders tests/slices.rs checks (Chromium, FFmpeg, GStreamer),
+#                                  and the RTSP peers (VLC, gst-rtsp-server from Python)
 #   scripts/setup.sh --bench-deps  also the peers benches/compare.sh measures framecast against
 #                                  (GStreamer, FFmpeg, OpenCV) and the tools it times them with
 #   scripts/setup.sh --no-update   skip `apt-get update` (the caller has just run it)
@@ -50,8 +51,12 @@ build_pkgs=(build-essential cmake nasm libclang-dev clang pkg-config libx11-6 li
 # libjpeg-turbo-progs: tjbench, the reference numbers the benches are compared with;
 # chromium and ffmpeg: real clients of the HTTP endpoint; they and GStreamer's gst-launch-1.0 (tools)
 # with jpegdec (plugins-good) also decode the sliced JPEGs of tests/slices.rs.
+# RTSP tests (tests/rtsp_*.rs): VLC (run as an unprivileged user the test creates: it refuses
+# root), and gst-rtsp-server driven from Debian's Python (tests/support/gst_rtsp.py) as the
+# foreign RTSP server: serving videotestsrc ! jpegenc ! rtpjpegpay, and taking RECORD.
 test_pkgs=(xvfb x11-apps x11-utils xdotool imagemagick libjpeg-turbo-progs chromium ffmpeg
-    gstreamer1.0-tools gstreamer1.0-plugins-good)
+    gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good vlc
+    python3 python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-rtsp-server-1.0 passwd)
 # benches/compare.sh: gst-launch-1.0 with filesrc/rawvideoparse (base), jpegenc/jpegdec (good) and
 # gdppay/gdpdepay (bad); the GStreamer Python bindings for its latency probes; OpenCV for the
 # classic socket snippet; /usr/bin/time and ss to time and wait for the processes.
@@ -63,8 +68,8 @@ say() { printf 'setup.sh: %s\n' "$*"; }
 print_other_platforms() {
     local fedora_test="" brew_test=""
     if $test_deps; then
-        fedora_test+=$'\n    sudo dnf install -y xorg-x11-server-Xvfb xwd xwininfo xdotool ImageMagick libjpeg-turbo-utils chromium ffmpeg gstreamer1 gstreamer1-plugins-good'
-        brew_test+=$'\n    brew install imagemagick jpeg-turbo ffmpeg gstreamer    # tjbench; the window test is X11-only and skips on macOS'
+        fedora_test+=$'\n    sudo dnf install -y xorg-x11-server-Xvfb xwd xwininfo xdotool ImageMagick libjpeg-turbo-utils chromium ffmpeg gstreamer1 gstreamer1-plugins-good vlc python3-gobject gstreamer1-rtsp-server'
+        brew_test+=$'\n    brew install imagemagick jpeg-turbo ffmpeg gstreamer vlc pygobject3    # tjbench; the window test is X11-only and skips on macOS'
     fi
     if $bench_deps; then
         fedora_test+=$'\n    sudo dnf install -y gstreamer1 gstreamer1-plugins-base gstreamer1-plugins-good gstreamer1-plugins-bad-free python3-gobject python3-opencv ffmpeg time iproute'
@@ -179,7 +184,7 @@ fi
 # What the build and the tests call, by name, in case a package was renamed or split.
 tools=(cc cmake nasm)
 if $test_deps; then
-    tools+=(Xvfb xwd xwininfo convert tjbench chromium ffmpeg ffprobe)
+    tools+=(Xvfb xwd xwininfo convert tjbench chromium ffmpeg ffprobe gst-launch-1.0 cvlc useradd /usr/bin/python3)
 fi
 if $bench_deps; then
     tools+=(gst-launch-1.0 gst-inspect-1.0 ffmpeg /usr/bin/time ss /usr/bin/python3)
