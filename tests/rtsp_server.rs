@@ -521,3 +521,27 @@ fn key_file_requires_the_token() {
     assert_eq!(c.request("OPTIONS", &format!("Authorization: {basic}\r\n")).0, 200);
     assert!(send.stderr().contains("key required, not encrypted"));
 }
+
+/// A 4:4:4 source, which RFC 2435 cannot carry: each frame is re-encoded once as 4:2:0 for
+/// every RTSP viewer (counted in `rtp_reencoded`), and ffmpeg reads the pattern.
+#[test]
+fn a_444_source_is_reencoded_for_rtsp() {
+    if !require_tools("a_444_source_is_reencoded_for_rtsp", FFMPEG) {
+        return;
+    }
+    let _g = serial();
+    let dir = scratch_dir("rtsp-444");
+    let stats = dir.join("send.jsonl");
+    let (send, url) = sender("320x240", 10, 30, &["--subsampling", "444", "--stats-json", stats.to_str().unwrap()]);
+    let rgb = ffmpeg_rgb(&url, "tcp", 5);
+    let len = 320 * 240 * 3;
+    assert_eq!(rgb.len(), 5 * len);
+    let sent = (send.elapsed().as_secs_f64() * 10.0) as u64 + 2;
+    check_pictures("444 re-encoded", &[&rgb[4 * len..]], (320, 240), sent);
+    assert!(send.wait_for_stderr("re-encoding such frames once for every RTSP viewer", Duration::from_secs(2)));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !common::stats_lines(&stats).iter().any(|r| r.rtp_reencoded > 0) {
+        assert!(Instant::now() < deadline, "no rtp_reencoded in the stats");
+        thread::sleep(Duration::from_millis(200));
+    }
+}
