@@ -1,7 +1,7 @@
 //! One RTSP connection's requests and their answers, pure code: no sockets (the UDP ports a
 //! SETUP needs come through [`Env`]), no threads, so the fuzz target `rtsp_request` drives it
-//! with bytes alone. The session thread (`session.rs`) acts on the [`Action`] each answer
-//! carries.
+//! with bytes alone. Run by each connection's `rtsp-PEER` thread (`session.rs`), which acts on
+//! the [`Action`] each answer carries.
 //!
 //! One connection holds at most one session with one stream (the video), served at
 //! `rtsp://HOST:PORT/stream` and `rtsp://HOST:PORT/` (the SDP names it `track0` below
