@@ -1,0 +1,323 @@
+//! `send --publish rtsp://...`: framecast as an RTSP client that ANNOUNCEs and RECORDs into a
+//! media server, here gst-rtsp-server in record mode (`tests/support/gst_rtsp.py record`,
+//! which takes RECORD the way MediaMTX does and writes every frame it depayloads to a file).
+//!
+//! Checked on what the server wrote, not on what framecast says it sent: the number of frames,
+//! their size, and their pixels against the test pattern (PSNR, each frame matched to the
+//! pattern frame it shows, in increasing order). Also: frames wider than RFC 2435's 2040 px
+//! (size from the SDP's `a=x-dimensions`), reconnecting when the server goes away and comes
+//! back, credentials in the URL (and a clear error for a wrong password), bad URLs refused
+//! at the command line.
+//!
+//! gst-rtsp-server cannot serve what it records to readers, so "ffmpeg reads the stream back"
+//! is checked on the frames it wrote: ffmpeg decodes them without an error.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::tools::{require_tools, run_tool, skip};
+use common::{free_port, scratch_dir, summary, Proc};
+use framecast::capture::pattern::TestPattern;
+use framecast::codec::Decoder;
+use framecast::format::Subsampling;
+use framecast::testutil::{psnr, xrgb_to_rgb};
+
+const PYTHON: &str = "/usr/bin/python3";
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/gst_rtsp.py")
+}
+
+/// Whether gst-rtsp-server can run here (skips loudly, or fails under CI, when not).
+fn have_gst_rtsp(test: &str) -> bool {
+    if !require_tools(test, &[(PYTHON, "python3-gi"), ("gst-launch-1.0", "gstreamer1.0-tools")]) {
+        return false;
+    }
+    let probe = run_tool(
+        Command::new(PYTHON).args([
+            "-c",
+            "import gi; gi.require_version('Gst', '1.0'); gi.require_version('GstRtspServer', '1.0')",
+        ]),
+        Duration::from_secs(20),
+    );
+    if !probe.status.success() {
+        skip(
+            test,
+            &format!(
+                "gst-rtsp-server's Python bindings are missing (apt-get install -y gir1.2-gst-rtsp-server-1.0 \
+                 python3-gi, or scripts/setup.sh --test-deps): {}",
+                probe.stderr.trim()
+            ),
+        );
+        return false;
+    }
+    true
+}
+
+/// `gst_rtsp.py record` on 127.0.0.1:`port`, writing frames to `out`; killed on drop.
+struct RecordServer {
+    child: Child,
+    url: String,
+}
+
+impl RecordServer {
+    fn start(port: u16, out: &Path, auth: Option<(&str, &str)>) -> RecordServer {
+        let mut cmd = Command::new(PYTHON);
+        cmd.arg(script()).args(["record", "--port", &port.to_string(), "--path", "/cam", "--out"]).arg(out);
+        if let Some((user, password)) = auth {
+            cmd.args(["--user", user, "--password", password]);
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", script().display()));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut server = RecordServer { child, url: String::new() };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while server.url.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(url) = line.strip_prefix("READY ") {
+                        server.url = url.to_string();
+                    }
+                }
+                Err(_) => panic!("gst_rtsp.py record on port {port} did not print READY within 20 s"),
+            }
+        }
+        eprintln!("[record] {} (pid {}), frames to {}", server.url, server.child.id(), out.display());
+        server
+    }
+
+    /// Ends the server at once, as a crash or a power cut would (its connections reset).
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RecordServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The frames a record server wrote, in order.
+fn written(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    v.retain(|p| p.extension().is_some_and(|e| e == "jpg"));
+    v.sort();
+    v
+}
+
+/// Waits until `dir` holds at least `n` frames, at most `timeout`; returns how many it holds.
+fn wait_for_frames(dir: &Path, n: usize, timeout: Duration) -> usize {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let have = written(dir).len();
+        if have >= n || Instant::now() >= deadline {
+            return have;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until the number of frames in `dir` stops changing (the server has written what it
+/// received), at most 5 s.
+fn settle(dir: &Path) -> Vec<PathBuf> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut last = written(dir).len();
+    loop {
+        thread::sleep(Duration::from_millis(300));
+        let now = written(dir).len();
+        if now == last || Instant::now() >= deadline {
+            return written(dir);
+        }
+        last = now;
+    }
+}
+
+/// Decodes every frame in `files`, checks its size, and matches it to the test-pattern frame
+/// it shows (the best PSNR among the next pattern frames): each must reach 30 dB, and the
+/// pattern frames must come in increasing order (the server got them in order, none twice).
+/// Returns the pattern frame numbers.
+fn check_pixels(files: &[PathBuf], width: u32, height: u32, window: u64) -> Vec<u64> {
+    let pattern = TestPattern::new(width, height, Subsampling::S420);
+    let mut dec = Decoder::new().unwrap();
+    let mut px = Vec::new();
+    let mut seqs: Vec<u64> = Vec::new();
+    for (i, f) in files.iter().enumerate() {
+        let jpeg = std::fs::read(f).unwrap();
+        dec.decode(&jpeg, width as usize, height as usize, &mut px)
+            .unwrap_or_else(|e| panic!("{} does not decode as a {width}x{height} JPEG: {e}", f.display()));
+        let rgb = xrgb_to_rgb(&px);
+        let from = seqs.last().map_or(0, |s| s + 1);
+        let (seq, db) = (from..from + window)
+            .map(|s| (s, psnr(&rgb, &pattern.render_rgb(s))))
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .unwrap();
+        if i < 3 || i + 1 == files.len() {
+            eprintln!("{}: pattern frame {seq}, PSNR {db:.1} dB", f.display());
+        }
+        assert!(db >= 30.0, "{} matches no test-pattern frame in {from}..{}: best PSNR {db:.1} dB", f.display(), from + window);
+        seqs.push(seq);
+    }
+    seqs
+}
+
+fn send_publish(name: &str, url: &str, extra: &[&str]) -> Proc {
+    let mut args = vec!["send", "--publish", url];
+    args.extend_from_slice(extra);
+    Proc::spawn(name, &args)
+}
+
+/// 640x480 at 30 fps into a record server: every frame framecast sent is written, whole, and
+/// shows the test pattern; the link is an `rtsp-publish` viewer in the stats.
+#[test]
+fn published_frames_are_recorded_whole() {
+    if !have_gst_rtsp("published_frames_are_recorded_whole") {
+        return;
+    }
+    let _serial = common::serial();
+    let dir = scratch_dir("rtsp-publish-record");
+    let out = dir.join("frames");
+    std::fs::create_dir_all(&out).unwrap();
+    let server = RecordServer::start(free_port(), &out, None);
+    let stats = dir.join("send.jsonl");
+    let mut send = send_publish(
+        "send",
+        &server.url,
+        &["--size", "640x480", "--fps", "30", "--frames", "60", "--stats-json", stats.to_str().unwrap()],
+    );
+    send.expect_success(TIMEOUT);
+    let files = settle(&out);
+    let s = summary(&stats);
+    let link = s.links.as_ref().and_then(|l| l.iter().find(|l| l.kind.as_str() == "rtsp-publish")).cloned();
+    let link = link.unwrap_or_else(|| panic!("no rtsp-publish link in the summary: {:?}", s.links));
+    eprintln!("sent {} frames ({} bytes), the server wrote {}", link.frames, link.bytes, files.len());
+    assert!(link.frames >= 50, "published {} of 60 frames", link.frames);
+    assert_eq!(files.len() as u64, link.frames, "frames written by the server vs frames framecast published");
+    let seqs = check_pixels(&files, 640, 480, 30);
+    assert!(*seqs.last().unwrap() >= 50, "the last frame written is pattern frame {}", seqs.last().unwrap());
+    // ffmpeg reads what the server recorded (a reader of the published stream would get these
+    // very JPEGs) without an error.
+    if require_tools("published_frames_are_recorded_whole (ffmpeg)", &[("ffmpeg", "ffmpeg")]) {
+        let probe = run_tool(
+            Command::new("ffmpeg")
+                .args(["-hide_banner", "-v", "error", "-xerror", "-f", "image2", "-i"])
+                .arg(out.join("frame-%05d.jpg"))
+                .args(["-f", "null", "-"]),
+            Duration::from_secs(30),
+        );
+        assert!(probe.status.success() && probe.stderr.trim().is_empty(), "ffmpeg: {}", probe.stderr);
+    }
+}
+
+/// 2560x1440: more than RFC 2435's header can state (2040 px); the size reaches the server
+/// in the ANNOUNCEd SDP (`a=x-dimensions`), and the frames it writes are whole.
+#[test]
+fn frames_wider_than_2040_px_are_recorded_at_their_size() {
+    if !have_gst_rtsp("frames_wider_than_2040_px_are_recorded_at_their_size") {
+        return;
+    }
+    let _serial = common::serial();
+    let dir = scratch_dir("rtsp-publish-large");
+    let server = RecordServer::start(free_port(), &dir, None);
+    let mut send = send_publish("send", &server.url, &["--size", "2560x1440", "--fps", "10", "--frames", "10"]);
+    send.expect_success(TIMEOUT);
+    let files = settle(&dir);
+    assert!(files.len() >= 5, "the server wrote {} frames of 10", files.len());
+    check_pixels(&files, 2560, 1440, 10);
+}
+
+/// The server dies mid-stream and comes back on the same port: framecast logs why the
+/// connection ended, publishes again with backoff, and the new server records the stream.
+#[test]
+fn publishing_resumes_when_the_server_comes_back() {
+    if !have_gst_rtsp("publishing_resumes_when_the_server_comes_back") {
+        return;
+    }
+    let _serial = common::serial();
+    let dir = scratch_dir("rtsp-publish-restart");
+    let (first, second) = (dir.join("first"), dir.join("second"));
+    std::fs::create_dir_all(&first).unwrap();
+    std::fs::create_dir_all(&second).unwrap();
+    let port = free_port();
+    let mut server = RecordServer::start(port, &first, None);
+    let url = server.url.clone();
+    let mut send = send_publish("send", &url, &["--size", "320x240", "--fps", "30", "--duration", "40"]);
+    let got = wait_for_frames(&first, 15, Duration::from_secs(20));
+    assert!(got >= 15, "the first server wrote {got} frames");
+    server.kill();
+    assert!(send.wait_for_stderr("reconnecting", Duration::from_secs(10)), "no reconnect logged:\n{}", send.stderr());
+    thread::sleep(Duration::from_millis(800));
+    let _server = RecordServer::start(port, &second, None);
+    let got = wait_for_frames(&second, 15, Duration::from_secs(20));
+    assert!(got >= 15, "the second server wrote {got} frames; sender:\n{}", send.stderr());
+    assert!(send.is_running(), "the sender ended:\n{}", send.stderr());
+    let stderr = send.stderr();
+    assert!(stderr.contains("publishing to"), "no publishing line:\n{stderr}");
+    // Each frame written is whole.
+    let files = written(&second);
+    check_pixels(&files[..10], 320, 240, 2000);
+}
+
+/// With a user and password on the server, the URL's credentials work; a wrong password ends
+/// the sender at once with a clear error (no retry loop), and the password is never logged.
+#[test]
+fn credentials_in_the_url_are_used_and_a_wrong_password_is_a_clear_error() {
+    if !have_gst_rtsp("credentials_in_the_url_are_used_and_a_wrong_password_is_a_clear_error") {
+        return;
+    }
+    let _serial = common::serial();
+    let dir = scratch_dir("rtsp-publish-auth");
+    let port = free_port();
+    let server = RecordServer::start(port, &dir, Some(("cam", "s3cret-pw")));
+    let good = server.url.replace("rtsp://", "rtsp://cam:s3cret-pw@");
+    let mut send = send_publish("send", &good, &["--size", "320x240", "--fps", "30", "--frames", "30"]);
+    send.expect_success(TIMEOUT);
+    let files = settle(&dir);
+    assert!(files.len() >= 25, "the server wrote {} of 30 frames with the right password", files.len());
+    assert!(!send.stderr().contains("s3cret-pw"), "the password is in the log:\n{}", send.stderr());
+
+    let bad = server.url.replace("rtsp://", "rtsp://cam:wrong-pw@");
+    let mut send = send_publish("send-bad", &bad, &["--size", "320x240", "--fps", "30", "--duration", "30"]);
+    let st = send.wait(Duration::from_secs(20));
+    let stderr = send.stderr();
+    assert!(!st.success(), "a wrong password did not fail:\n{stderr}");
+    assert!(stderr.contains("401"), "the error does not say 401:\n{stderr}");
+    assert!(stderr.contains("rtsp://cam@127.0.0.1"), "the error does not name the user and server:\n{stderr}");
+    assert!(!stderr.contains("wrong-pw"), "the password is in the log:\n{stderr}");
+    assert_eq!(settle(&dir).len(), files.len(), "frames were recorded with a wrong password");
+}
+
+/// Bad URLs are refused at the command line, naming the flag and what was expected.
+#[test]
+fn bad_publish_urls_are_refused_at_the_command_line() {
+    for (url, says) in [
+        ("http://127.0.0.1:8554/cam", "rtsp://"),
+        ("127.0.0.1:8554/cam", "rtsp://"),
+        ("rtsp://", "host"),
+        ("rtsp://127.0.0.1:notaport/cam", "port"),
+        ("rtsps://127.0.0.1:8554/cam", "rtsp://"),
+    ] {
+        let out = Command::new(common::BIN).args(["send", "--publish", url, "--frames", "1"]).output().unwrap();
+        let stderr = common::strip_ansi(&String::from_utf8_lossy(&out.stderr));
+        assert!(!out.status.success(), "--publish {url} was accepted:\n{stderr}");
+        assert!(stderr.contains("--publish"), "--publish {url}: the error does not name the flag:\n{stderr}");
+        assert!(stderr.contains(says), "--publish {url}: the error does not say {says:?}:\n{stderr}");
+    }
+}
