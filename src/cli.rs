@@ -342,6 +342,10 @@ pub struct SendArgs {
     /// /stats (for browsers, VLC, ffmpeg, OpenCV). Without --connect/--listen, HTTP only.
     #[arg(long, value_name = "ADDR:PORT")]
     pub http: Option<SocketAddr>,
+    /// Also publish to an RTSP server (ANNOUNCE + RECORD, TCP interleaved; MediaMTX, say),
+    /// again with backoff whenever it goes away. Without --connect/--listen, RTSP only.
+    #[arg(long, value_name = "rtsp://[USER:PASS@]HOST[:PORT]/PATH")]
+    pub publish: Option<sender::publish::Target>,
     #[command(flatten)]
     pub source: SourceArgs,
     #[command(flatten)]
@@ -597,7 +601,7 @@ impl SendArgs {
         let endpoint = match (self.connect, self.listen) {
             (_, Some(addr)) => sender::Endpoint::Listen(bind(addr, "--listen")?),
             (Some(c), None) => sender::Endpoint::Connect(c),
-            (None, None) if self.http.is_some() => sender::Endpoint::None,
+            (None, None) if self.http.is_some() || self.publish.is_some() => sender::Endpoint::None,
             (None, None) => sender::Endpoint::Connect(format!("127.0.0.1:{DEFAULT_PORT}")),
         };
         let http = self.http.map(|addr| bind(addr, "--http")).transpose()?;
@@ -614,6 +618,7 @@ impl SendArgs {
                 connect_patience: CONNECT_PATIENCE,
                 once: self.once,
                 http,
+                publish: self.publish,
                 congestion,
                 control,
                 key,

@@ -31,6 +31,7 @@ pub mod capture;
 pub mod encode;
 pub mod http;
 pub mod native;
+pub mod publish;
 pub mod transport;
 
 use std::net::TcpListener;
@@ -88,6 +89,8 @@ pub struct SendConfig {
     pub once: bool,
     /// Serve HTTP (page, MJPEG stream, snapshot, stats) on this socket.
     pub http: Option<TcpListener>,
+    /// Publish to this RTSP server (`--publish`).
+    pub publish: Option<publish::Target>,
     /// libjpeg-turbo's fast integer DCT (see `codec::Speed`).
     pub fast_dct: bool,
     /// Threads that encode each frame, as slices (`--encode-threads`).
@@ -204,6 +207,9 @@ fn transports(cfg: &mut SendConfig, hub: &Hub) -> Vec<Box<dyn Transport>> {
     }
     if let Some(listener) = cfg.http.take() {
         out.push(Box::new(http::Http::new(listener, cfg.key.as_ref().map(Key::http_token))));
+    }
+    if let Some(target) = cfg.publish.take() {
+        out.push(Box::new(publish::Publish::new(target, hub)));
     }
     out
 }

@@ -608,6 +608,7 @@ mod tests {
             connect_patience: Duration::from_secs(1),
             once: false,
             http: None,
+            publish: None,
             fast_dct: false,
             encode_threads: crate::codec::threads::CodecThreads::Auto,
             key: None,
