@@ -127,6 +127,8 @@ fn demo(args: DemoArgs, hooks: &TestHooks) -> anyhow::Result<()> {
         once: true,
         http: None,
         publish: None,
+        rtsp: None,
+        restart_rows: 0,
         congestion,
         control,
         key: key.clone(),

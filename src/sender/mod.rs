@@ -32,6 +32,7 @@ pub mod encode;
 pub mod http;
 pub mod native;
 pub mod publish;
+pub mod rtsp;
 pub mod transport;
 
 use std::net::TcpListener;
@@ -91,6 +92,11 @@ pub struct SendConfig {
     pub http: Option<TcpListener>,
     /// Publish to this RTSP server (`--publish`).
     pub publish: Option<publish::Target>,
+    /// Serve RTSP (RTP/JPEG over UDP or TCP) on this socket.
+    pub rtsp: Option<TcpListener>,
+    /// A restart marker every this many MCU rows (0: none unless sliced); on with RTSP, so
+    /// RTP packets end on restart intervals (RFC 2435 types 64/65).
+    pub restart_rows: u16,
     /// libjpeg-turbo's fast integer DCT (see `codec::Speed`).
     pub fast_dct: bool,
     /// Threads that encode each frame, as slices (`--encode-threads`).
@@ -211,6 +217,9 @@ fn transports(cfg: &mut SendConfig, hub: &Hub) -> Vec<Box<dyn Transport>> {
     if let Some(target) = cfg.publish.take() {
         out.push(Box::new(publish::Publish::new(target, hub)));
     }
+    if let Some(listener) = cfg.rtsp.take() {
+        out.push(Box::new(rtsp::Rtsp::new(listener, cfg.key.as_ref().map(Key::http_token))));
+    }
     out
 }
 
@@ -265,6 +274,7 @@ fn start_encode(cfg: &SendConfig, info: &SourceInfo, up: Upstream) -> anyhow::Re
             backpressure: cfg.fps == 0 && !info.self_paced,
             fast_dct: cfg.fast_dct,
             threads: cfg.encode_threads,
+            restart_rows: cfg.restart_rows,
         },
         rx: up.raw_rx,
         raw_pool: up.raw_pool,

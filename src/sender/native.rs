@@ -609,6 +609,8 @@ mod tests {
             once: false,
             http: None,
             publish: None,
+            rtsp: None,
+            restart_rows: 0,
             fast_dct: false,
             encode_threads: crate::codec::threads::CodecThreads::Auto,
             key: None,
