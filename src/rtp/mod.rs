@@ -8,6 +8,8 @@
 //!
 //! Pure code over bytes: no sockets, no clocks.
 
+pub mod depacketize;
+
 use thiserror::Error;
 
 /// The RTP clock rate of video, Hz (RFC 2435 section 3).
