@@ -56,6 +56,7 @@ pub mod netsim;
 pub mod receiver;
 pub mod report;
 pub mod rtp;
+pub mod rtsp;
 pub mod sender;
 pub mod stage;
 pub mod stats;

@@ -12,6 +12,8 @@ pub mod depacketize;
 
 use thiserror::Error;
 
+pub mod packetize;
+
 /// The RTP clock rate of video, Hz (RFC 2435 section 3).
 pub const CLOCK_RATE: u32 = 90_000;
 /// RTP/JPEG's static payload type (RFC 3551).
