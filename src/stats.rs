@@ -51,6 +51,8 @@ pub enum DropCause {
     Congestion,
     /// Sender: skipped by the rate controller, which lowered the frame rate.
     RateLimit,
+    /// Receiver (RTSP): RTP packets of the frame were lost, and it could not be shown in part.
+    RtpLoss,
 }
 
 impl DropCause {
@@ -65,6 +67,7 @@ impl DropCause {
             DropCause::CorruptJpeg => "corrupt_jpeg",
             DropCause::Congestion => "congestion",
             DropCause::RateLimit => "rate_limit",
+            DropCause::RtpLoss => "rtp_loss",
         }
     }
 }
@@ -124,6 +127,9 @@ pub struct Counters {
     /// Sender: times the source failed mid-stream, and "no signal" frames sent meanwhile.
     pub source_losses: u64,
     pub no_signal_frames: u64,
+    /// Receiver (RTSP): frames shown with missing restart intervals taken from the previous
+    /// frame.
+    pub concealed: u64,
     /// Sender: the source is lost now, since this time (state, not a count).
     pub source_lost: Option<SourceLost>,
 }
@@ -208,6 +214,7 @@ impl Default for Counters {
             reconnects: 0,
             source_losses: 0,
             no_signal_frames: 0,
+            concealed: 0,
             source_lost: None,
         }
     }
