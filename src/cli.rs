@@ -367,8 +367,17 @@ pub struct RecvArgs {
     #[arg(long, value_name = "ADDR:PORT", conflicts_with = "connect")]
     pub listen: Option<SocketAddr>,
     /// Connect to a listening sender at HOST:PORT, and again (with backoff) whenever it goes away.
-    #[arg(long, value_name = "HOST:PORT")]
+    /// Or play an RTSP stream of RTP/JPEG: rtsp://[user:password@]host[:port]/path (any RTSP
+    /// M-JPEG source: IP cameras, MediaMTX, GStreamer, `send --rtsp`). RTSP is not encrypted.
+    #[arg(long, value_name = "HOST:PORT|rtsp://...")]
     pub connect: Option<String>,
+    /// How RTP travels from an rtsp:// server. TCP (the default) is interleaved in the RTSP
+    /// connection: it passes NAT and firewalls, and a frame's burst of packets is never lost
+    /// to a full socket buffer or Wi-Fi, at the cost of waiting for retransmissions. UDP never
+    /// waits: a lost packet costs its frame (or, with restart markers, only the rows it
+    /// carried, taken from the previous frame).
+    #[arg(long, value_enum, default_value_t = receiver::RtspTransport::Tcp, value_name = "tcp|udp")]
+    pub rtsp_transport: receiver::RtspTransport,
     /// Decode, count and measure, but open no window.
     #[arg(long)]
     pub headless: bool,
@@ -644,6 +653,13 @@ impl RecvArgs {
     pub fn into_config(self) -> anyhow::Result<RecvConfig> {
         let key = self.key.load()?;
         let endpoint = match (self.listen, self.connect) {
+            (_, Some(c)) if c.starts_with("rtsp://") => {
+                if key.is_some() {
+                    bail!("--key-file does not apply to rtsp:// (RTSP is not encrypted): put the token in the URL, rtsp://user:TOKEN@host:port/path");
+                }
+                let target = crate::rtsp::client::Target::parse(&c).context("--connect")?;
+                receiver::Endpoint::Rtsp(receiver::RtspEndpoint { target, transport: self.rtsp_transport })
+            }
             (_, Some(c)) => receiver::Endpoint::Connect(c),
             (listen, None) => {
                 let addr = listen.unwrap_or(SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)));

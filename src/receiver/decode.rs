@@ -16,6 +16,7 @@ use crate::clock::now_us;
 use crate::codec::threads::ThreadsBySize;
 use crate::codec::Decoder;
 use crate::net::FrameHeader;
+use crate::rtp::depacketize::Band;
 use crate::stats::{DropCause, Meter};
 
 /// A decoded frame on its way to the view.
@@ -43,6 +44,9 @@ pub(super) struct Decode {
     pub decoder: Decoder,
     /// The decoder's threads per frame (`--decode-threads`).
     pub threads: ThreadsBySize,
+    /// RTSP: a copy of the last frame decoded, under which a frame with packets missing
+    /// shows its missing rows (`None`: the native protocol, which never loses a part).
+    pub last: Option<Vec<u32>>,
 }
 
 impl Decode {
@@ -67,20 +71,30 @@ impl Decode {
         let decoder = &mut self.decoder;
         self.threads.fit(size, ("decode", "decoder", "decoding"), |n| decoder.set_threads(n));
         let start = now_us();
-        let res = self.decoder.decode(&inc.jpeg, w, h, &mut pixels);
+        let concealed = !inc.bands.is_empty();
+        let res = if concealed {
+            self.conceal(&inc.bands, (w, h), &mut pixels)
+        } else {
+            self.decoder.decode(&inc.jpeg, w, h, &mut pixels).map_err(|e| (DropCause::CorruptJpeg, e.to_string()))
+        };
         let end = now_us();
         self.jpeg_pool.put(inc.jpeg);
-        if let Err(e) = res {
+        if let Err((cause, e)) = res {
             warn!(seq = inc.header.seq, error = %e, "cannot decode frame; skipped");
-            self.meter.count_drop(DropCause::CorruptJpeg);
+            self.meter.count_drop(cause);
             *spare = Some(pixels);
             return true;
+        }
+        if let Some(last) = &mut self.last {
+            last.clear();
+            last.extend_from_slice(&pixels);
         }
         self.meter.update(|c| {
             c.decoded += 1;
             c.decode_us += end - start;
             c.decode_cpu_us += self.decoder.last_cpu_us();
             c.sliced += u64::from(self.threads.threads > 1);
+            c.concealed += u64::from(concealed);
             c.quality = Some(inc.header.quality);
             if let Some(cap) = inc.capture_local_us {
                 let _ = c.lat_decoded.record(end.saturating_sub(cap).max(1));
@@ -104,5 +118,34 @@ impl Decode {
         let count = self.count.fetch_add(1, Ordering::Relaxed) + 1;
         // --frames reached: decode no more (the view shows what is queued, then stops).
         delivered && !self.limit.is_some_and(|n| count >= n)
+    }
+
+    /// A frame with RTP packets missing: the previous frame, with the bands of rows that
+    /// arrived decoded over it. Without a previous frame of this size it is lost.
+    fn conceal(
+        &mut self,
+        bands: &[Band],
+        (w, h): (usize, usize),
+        pixels: &mut Vec<u32>,
+    ) -> Result<(), (DropCause, String)> {
+        let Some(last) = self.last.as_ref().filter(|l| l.len() == w * h) else {
+            return Err((
+                DropCause::RtpLoss,
+                "packets missing and no previous frame of its size to fill them in".into(),
+            ));
+        };
+        pixels.clear();
+        pixels.extend_from_slice(last);
+        let mut band = Vec::new();
+        for b in bands {
+            let rows = (b.rows.end - b.rows.start) as usize;
+            let at = b.rows.start as usize * w;
+            if at + rows * w > pixels.len() {
+                return Err((DropCause::RtpLoss, format!("band of rows {:?} past the frame's {h} rows", b.rows)));
+            }
+            self.decoder.decode(&b.jpeg, w, rows, &mut band).map_err(|e| (DropCause::CorruptJpeg, e.to_string()))?;
+            pixels[at..at + rows * w].copy_from_slice(&band[..rows * w]);
+        }
+        Ok(())
     }
 }
