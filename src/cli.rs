@@ -635,8 +635,9 @@ impl SendArgs {
                 connect_patience: CONNECT_PATIENCE,
                 once: self.once,
                 http,
+                // Restart markers let an RTP receiver show a frame with packets missing.
+                restart_rows: if rtsp.is_some() || self.publish.is_some() { crate::codec::DEFAULT_RESTART_ROWS } else { 0 },
                 publish: self.publish,
-                restart_rows: if rtsp.is_some() { crate::codec::DEFAULT_RESTART_ROWS } else { 0 },
                 rtsp,
                 congestion,
                 control,
