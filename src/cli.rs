@@ -344,8 +344,8 @@ pub struct SendArgs {
     pub http: Option<SocketAddr>,
     /// Also publish to an RTSP server (ANNOUNCE + RECORD, TCP interleaved; MediaMTX, say),
     /// again with backoff whenever it goes away. Without --connect/--listen, RTSP only.
-    #[arg(long, value_name = "rtsp://[USER:PASS@]HOST[:PORT]/PATH")]
-    pub publish: Option<sender::publish::Target>,
+    #[arg(long, value_name = "rtsp://[USER:PASS@]HOST[:PORT]/PATH", value_parser = parse_publish)]
+    pub publish: Option<Box<sender::publish::Target>>,
     /// Also serve RTSP on ADDR:PORT (e.g. 0.0.0.0:8554): RTP/JPEG at rtsp://HOST:PORT/stream
     /// over UDP or TCP, for VLC, ffmpeg, GStreamer and media servers. Without
     /// --connect/--listen, RTSP (and HTTP) only.
@@ -359,6 +359,11 @@ pub struct SendArgs {
     pub run: RunArgs,
     #[command(flatten)]
     pub key: KeyArgs,
+}
+
+/// `--publish`'s URL (boxed: it would make `Cmd::Send` much larger than the other commands).
+fn parse_publish(s: &str) -> Result<Box<sender::publish::Target>, String> {
+    s.parse().map(Box::new)
 }
 
 #[derive(Debug, Args)]
@@ -636,8 +641,12 @@ impl SendArgs {
                 once: self.once,
                 http,
                 // Restart markers let an RTP receiver show a frame with packets missing.
-                restart_rows: if rtsp.is_some() || self.publish.is_some() { crate::codec::DEFAULT_RESTART_ROWS } else { 0 },
-                publish: self.publish,
+                restart_rows: if rtsp.is_some() || self.publish.is_some() {
+                    crate::codec::DEFAULT_RESTART_ROWS
+                } else {
+                    0
+                },
+                publish: self.publish.map(|t| *t),
                 rtsp,
                 congestion,
                 control,

@@ -243,16 +243,28 @@ impl Publisher<'_> {
     }
 
     /// Packetises a frame (once, re-encoded if RFC 2435 cannot carry it) and writes it.
-    fn send(&mut self, client: &mut Client, rec: &mut Recording, frame: &Shared, sub: &Subscription) -> anyhow::Result<()> {
+    fn send(
+        &mut self,
+        client: &mut Client,
+        rec: &mut Recording,
+        frame: &Shared,
+        sub: &Subscription,
+    ) -> anyhow::Result<()> {
         let size = (u32::from(frame.header.width), u32::from(frame.header.height));
         if size != rec.size && size.0.max(size.1).max(rec.size.0).max(rec.size.1) > MAX_HEADER_DIMENSION {
             // Only the SDP can state a size above 2040 pixels: announce it again.
-            anyhow::bail!("the frame size changed from {}x{} to {}x{}; announcing again", rec.size.0, rec.size.1, size.0, size.1);
+            anyhow::bail!(
+                "the frame size changed from {}x{} to {}x{}; announcing again",
+                rec.size.0,
+                rec.size.1,
+                size.0,
+                size.1
+            );
         }
         let Ok(packets) = self.frames.get(frame) else { return Ok(()) };
         self.buf.clear();
         let bytes = interleave_frame(&mut rec.stream, rec.rtp, &packets, frame.header.capture_us, &mut self.buf);
-        (&*client.stream()).write_all(&self.buf).context("cannot write a frame")?;
+        client.stream().write_all(&self.buf).context("cannot write a frame")?;
         self.feed.sent(sub, bytes as u64);
         Ok(())
     }
@@ -276,7 +288,11 @@ fn drain(client: &mut Client, rec: &Recording, sub: &Subscription) -> anyhow::Re
     for _ in 0..64 {
         let Some((channel, data)) = client.read_interleaved()? else { return Ok(()) };
         if channel != rec.rtcp {
-            debug!(channel, bytes = data.len(), "publishing: data from the server on a channel other than RTCP; ignored");
+            debug!(
+                channel,
+                bytes = data.len(),
+                "publishing: data from the server on a channel other than RTCP; ignored"
+            );
             continue;
         }
         if let Some((lost, jitter)) = find_report(&data, rec.stream.ssrc) {
@@ -296,7 +312,13 @@ pub const RTCP_CHANNEL: u8 = 1;
 
 /// Appends every packet of `frame` to `out` as `$`-interleaved RTP on `channel`, so that a
 /// frame goes out in one write. Returns the bytes appended.
-pub fn interleave_frame(rtp: &mut RtpStream, channel: u8, frame: &Packetized, capture_us: u64, out: &mut Vec<u8>) -> usize {
+pub fn interleave_frame(
+    rtp: &mut RtpStream,
+    channel: u8,
+    frame: &Packetized,
+    capture_us: u64,
+    out: &mut Vec<u8>,
+) -> usize {
     let start = out.len();
     for i in 0..frame.len() {
         let at = out.len();
