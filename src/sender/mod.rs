@@ -3,7 +3,8 @@
 //! ```text
 //! capture ──latest(1)──▶ encode ──hub──┬─ latest(1) ─▶ viewer-N ──TCP──▶ framecast recv
 //!                                      │               ack-rx  ◀──TCP── (acks, pings, reports)
-//!                                      └─ latest(1) ─▶ http-N ──HTTP──▶ browser, VLC, ffmpeg
+//!                                      ├─ latest(1) ─▶ http-N ──HTTP──▶ browser, VLC, ffmpeg
+//!                                      └─ latest(1) ─▶ rtsp-N ──RTP───▶ VLC, ffmpeg, GStreamer
 //! ```
 //!
 //! # Layout
@@ -18,6 +19,8 @@
 //!   thread per viewer).
 //! - [`http`]: HTTP MJPEG, snapshots, the page and `/stats` (`http`, and `http-PEER` per
 //!   client).
+//! - [`rtsp`]: RTSP with RTP/JPEG over UDP or TCP (`rtsp`, and `rtsp-PEER` and
+//!   `rtsp-rx-PEER` per connection).
 //!
 //! Each arrow is a newest-frame-wins slot: a stage or viewer that falls behind loses its
 //! oldest queued frame, counted by cause, and never blocks the stage before it. Each frame

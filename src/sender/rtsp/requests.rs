@@ -545,4 +545,38 @@ mod tests {
         );
         assert_eq!(status(&ask(&mut r, &digest)), 200);
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 512, ..Default::default() })]
+        /// Requests made of real methods, paths and transports in any order and any mix never
+        /// panic, and every numeric CSeq comes back.
+        #[test]
+        fn any_request_sequence_is_answered(
+            steps in proptest::collection::vec((0usize..10, 0usize..4, 0usize..6, proptest::prelude::any::<u16>()), 1..12)
+        ) {
+            let methods = ["OPTIONS", "DESCRIBE", "SETUP", "PLAY", "PAUSE", "TEARDOWN", "GET_PARAMETER", "SET_PARAMETER", "RECORD", "X"];
+            let paths = ["rtsp://h/stream", "rtsp://h/", "rtsp://h/stream/track0", "rtsp://h/x"];
+            let transports = [
+                "RTP/AVP;unicast;client_port=5000-5001",
+                "RTP/AVP/TCP;unicast;interleaved=0-1",
+                "RTP/AVP;unicast;client_port=5001",
+                "RTP/AVP/TCP;interleaved=254-255",
+                "RTP/SAVP;unicast",
+                "garbage;;;==",
+            ];
+            let mut r = Requests::new(ctx(Some("tok")), "S".into());
+            for (m, p, t, cseq) in steps {
+                let text = format!(
+                    "{} {} RTSP/1.0\nCSeq: {cseq}\nSession: S\nTransport: {}\nAuthorization: {}\n",
+                    methods[m], paths[p], transports[t], basic_authorization("u", "tok")
+                );
+                let reply = ask(&mut r, &text);
+                let got = reply.response.header(&headers::CSEQ).map(|v| v.as_str().to_string());
+                proptest::prop_assert_eq!(got, Some(cseq.to_string()));
+                if matches!(reply.action, Action::Close(_)) {
+                    break;
+                }
+            }
+        }
+    }
 }

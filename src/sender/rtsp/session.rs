@@ -42,6 +42,9 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const PACE_BURST: usize = 8;
 /// Longest time over which a frame's packets are spread.
 pub const PACE_SPAN_MAX: Duration = Duration::from_millis(20);
+/// Kernel send buffer of a TCP-interleaved session (Linux doubles it): a viewer that stops
+/// reading holds this much, not megabytes, before its own frames start to drop.
+const TCP_SNDBUF: usize = 128 * 1024;
 /// How often blocked threads look at their stop conditions.
 const POLL: Duration = Duration::from_millis(100);
 /// Interval between RTCP sender reports.
@@ -242,6 +245,9 @@ impl Session<'_> {
             return;
         }
         let Some(setup) = self.requests.setup() else { return };
+        if matches!(setup.transport, Transport::Tcp { .. }) {
+            let _ = socket2::SockRef::from(&self.out).set_send_buffer_size(TCP_SNDBUF);
+        }
         let sub = self.server.feed.hub.subscribe(KIND, self.peer.to_string());
         let how = match setup.transport {
             Transport::Udp { client, .. } => format!("UDP to {}:{}", self.peer.ip(), client.0),
