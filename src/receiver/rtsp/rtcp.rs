@@ -113,7 +113,7 @@ impl Reception {
 
 #[cfg(test)]
 mod tests {
-    use rtcp_types::SenderReport as Sr;
+    use rtcp_types::{RtcpPacketParser, SenderReport as Sr};
 
     use super::*;
 
