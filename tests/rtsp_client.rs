@@ -181,7 +181,7 @@ fn restart_marker_types_decode_exactly() {
             let ppm = std::fs::read(entry.unwrap().path()).unwrap();
             let (w, h, rgb) = read_ppm(&ppm).unwrap();
             assert_eq!((w, h), (320, 240), "{kind}");
-            let p = psnr(&rgb, &xrgb_to_rgb(&want));
+            let p = psnr(rgb, &xrgb_to_rgb(&want));
             assert!(p.is_infinite(), "{kind}: a shown frame differs from the file's decode ({p:.1} dB)");
             shown += 1;
         }
