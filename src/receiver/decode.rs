@@ -149,3 +149,127 @@ impl Decode {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crossbeam_channel::bounded;
+
+    use super::*;
+    use crate::chan::latest;
+    use crate::codec::threads::CodecThreads;
+    use crate::codec::{Encoder, JpegBuf};
+    use crate::format::Subsampling;
+    use crate::rtp::depacketize::{Config, Depacketizer, Output};
+    use crate::rtp::packetize::{packetize_with, RtpStream};
+    use crate::stats::Side;
+    use crate::testutil::{pattern_frame, psnr, xrgb_to_rgb};
+
+    const W: usize = 160;
+    const H: usize = 128;
+
+    /// Test-pattern frame `seq` with a restart marker every MCU row.
+    fn restart_frame(seq: u64) -> Vec<u8> {
+        let mut enc = Encoder::new(85, Subsampling::S420, false).unwrap();
+        enc.set_restart_rows(1).unwrap();
+        let mut out = JpegBuf::default();
+        enc.encode(&pattern_frame(W as u32, H as u32, Subsampling::S420, seq), &mut out).unwrap();
+        out.as_slice().to_vec()
+    }
+
+    fn decode(jpeg: &[u8]) -> Vec<u32> {
+        let mut px = Vec::new();
+        Decoder::new().unwrap().decode(jpeg, W, H, &mut px).unwrap();
+        px
+    }
+
+    /// RTP packets of `jpeg` from framecast's payloader, through the depayloader with packet
+    /// `drop` lost.
+    fn depacketized(
+        jpeg: &[u8],
+        drop: Option<usize>,
+        d: &mut Depacketizer,
+        stream: &mut RtpStream,
+        t_us: u64,
+    ) -> Output {
+        let p = packetize_with(jpeg, 400).unwrap();
+        for i in (0..p.len()).filter(|&i| Some(i) != drop) {
+            let mut pkt = Vec::new();
+            stream.write(&p, i, t_us, &mut pkt);
+            d.push(&pkt).unwrap();
+        }
+        d.flush();
+        d.pull().unwrap()
+    }
+
+    fn incoming(out: Output, seq: u64) -> Incoming {
+        let (jpeg, bands) = match out {
+            Output::Frame(f) => (f.jpeg, Vec::new()),
+            Output::Partial(p) => (Vec::new(), p.bands),
+            Output::Lost { why, .. } => panic!("frame lost: {why}"),
+        };
+        let header = FrameHeader { seq, width: W as u16, height: H as u16, ..FrameHeader::default() };
+        Incoming { conn: 1, header, received_us: 0, capture_local_us: None, lossless: false, jpeg, bands }
+    }
+
+    /// A frame with one RTP packet lost is shown with its rows that arrived and the previous
+    /// frame's rows where they did not, and counted as concealed.
+    #[test]
+    fn a_lost_packet_shows_the_previous_frame_s_rows_in_its_place() {
+        let (a, b) = (restart_frame(1), restart_frame(40));
+        let (pa, pb) = (decode(&a), decode(&b));
+        let (in_tx, in_rx) = latest(1);
+        let (out_tx, out_rx) = latest(1);
+        let (free_tx, free_rx) = bounded(2);
+        let meter = Meter::new(Side::Receiver);
+        let mut dec = Decode {
+            rx: in_rx,
+            jpeg_pool: Pool::new(2),
+            tx: out_tx,
+            free_rx,
+            meter: meter.clone(),
+            count: Arc::new(AtomicU64::new(0)),
+            limit: None,
+            decoder: Decoder::new().unwrap(),
+            threads: ThreadsBySize::new(CodecThreads::Fixed(1)),
+            last: Some(Vec::new()),
+        };
+        let mut d = Depacketizer::new(Config { capture_ext: None, ..Config::default() });
+        let mut stream = RtpStream::new(9, 100, 0);
+        let mut spare = Some(Vec::new());
+        in_tx.push(incoming(depacketized(&a, None, &mut d, &mut stream, 1_000_000), 1));
+        assert!(dec.step(&mut spare));
+        let first = out_rx.recv().unwrap();
+        assert!(first.pixels == pa);
+        free_tx.send(first.pixels).unwrap();
+        let n = packetize_with(&b, 400).unwrap().len();
+        let out = depacketized(&b, Some(n / 2), &mut d, &mut stream, 1_033_333);
+        let Output::Partial(p) = &out else { panic!("expected a partial frame, got {out:?}") };
+        let arrived: Vec<_> = p.bands.iter().map(|b| b.rows.clone()).collect();
+        in_tx.push(incoming(out, 2));
+        assert!(dec.step(&mut spare));
+        let shown = out_rx.recv().unwrap().pixels;
+        let (mut new_rows, mut old_rows) = (0, 0);
+        for y in 0..H {
+            let row = &shown[y * W..(y + 1) * W];
+            if let Some(r) = arrived.iter().find(|r| r.contains(&(y as u32))) {
+                // A band's edge rows differ a little from the whole frame's decode: 4:2:0
+                // chroma is interpolated from the next chroma row, which the band lacks.
+                let edge = (y as u32 == r.start && r.start > 0) || (y as u32 + 1 == r.end && r.end < H as u32);
+                let want = &pb[y * W..(y + 1) * W];
+                if edge {
+                    let p = psnr(&xrgb_to_rgb(row), &xrgb_to_rgb(want));
+                    assert!(p > 30.0, "edge row {y}: {p:.1} dB from the new frame");
+                } else {
+                    assert!(row == want, "row {y} arrived: from the new frame");
+                }
+                new_rows += 1;
+            } else {
+                assert!(row == &pa[y * W..(y + 1) * W], "row {y} lost: from the previous frame");
+                old_rows += 1;
+            }
+        }
+        assert!(new_rows > 0 && old_rows > 0, "{new_rows} new rows, {old_rows} old");
+        assert!(pa != pb, "the two frames differ");
+        assert_eq!(meter.summary().concealed, 1);
+    }
+}

@@ -166,8 +166,8 @@ pub fn max_scan_bytes(width: u32, height: u32) -> usize {
 pub struct Depacketizer {
     cfg: Config,
     cur: Option<Assembly>,
-    /// Timestamp of the last frame done (packets at or before it are late).
-    last_done: Option<u32>,
+    /// The last frame done (packets of it, or older, are late).
+    last_done: Option<Done>,
     /// Tables in-band for Q 128..=254, which a sender may send once (index Q - 128).
     cached: Vec<Option<[u8; 128]>>,
     seq: Seq,
@@ -204,43 +204,53 @@ impl Depacketizer {
         if pkt.payload_type() != want {
             return Err(DepacketizeError::PayloadType { got: pkt.payload_type(), want });
         }
-        if !self.seq.update(pkt.sequence_number(), &mut self.counts) {
-            return Ok(());
-        }
+        let Some(seq) = self.seq.update(pkt.sequence_number(), &mut self.counts) else { return Ok(()) };
         let ts = pkt.timestamp();
-        if !self.start_frame(ts) {
+        if !self.start_frame(ts, seq) {
             self.counts.late += 1;
             return Ok(());
         }
-        let res = self.add(&pkt);
+        let res = self.add(&pkt, seq);
         if res.is_err() {
             self.cur = None;
-            self.last_done = Some(ts);
+            self.last_done = Some(Done { ts, marker_seq: None });
         }
         res
     }
 
-    /// Makes `cur` the frame of timestamp `ts`, ending the current one if it is older.
-    /// False if `ts` is of a frame already done.
-    fn start_frame(&mut self, ts: u32) -> bool {
+    /// Makes `cur` the frame of packet (`ts`, extended sequence number `seq`), ending the
+    /// current one if the packet is of a later frame. False if the packet is of a frame
+    /// already done (late).
+    ///
+    /// Frames are told apart by timestamp, and by the marker packet for senders that give
+    /// consecutive frames one timestamp (GStreamer's rtpjpegpay with an untimed source):
+    /// after a marker, a packet of the same timestamp with a later sequence number starts a
+    /// new frame. A timestamp further back than [`RESYNC`] is a new timeline, not a late
+    /// packet.
+    fn start_frame(&mut self, ts: u32, seq: u32) -> bool {
         if let Some(a) = &self.cur {
-            if a.ts == ts {
+            let next_same_ts = a.ts == ts && a.marker_seq.is_some_and(|m| seq > m);
+            if a.ts == ts && !next_same_ts {
                 return true;
             }
-            if newer(a.ts, ts) {
+            if !next_same_ts && newer(a.ts, ts) && a.ts.wrapping_sub(ts) < RESYNC {
                 return false;
             }
             let a = self.cur.take().expect("checked above");
             self.finish(a);
         }
-        if self.last_done.is_some_and(|done| !newer(ts, done)) {
-            return false;
+        if let Some(d) = self.last_done {
+            let same_done = d.ts == ts && d.marker_seq.map_or(true, |m| seq <= m);
+            let older = newer(d.ts, ts) && d.ts.wrapping_sub(ts) < RESYNC;
+            if same_done || older {
+                return false;
+            }
         }
         self.cur = Some(Assembly::new(ts));
         true
     }
 
-    fn add(&mut self, pkt: &RtpPacket<'_>) -> Result<(), DepacketizeError> {
+    fn add(&mut self, pkt: &RtpPacket<'_>, seq: u32) -> Result<(), DepacketizeError> {
         let (h, rest) = JpegHeader::parse(pkt.payload())?;
         let (restart, rest) =
             if h.has_restart() { RestartHeader::parse(rest).map(|(r, b)| (Some(r), b))? } else { (None, rest) };
@@ -261,6 +271,7 @@ impl Depacketizer {
         if pkt.marker_bit() {
             let end = h.fragment_offset + scan.len() as u32;
             a.end = Some(end);
+            a.marker_seq = Some(seq);
         }
         if a.end.is_some() && a.complete()? {
             let a = self.cur.take().expect("just used");
@@ -290,7 +301,7 @@ impl Depacketizer {
 
     /// Hands out a frame that is done: whole, in part, or lost.
     fn finish(&mut self, a: Assembly) {
-        self.last_done = Some(a.ts);
+        self.last_done = Some(Done { ts: a.ts, marker_seq: a.marker_seq });
         let out = match self.build(&a) {
             Ok(o) => o,
             Err(why) => Output::Lost { timestamp: a.ts, why },
@@ -335,6 +346,17 @@ impl Depacketizer {
     }
 }
 
+/// How far back (90 kHz ticks: 10 s) a timestamp may be and still be a late packet rather
+/// than a sender that started a new timeline.
+const RESYNC: u32 = 10 * super::CLOCK_RATE;
+
+/// A frame done: its timestamp, and the extended sequence number of its marker packet.
+#[derive(Clone, Copy, Debug)]
+struct Done {
+    ts: u32,
+    marker_seq: Option<u32>,
+}
+
 /// True if RTP timestamp `a` is after `b` (modulo 2^32).
 fn newer(a: u32, b: u32) -> bool {
     (a.wrapping_sub(b) as i32) > 0
@@ -351,31 +373,34 @@ struct Seq {
 }
 
 impl Seq {
-    /// Records `seq`; false if it is a duplicate (or older than the window: treated as one).
-    fn update(&mut self, seq: u16, counts: &mut Counts) -> bool {
+    /// Records `seq` and returns it extended; `None` if it is a duplicate (or older than the
+    /// window: treated as one).
+    fn update(&mut self, seq: u16, counts: &mut Counts) -> Option<u32> {
         let Some(max) = self.max else {
             self.max = Some(u32::from(seq));
             self.seen = 1;
             *counts = Counts { packets: 1, base_seq: u32::from(seq), max_seq: u32::from(seq), ..*counts };
-            return true;
+            return Some(u32::from(seq));
         };
         let delta = seq.wrapping_sub(max as u16) as i16;
-        if delta > 0 {
+        let ext = if delta > 0 {
             let ext = max.wrapping_add(delta as u32);
             self.seen = if delta >= 64 { 0 } else { self.seen << delta };
             self.seen |= 1;
             self.max = Some(ext);
             counts.max_seq = ext;
+            ext
         } else {
             let back = u32::from(delta.unsigned_abs());
             if back >= 64 || self.seen & (1 << back) != 0 {
                 counts.duplicates += 1;
-                return false;
+                return None;
             }
             self.seen |= 1 << back;
-        }
+            max.wrapping_sub(back)
+        };
         counts.packets += 1;
-        true
+        Some(ext)
     }
 }
 
@@ -448,13 +473,23 @@ struct Assembly {
     /// Every packet's data, in arrival order (at most `max_scan_bytes`).
     data: Vec<u8>,
     frags: Vec<Frag>,
-    /// The scan's length, once the marker packet arrived.
+    /// The scan's length, and the marker packet's extended sequence number, once it arrived.
     end: Option<u32>,
+    marker_seq: Option<u32>,
 }
 
 impl Assembly {
     fn new(ts: u32) -> Self {
-        Assembly { ts, meta: None, tables: None, capture_us: None, data: Vec::new(), frags: Vec::new(), end: None }
+        Assembly {
+            ts,
+            meta: None,
+            tables: None,
+            capture_us: None,
+            data: Vec::new(),
+            frags: Vec::new(),
+            end: None,
+            marker_seq: None,
+        }
     }
 
     fn set_meta(&mut self, m: Meta) -> Result<(), DepacketizeError> {
@@ -1006,6 +1041,26 @@ mod tests {
         // A duplicate is ignored.
         d.push(&next[0]).unwrap();
         assert_eq!(d.counts().duplicates, 1);
+    }
+
+    /// GStreamer's rtpjpegpay gives frames of an untimed source one timestamp: the marker
+    /// packet ends each, and a timestamp far back is a new timeline, not late packets.
+    #[test]
+    fn frames_of_one_timestamp_are_told_apart_by_the_marker() {
+        let jpeg = pattern_jpeg(64, 48, Subsampling::S420, 60, 1).unwrap();
+        let ps = payloads(&jpeg, 0, true, 300);
+        let n = ps.len() as u16;
+        let mut d = Depacketizer::new(Config::default());
+        let mut pkts = packets(&ps, 0, 5_000_000);
+        pkts.extend(packets(&ps, n, 5_000_000));
+        pkts.extend(packets(&ps, 2 * n, 0)); // 55 s back: the sender's timeline restarted
+        let out = push_all(&mut d, &pkts);
+        assert_eq!(out.len(), 3, "{out:?}");
+        assert!(out.iter().all(|o| matches!(o, Output::Frame(_))), "{out:?}");
+        // A packet of the last frame again, with an earlier sequence number: late.
+        d.push(&packets(&ps, 2 * n, 0)[1]).unwrap();
+        assert_eq!(d.counts().duplicates + d.counts().late, 1);
+        assert_eq!(d.pull(), None);
     }
 
     #[test]

@@ -88,7 +88,7 @@ impl Reception {
         let expected = counts.expected().saturating_sub(self.prior.expected());
         let received = counts.packets.saturating_sub(self.prior.packets);
         let lost = expected.saturating_sub(received);
-        let fraction = if expected == 0 { 0 } else { (lost * 256 / expected).min(255) as u8 };
+        let fraction = (lost * 256).checked_div(expected).map_or(0, |f| f.min(255) as u8);
         self.prior = counts;
         let (lsr, dlsr) = match self.last_sr {
             Some(sr) => {
@@ -113,7 +113,7 @@ impl Reception {
 
 #[cfg(test)]
 mod tests {
-    use rtcp_types::SenderReport as Sr;
+    use rtcp_types::{RtcpPacketParser, SenderReport as Sr};
 
     use super::*;
 
