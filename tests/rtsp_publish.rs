@@ -245,8 +245,8 @@ fn published_frames_are_recorded_whole_and_read_back_by_ffmpeg() {
     assert!(s.frames >= 140, "published {} of 150 frames", s.frames);
     assert_eq!(files.len() as u64, s.frames, "frames written by the server vs frames framecast published");
     // While it published, the link was an rtsp-publish viewer, its bytes RTP and interleaving.
-    let links = records_of(&stats, RecordType::Interval).into_iter().filter_map(|r| r.links).flatten();
-    let link = links.filter(|l| l.kind.as_str() == "rtsp-publish").last().expect("no rtsp-publish link in the stats");
+    let mut links = records_of(&stats, RecordType::Interval).into_iter().filter_map(|r| r.links).flatten();
+    let link = links.rfind(|l| l.kind.as_str() == "rtsp-publish").expect("no rtsp-publish link in the stats");
     assert_eq!(link.peer, server.url, "{link:?}");
     let seqs = check_pixels(&files, 640, 480, 15, 0..15);
     assert!(*seqs.last().unwrap() >= 130, "the last frame checked is pattern frame {}", seqs.last().unwrap());
