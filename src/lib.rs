@@ -15,7 +15,8 @@
 //! - [`hub`]: the sender's fan-out of each encoded frame to every viewer's newest-wins slot.
 //! - [`sender`]: the sender pipeline, one file per stage, and its viewer transports behind
 //!   [`sender::transport::Transport`]: [`sender::native`] (the framecast protocol) and
-//!   [`sender::http`] (MJPEG, snapshots, the page, `/stats`), [`sender::rtsp`] (RTSP/RTP).
+//!   [`sender::http`] (MJPEG, snapshots, the page, `/stats`), [`sender::rtsp`] (RTSP/RTP),
+//!   [`sender::publish`] (RTSP RECORD into a media server).
 //! - [`net`]: the wire protocol: `net::proto` (pure format), `net::io` (framed reader and
 //!   writer), `net::conn` (the one accept loop, connect policies, socket options) and
 //!   `net::secure` (`--key-file`: Noise handshake, encrypted records).

@@ -4,7 +4,8 @@
 //! capture ──latest(1)──▶ encode ──hub──┬─ latest(1) ─▶ viewer-N ──TCP──▶ framecast recv
 //!                                      │               ack-rx  ◀──TCP── (acks, pings, reports)
 //!                                      ├─ latest(1) ─▶ http-N ──HTTP──▶ browser, VLC, ffmpeg
-//!                                      └─ latest(1) ─▶ rtsp-N ──RTP───▶ VLC, ffmpeg, GStreamer
+//!                                      ├─ latest(1) ─▶ rtsp-N ──RTP───▶ VLC, ffmpeg, GStreamer
+//!                                      └─ latest(1) ─▶ rtsp-publish ──RTSP RECORD──▶ MediaMTX
 //! ```
 //!
 //! # Layout
@@ -21,6 +22,7 @@
 //!   client).
 //! - [`rtsp`]: RTSP with RTP/JPEG over UDP or TCP (`rtsp`, and `rtsp-PEER` and
 //!   `rtsp-rx-PEER` per connection).
+//! - [`publish`]: `--publish`, RTSP ANNOUNCE/RECORD into a media server (`rtsp-publish`).
 //!
 //! Each arrow is a newest-frame-wins slot: a stage or viewer that falls behind loses its
 //! oldest queued frame, counted by cause, and never blocks the stage before it. Each frame

@@ -12,9 +12,11 @@
 //! Requests and credentials go through framecast's RTSP client (`rtsp::client`).
 //!
 //! When the server goes away (connection refused, reset, closed, a request failing) the
-//! reason is logged and publishing starts again after the backoff's next delay. A server that
-//! refuses the credentials (401 after authenticating) or the path (404) ends the sender with
-//! that error: retrying would not help.
+//! reason is logged and publishing starts again after the backoff's next delay; encoding
+//! pauses meanwhile (nobody watches). A server that wants credentials the URL lacks, refuses
+//! them (401 after authenticating), or answers 403, 404, 405 or 461 (transport) ends the
+//! sender with that error: retrying would not help. Frames go out on this one thread: between
+//! frames it reads what the server sent (receiver reports, requests) with 1 ms reads.
 
 use std::cell::RefCell;
 use std::fmt;
