@@ -15,7 +15,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -350,4 +351,112 @@ fn bad_publish_urls_are_refused_at_the_command_line() {
         assert!(stderr.contains("--publish"), "--publish {url}: the error does not name the flag:\n{stderr}");
         assert!(stderr.contains(says), "--publish {url}: the error does not say {says:?}:\n{stderr}");
     }
+}
+
+/// A fake media server on a raw socket: reads one request (head and body) and returns its
+/// method, its CSeq and the whole text.
+fn read_request(s: &mut TcpStream) -> Option<(String, String, String)> {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => buf.push(byte[0]),
+            _ => return None,
+        }
+        assert!(buf.len() < 16 * 1024, "a request head over 16 KiB");
+    }
+    let head = String::from_utf8_lossy(&buf).into_owned();
+    let header = |name: &str| {
+        head.lines()
+            .find_map(|l| l.split_once(':').filter(|(k, _)| k.trim().eq_ignore_ascii_case(name)))
+            .map(|(_, v)| v.trim().to_string())
+    };
+    let len: usize = header("Content-Length").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).ok()?;
+    let method = head.split(' ').next().unwrap_or_default().to_string();
+    Some((method, header("CSeq").unwrap_or_default(), head + &String::from_utf8_lossy(&body)))
+}
+
+/// Answers requests 200 (with a Session and the Transport asked for) until RECORD.
+fn answer_until_record(s: &mut TcpStream) -> String {
+    let mut announced = String::new();
+    loop {
+        let (method, cseq, text) = read_request(s).expect("the publisher closed before RECORD");
+        let mut extra = String::new();
+        match method.as_str() {
+            "ANNOUNCE" => announced = text,
+            "SETUP" => {
+                assert!(text.contains("RTP/AVP/TCP;unicast;interleaved=0-1;mode=record"), "SETUP: {text}");
+                extra = "Transport: RTP/AVP/TCP;unicast;interleaved=0-1;mode=record\r\n".into();
+            }
+            _ => {}
+        }
+        let reply = format!("RTSP/1.0 200 OK\r\nCSeq: {cseq}\r\nSession: 12345678;timeout=60\r\n{extra}\r\n");
+        s.write_all(reply.as_bytes()).unwrap();
+        if method == "RECORD" {
+            return announced;
+        }
+    }
+}
+
+/// Bad answers from a server end only that connection, with a log line naming what arrived:
+/// bytes that are not RTSP, a response head that never ends, a wrong CSeq. Then a server that
+/// answers well gets the stream even though it also sends junk on the interleaved channels
+/// (its own data on channel 0, RTCP that does not parse, a channel never set up).
+#[test]
+fn bad_answers_from_the_server_end_only_that_connection() {
+    let _serial = common::serial();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("rtsp://127.0.0.1:{}/cam", listener.local_addr().unwrap().port());
+    let mut send = send_publish("send", &url, &["--size", "320x240", "--fps", "30", "--duration", "30"]);
+    let accept = |what: &str| {
+        let (mut s, _) = listener.accept().unwrap_or_else(|e| panic!("no connection for {what}: {e}"));
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let first = read_request(&mut s).unwrap_or_else(|| panic!("no request for {what}"));
+        (s, first)
+    };
+    let (mut s, _) = accept("bytes that are not RTSP");
+    s.write_all(b"\x16\x03\x01\x02\x00 hello\r\n\r\n").unwrap();
+    let (mut s2, _) = accept("an endless head");
+    s2.write_all(b"RTSP/1.0 200 OK\r\nCSeq: 1\r\n").unwrap();
+    s2.write_all(&[b'x'; 9000]).unwrap();
+    let (mut s3, (_, cseq, _)) = accept("a wrong CSeq");
+    let wrong = cseq.parse::<u32>().unwrap() + 7;
+    s3.write_all(format!("RTSP/1.0 200 OK\r\nCSeq: {wrong}\r\n\r\n").as_bytes()).unwrap();
+    drop((s, s2, s3));
+    for says in ["malformed RTSP message", "no end of the message head", "CSeq"] {
+        assert!(send.wait_for_stderr(says, Duration::from_secs(10)), "no log line saying {says:?}:\n{}", send.stderr());
+    }
+
+    // A server that answers well, and sends junk on the interleaved channels.
+    let (mut s, (method, cseq, _)) = accept("a good server");
+    let reply =
+        format!("RTSP/1.0 200 OK\r\nCSeq: {cseq}\r\nPublic: OPTIONS, ANNOUNCE, SETUP, RECORD, GET_PARAMETER\r\n\r\n");
+    assert_eq!(method, "OPTIONS");
+    s.write_all(reply.as_bytes()).unwrap();
+    let sdp = answer_until_record(&mut s);
+    assert!(sdp.contains("m=video 0 RTP/AVP 26") && sdp.contains("a=rtpmap:26 JPEG/90000"), "SDP: {sdp}");
+    assert!(sdp.contains("urn:x-framecast:capture-time"), "SDP without the capture-time extension: {sdp}");
+    s.write_all(&[b'$', 0, 0, 3, 1, 2, 3, b'$', 1, 0, 2, 0xFF, 0xFF, b'$', 9, 0, 1, 0]).unwrap();
+    // The stream keeps coming: interleaved RTP on channel 0, a sender report on channel 1.
+    let (mut rtp, mut rtcp) = (0, 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (rtp < 60 || rtcp < 1) && Instant::now() < deadline {
+        let mut h = [0u8; 4];
+        s.read_exact(&mut h).unwrap();
+        assert_eq!(h[0], b'$', "not an interleaved frame: {h:02x?}");
+        let mut data = vec![0u8; usize::from(u16::from_be_bytes([h[2], h[3]]))];
+        s.read_exact(&mut data).unwrap();
+        match h[1] {
+            0 => rtp += 1,
+            1 => {
+                assert_eq!(data[1], 200, "channel 1 carries something other than a sender report first");
+                rtcp += 1;
+            }
+            c => panic!("data on channel {c}"),
+        }
+    }
+    assert!(rtp >= 60 && rtcp >= 1, "{rtp} RTP packets and {rtcp} RTCP in 10 s");
+    assert!(send.is_running(), "the sender ended:\n{}", send.stderr());
 }
