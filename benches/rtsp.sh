@@ -20,11 +20,13 @@
 #    divided by the frames encoded in it (the sender's --stats-json intervals). The native
 #    protocol with 1 viewer is the reference. Packetising is once per frame, so each extra
 #    viewer should add only its sends: (CPU at N - CPU at 1) / (N - 1) is printed.
-# 3. Bytes per frame: the JPEG (the sender's stats), what the transport carries per frame for
-#    native TCP (the sender socket's bytes_acked from `ss -ti`, over the frames sent), and RTP
-#    (packets and bytes reaching GStreamer's depayloader: RTP headers, framecast's 16-byte
-#    header extension, RFC 2435 headers and tables), plus 4 bytes a packet interleaved on TCP,
-#    or 28 (IPv4 + UDP headers) a packet on UDP.
+# 3. Bytes per frame, what each transport carries: native TCP is the JPEG (the sender's stats)
+#    and 60 bytes of message and frame header (docs/protocol.md); RTP is the packets and bytes
+#    reaching GStreamer's depayloader (RTP headers, framecast's 16-byte header extension, RFC
+#    2435 headers and tables, the scan with its restart markers), plus 4 bytes a packet
+#    interleaved on TCP, or 28 (IPv4 + UDP headers) a packet on UDP. TCP/IP's own headers
+#    (about 40 bytes per 1448-byte segment) are the same for native and RTSP over TCP and are
+#    left out. The sender's own count for RTSP links (wire bytes) is printed beside it.
 #
 # Needs python3, ffmpeg, and /usr/bin/python3 with gi + GStreamer (scripts/setup.sh
 # --test-deps). Prints a table per part and one JSON line with every figure at the end.
@@ -49,7 +51,7 @@ fi
 RUNS=${RUNS:-1}
 PARTS=${PARTS:-latency,cpu}
 
-for tool in python3 ffmpeg /usr/bin/python3 ss; do
+for tool in python3 ffmpeg /usr/bin/python3; do
     command -v "$tool" >/dev/null || { echo "$tool not found (scripts/setup.sh --test-deps)" >&2; exit 1; }
 done
 
@@ -70,6 +72,8 @@ VIEWERS = [int(v) for v in VIEWERS.split(",")]
 PARTS = set(PARTS.split(","))
 FPS = 30
 WARM = 1.0
+# The native frame message's header (8) and frame header (52), docs/protocol.md.
+NATIVE_OVERHEAD = 60
 TICK = os.sysconf("SC_CLK_TCK")
 GST = os.path.join(os.getcwd(), "benches/rtsp_gst.py")
 CHILDREN = []
@@ -151,13 +155,6 @@ def frame_log_latency(path):
     return out
 
 
-def bytes_acked(port):
-    """Bytes the peer acknowledged on the established TCP connections with local port `port`."""
-    out = subprocess.run(["ss", "-tinH", "state", "established", f"( sport = :{port} )"],
-                         capture_output=True, text=True).stdout
-    return sum(int(m) for m in re.findall(r"bytes_acked:(\d+)", out))
-
-
 def summary(path):
     lines = [json.loads(l) for l in open(path) if l.strip()]
     return [l for l in lines if l.get("type") == "summary"][-1], lines
@@ -210,18 +207,12 @@ def latency_case(size, case, run):
             return None
         recv = spawn(["recv", "--connect", url, "--headless", "--frame-log", flog, "--duration", str(DURATION + WARM)]
                      + extra, f"recv-{tag}")
-        wire = None
-        time.sleep(DURATION)
-        if native:
-            wire = bytes_acked(port)
-            _, lines = summary_now(stats)
-            sent = last_link_frames(lines)
-            res["tcp_bytes_per_frame"] = wire / sent if sent else None
         recv.wait(DURATION + 30)
         lat = frame_log_latency(flog) if os.path.exists(flog) else []
     stop(send)
     s, _ = summary(stats)
-    res["jpeg_bytes_per_frame"] = s.get("mean_frame_bytes")
+    # Native: JPEG bytes. RTSP: what the server counts per frame sent (RTP, interleaving).
+    res["sender_bytes_per_frame"] = s.get("mean_frame_bytes")
     res.update(n=len(lat), p50=pct(lat, 50), p95=pct(lat, 95))
     return res
 
@@ -229,13 +220,6 @@ def latency_case(size, case, run):
 def summary_now(path):
     lines = [json.loads(l) for l in open(path) if l.strip()]
     return lines[-1] if lines else None, lines
-
-
-def last_link_frames(lines):
-    for l in reversed(lines):
-        for link in l.get("links") or []:
-            return link.get("frames")
-    return None
 
 
 def latency_part():
@@ -261,19 +245,25 @@ def latency_part():
         ratio = f"{r['p50'] / base:.2f}" if base and r.get("p50") else "-"
         fmt = lambda v: f"{v:.1f}" if v is not None else "-"
         print(f"{size:>10} {case:>9} {fmt(r.get('p50')):>7} {fmt(r.get('p95')):>7} {ratio:>10} {r.get('n', 0):>7.0f}")
-    print("\nbytes per frame")
+    print("\nbytes per frame (what the transport carries)")
     for size in SIZES:
         n = table.get((size, "native"), {})
+        jpeg = n.get("sender_bytes_per_frame")
+        if not jpeg:
+            continue
+        native = jpeg + NATIVE_OVERHEAD
+        print(f"{size:>10} native TCP: JPEG {jpeg:.0f} + {NATIVE_OVERHEAD} = {native:.0f}")
         for proto, extra in (("udp", 28), ("tcp", 4)):
             g = table.get((size, f"gst-{proto}"), {})
-            if not g or not n:
+            if not g.get("rtp_bytes_per_frame"):
                 continue
             rtp, pk = g["rtp_bytes_per_frame"], g["rtp_packets_per_frame"]
             wire = rtp + extra * pk
-            jpeg, tcp = n.get("jpeg_bytes_per_frame"), n.get("tcp_bytes_per_frame")
-            print(f"{size:>10} jpeg {jpeg:.0f}  native TCP payload {tcp:.0f} ({tcp / jpeg:.4f}x jpeg)  "
-                  f"RTP/{proto.upper()} {pk:.1f} packets, {rtp:.0f} RTP bytes, {wire:.0f} with "
-                  f"{'IPv4+UDP headers' if proto == 'udp' else 'interleaving'} ({wire / tcp:.4f}x native)")
+            own = table.get((size, f"rtsp-{proto}"), {}).get("sender_bytes_per_frame")
+            print(f"{size:>10} RTP/{proto.upper()}: {pk:.1f} packets, {rtp:.0f} RTP bytes, {wire:.0f} with "
+                  f"{'IPv4+UDP headers' if proto == 'udp' else 'interleaving'} = {wire / native:.4f}x native "
+                  f"(the sender counts {own or 0:.0f})")
+            RESULT.setdefault("bytes", {})[f"{size} {proto}"] = {"wire": wire, "native": native, "ratio": wire / native}
     RESULT["latency"] = {f"{s} {c}": r for (s, c), r in table.items()}
 
 
