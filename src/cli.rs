@@ -342,6 +342,11 @@ pub struct SendArgs {
     /// /stats (for browsers, VLC, ffmpeg, OpenCV). Without --connect/--listen, HTTP only.
     #[arg(long, value_name = "ADDR:PORT")]
     pub http: Option<SocketAddr>,
+    /// Also serve RTSP on ADDR:PORT (e.g. 0.0.0.0:8554): RTP/JPEG at rtsp://HOST:PORT/stream
+    /// over UDP or TCP, for VLC, ffmpeg, GStreamer and media servers. Without
+    /// --connect/--listen, RTSP (and HTTP) only.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub rtsp: Option<SocketAddr>,
     #[command(flatten)]
     pub source: SourceArgs,
     #[command(flatten)]
@@ -598,7 +603,7 @@ impl SendArgs {
         // A controller moves quality, so a camera's own MJPEG is re-encoded.
         let reencode_jpeg = reencode_jpeg || control.is_some();
         let key = self.key.load()?;
-        for (flag, addr) in [("--listen", self.listen), ("--http", self.http)] {
+        for (flag, addr) in [("--listen", self.listen), ("--http", self.http), ("--rtsp", self.rtsp)] {
             if let Some(addr) = addr {
                 warn_if_open(flag, addr, key.as_ref());
             }
@@ -606,10 +611,11 @@ impl SendArgs {
         let endpoint = match (self.connect, self.listen) {
             (_, Some(addr)) => sender::Endpoint::Listen(bind(addr, "--listen")?),
             (Some(c), None) => sender::Endpoint::Connect(c),
-            (None, None) if self.http.is_some() => sender::Endpoint::None,
+            (None, None) if self.http.is_some() || self.rtsp.is_some() => sender::Endpoint::None,
             (None, None) => sender::Endpoint::Connect(format!("127.0.0.1:{DEFAULT_PORT}")),
         };
         let http = self.http.map(|addr| bind(addr, "--http")).transpose()?;
+        let rtsp = self.rtsp.map(|addr| bind(addr, "--rtsp")).transpose()?;
         Ok((
             SendConfig {
                 endpoint,
@@ -623,6 +629,8 @@ impl SendArgs {
                 connect_patience: CONNECT_PATIENCE,
                 once: self.once,
                 http,
+                restart_rows: if rtsp.is_some() { crate::codec::DEFAULT_RESTART_ROWS } else { 0 },
+                rtsp,
                 congestion,
                 control,
                 key,

@@ -62,6 +62,17 @@ pub struct LinkCounters {
     /// Set by a native viewer's writer while it waits for acknowledgements (its window of
     /// unacknowledged frames is full): frames replaced meanwhile count as `congestion`.
     pub congested: AtomicBool,
+    /// What the viewer's last RTCP receiver report said (RTP links only).
+    pub rtcp: Mutex<Option<RtcpFigures>>,
+}
+
+/// An RTP viewer's own view of its link, from its RTCP receiver reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct RtcpFigures {
+    /// Packets lost since the previous report, percent (the report's fraction lost).
+    pub loss_pct: f64,
+    /// Interarrival jitter, ms.
+    pub jitter_ms: f64,
 }
 
 /// One viewer's link, as the stats report it.
@@ -76,6 +87,12 @@ pub struct LinkReport {
     pub bytes: u64,
     /// Frames this viewer lost because it had not taken the previous one yet.
     pub drops: u64,
+    /// RTP viewers that send RTCP receiver reports: the last report's packet loss, percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtcp_loss_pct: Option<f64>,
+    /// And its interarrival jitter, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtcp_jitter_ms: Option<f64>,
 }
 
 struct Slot {
@@ -203,9 +220,15 @@ impl Hub {
                 frames: s.counters.frames.load(Ordering::Relaxed),
                 bytes: s.counters.bytes.load(Ordering::Relaxed),
                 drops: s.counters.drops.load(Ordering::Relaxed),
+                rtcp_loss_pct: rtcp(s).map(|r| r.loss_pct),
+                rtcp_jitter_ms: rtcp(s).map(|r| r.jitter_ms),
             })
             .collect()
     }
+}
+
+fn rtcp(s: &Slot) -> Option<RtcpFigures> {
+    *s.counters.rtcp.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn prune(g: &mut Inner) {
@@ -350,7 +373,17 @@ mod tests {
 
     #[test]
     fn kinds_serialise_as_their_names() {
-        let link = LinkReport { id: 1, kind: NATIVE, peer: "p".into(), seconds: 0.0, frames: 0, bytes: 0, drops: 0 };
+        let link = LinkReport {
+            id: 1,
+            kind: NATIVE,
+            peer: "p".into(),
+            seconds: 0.0,
+            frames: 0,
+            bytes: 0,
+            drops: 0,
+            rtcp_loss_pct: None,
+            rtcp_jitter_ms: None,
+        };
         let v = serde_json::to_value(&link).unwrap();
         assert_eq!(v["kind"], "native");
         assert_eq!(serde_json::from_value::<ViewerKind>(v["kind"].clone()).unwrap(), NATIVE);

@@ -126,6 +126,8 @@ pub struct Counters {
     pub reconnects: u64,
     /// Sender: times the source failed mid-stream, and "no signal" frames sent meanwhile.
     pub source_losses: u64,
+    /// Sender: frames re-encoded because RTP/JPEG (RFC 2435) cannot carry them as they are.
+    pub rtp_reencoded: u64,
     pub no_signal_frames: u64,
     /// Receiver (RTSP): frames shown with missing restart intervals taken from the previous
     /// frame.
@@ -213,6 +215,7 @@ impl Default for Counters {
             first_frame: None,
             reconnects: 0,
             source_losses: 0,
+            rtp_reencoded: 0,
             no_signal_frames: 0,
             concealed: 0,
             source_lost: None,

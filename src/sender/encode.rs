@@ -59,6 +59,8 @@ pub(super) struct EncodeSettings {
     pub fast_dct: bool,
     /// Threads per frame (`--encode-threads`), decided again whenever the frame size changes.
     pub threads: CodecThreads,
+    /// A restart marker every this many MCU rows (0: none unless sliced).
+    pub restart_rows: u16,
 }
 
 /// Everything the encode thread owns.
@@ -119,6 +121,7 @@ impl Encode {
         let mut enc =
             Encoder::new(start_quality, s.subsampling, s.reencode).context("cannot create the JPEG encoder")?;
         enc.set_speed(Speed { fast_dct: s.fast_dct, ..Speed::default() })?;
+        enc.set_restart_rows(s.restart_rows)?;
         let mut work = Work {
             enc,
             ring: FrameRing::default(),

@@ -3,7 +3,8 @@
 //! ```text
 //! capture ──latest(1)──▶ encode ──hub──┬─ latest(1) ─▶ viewer-N ──TCP──▶ framecast recv
 //!                                      │               ack-rx  ◀──TCP── (acks, pings, reports)
-//!                                      └─ latest(1) ─▶ http-N ──HTTP──▶ browser, VLC, ffmpeg
+//!                                      ├─ latest(1) ─▶ http-N ──HTTP──▶ browser, VLC, ffmpeg
+//!                                      └─ latest(1) ─▶ rtsp-N ──RTP───▶ VLC, ffmpeg, GStreamer
 //! ```
 //!
 //! # Layout
@@ -18,6 +19,8 @@
 //!   thread per viewer).
 //! - [`http`]: HTTP MJPEG, snapshots, the page and `/stats` (`http`, and `http-PEER` per
 //!   client).
+//! - [`rtsp`]: RTSP with RTP/JPEG over UDP or TCP (`rtsp`, and `rtsp-PEER` and
+//!   `rtsp-rx-PEER` per connection).
 //!
 //! Each arrow is a newest-frame-wins slot: a stage or viewer that falls behind loses its
 //! oldest queued frame, counted by cause, and never blocks the stage before it. Each frame
@@ -31,6 +34,7 @@ pub mod capture;
 pub mod encode;
 pub mod http;
 pub mod native;
+pub mod rtsp;
 pub mod transport;
 
 use std::net::TcpListener;
@@ -88,6 +92,11 @@ pub struct SendConfig {
     pub once: bool,
     /// Serve HTTP (page, MJPEG stream, snapshot, stats) on this socket.
     pub http: Option<TcpListener>,
+    /// Serve RTSP (RTP/JPEG over UDP or TCP) on this socket.
+    pub rtsp: Option<TcpListener>,
+    /// A restart marker every this many MCU rows (0: none unless sliced); on with RTSP, so
+    /// RTP packets end on restart intervals (RFC 2435 types 64/65).
+    pub restart_rows: u16,
     /// libjpeg-turbo's fast integer DCT (see `codec::Speed`).
     pub fast_dct: bool,
     /// Threads that encode each frame, as slices (`--encode-threads`).
@@ -205,6 +214,9 @@ fn transports(cfg: &mut SendConfig, hub: &Hub) -> Vec<Box<dyn Transport>> {
     if let Some(listener) = cfg.http.take() {
         out.push(Box::new(http::Http::new(listener, cfg.key.as_ref().map(Key::http_token))));
     }
+    if let Some(listener) = cfg.rtsp.take() {
+        out.push(Box::new(rtsp::Rtsp::new(listener, cfg.key.as_ref().map(Key::http_token))));
+    }
     out
 }
 
@@ -259,6 +271,7 @@ fn start_encode(cfg: &SendConfig, info: &SourceInfo, up: Upstream) -> anyhow::Re
             backpressure: cfg.fps == 0 && !info.self_paced,
             fast_dct: cfg.fast_dct,
             threads: cfg.encode_threads,
+            restart_rows: cfg.restart_rows,
         },
         rx: up.raw_rx,
         raw_pool: up.raw_pool,

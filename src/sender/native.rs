@@ -608,6 +608,8 @@ mod tests {
             connect_patience: Duration::from_secs(1),
             once: false,
             http: None,
+            rtsp: None,
+            restart_rows: 0,
             fast_dct: false,
             encode_threads: crate::codec::threads::CodecThreads::Auto,
             key: None,

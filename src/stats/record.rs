@@ -301,6 +301,10 @@ pub struct Report {
     /// Sender: times the source failed mid-stream; absent when 0.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub source_losses: u64,
+    /// Sender: frames re-encoded for RTSP viewers because RTP/JPEG (RFC 2435) cannot carry
+    /// them as they are (4:4:4, grey, progressive, optimised Huffman tables); absent when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rtp_reencoded: u64,
     /// Sender: "no signal" frames sent while the source was lost; absent when 0.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub no_signal_frames: u64,
@@ -384,6 +388,7 @@ impl Report {
             control: c.control.clone(),
             reconnects: c.reconnects,
             source_losses: c.source_losses,
+            rtp_reencoded: c.rtp_reencoded,
             no_signal_frames: c.no_signal_frames,
             concealed: c.concealed,
             source_lost_since: c.source_lost.map(|l| l.utc()),
@@ -555,6 +560,9 @@ impl Report {
                 self.source_losses, self.no_signal_frames
             ));
         }
+        if self.rtp_reencoded > 0 {
+            s.push_str(&format!("; {} frames re-encoded for RTP/JPEG", self.rtp_reencoded));
+        }
         if let Some(since) = &self.source_lost_since {
             s.push_str(&format!("; source lost since {since}"));
         }
@@ -697,6 +705,8 @@ mod schema {
                 frames: 300,
                 bytes: 7_654_321,
                 drops: 4,
+                rtcp_loss_pct: None,
+                rtcp_jitter_ms: None,
             },
             LinkReport {
                 id: 3,
@@ -706,6 +716,8 @@ mod schema {
                 frames: 15,
                 bytes: 400_000,
                 drops: 0,
+                rtcp_loss_pct: None,
+                rtcp_jitter_ms: None,
             },
         ]
     }

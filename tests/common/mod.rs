@@ -12,6 +12,7 @@
 
 pub mod http_client;
 pub mod tools;
+pub mod vlc;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::{TcpListener, TcpStream};

@@ -1,0 +1,110 @@
+//! VLC for the RTSP tests. VLC refuses to run as root, so when the tests run as root (a CI
+//! container) it runs as an unprivileged user this module creates once (`framecast-vlc`,
+//! with `useradd`). When that cannot be done, or VLC lacks its RTSP client (the live555
+//! module), the test is skipped, and fails under `CI=true`.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use super::tools::{in_ci, require_tools, run_tool, skip, ToolOutput};
+
+/// The user VLC runs as when the tests run as root.
+pub const USER: &str = "framecast-vlc";
+
+/// The user to run VLC as: `None` when the tests do not run as root; `Err` when they do and
+/// no unprivileged user can be made.
+fn vlc_user() -> &'static Result<Option<String>, String> {
+    static USER_ONCE: OnceLock<Result<Option<String>, String>> = OnceLock::new();
+    USER_ONCE.get_or_init(|| {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Ok(None);
+        }
+        let exists = Command::new("id").arg(USER).output().is_ok_and(|o| o.status.success());
+        if !exists {
+            let out = run_tool(
+                Command::new("useradd").args(["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", USER]),
+                Duration::from_secs(20),
+            );
+            if !out.status.success() {
+                return Err(format!("useradd {USER} failed: {}", out.stderr.trim()));
+            }
+        }
+        Ok(Some(USER.to_string()))
+    })
+}
+
+/// Whether VLC can run here; skips the test (fails under CI) when it cannot.
+pub fn available(test: &str) -> bool {
+    if !require_tools(test, &[("cvlc", "vlc"), ("runuser", "util-linux")]) {
+        return false;
+    }
+    if !has_live555() {
+        let why = "VLC has no live555 module (liblive555_plugin.so), so it cannot play RTSP: Debian 12's VLC is \
+                   built without it, and the satip module that then takes rtsp:// URLs speaks only SAT>IP \
+                   (MPEG-TS). Install a VLC with live555 (e.g. Debian 11's or upstream's)";
+        if in_ci() {
+            panic!("{test}: {why}");
+        }
+        skip(test, why);
+        return false;
+    }
+    match vlc_user() {
+        Ok(_) => true,
+        Err(why) if in_ci() => panic!("{test}: VLC cannot run: {why}"),
+        Err(why) => {
+            skip(test, &format!("VLC cannot run: {why}"));
+            false
+        }
+    }
+}
+
+/// Whether VLC's RTSP client (the live555 module) is installed.
+fn has_live555() -> bool {
+    let roots =
+        ["/usr/lib/x86_64-linux-gnu/vlc/plugins", "/usr/lib/aarch64-linux-gnu/vlc/plugins", "/usr/lib/vlc/plugins"];
+    roots
+        .iter()
+        .any(|r| ["demux", "access"].iter().any(|d| Path::new(r).join(d).join("liblive555_plugin.so").is_file()))
+}
+
+/// Plays `url` headless for `seconds`, writing every `ratio`-th frame as a PNG into `dir`
+/// (VLC's scene filter). `dir` is made writable for VLC's user.
+pub fn play_to_pngs(url: &str, dir: &Path, seconds: u32, extra: &[&str]) -> ToolOutput {
+    let user = vlc_user().as_ref().expect("vlc::available was checked").clone();
+    if user.is_some() {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).expect("chmod scene dir");
+    }
+    let mut args: Vec<String> = vec![
+        "cvlc".into(),
+        "--intf=dummy".into(),
+        "--no-audio".into(),
+        "--vout=dummy".into(),
+        "--video-filter=scene".into(),
+        format!("--scene-path={}", dir.display()),
+        "--scene-format=png".into(),
+        "--scene-ratio=5".into(),
+        "--scene-prefix=f".into(),
+        format!("--run-time={seconds}"),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.push(url.into());
+    args.push("vlc://quit".into());
+    let mut cmd = match &user {
+        Some(u) => {
+            let mut c = Command::new("runuser");
+            c.args(["-u", u, "--"]).args(&args);
+            c
+        }
+        None => {
+            let mut c = Command::new(&args[0]);
+            c.args(&args[1..]);
+            c
+        }
+    };
+    cmd.env("HOME", dir);
+    run_tool(&mut cmd, Duration::from_secs(u64::from(seconds) + 30))
+}
