@@ -131,7 +131,7 @@ impl RtspRx {
         info!(session = client.session().unwrap_or(""), timeout_s = client.session_timeout().as_secs(), "rtsp playing");
         let mut play = Play::new(self, &desc);
         let res = play.run(&mut client, &link, &desc);
-        if !matches!(res, Err(ClientError::Closed(_)) | Err(ClientError::Io(_))) {
+        if !matches!(res, Err(ClientError::Closed(_) | ClientError::Io(_))) {
             if let Err(e) = client.teardown(&desc.base) {
                 debug!(error = %e, "teardown");
             }
@@ -192,6 +192,8 @@ struct Play<'a> {
     frames: u64,
     /// Malformed UDP datagrams from elsewhere, and packets from another SSRC, ignored.
     strays: u64,
+    /// Where UDP datagrams are read (one buffer for the session).
+    udp_buf: Vec<u8>,
 }
 
 impl<'a> Play<'a> {
@@ -220,6 +222,7 @@ impl<'a> Play<'a> {
             own_ssrc: u32::from_be_bytes(b),
             frames: 0,
             strays: 0,
+            udp_buf: Vec::new(),
         }
     }
 
@@ -279,12 +282,12 @@ impl<'a> Play<'a> {
                     if !ready[i] {
                         continue;
                     }
-                    let mut buf = vec![0u8; MAX_DATAGRAM];
-                    match sock.recv_from(&mut buf) {
+                    self.udp_buf.resize(MAX_DATAGRAM, 0);
+                    match sock.recv_from(&mut self.udp_buf) {
                         Ok((_, from)) if from.ip() != server => self.strays += 1,
                         Ok((n, _)) => {
-                            buf.truncate(n);
-                            return Ok(if i == 0 { Got::Rtp(buf) } else { Got::Rtcp(buf) });
+                            let data = self.udp_buf[..n].to_vec();
+                            return Ok(if i == 0 { Got::Rtp(data) } else { Got::Rtcp(data) });
                         }
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                         Err(e) => return Err(e.into()),
@@ -306,12 +309,9 @@ impl<'a> Play<'a> {
             }
             self.reception.packet(pkt.ssrc(), pkt.timestamp(), arrival);
         }
-        self.depack.push(p).map_err(|e| {
-            let head: Vec<u8> = p.iter().take(24).copied().collect();
-            ClientError::Io(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("malformed RTP/JPEG packet ({} bytes, starting {head:02x?}): {e}", p.len()),
-            ))
+        self.depack.push(p).map_err(|source| {
+            let head = format!("{:02x?}", &p[..p.len().min(24)]);
+            ClientError::Rtp { len: p.len(), head, source }
         })
     }
 
@@ -367,10 +367,9 @@ impl<'a> Play<'a> {
             jpeg_len: len as u32,
             ..FrameHeader::default()
         };
-        let mut buf = self.rx.pool.get(Vec::new);
-        buf.clear();
-        buf.extend_from_slice(&jpeg);
-        let inc = Incoming { conn: 1, header, received_us, capture_local_us, lossless: false, jpeg: buf, bands };
+        // The depayloader built the JPEG in a buffer of its own: handed on as it is (decode
+        // returns it to the pool, whose buffers net-rx for the native protocol reuses).
+        let inc = Incoming { conn: 1, header, received_us, capture_local_us, lossless: false, jpeg, bands };
         let net = self.rx;
         net.tx.deliver(inc, false, |old| {
             net.meter.count_drop(DropCause::DecoderBusy);

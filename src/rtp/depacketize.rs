@@ -1175,6 +1175,38 @@ mod tests {
         }
     }
 
+    /// Writes seed inputs for the `rtp_jpeg` fuzz target (its format: a settings byte, then
+    /// packets each preceded by a 2-byte length) into `$FRAMECAST_RTP_SEEDS`: whole and lossy
+    /// frames from framecast's payloader, with and without restart intervals.
+    #[test]
+    #[ignore = "writes fuzz seeds; run with FRAMECAST_RTP_SEEDS=DIR"]
+    fn write_fuzz_seeds() {
+        use crate::rtp::packetize::{packetize_with, RtpStream};
+        let Ok(dir) = std::env::var("FRAMECAST_RTP_SEEDS") else { return };
+        std::fs::create_dir_all(&dir).unwrap();
+        let jpegs = [
+            pattern_jpeg(64, 48, Subsampling::S420, 50, 1).unwrap(),
+            restart_jpeg((64, 48), Subsampling::S422, 50, 1, 1).unwrap(),
+            restart_jpeg((48, 32), Subsampling::S420, 30, 1, 1).unwrap(),
+        ];
+        for (i, jpeg) in jpegs.iter().enumerate() {
+            let p = packetize_with(jpeg, 120).unwrap();
+            for (k, drop) in [None, Some(1)].into_iter().enumerate() {
+                let mut seed = vec![if i == 2 { 3 } else { 2 }];
+                let mut stream = RtpStream::new(1, 65534, 0);
+                for f in 0..2u64 {
+                    for j in (0..p.len()).filter(|&j| Some(j) != drop) {
+                        let mut pkt = Vec::new();
+                        stream.write(&p, j, f * 33_333, &mut pkt);
+                        seed.extend_from_slice(&(pkt.len() as u16).to_be_bytes());
+                        seed.extend_from_slice(&pkt);
+                    }
+                }
+                std::fs::write(format!("{dir}/seed-{i}-{k}"), seed).unwrap();
+            }
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
 
