@@ -235,13 +235,7 @@ impl<'a> Play<'a> {
             }
             match self.read(client, link)? {
                 Got::Rtp(p) => self.rtp(&p)?,
-                Got::Rtcp(p) => {
-                    if self.reception.rtcp(&p, now_us()) > 0 && !self.same_clock {
-                        self.rx.meter.update(|c| {
-                            c.clock = Some(ClockStatus { source: ClockSource::Rtcp, ..ClockStatus::unsynced(false) })
-                        });
-                    }
-                }
+                Got::Rtcp(p) => self.rtcp(&p),
                 Got::Nothing => {}
             }
             if !self.deliver() {
@@ -296,6 +290,21 @@ impl<'a> Play<'a> {
                 Ok(Got::Nothing)
             }
         }
+    }
+
+    /// A compound RTCP packet: the first sender report from a foreign sender makes its
+    /// latency known, as far as the wall clocks agree.
+    fn rtcp(&mut self, p: &[u8]) {
+        let had = self.reception.last_sr.is_some();
+        if self.reception.rtcp(p, now_us()) == 0 || self.same_clock {
+            return;
+        }
+        if !had {
+            info!("rtcp sender report: latency from here on maps RTP time to the sender's wall clock (as exact as the two hosts' clocks agree)");
+        }
+        self.rx
+            .meter
+            .update(|c| c.clock = Some(ClockStatus { source: ClockSource::Rtcp, ..ClockStatus::unsynced(false) }));
     }
 
     /// One RTP packet into the depayloader; a malformed one ends the session.
