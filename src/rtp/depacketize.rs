@@ -599,15 +599,17 @@ impl Assembly {
         if u32::from(m.interval) % per_row != 0 || per_row * mcu_rows / u32::from(m.interval) >= 0x3FFF {
             return Err("packets missing, and its restart intervals are not whole MCU rows");
         }
-        let rows_per_interval = u32::from(m.interval) / per_row;
+        // Pixel rows per interval; u64, since a packet's count and restart markers are the
+        // peer's claims.
+        let rows_per_interval = u64::from(u32::from(m.interval) / per_row) * u64::from(mh);
         let mut bands = Vec::new();
         for run in runs {
             for chunks in whole_chunks(&run.frags) {
                 let (count, _, _) = chunks[0].chunk.expect("checked above");
                 let scan = strip_restarts(self.gather(chunks));
-                let intervals = count_restarts(&scan) + 1;
-                let first = u32::from(count) * rows_per_interval * mh;
-                let last = ((u32::from(count) + intervals) * rows_per_interval * mh).min(m.height);
+                let intervals = u64::from(count_restarts(&scan)) + 1;
+                let first = (u64::from(count) * rows_per_interval).min(u64::from(m.height)) as u32;
+                let last = ((u64::from(count) + intervals) * rows_per_interval).min(u64::from(m.height)) as u32;
                 if first >= last {
                     continue;
                 }
