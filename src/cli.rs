@@ -667,6 +667,9 @@ impl RecvArgs {
                 if key.is_some() {
                     bail!("--key-file does not apply to rtsp:// (RTSP is not encrypted): put the token in the URL, rtsp://user:TOKEN@host:port/path");
                 }
+                if self.quality.is_some() {
+                    warn!("--quality has no effect on an rtsp:// stream (RTSP has no way to ask for it)");
+                }
                 let target = crate::rtsp::client::Target::parse(&c).context("--connect")?;
                 receiver::Endpoint::Rtsp(receiver::RtspEndpoint { target, transport: self.rtsp_transport })
             }

@@ -239,3 +239,40 @@ fn a_server_that_comes_back_is_reconnected() {
     assert_eq!(s.frames, 200);
     assert!(s.reconnects >= 1, "{s:?}");
 }
+
+/// `send --rtsp` on this host: its SDP names our clock, so capture→displayed is known for
+/// every frame (clock `shared`), over UDP and TCP; a 2560x1440 stream (0 in the RFC 2435
+/// header, `a=x-dimensions` in the SDP) comes at its size; with `--key-file` the token in
+/// the URL logs in (Digest, which the server offers first).
+#[test]
+fn framecast_s_own_rtsp_server_gives_exact_latency() {
+    let _g = serial();
+    let dir = scratch_dir("rtsp-framecast");
+    let key = dir.join("key");
+    let mut kg = Proc::spawn("keygen", &["keygen", key.to_str().unwrap()]);
+    kg.expect_success(Duration::from_secs(20));
+    let token = framecast::net::secure::Key::load(&key).unwrap().http_token();
+    for (size, transport, keyed) in [("320x240", "udp", false), ("320x240", "tcp", true), ("2560x1440", "tcp", false)] {
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut args =
+            vec!["send", "--source", "test", "--size", size, "--fps", "30", "--duration", "40", "--rtsp", &addr];
+        if keyed {
+            args.extend_from_slice(&["--key-file", key.to_str().unwrap()]);
+        }
+        let send = Proc::spawn("send", &args);
+        assert!(send.wait_for_stderr("RTSP", Duration::from_secs(20)), "no RTSP:\n{}", send.stderr());
+        let url = if keyed { format!("rtsp://viewer:{token}@{addr}/stream") } else { format!("rtsp://{addr}/stream") };
+        let name = format!("fc-{size}-{transport}");
+        let mut r = recv(&name, &url, transport, 20, &dir, &["--once"]);
+        r.expect_success(RUN);
+        let s = summary(&dir.join(format!("{name}.jsonl")));
+        assert_eq!(s.frames, 20, "{name}");
+        let (w, h) = size.split_once('x').map(|(w, h)| (w.parse().unwrap(), h.parse().unwrap())).unwrap();
+        assert!(logged_sizes(&dir.join(format!("{name}.csv"))).iter().all(|&s| s == (w, h)), "{name}");
+        assert_eq!(s.clock.map(|c| c.source), Some(framecast::stats::ClockSource::Shared), "{name}");
+        assert_eq!(s.latency_unknown_frames, Some(0), "{name}: every frame's latency is known");
+        assert!(s.latency_capture_displayed_ms.is_some_and(|p| p.count == 20), "{name}: {s:?}");
+        drop(send);
+    }
+}

@@ -131,7 +131,7 @@ impl RtspRx {
         info!(session = client.session().unwrap_or(""), timeout_s = client.session_timeout().as_secs(), "rtsp playing");
         let mut play = Play::new(self, &desc);
         let res = play.run(&mut client, &link, &desc);
-        if !matches!(res, Err(ClientError::Closed(_)) | Err(ClientError::Io(_))) {
+        if !matches!(res, Err(ClientError::Closed(_) | ClientError::Io(_))) {
             if let Err(e) = client.teardown(&desc.base) {
                 debug!(error = %e, "teardown");
             }
@@ -192,6 +192,8 @@ struct Play<'a> {
     frames: u64,
     /// Malformed UDP datagrams from elsewhere, and packets from another SSRC, ignored.
     strays: u64,
+    /// Where UDP datagrams are read (one buffer for the session).
+    udp_buf: Vec<u8>,
 }
 
 impl<'a> Play<'a> {
@@ -220,6 +222,7 @@ impl<'a> Play<'a> {
             own_ssrc: u32::from_be_bytes(b),
             frames: 0,
             strays: 0,
+            udp_buf: Vec::new(),
         }
     }
 
@@ -232,13 +235,7 @@ impl<'a> Play<'a> {
             }
             match self.read(client, link)? {
                 Got::Rtp(p) => self.rtp(&p)?,
-                Got::Rtcp(p) => {
-                    if self.reception.rtcp(&p, now_us()) > 0 && !self.same_clock {
-                        self.rx.meter.update(|c| {
-                            c.clock = Some(ClockStatus { source: ClockSource::Rtcp, ..ClockStatus::unsynced(false) })
-                        });
-                    }
-                }
+                Got::Rtcp(p) => self.rtcp(&p),
                 Got::Nothing => {}
             }
             if !self.deliver() {
@@ -279,12 +276,12 @@ impl<'a> Play<'a> {
                     if !ready[i] {
                         continue;
                     }
-                    let mut buf = vec![0u8; MAX_DATAGRAM];
-                    match sock.recv_from(&mut buf) {
+                    self.udp_buf.resize(MAX_DATAGRAM, 0);
+                    match sock.recv_from(&mut self.udp_buf) {
                         Ok((_, from)) if from.ip() != server => self.strays += 1,
                         Ok((n, _)) => {
-                            buf.truncate(n);
-                            return Ok(if i == 0 { Got::Rtp(buf) } else { Got::Rtcp(buf) });
+                            let data = self.udp_buf[..n].to_vec();
+                            return Ok(if i == 0 { Got::Rtp(data) } else { Got::Rtcp(data) });
                         }
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                         Err(e) => return Err(e.into()),
@@ -293,6 +290,21 @@ impl<'a> Play<'a> {
                 Ok(Got::Nothing)
             }
         }
+    }
+
+    /// A compound RTCP packet: the first sender report from a foreign sender makes its
+    /// latency known, as far as the wall clocks agree.
+    fn rtcp(&mut self, p: &[u8]) {
+        let had = self.reception.last_sr.is_some();
+        if self.reception.rtcp(p, now_us()) == 0 || self.same_clock {
+            return;
+        }
+        if !had {
+            info!("rtcp sender report: latency from here on maps RTP time to the sender's wall clock (as exact as the two hosts' clocks agree)");
+        }
+        self.rx
+            .meter
+            .update(|c| c.clock = Some(ClockStatus { source: ClockSource::Rtcp, ..ClockStatus::unsynced(false) }));
     }
 
     /// One RTP packet into the depayloader; a malformed one ends the session.
@@ -306,12 +318,9 @@ impl<'a> Play<'a> {
             }
             self.reception.packet(pkt.ssrc(), pkt.timestamp(), arrival);
         }
-        self.depack.push(p).map_err(|e| {
-            let head: Vec<u8> = p.iter().take(24).copied().collect();
-            ClientError::Io(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("malformed RTP/JPEG packet ({} bytes, starting {head:02x?}): {e}", p.len()),
-            ))
+        self.depack.push(p).map_err(|source| {
+            let head = format!("{:02x?}", &p[..p.len().min(24)]);
+            ClientError::Rtp { len: p.len(), head, source }
         })
     }
 
@@ -367,10 +376,9 @@ impl<'a> Play<'a> {
             jpeg_len: len as u32,
             ..FrameHeader::default()
         };
-        let mut buf = self.rx.pool.get(Vec::new);
-        buf.clear();
-        buf.extend_from_slice(&jpeg);
-        let inc = Incoming { conn: 1, header, received_us, capture_local_us, lossless: false, jpeg: buf, bands };
+        // The depayloader built the JPEG in a buffer of its own: handed on as it is (decode
+        // returns it to the pool, whose buffers net-rx for the native protocol reuses).
+        let inc = Incoming { conn: 1, header, received_us, capture_local_us, lossless: false, jpeg, bands };
         let net = self.rx;
         net.tx.deliver(inc, false, |old| {
             net.meter.count_drop(DropCause::DecoderBusy);

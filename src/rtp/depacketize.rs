@@ -599,15 +599,17 @@ impl Assembly {
         if u32::from(m.interval) % per_row != 0 || per_row * mcu_rows / u32::from(m.interval) >= 0x3FFF {
             return Err("packets missing, and its restart intervals are not whole MCU rows");
         }
-        let rows_per_interval = u32::from(m.interval) / per_row;
+        // Pixel rows per interval; u64, since a packet's count and restart markers are the
+        // peer's claims.
+        let rows_per_interval = u64::from(u32::from(m.interval) / per_row) * u64::from(mh);
         let mut bands = Vec::new();
         for run in runs {
             for chunks in whole_chunks(&run.frags) {
                 let (count, _, _) = chunks[0].chunk.expect("checked above");
                 let scan = strip_restarts(self.gather(chunks));
-                let intervals = count_restarts(&scan) + 1;
-                let first = u32::from(count) * rows_per_interval * mh;
-                let last = ((u32::from(count) + intervals) * rows_per_interval * mh).min(m.height);
+                let intervals = u64::from(count_restarts(&scan)) + 1;
+                let first = (u64::from(count) * rows_per_interval).min(u64::from(m.height)) as u32;
+                let last = ((u64::from(count) + intervals) * rows_per_interval).min(u64::from(m.height)) as u32;
                 if first >= last {
                     continue;
                 }
@@ -1171,6 +1173,38 @@ mod tests {
             for b in &part.bands {
                 let got = decode(&b.jpeg, 320, (b.rows.end - b.rows.start) as usize);
                 assert!(got == px[b.rows.start as usize * 320..b.rows.end as usize * 320], "band {:?}", b.rows);
+            }
+        }
+    }
+
+    /// Writes seed inputs for the `rtp_jpeg` fuzz target (its format: a settings byte, then
+    /// packets each preceded by a 2-byte length) into `$FRAMECAST_RTP_SEEDS`: whole and lossy
+    /// frames from framecast's payloader, with and without restart intervals.
+    #[test]
+    #[ignore = "writes fuzz seeds; run with FRAMECAST_RTP_SEEDS=DIR"]
+    fn write_fuzz_seeds() {
+        use crate::rtp::packetize::{packetize_with, RtpStream};
+        let Ok(dir) = std::env::var("FRAMECAST_RTP_SEEDS") else { return };
+        std::fs::create_dir_all(&dir).unwrap();
+        let jpegs = [
+            pattern_jpeg(64, 48, Subsampling::S420, 50, 1).unwrap(),
+            restart_jpeg((64, 48), Subsampling::S422, 50, 1, 1).unwrap(),
+            restart_jpeg((48, 32), Subsampling::S420, 30, 1, 1).unwrap(),
+        ];
+        for (i, jpeg) in jpegs.iter().enumerate() {
+            let p = packetize_with(jpeg, 120).unwrap();
+            for (k, drop) in [None, Some(1)].into_iter().enumerate() {
+                let mut seed = vec![if i == 2 { 3 } else { 2 }];
+                let mut stream = RtpStream::new(1, 65534, 0);
+                for f in 0..2u64 {
+                    for j in (0..p.len()).filter(|&j| Some(j) != drop) {
+                        let mut pkt = Vec::new();
+                        stream.write(&p, j, f * 33_333, &mut pkt);
+                        seed.extend_from_slice(&(pkt.len() as u16).to_be_bytes());
+                        seed.extend_from_slice(&pkt);
+                    }
+                }
+                std::fs::write(format!("{dir}/seed-{i}-{k}"), seed).unwrap();
             }
         }
     }

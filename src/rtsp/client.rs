@@ -62,6 +62,8 @@ pub enum ClientError {
     Header { method: String, header: &'static str, value: String },
     #[error("SDP: {0}")]
     Sdp(String),
+    #[error("malformed RTP/JPEG packet ({len} bytes, starting {head}): {source}")]
+    Rtp { len: usize, head: String, source: crate::rtp::depacketize::DepacketizeError },
 }
 
 /// Where to connect, and the credentials from the URL.
