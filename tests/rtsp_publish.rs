@@ -356,7 +356,11 @@ fn bad_publish_urls_are_refused_at_the_command_line() {
 /// A fake media server on a raw socket: reads one request (head and body) and returns its
 /// method, its CSeq and the whole text.
 fn read_request(s: &mut TcpStream) -> Option<(String, String, String)> {
-    let mut buf = Vec::new();
+    read_request_after(s, Vec::new())
+}
+
+/// [`read_request`] when its first bytes were read already.
+fn read_request_after(s: &mut TcpStream, mut buf: Vec<u8>) -> Option<(String, String, String)> {
     let mut byte = [0u8; 1];
     while !buf.ends_with(b"\r\n\r\n") {
         match s.read(&mut byte) {
@@ -378,7 +382,8 @@ fn read_request(s: &mut TcpStream) -> Option<(String, String, String)> {
     Some((method, header("CSeq").unwrap_or_default(), head + &String::from_utf8_lossy(&body)))
 }
 
-/// Answers requests 200 (with a Session and the Transport asked for) until RECORD.
+/// Answers requests 200 (with a Session of a 3 s timeout and the Transport asked for) until
+/// RECORD; returns the ANNOUNCE request.
 fn answer_until_record(s: &mut TcpStream) -> String {
     let mut announced = String::new();
     loop {
@@ -392,7 +397,7 @@ fn answer_until_record(s: &mut TcpStream) -> String {
             }
             _ => {}
         }
-        let reply = format!("RTSP/1.0 200 OK\r\nCSeq: {cseq}\r\nSession: 12345678;timeout=60\r\n{extra}\r\n");
+        let reply = format!("RTSP/1.0 200 OK\r\nCSeq: {cseq}\r\nSession: 12345678;timeout=3\r\n{extra}\r\n");
         s.write_all(reply.as_bytes()).unwrap();
         if method == "RECORD" {
             return announced;
@@ -439,13 +444,21 @@ fn bad_answers_from_the_server_end_only_that_connection() {
     assert!(sdp.contains("m=video 0 RTP/AVP 26") && sdp.contains("a=rtpmap:26 JPEG/90000"), "SDP: {sdp}");
     assert!(sdp.contains("urn:x-framecast:capture-time"), "SDP without the capture-time extension: {sdp}");
     s.write_all(&[b'$', 0, 0, 3, 1, 2, 3, b'$', 1, 0, 2, 0xFF, 0xFF, b'$', 9, 0, 1, 0]).unwrap();
-    // The stream keeps coming: interleaved RTP on channel 0, a sender report on channel 1.
-    let (mut rtp, mut rtcp) = (0, 0);
+    // The stream keeps coming: interleaved RTP on channel 0, sender reports on channel 1, and
+    // a keep-alive every third of the session's 3 s timeout.
+    let (mut rtp, mut rtcp, mut kept) = (0, 0, 0);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while (rtp < 60 || rtcp < 1) && Instant::now() < deadline {
+    while (rtp < 60 || rtcp < 2 || kept < 2) && Instant::now() < deadline {
         let mut h = [0u8; 4];
         s.read_exact(&mut h).unwrap();
-        assert_eq!(h[0], b'$', "not an interleaved frame: {h:02x?}");
+        if h[0] != b'$' {
+            let (method, cseq, text) = read_request_after(&mut s, h.to_vec()).expect("a request cut short");
+            assert_eq!(method, "GET_PARAMETER", "{text}");
+            assert!(text.contains("Session: 12345678"), "a keep-alive without the session: {text}");
+            s.write_all(format!("RTSP/1.0 200 OK\r\nCSeq: {cseq}\r\nSession: 12345678\r\n\r\n").as_bytes()).unwrap();
+            kept += 1;
+            continue;
+        }
         let mut data = vec![0u8; usize::from(u16::from_be_bytes([h[2], h[3]]))];
         s.read_exact(&mut data).unwrap();
         match h[1] {
@@ -457,6 +470,6 @@ fn bad_answers_from_the_server_end_only_that_connection() {
             c => panic!("data on channel {c}"),
         }
     }
-    assert!(rtp >= 60 && rtcp >= 1, "{rtp} RTP packets and {rtcp} RTCP in 10 s");
+    assert!(rtp >= 60 && rtcp >= 2 && kept >= 2, "{rtp} RTP packets, {rtcp} RTCP, {kept} keep-alives in 10 s");
     assert!(send.is_running(), "the sender ended:\n{}", send.stderr());
 }
