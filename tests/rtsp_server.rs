@@ -95,9 +95,12 @@ fn ffmpeg_reads_frames_over_udp_and_tcp() {
     }
     let _g = serial();
     let (w, h, fps) = (320u32, 240u32, 15u32);
-    let (send, url) = sender("320x240", fps, 30, &[]);
+    let dir = scratch_dir("rtsp-ffmpeg");
+    let stats = dir.join("send.jsonl");
+    let (send, url) = sender("320x240", fps, 30, &["--stats-json", stats.to_str().unwrap()]);
     for transport in ["udp", "tcp"] {
-        let n = 20;
+        // Long enough over UDP for ffmpeg's first RTCP receiver report.
+        let n = if transport == "udp" { 60 } else { 20 };
         let rgb = ffmpeg_rgb(&url, transport, n);
         let len = (w * h * 3) as usize;
         assert_eq!(rgb.len(), n * len, "{transport}: {n} frames of {w}x{h}");
@@ -105,6 +108,14 @@ fn ffmpeg_reads_frames_over_udp_and_tcp() {
         let pictures: Vec<&[u8]> = [0, n / 2, n - 1].iter().map(|&i| &rgb[i * len..(i + 1) * len]).collect();
         check_pictures(&format!("ffmpeg {transport}"), &pictures, (w, h), sent);
     }
+    let rtcp = common::stats_lines(&stats)
+        .iter()
+        .filter_map(|r| r.links.clone())
+        .flatten()
+        .find_map(|l| l.rtcp_loss_pct.zip(l.rtcp_jitter_ms));
+    let (loss, jitter) = rtcp.expect("ffmpeg's RTCP receiver reports in the links stats");
+    eprintln!("ffmpeg's receiver report: loss {loss} %, jitter {jitter} ms");
+    assert!((0.0..=100.0).contains(&loss) && jitter >= 0.0);
     let log = send.stderr();
     assert!(log.contains("transport=UDP to 127.0.0.1:"), "{log}");
     assert!(log.contains("transport=TCP interleaved"), "{log}");

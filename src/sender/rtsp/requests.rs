@@ -220,13 +220,11 @@ impl Requests {
         let mut body = Vec::new();
         // Writing into a Vec cannot fail.
         let _ = sdp.write(&mut body);
-        let mut resp = Response::builder(Version::V1_0, StatusCode::Ok)
+        let resp = Response::builder(Version::V1_0, StatusCode::Ok)
             .header(headers::CSEQ, cseq.to_string())
             .header(headers::CONTENT_TYPE, "application/sdp")
-            .header(headers::CONTENT_BASE, format!("{base}/"));
-        if let Some(server) = server_header() {
-            resp = resp.header(headers::SERVER, server);
-        }
+            .header(headers::CONTENT_BASE, format!("{base}/"))
+            .header(headers::SERVER, format!("framecast/{}", env!("CARGO_PKG_VERSION")));
         Reply { response: resp.build(body), action: Action::None }
     }
 
@@ -303,10 +301,6 @@ fn reply(status: StatusCode, cseq: Option<u32>) -> Reply {
 fn close(mut r: Reply, why: String) -> Reply {
     r.action = Action::Close(why);
     r
-}
-
-fn server_header() -> Option<String> {
-    Some(format!("framecast/{}", env!("CARGO_PKG_VERSION")))
 }
 
 /// `/`, `/stream`, and the stream's control URL under either; `*` for OPTIONS.

@@ -382,13 +382,13 @@ fn send_udp(
     sent
 }
 
-/// Reads the report block about `ssrc` from an RTCP compound packet into the link's figures.
+/// Reads the report block about `ssrc` from an RTCP compound packet into the link's figures
+/// (loss in percent to 0.1, jitter in ms to 0.01).
 fn read_rtcp(data: &[u8], ssrc: u32, sub: &Subscription) {
-    let Some(block) = find_report(data, ssrc) else { return };
-    let figures = RtcpFigures { loss_pct: f64::from(block.0) * 100.0 / 256.0, jitter_ms: f64::from(block.1) / 90.0 };
+    let Some((lost, jitter)) = find_report(data, ssrc) else { return };
     let figures = RtcpFigures {
-        loss_pct: (figures.loss_pct * 10.0).round() / 10.0,
-        jitter_ms: (figures.jitter_ms * 100.0).round() / 100.0,
+        loss_pct: (f64::from(lost) * 1000.0 / 256.0).round() / 10.0,
+        jitter_ms: (f64::from(jitter) * 100.0 / f64::from(crate::rtp::CLOCK_RATE / 1000)).round() / 100.0,
     };
     *sub.counters.rtcp.lock().unwrap_or_else(|p| p.into_inner()) = Some(figures);
 }
