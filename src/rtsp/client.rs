@@ -33,6 +33,8 @@ pub const DEFAULT_PORT: u16 = 554;
 pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(60);
 /// Interleaved frames kept while waiting for a response (about 350 KB of RTP).
 const MAX_QUEUED: usize = 256;
+/// Receive buffer asked for the RTP socket.
+const UDP_RECV_BUFFER: usize = 4 << 20;
 const USER_AGENT: &str = concat!("framecast/", env!("CARGO_PKG_VERSION"));
 
 /// Why an RTSP exchange failed.
@@ -170,6 +172,9 @@ impl UdpPair {
                 continue;
             }
             if let Ok(rtcp) = UdpSocket::bind((local, port + 1)) {
+                // A frame arrives as a burst of packets: room for a few of them while the
+                // reader is busy (the kernel may cap it at net.core.rmem_max).
+                let _ = socket2::SockRef::from(&rtp).set_recv_buffer_size(UDP_RECV_BUFFER);
                 return Ok(UdpPair { rtp, rtcp, server: None });
             }
         }
