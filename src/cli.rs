@@ -342,6 +342,10 @@ pub struct SendArgs {
     /// /stats (for browsers, VLC, ffmpeg, OpenCV). Without --connect/--listen, HTTP only.
     #[arg(long, value_name = "ADDR:PORT")]
     pub http: Option<SocketAddr>,
+    /// Also publish to an RTSP server (ANNOUNCE + RECORD, TCP interleaved; MediaMTX, say),
+    /// again with backoff whenever it goes away. Without --connect/--listen, RTSP only.
+    #[arg(long, value_name = "rtsp://[USER:PASS@]HOST[:PORT]/PATH", value_parser = parse_publish)]
+    pub publish: Option<Box<sender::publish::Target>>,
     /// Also serve RTSP on ADDR:PORT (e.g. 0.0.0.0:8554): RTP/JPEG at rtsp://HOST:PORT/stream
     /// over UDP or TCP, for VLC, ffmpeg, GStreamer and media servers. Without
     /// --connect/--listen, RTSP (and HTTP) only.
@@ -357,14 +361,28 @@ pub struct SendArgs {
     pub key: KeyArgs,
 }
 
+/// `--publish`'s URL (boxed: it would make `Cmd::Send` much larger than the other commands).
+fn parse_publish(s: &str) -> Result<Box<sender::publish::Target>, String> {
+    s.parse().map(Box::new)
+}
+
 #[derive(Debug, Args)]
 pub struct RecvArgs {
     /// Listen for senders on ADDR:PORT [default: 0.0.0.0:8089].
     #[arg(long, value_name = "ADDR:PORT", conflicts_with = "connect")]
     pub listen: Option<SocketAddr>,
     /// Connect to a listening sender at HOST:PORT, and again (with backoff) whenever it goes away.
-    #[arg(long, value_name = "HOST:PORT")]
+    /// Or play an RTSP stream of RTP/JPEG: rtsp://[user:password@]host[:port]/path (any RTSP
+    /// M-JPEG source: IP cameras, MediaMTX, GStreamer, `send --rtsp`). RTSP is not encrypted.
+    #[arg(long, value_name = "HOST:PORT|rtsp://...")]
     pub connect: Option<String>,
+    /// How RTP travels from an rtsp:// server. TCP (the default) is interleaved in the RTSP
+    /// connection: it passes NAT and firewalls, and a frame's burst of packets is never lost
+    /// to a full socket buffer or Wi-Fi, at the cost of waiting for retransmissions. UDP never
+    /// waits: a lost packet costs its frame (or, with restart markers, only the rows it
+    /// carried, taken from the previous frame).
+    #[arg(long, value_enum, default_value_t = receiver::RtspTransport::Tcp, value_name = "tcp|udp")]
+    pub rtsp_transport: receiver::RtspTransport,
     /// Decode, count and measure, but open no window.
     #[arg(long)]
     pub headless: bool,
@@ -602,7 +620,9 @@ impl SendArgs {
         let endpoint = match (self.connect, self.listen) {
             (_, Some(addr)) => sender::Endpoint::Listen(bind(addr, "--listen")?),
             (Some(c), None) => sender::Endpoint::Connect(c),
-            (None, None) if self.http.is_some() || self.rtsp.is_some() => sender::Endpoint::None,
+            (None, None) if self.http.is_some() || self.rtsp.is_some() || self.publish.is_some() => {
+                sender::Endpoint::None
+            }
             (None, None) => sender::Endpoint::Connect(format!("127.0.0.1:{DEFAULT_PORT}")),
         };
         let http = self.http.map(|addr| bind(addr, "--http")).transpose()?;
@@ -620,7 +640,13 @@ impl SendArgs {
                 connect_patience: CONNECT_PATIENCE,
                 once: self.once,
                 http,
-                restart_rows: if rtsp.is_some() { crate::codec::DEFAULT_RESTART_ROWS } else { 0 },
+                // Restart markers let an RTP receiver show a frame with packets missing.
+                restart_rows: if rtsp.is_some() || self.publish.is_some() {
+                    crate::codec::DEFAULT_RESTART_ROWS
+                } else {
+                    0
+                },
+                publish: self.publish.map(|t| *t),
                 rtsp,
                 congestion,
                 control,
@@ -637,6 +663,16 @@ impl RecvArgs {
     pub fn into_config(self) -> anyhow::Result<RecvConfig> {
         let key = self.key.load()?;
         let endpoint = match (self.listen, self.connect) {
+            (_, Some(c)) if c.starts_with("rtsp://") => {
+                if key.is_some() {
+                    bail!("--key-file does not apply to rtsp:// (RTSP is not encrypted): put the token in the URL, rtsp://user:TOKEN@host:port/path");
+                }
+                if self.quality.is_some() {
+                    warn!("--quality has no effect on an rtsp:// stream (RTSP has no way to ask for it)");
+                }
+                let target = crate::rtsp::client::Target::parse(&c).context("--connect")?;
+                receiver::Endpoint::Rtsp(receiver::RtspEndpoint { target, transport: self.rtsp_transport })
+            }
             (_, Some(c)) => receiver::Endpoint::Connect(c),
             (listen, None) => {
                 let addr = listen.unwrap_or(SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)));

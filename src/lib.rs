@@ -15,15 +15,17 @@
 //! - [`hub`]: the sender's fan-out of each encoded frame to every viewer's newest-wins slot.
 //! - [`sender`]: the sender pipeline, one file per stage, and its viewer transports behind
 //!   [`sender::transport::Transport`]: [`sender::native`] (the framecast protocol) and
-//!   [`sender::http`] (MJPEG, snapshots, the page, `/stats`), [`sender::rtsp`] (RTSP/RTP).
+//!   [`sender::http`] (MJPEG, snapshots, the page, `/stats`), [`sender::rtsp`] (RTSP/RTP),
+//!   [`sender::publish`] (RTSP RECORD into a media server).
 //! - [`net`]: the wire protocol: `net::proto` (pure format), `net::io` (framed reader and
 //!   writer), `net::conn` (the one accept loop, connect policies, socket options) and
 //!   `net::secure` (`--key-file`: Noise handshake, encrypted records).
-//! - [`rtp`]: RTP for JPEG (RFC 2435): the payload headers, the payloader (`rtp::packetize`)
-//!   and framecast's capture-time header extension, shared by the RTSP server, publishing and
-//!   the RTSP client.
+//! - [`rtp`]: RTP for JPEG (RFC 2435): the payload headers, the payloader (`rtp::packetize`),
+//!   the depayloader (`rtp::depacketize`) and framecast's capture-time header extension,
+//!   shared by the RTSP server, publishing and the RTSP client.
 //! - [`rtsp`]: RTSP messages and interleaved frames on the wire, with caps, and Basic/Digest
-//!   auth; run by whichever thread owns an RTSP connection.
+//!   auth; the client connection (`rtsp::client`, for `recv --connect rtsp://` and
+//!   `send --publish`); run by whichever thread owns an RTSP connection.
 //! - [`receiver`]: the receiver pipeline, one file per stage: `net-rx`, `decode`, the view
 //!   (main thread) and `feedback`.
 //! - [`view`]: frame sinks (minifb window, headless) on the receiver's main thread.

@@ -126,6 +126,7 @@ fn demo(args: DemoArgs, hooks: &TestHooks) -> anyhow::Result<()> {
         connect_patience: std::time::Duration::from_secs(5),
         once: true,
         http: None,
+        publish: None,
         rtsp: None,
         restart_rows: 0,
         congestion,

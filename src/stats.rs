@@ -51,6 +51,8 @@ pub enum DropCause {
     Congestion,
     /// Sender: skipped by the rate controller, which lowered the frame rate.
     RateLimit,
+    /// Receiver (RTSP): RTP packets of the frame were lost, and it could not be shown in part.
+    RtpLoss,
 }
 
 impl DropCause {
@@ -65,6 +67,7 @@ impl DropCause {
             DropCause::CorruptJpeg => "corrupt_jpeg",
             DropCause::Congestion => "congestion",
             DropCause::RateLimit => "rate_limit",
+            DropCause::RtpLoss => "rtp_loss",
         }
     }
 }
@@ -126,6 +129,9 @@ pub struct Counters {
     /// Sender: frames re-encoded because RTP/JPEG (RFC 2435) cannot carry them as they are.
     pub rtp_reencoded: u64,
     pub no_signal_frames: u64,
+    /// Receiver (RTSP): frames shown with missing restart intervals taken from the previous
+    /// frame.
+    pub concealed: u64,
     /// Sender: the source is lost now, since this time (state, not a count).
     pub source_lost: Option<SourceLost>,
 }
@@ -211,6 +217,7 @@ impl Default for Counters {
             source_losses: 0,
             rtp_reencoded: 0,
             no_signal_frames: 0,
+            concealed: 0,
             source_lost: None,
         }
     }

@@ -24,6 +24,7 @@
 mod decode;
 mod feedback;
 mod net;
+mod rtsp;
 mod show;
 
 use std::net::TcpListener;
@@ -49,6 +50,8 @@ use feedback::{Feedback, FeedbackTx};
 use net::NetRx;
 use show::{FrameLog, View};
 
+pub use rtsp::{RtspEndpoint, RtspTransport};
+
 /// Where the receiver's sender is.
 #[derive(Debug)]
 pub enum Endpoint {
@@ -56,6 +59,8 @@ pub enum Endpoint {
     Listen(TcpListener),
     /// Connect to a listening sender at HOST:PORT.
     Connect(String),
+    /// Play an RTSP stream (`rtsp://`), in place of the native protocol.
+    Rtsp(RtspEndpoint),
 }
 
 /// Save every `every`-th displayed frame as `DIR/frame-SEQ.ppm`.
@@ -161,6 +166,7 @@ fn start<'a>(
     let (feedback_tx, feedback_rx) = bounded(8);
     let (status_tx, status_rx) = latest(1);
     let count = Arc::new(AtomicU64::new(0));
+    let conceal = matches!(cfg.endpoint, Endpoint::Rtsp(_));
     let net = NetRx {
         once: cfg.once,
         patience: cfg.connect_patience,
@@ -172,12 +178,21 @@ fn start<'a>(
         stop: stop.clone(),
         finish: finish.clone(),
     };
-    let endpoint = cfg.endpoint;
-    let net = stage::spawn("net-rx", move || net.run(endpoint))?;
+    let net = spawn_net(net, cfg.endpoint)?;
     let (meter_d, count_d, limit) = (meter.clone(), count.clone(), cfg.frames);
     let threads = ThreadsBySize::new(cfg.decode_threads);
-    let decode =
-        Decode { rx: in_rx, jpeg_pool, tx: out_tx, free_rx, meter: meter_d, count: count_d, limit, decoder, threads };
+    let decode = Decode {
+        rx: in_rx,
+        jpeg_pool,
+        tx: out_tx,
+        free_rx,
+        meter: meter_d,
+        count: count_d,
+        limit,
+        decoder,
+        threads,
+        last: conceal.then(Vec::new),
+    };
     let decode = stage::spawn("decode", move || decode.run())?;
     let feedback = FeedbackTx { conn_rx, ack_rx, rx: feedback_rx, quality: cfg.quality };
     let feedback = stage::spawn("feedback", move || feedback.run())?;
@@ -197,6 +212,20 @@ fn start<'a>(
         frame_log,
     };
     Ok((view, Threads { net, decode, feedback, status_tx, stats: cfg.stats }))
+}
+
+/// Starts net-rx: the native protocol's (`net.rs`), or for an `rtsp://` URL the RTSP
+/// client's (`rtsp.rs`), which takes the same channel to decode and has no feedback
+/// connection (dropping `conn_tx` tells the feedback thread so).
+fn spawn_net(net: NetRx, endpoint: Endpoint) -> anyhow::Result<stage::Stage> {
+    match endpoint {
+        Endpoint::Rtsp(endpoint) => {
+            let NetRx { once, patience, tx, pool, meter, stop, finish, .. } = net;
+            let rx = rtsp::RtspRx { endpoint, once, patience, tx, pool, meter, stop, finish };
+            stage::spawn("net-rx", move || rx.run())
+        }
+        endpoint => stage::spawn("net-rx", move || net.run(endpoint)),
+    }
 }
 
 /// What the stats reporter does with each interval's report: the window title shows it, and

@@ -42,6 +42,9 @@ pub(super) struct Incoming {
     /// slowing the sender down through TCP, instead of dropping stale ones.
     pub lossless: bool,
     pub jpeg: Vec<u8>,
+    /// RTSP: a frame with RTP packets missing, as bands of the rows that arrived (`jpeg` is
+    /// then empty): decode draws them over the previous frame.
+    pub bands: Vec<crate::rtp::depacketize::Band>,
 }
 
 /// The write half of a new connection, for the feedback thread.
@@ -86,6 +89,7 @@ impl NetRx {
                 connect(&addr, "sender", policy, &|| self.done(), session, || {}).context("--connect")?;
             }
             Endpoint::Listen(listener) => self.listen(&listener)?,
+            Endpoint::Rtsp(_) => unreachable!("the wiring runs RTSP endpoints on receiver::rtsp"),
         }
         Ok(())
     }
@@ -253,7 +257,15 @@ impl Conn<'_> {
         let mut buf = net.pool.get(Vec::new);
         buf.clear();
         buf.extend_from_slice(jpeg);
-        let inc = Incoming { conn: self.id, header, received_us, capture_local_us, lossless: self.lossless, jpeg: buf };
+        let inc = Incoming {
+            conn: self.id,
+            header,
+            received_us,
+            capture_local_us,
+            lossless: self.lossless,
+            jpeg: buf,
+            bands: Vec::new(),
+        };
         net.tx.deliver(inc, self.lossless, |old| {
             net.meter.count_drop(DropCause::DecoderBusy);
             net.pool.put(old.jpeg);

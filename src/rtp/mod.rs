@@ -8,6 +8,8 @@
 //!
 //! Pure code over bytes: no sockets, no clocks.
 
+pub mod depacketize;
+
 use thiserror::Error;
 
 pub mod packetize;

@@ -11,6 +11,8 @@
 //! It runs on whichever thread owns the connection (an RTSP session's, the publisher's, the
 //! client's reader).
 
+pub mod client;
+
 use std::io::{self, Read};
 
 use base64::Engine as _;

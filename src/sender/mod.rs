@@ -4,7 +4,8 @@
 //! capture ──latest(1)──▶ encode ──hub──┬─ latest(1) ─▶ viewer-N ──TCP──▶ framecast recv
 //!                                      │               ack-rx  ◀──TCP── (acks, pings, reports)
 //!                                      ├─ latest(1) ─▶ http-N ──HTTP──▶ browser, VLC, ffmpeg
-//!                                      └─ latest(1) ─▶ rtsp-N ──RTP───▶ VLC, ffmpeg, GStreamer
+//!                                      ├─ latest(1) ─▶ rtsp-N ──RTP───▶ VLC, ffmpeg, GStreamer
+//!                                      └─ latest(1) ─▶ rtsp-publish ──RTSP RECORD──▶ MediaMTX
 //! ```
 //!
 //! # Layout
@@ -21,6 +22,7 @@
 //!   client).
 //! - [`rtsp`]: RTSP with RTP/JPEG over UDP or TCP (`rtsp`, and `rtsp-PEER` and
 //!   `rtsp-rx-PEER` per connection).
+//! - [`publish`]: `--publish`, RTSP ANNOUNCE/RECORD into a media server (`rtsp-publish`).
 //!
 //! Each arrow is a newest-frame-wins slot: a stage or viewer that falls behind loses its
 //! oldest queued frame, counted by cause, and never blocks the stage before it. Each frame
@@ -34,6 +36,7 @@ pub mod capture;
 pub mod encode;
 pub mod http;
 pub mod native;
+pub mod publish;
 pub mod rtsp;
 pub mod transport;
 
@@ -92,6 +95,8 @@ pub struct SendConfig {
     pub once: bool,
     /// Serve HTTP (page, MJPEG stream, snapshot, stats) on this socket.
     pub http: Option<TcpListener>,
+    /// Publish to this RTSP server (`--publish`).
+    pub publish: Option<publish::Target>,
     /// Serve RTSP (RTP/JPEG over UDP or TCP) on this socket.
     pub rtsp: Option<TcpListener>,
     /// A restart marker every this many MCU rows (0: none unless sliced); on with RTSP, so
@@ -213,6 +218,9 @@ fn transports(cfg: &mut SendConfig, hub: &Hub) -> Vec<Box<dyn Transport>> {
     }
     if let Some(listener) = cfg.http.take() {
         out.push(Box::new(http::Http::new(listener, cfg.key.as_ref().map(Key::http_token))));
+    }
+    if let Some(target) = cfg.publish.take() {
+        out.push(Box::new(publish::Publish::new(target, hub)));
     }
     if let Some(listener) = cfg.rtsp.take() {
         out.push(Box::new(rtsp::Rtsp::new(listener, cfg.key.as_ref().map(Key::http_token))));

@@ -608,6 +608,7 @@ mod tests {
             connect_patience: Duration::from_secs(1),
             once: false,
             http: None,
+            publish: None,
             rtsp: None,
             restart_rows: 0,
             fast_dct: false,

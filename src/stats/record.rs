@@ -129,6 +129,10 @@ pub enum ClockSource {
     Synced,
     /// No exchange yet.
     Unknown,
+    /// RTSP from a foreign sender: RTP timestamps mapped to wall time through its RTCP sender
+    /// reports, compared with this host's wall clock (right only as far as both hosts' wall
+    /// clocks agree, e.g. through NTP).
+    Rtcp,
 }
 
 impl ClockSource {
@@ -138,6 +142,7 @@ impl ClockSource {
             ClockSource::Shared => "shared",
             ClockSource::Synced => "synced",
             ClockSource::Unknown => "unknown",
+            ClockSource::Rtcp => "rtcp",
         }
     }
 }
@@ -303,6 +308,10 @@ pub struct Report {
     /// Sender: "no signal" frames sent while the source was lost; absent when 0.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub no_signal_frames: u64,
+    /// Receiver (RTSP): frames shown with missing restart intervals taken from the previous
+    /// frame; absent when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub concealed: u64,
     /// Sender, while the source is lost: since when (UTC, `YYYY-MM-DDTHH:MM:SSZ`) and for how
     /// many seconds at the end of this span.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -381,6 +390,7 @@ impl Report {
             source_losses: c.source_losses,
             rtp_reencoded: c.rtp_reencoded,
             no_signal_frames: c.no_signal_frames,
+            concealed: c.concealed,
             source_lost_since: c.source_lost.map(|l| l.utc()),
             source_lost_s: c.source_lost.map(|l| round3(l.at.elapsed().as_secs_f64())),
         };
@@ -466,6 +476,9 @@ impl Report {
             if let Some(ClockStatus { source: ClockSource::Synced, uncertainty_ms: Some(u), .. }) = self.clock {
                 s.push_str(&format!(" (clock synced ±{u:.2} ms)"));
             }
+            if self.clock.is_some_and(|c| c.source == ClockSource::Rtcp) {
+                s.push_str(" (RTCP wall clock: as exact as the hosts' clocks agree)");
+            }
         } else if self.role == Side::Receiver {
             s.push_str("  latency unknown");
         }
@@ -487,6 +500,9 @@ impl Report {
         }
         if self.reconnects > 0 {
             s.push_str(&format!("  reconnects {}", self.reconnects));
+        }
+        if self.concealed > 0 {
+            s.push_str(&format!("  concealed {}", self.concealed));
         }
         if let (Some(since), Some(secs)) = (&self.source_lost_since, self.source_lost_s) {
             s.push_str(&format!("  SOURCE LOST since {since} ({secs:.0} s, no-signal frames sent)"));
@@ -534,6 +550,9 @@ impl Report {
         }
         if self.reconnects > 0 {
             s.push_str(&format!("; reconnects {}", self.reconnects));
+        }
+        if self.concealed > 0 {
+            s.push_str(&format!("; {} frames concealed (missing slices from the previous frame)", self.concealed));
         }
         if self.source_losses > 0 {
             s.push_str(&format!(
@@ -831,7 +850,7 @@ mod schema {
         for side in [Side::Sender, Side::Receiver] {
             assert_eq!(serde_json::to_value(side).unwrap(), side.name());
         }
-        for source in [ClockSource::Shared, ClockSource::Synced, ClockSource::Unknown] {
+        for source in [ClockSource::Shared, ClockSource::Synced, ClockSource::Unknown, ClockSource::Rtcp] {
             assert_eq!(serde_json::to_value(source).unwrap(), source.name());
         }
     }

@@ -12,7 +12,9 @@ python3-gi (run it with /usr/bin/python3; another python3 on PATH may lack gi).
   gst_rtsp.py record --port P [--path /cam] --out DIR [--user U --password PW]
       takes RECORD (ANNOUNCE + SETUP + RECORD, as MediaMTX does) of an RTP/JPEG stream at
       rtsp://127.0.0.1:P/cam and writes each received frame, depayloaded and still JPEG, to
-      DIR/frame-NNNNN.jpg.
+      DIR/frame-NNNNN.jpg. With --relay-path /view it also serves what it receives at
+      rtsp://127.0.0.1:P/view, as a media server relays a published stream to readers (each
+      depayloaded frame handed to an appsrc ! rtpjpegpay media per reader).
 
 Prints "READY rtsp://127.0.0.1:P/path" on stdout once it listens; runs until killed
 (SIGTERM or SIGINT end it cleanly).
@@ -45,6 +47,42 @@ def files_launch(a):
     )
 
 
+def record_launch(a):
+    files = f"multifilesink location={a.out}/frame-%05d.jpg sync=false async=false"
+    if not a.relay_path:
+        return f"( rtpjpegdepay name=depay0 ! {files} )"
+    relay = "appsink name=relay emit-signals=true sync=false async=false drop=true max-buffers=2"
+    return f"( rtpjpegdepay name=depay0 ! tee name=t ! queue ! {files} t. ! queue ! {relay} )"
+
+
+def add_relay(server, record, a):
+    """Serves what `record` receives at a.relay_path: each frame its appsink gets is pushed
+    into the appsrc of every reader's media (shared: one per relay)."""
+    readers = []
+
+    def on_sample(sink):
+        sample = sink.emit("pull-sample")
+        for src in list(readers):
+            buf = sample.get_buffer().copy()
+            buf.pts = buf.dts = Gst.CLOCK_TIME_NONE  # do-timestamp: stamped on arrival
+            if src.emit("push-buffer", buf) != Gst.FlowReturn.OK:
+                readers.remove(src)  # that media has stopped
+        return Gst.FlowReturn.OK
+
+    record.connect(
+        "media-configure", lambda _f, m: m.get_element().get_by_name("relay").connect("new-sample", on_sample)
+    )
+    view = GstRtspServer.RTSPMediaFactory()
+    view.set_shared(True)
+    view.set_launch(
+        "( appsrc name=src is-live=true do-timestamp=true format=time caps=image/jpeg "
+        "! jpegparse ! rtpjpegpay name=pay0 pt=26 mtu=1400 )"
+    )
+    view.connect("media-configure", lambda _f, m: readers.append(m.get_element().get_by_name("src")))
+    add_auth(server, view, a, False)
+    server.get_mount_points().add_factory(a.relay_path, view)
+
+
 def add_auth(server, factory, a, record):
     if not a.user:
         return
@@ -69,6 +107,7 @@ def main():
     p.add_argument("--quality", type=int, default=75)
     p.add_argument("--jpeg-dir", help="serve: loop DIR/00000.jpg, 00001.jpg, ... instead of videotestsrc")
     p.add_argument("--out", help="record: where to write the received frames")
+    p.add_argument("--relay-path", help="record: also serve the received frames at this path")
     p.add_argument("--user")
     p.add_argument("--password")
     a = p.parse_args()
@@ -77,6 +116,8 @@ def main():
     server = GstRtspServer.RTSPServer()
     server.set_address("127.0.0.1")
     server.set_service(str(a.port))
+    # One thread per client: with the default of one, a reader's media stalls the recording.
+    server.get_thread_pool().set_max_threads(16)
     factory = GstRtspServer.RTSPMediaFactory()
     factory.set_shared(True)
     if a.mode == "serve":
@@ -85,11 +126,10 @@ def main():
         if not a.out:
             p.error("record needs --out DIR")
         factory.set_transport_mode(GstRtspServer.RTSPTransportMode.RECORD)
-        factory.set_launch(
-            "( rtpjpegdepay name=depay0 ! multifilesink "
-            f"location={a.out}/frame-%05d.jpg sync=false async=false )"
-        )
+        factory.set_launch(record_launch(a))
         factory.set_latency(0)
+        if a.relay_path:
+            add_relay(server, factory, a)
     add_auth(server, factory, a, a.mode == "record")
     server.get_mount_points().add_factory(a.path, factory)
     if server.attach(None) == 0:
