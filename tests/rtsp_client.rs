@@ -276,3 +276,20 @@ fn framecast_s_own_rtsp_server_gives_exact_latency() {
         drop(send);
     }
 }
+
+/// A foreign sender's latency comes from its RTCP sender reports (GStreamer sends the first
+/// within a few seconds): the clock source says `rtcp`, and frames after it have a latency.
+#[test]
+fn a_foreign_sender_s_latency_comes_from_rtcp_sender_reports() {
+    let _g = serial();
+    let port = free_port();
+    let Some(server) = GstServer::serve(port, &["--size", "160x120", "--fps", "30"]) else { return };
+    let dir = scratch_dir("rtsp-rtcp");
+    let mut r = recv("rtcp", &server.url, "udp", 240, &dir, &["--once"]);
+    r.expect_success(RUN);
+    assert!(r.stderr().contains("rtcp sender report: latency"), "{}", r.stderr());
+    let s = summary(&dir.join("rtcp.jsonl"));
+    assert_eq!(s.clock.map(|c| c.source), Some(framecast::stats::ClockSource::Rtcp), "{s:?}");
+    let known = s.latency_capture_displayed_ms.map_or(0, |p| p.count);
+    assert!(known > 0 && known + s.latency_unknown_frames.unwrap_or(0) == 240, "{s:?}");
+}

@@ -89,7 +89,7 @@ impl NetRx {
                 connect(&addr, "sender", policy, &|| self.done(), session, || {}).context("--connect")?;
             }
             Endpoint::Listen(listener) => self.listen(&listener)?,
-            Endpoint::Rtsp(_) => unreachable!("the wiring runs RTSP endpoints on receiver::rtsp"),
+            Endpoint::Rtsp(_) => return Err(anyhow!("an rtsp:// endpoint is served by receiver::rtsp, not net-rx")),
         }
         Ok(())
     }
