@@ -155,9 +155,14 @@ fn gstreamer_reads_720p_and_1440p() {
     }
 }
 
+/// VLC plays the stream over RTSP. Needs VLC's live555 module, which Debian 12's VLC lacks
+/// (built with `--disable-live555`; its own RTP module has no JPEG either), so ignored there:
+/// run it with `--ignored` where VLC has live555. `tests/http.rs` checks VLC on HTTP MJPEG,
+/// what the README tells Debian's VLC users to open instead.
 #[test]
+#[ignore = "needs VLC with live555; Debian 12's VLC has none (see the doc comment)"]
 fn vlc_plays_and_writes_frames() {
-    if !vlc::available("vlc_plays_and_writes_frames") || !require_tools("vlc_plays_and_writes_frames", FFMPEG) {
+    if !vlc::plays_rtsp("vlc_plays_and_writes_frames") || !require_tools("vlc_plays_and_writes_frames", FFMPEG) {
         return;
     }
     let _g = serial();
