@@ -84,6 +84,12 @@ flags+=(${FUZZ_ARGS:-})
 echo "== seeding $corpus"
 cargo run --quiet --release --manifest-path "$fuzz/Cargo.toml" --target-dir "$target_dir/gen-corpus" \
     --example gen_corpus -- "$fuzz/corpus" || { echo "the seed generator failed" >&2; exit 2; }
+# rtp_jpeg: packets from a foreign payloader too (GStreamer's rtpjpegpay), on top of the
+# JPEGs with restart markers that gen_corpus wrote for split.
+if [ "$target" = rtp_jpeg ] && [ -f "$fuzz/gst_seeds.py" ]; then
+    /usr/bin/python3 "$fuzz/gst_seeds.py" "$corpus" "$fuzz/corpus/split" ||
+        echo "   (no seeds from GStreamer: scripts/setup.sh --test-deps installs it)"
+fi
 echo "   $(find "$corpus" -type f | wc -l) inputs in the corpus"
 
 echo "== building $target (sanitizer: $sanitizer)"
@@ -94,7 +100,7 @@ cd "$fuzz"
 echo "== running $target for ${secs}s (log: $log)"
 set +e
 "${cargo_fuzz[@]}" run --sanitizer "$sanitizer" --target-dir "$target_dir/fuzz" "$target" "$corpus" -- \
-    -max_total_time="$secs" -artifact_prefix="$artifacts/" "${flags[@]}" >"$log" 2>&1
+    -max_total_time="$secs" "${flags[@]}" >"$log" 2>&1
 status=$?
 set -e
 
