@@ -84,11 +84,16 @@ flags+=(${FUZZ_ARGS:-})
 echo "== seeding $corpus"
 cargo run --quiet --release --manifest-path "$fuzz/Cargo.toml" --target-dir "$target_dir/gen-corpus" \
     --example gen_corpus -- "$fuzz/corpus" || { echo "the seed generator failed" >&2; exit 2; }
-# rtp_jpeg: packets from a foreign payloader too (GStreamer's rtpjpegpay), on top of the
-# JPEGs with restart markers that gen_corpus wrote for split.
-if [ "$target" = rtp_jpeg ] && [ -f "$fuzz/gst_seeds.py" ]; then
-    /usr/bin/python3 "$fuzz/gst_seeds.py" "$corpus" "$fuzz/corpus/split" ||
-        echo "   (no seeds from GStreamer: scripts/setup.sh --test-deps installs it)"
+# The RTSP targets: what foreign software sends. rtp_jpeg: GStreamer's rtpjpegpay packets
+# (also from the JPEGs with restart markers gen_corpus wrote for split); rtsp_request: the
+# requests of ffmpeg and rtspsrc. Both need Debian's python3, ffmpeg and GStreamer.
+seeder=()
+case "$target" in
+    rtp_jpeg) seeder=("$fuzz/gst_seeds.py" "$corpus" "$fuzz/corpus/split") ;;
+    rtsp_request) seeder=("$fuzz/rtsp_seeds.py" "$corpus") ;;
+esac
+if [ ${#seeder[@]} -gt 0 ]; then
+    /usr/bin/python3 "${seeder[@]}" || echo "   (no seeds from foreign clients: scripts/setup.sh --test-deps installs them)"
 fi
 echo "   $(find "$corpus" -type f | wc -l) inputs in the corpus"
 
