@@ -151,9 +151,8 @@ fn split_seeds() -> Vec<(String, Vec<u8>)> {
     plain.extend_from_slice(&jpeg(64, 48, Subsampling::S420, 75, 1));
     out.push(("420-no-restart-k3.jpg".into(), plain));
     let good = restart_jpeg((64, 48), Subsampling::S420, 75, 1, 1).expect("encode with restart markers");
-    let rst: Vec<usize> = (1..good.len())
-        .filter(|&i| good[i - 1] == 0xff && (0xd0..=0xd7).contains(&good[i]))
-        .collect();
+    let rst: Vec<usize> =
+        (1..good.len()).filter(|&i| good[i - 1] == 0xff && (0xd0..=0xd7).contains(&good[i])).collect();
     let dri = (3..good.len()).find(|&i| good[i - 1] == 0xff && good[i] == 0xdd).expect("a DRI segment");
     let with = |f: &dyn Fn(&mut Vec<u8>)| {
         let mut b = good.clone();
@@ -162,10 +161,13 @@ fn split_seeds() -> Vec<(String, Vec<u8>)> {
         b
     };
     out.push(("rst-out-of-sequence".into(), with(&|b| b[rst[1]] = 0xd3)));
-    out.push(("rst-ends-early".into(), with(&|b| {
-        b.truncate(rst[1] - 1);
-        b.extend_from_slice(&[0xff, 0xd9]);
-    })));
+    out.push((
+        "rst-ends-early".into(),
+        with(&|b| {
+            b.truncate(rst[1] - 1);
+            b.extend_from_slice(&[0xff, 0xd9]);
+        }),
+    ));
     out.push(("dri-doubled".into(), with(&|b| b[dri + 4] = b[dri + 4].wrapping_mul(2))));
     out.push(("dri-zero".into(), with(&|b| b[dri + 3..dri + 5].copy_from_slice(&[0, 0]))));
     out
