@@ -20,6 +20,7 @@
 #   FUZZ_SANITIZER      address (default) or none
 #   FUZZ_TOOLCHAIN      a rustup toolchain for `cargo +TOOLCHAIN fuzz` (default: stable,
 #                       with RUSTC_BOOTSTRAP=1)
+#   FUZZ_GEN            0: do not run gen_corpus (saves its build; the corpus stays as it is)
 #   FUZZ_ARGS           more libFuzzer flags, e.g. "-max_len=4096" or "-seed=1"
 #   FUZZ_LOG            where to keep libFuzzer's output (default fuzz/artifacts/TARGET.log)
 #
@@ -84,8 +85,10 @@ flags+=(${FUZZ_ARGS:-})
 # Seeds: the generator knows the targets of fuzz/examples/gen_corpus.rs; a target it does
 # not know starts from what is in its corpus directory (or from nothing).
 echo "== seeding $corpus"
-cargo run --quiet --release --manifest-path "$fuzz/Cargo.toml" --target-dir "$target_dir/gen-corpus" \
-    --example gen_corpus -- "$fuzz/corpus" || { echo "the seed generator failed" >&2; exit 2; }
+if [ "${FUZZ_GEN:-1}" != 0 ]; then
+    cargo run --quiet --release --manifest-path "$fuzz/Cargo.toml" --target-dir "$target_dir/gen-corpus" \
+        --example gen_corpus -- "$fuzz/corpus" || { echo "the seed generator failed" >&2; exit 2; }
+fi
 # The RTSP targets: what foreign software sends. rtp_jpeg: GStreamer's rtpjpegpay packets
 # (also from the JPEGs with restart markers gen_corpus wrote for split); rtsp_request: the
 # requests of ffmpeg and rtspsrc. Both need Debian's python3, ffmpeg and GStreamer.
