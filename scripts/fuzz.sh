@@ -5,9 +5,11 @@
 #   scripts/fuzz.sh TARGET [SECONDS]        # SECONDS defaults to 180
 #
 # It installs cargo-fuzz from crates.io if it is missing, writes the seed corpus
-# (fuzz/examples/gen_corpus.rs) into fuzz/corpus/, builds the target with libFuzzer and
+# (fuzz/examples/gen_corpus.rs, and for the RTSP targets fuzz/gst_seeds.py or
+# fuzz/rtsp_seeds.py) into fuzz/corpus/, builds the target with libFuzzer and
 # AddressSanitizer, runs it for SECONDS and prints the executions, libFuzzer's coverage
-# (cov: edges, ft: features) at the start and at the end, and any crash with its reproducer.
+# (cov: edges, ft: features) at the start (the seeds and what earlier runs kept) and at the
+# end, and any crash with its reproducer.
 # Exit status: 0 when the run ended without a finding, 1 on a finding, 2 on a usage or
 # build error.
 #
@@ -125,7 +127,7 @@ rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -n1)
 
 echo "== $target: ${secs}s, sanitizer $sanitizer"
 echo "   executions: ${execs:-?} (${rate:-?}/s)"
-echo "   coverage:   cov $(field cov "$last") ft $(field ft "$last") (seeds alone: cov $(field cov "$inited") ft $(field ft "$inited"))"
+echo "   coverage:   cov $(field cov "$last") ft $(field ft "$last") (at the start: cov $(field cov "$inited") ft $(field ft "$inited"))"
 echo "   corpus:     $(field corp "$last") inputs/bytes, $(find "$corpus" -type f | wc -l) files in $corpus"
 if [ "$status" -eq 0 ]; then
     echo "   findings:   none"
