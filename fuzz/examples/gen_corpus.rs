@@ -6,7 +6,7 @@
 //! cargo run --manifest-path fuzz/Cargo.toml --example gen_corpus [-- OUT_DIR]
 //! ```
 //!
-//! `OUT_DIR` defaults to `fuzz/corpus`; the files go to `OUT_DIR/{decode,handshake,jpeg}/`.
+//! `OUT_DIR` defaults to `fuzz/corpus`; the files go to `OUT_DIR/{decode,handshake,jpeg,split}/`.
 //! The corpora are generated, not committed (`/fuzz/corpus` is git-ignored).
 
 use std::path::{Path, PathBuf};
@@ -15,7 +15,7 @@ use framecast::capture::pattern::TestPattern;
 use framecast::codec::to_subsamp;
 use framecast::format::Subsampling;
 use framecast::net::proto::{Ack, FrameHeader, Hello, Message, Ping, Pong, Role, StreamInfo, MSG_HEADER_LEN};
-use framecast::testutil::{pattern_jpeg, sample_header};
+use framecast::testutil::{pattern_jpeg, restart_jpeg, sample_header};
 use framecast_fuzz::DecodeInput;
 use turbojpeg::{Compressor, Image, PixelFormat};
 
@@ -131,6 +131,48 @@ fn broken_streams() -> Vec<(&'static str, Vec<u8>)> {
     out
 }
 
+/// Inputs of the `split` target: a byte (the most pieces, taken modulo 17), then a 64x48
+/// JPEG with restart markers from framecast's encoder (every MCU row or every second one,
+/// encoded whole or as two slices and stitched), one without any, and ones whose markers
+/// are wrong in the ways `split` reports (out of sequence, too few, a DRI that does not match).
+fn split_seeds() -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for sub in SUBSAMPLINGS {
+        for (rows, threads) in [(1, 1), (2, 1), (1, 2)] {
+            let j = restart_jpeg((64, 48), sub, 75, rows, threads).expect("encode with restart markers");
+            for k in [0u8, 2, 3, 16] {
+                let mut b = vec![k];
+                b.extend_from_slice(&j);
+                out.push((format!("{sub}-rst{rows}-t{threads}-k{k}.jpg"), b));
+            }
+        }
+    }
+    let mut plain = vec![3];
+    plain.extend_from_slice(&jpeg(64, 48, Subsampling::S420, 75, 1));
+    out.push(("420-no-restart-k3.jpg".into(), plain));
+    let good = restart_jpeg((64, 48), Subsampling::S420, 75, 1, 1).expect("encode with restart markers");
+    let rst: Vec<usize> =
+        (1..good.len()).filter(|&i| good[i - 1] == 0xff && (0xd0..=0xd7).contains(&good[i])).collect();
+    let dri = (3..good.len()).find(|&i| good[i - 1] == 0xff && good[i] == 0xdd).expect("a DRI segment");
+    let with = |f: &dyn Fn(&mut Vec<u8>)| {
+        let mut b = good.clone();
+        f(&mut b);
+        b.insert(0, 3);
+        b
+    };
+    out.push(("rst-out-of-sequence".into(), with(&|b| b[rst[1]] = 0xd3)));
+    out.push((
+        "rst-ends-early".into(),
+        with(&|b| {
+            b.truncate(rst[1] - 1);
+            b.extend_from_slice(&[0xff, 0xd9]);
+        }),
+    ));
+    out.push(("dri-doubled".into(), with(&|b| b[dri + 4] = b[dri + 4].wrapping_mul(2))));
+    out.push(("dri-zero".into(), with(&|b| b[dri + 3..dri + 5].copy_from_slice(&[0, 0]))));
+    out
+}
+
 fn write(dir: &Path, name: &str, bytes: &[u8]) {
     std::fs::write(dir.join(name), bytes).unwrap_or_else(|e| panic!("{}: {e}", dir.join(name).display()));
 }
@@ -140,11 +182,11 @@ fn main() {
         .nth(1)
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus"));
-    let dirs = ["decode", "handshake", "jpeg"].map(|t| out.join(t));
+    let dirs = ["decode", "handshake", "jpeg", "split"].map(|t| out.join(t));
     for d in &dirs {
         std::fs::create_dir_all(d).unwrap_or_else(|e| panic!("{}: {e}", d.display()));
     }
-    let [decode, handshake, jpeg_dir] = &dirs;
+    let [decode, handshake, jpeg_dir, split_dir] = &dirs;
     let mut count = 0;
 
     // decode: each stream cut at a few points (the start, after the hello, inside the first
@@ -198,6 +240,11 @@ fn main() {
     write(jpeg_dir, "444-lossless.jpg", &jpeg_with(64, 48, Subsampling::S444, |c| c.set_lossless(true).unwrap()));
     write(jpeg_dir, "420-32x32.jpg", &jpeg(32, 32, Subsampling::S420, 75, 0));
     count += 2;
+
+    for (name, b) in split_seeds() {
+        write(split_dir, &name, &b);
+        count += 1;
+    }
 
     println!("wrote {count} seed inputs under {}", out.display());
 }
