@@ -65,6 +65,8 @@ pub enum ClientError {
     Header { method: String, header: &'static str, value: String },
     #[error("SDP: {0}")]
     Sdp(String),
+    #[error("no RTP for {0:?} while playing (the server answers requests but sends no media)")]
+    NoMedia(Duration),
     #[error("malformed RTP/JPEG packet ({len} bytes, starting {head}): {source}")]
     Rtp { len: usize, head: String, source: crate::rtp::depacketize::DepacketizeError },
 }
