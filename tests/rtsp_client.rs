@@ -337,7 +337,8 @@ fn answer_without_media(s: TcpStream) -> usize {
         }
         let method = head.split(' ').next().unwrap_or("").to_string();
         let cseq = head.lines().find_map(|l| l.strip_prefix("CSeq: ")).unwrap_or("0").trim().to_string();
-        let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=silent\r\nt=0 0\r\nm=video 0 RTP/AVP 26\r\na=control:track0\r\n";
+        let sdp =
+            "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=silent\r\nt=0 0\r\nm=video 0 RTP/AVP 26\r\na=control:track0\r\n";
         let extra = match method.as_str() {
             "OPTIONS" => "Public: OPTIONS, DESCRIBE, SETUP, PLAY, GET_PARAMETER, TEARDOWN\r\n\r\n".to_string(),
             "DESCRIBE" => format!(

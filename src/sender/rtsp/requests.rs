@@ -116,7 +116,9 @@ impl Requests {
         let Some(cseq) = req.header(&headers::CSEQ).and_then(|v| v.as_str().trim().parse::<u32>().ok()) else {
             let why = match req.header(&headers::CSEQ) {
                 None => "no CSeq header (expected a number)".to_string(),
-                Some(v) => format!("bad CSeq {:?} (expected a number)", v.as_str().chars().take(32).collect::<String>()),
+                Some(v) => {
+                    format!("bad CSeq {:?} (expected a number)", v.as_str().chars().take(32).collect::<String>())
+                }
             };
             return close(reply(StatusCode::BadRequest, None), why);
         };
