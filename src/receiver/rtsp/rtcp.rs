@@ -50,9 +50,11 @@ impl Reception {
         let arrival = (u128::from(arrival_us) * u128::from(CLOCK_RATE) / 1_000_000) as u32;
         let transit = arrival.wrapping_sub(ts);
         if let Some(last) = self.last_transit {
-            let d = (transit.wrapping_sub(last) as i32).unsigned_abs();
-            // J += (|D| - J) / 16, kept scaled by 16 (RFC 3550 A.8).
-            self.jitter = self.jitter.wrapping_add(d).wrapping_sub((self.jitter + 8) >> 4);
+            let d = u64::from((transit.wrapping_sub(last) as i32).unsigned_abs());
+            // J += (|D| - J) / 16, kept scaled by 16 (RFC 3550 A.8); in u64 and capped, since a
+            // peer's timestamps can make |D| as large as 2^31 every packet.
+            let j = u64::from(self.jitter);
+            self.jitter = (j + d - ((j + 8) >> 4)).min(u64::from(u32::MAX)) as u32;
         }
         self.last_transit = Some(transit);
     }
@@ -128,6 +130,17 @@ mod tests {
         }
         // |D| = 900 ticks every packet: J converges to 900.
         assert!((880..=900).contains(&r.jitter()), "{}", r.jitter());
+    }
+
+    /// Timestamps chosen so that the scaled jitter reaches u32::MAX (|D| of 2^31, 2^31, then
+    /// 394 264 575): the next packet overflowed `jitter + 8` in u32 before.
+    #[test]
+    fn a_peer_s_wild_timestamps_cannot_overflow_the_jitter() {
+        let mut r = Reception::default();
+        for ts in [0, 1 << 31, 0, 394_264_575, 0, 1 << 31] {
+            r.packet(1, ts, 0);
+        }
+        assert!(r.jitter() <= u32::MAX >> 4, "{}", r.jitter());
     }
 
     #[test]

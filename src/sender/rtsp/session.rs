@@ -15,6 +15,9 @@
 //! a small receive buffer drops. Over TCP a frame is one write; a viewer that stops reading
 //! blocks only its own session thread, and loses frames in its own hub slot (counted as its
 //! link's `drops`) until its write times out and the session ends.
+//!
+//! `--publish` (`sender/publish.rs`, thread `rtsp-publish`) uses the same pieces for its one
+//! stream: [`interleave_frame`], [`write_sender_report`] and [`read_rtcp`].
 
 use std::io::{self, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream, UdpSocket};
