@@ -71,8 +71,8 @@ pub enum ClientError {
     Rtp { len: usize, head: String, source: crate::rtp::depacketize::DepacketizeError },
 }
 
-/// Where to connect, and the credentials from the URL.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Where to connect, and the credentials from the URL (its `Debug` leaves the password out).
+#[derive(Clone, PartialEq, Eq)]
 pub struct Target {
     /// The URL without credentials.
     pub url: Url,
@@ -98,6 +98,17 @@ impl Target {
         let _ = url.set_password(None);
         let host = if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host };
         Ok(Target { url, addr: format!("{host}:{port}"), user, password })
+    }
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("url", &self.url.as_str())
+            .field("addr", &self.addr)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .finish()
     }
 }
 
@@ -705,6 +716,8 @@ mod tests {
         assert_eq!(without_password("rtsp://cam/a@b:c"), "rtsp://cam/a@b:c");
         assert_eq!(without_password("rtsp://u@cam/"), "rtsp://u@cam/");
         assert_eq!(without_password("u:p@cam"), "u:***@cam");
+        let t = Target::parse("rtsp://al:s3cret@cam/x").unwrap();
+        assert!(!format!("{t:?}").contains("s3cret"), "{t:?}");
     }
 
     #[test]
