@@ -64,13 +64,17 @@ impl Reception {
         self.jitter >> 4
     }
 
-    /// Reads the sender reports of a compound RTCP packet. Malformed RTCP is ignored (it
-    /// carries nothing the stream needs); returns how many sender reports were read.
+    /// Reads the sender reports of a compound RTCP packet about the RTP source (any source
+    /// before RTP arrived). Malformed RTCP is ignored (it carries nothing the stream needs);
+    /// returns how many sender reports were read.
     pub fn rtcp(&mut self, data: &[u8], arrived_us: u64) -> usize {
         let Ok(compound) = Compound::parse(data) else { return 0 };
         let mut n = 0;
         for p in compound.flatten() {
             if let Packet::Sr(sr) = p {
+                if self.ssrc.is_some_and(|s| s != sr.ssrc()) {
+                    continue;
+                }
                 self.last_sr = Some(SenderReport {
                     ssrc: sr.ssrc(),
                     ntp: sr.ntp_timestamp(),
@@ -154,6 +158,13 @@ mod tests {
         assert_eq!(r.rtcp(&[1, 2, 3], 0), 0, "garbage is ignored");
         let s = r.last_sr.unwrap();
         assert_eq!(s.wall_us(90_000 + 45_000), Some(1_700_000_001_000_000));
+        // Once RTP came from 0xABCD, another source's sender report maps nothing.
+        r.packet(0xABCD, 0, 0);
+        let other = Sr::builder(0x1234).ntp_timestamp(ntp + (7 << 32)).rtp_timestamp(1);
+        let mut b2 = vec![0u8; other.calculate_size().unwrap()];
+        other.write_into(&mut b2).unwrap();
+        assert_eq!(r.rtcp(&b2, 6_000_000), 0);
+        assert_eq!(r.last_sr, Some(s));
         assert_eq!(s.wall_us(90_000 - 90_000), Some(1_699_999_999_500_000));
         r.packet(0xABCD, 0, 0);
         let counts = Counts { packets: 9, base_seq: 0, max_seq: 9, ..Counts::default() };
