@@ -305,7 +305,16 @@ fn a_server_that_sends_no_media_ends_the_session() {
     let url = format!("rtsp://127.0.0.1:{}/cam", listener.local_addr().unwrap().port());
     let dir = scratch_dir("rtsp-silent");
     let mut r = recv("silent", &url, "tcp", 10, &dir, &["--once"]);
-    let (s, _) = listener.accept().expect("the receiver connects");
+    listener.set_nonblocking(true).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let s = loop {
+        match listener.accept() {
+            Ok((s, _)) => break s,
+            Err(_) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!("the receiver did not connect within 10 s ({e}):\n{}", r.stderr()),
+        }
+    };
+    s.set_nonblocking(false).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let server = std::thread::spawn(move || answer_without_media(s));
     assert!(r.wait_for_stderr("rtsp playing", Duration::from_secs(10)), "never played:\n{}", r.stderr());
