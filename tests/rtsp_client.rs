@@ -12,7 +12,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -292,4 +293,76 @@ fn a_foreign_sender_s_latency_comes_from_rtcp_sender_reports() {
     assert_eq!(s.clock.map(|c| c.source), Some(framecast::stats::ClockSource::Rtcp), "{s:?}");
     let known = s.latency_capture_displayed_ms.map_or(0, |p| p.count);
     assert!(known > 0 && known + s.latency_unknown_frames.unwrap_or(0) == 240, "{s:?}");
+}
+
+/// A server that sets up and plays a session, answers every keep-alive, and never sends RTP:
+/// the receiver ends the session once the session timeout (5 s at least) passes without
+/// media, says so, and with `--once` exits instead of waiting for ever.
+#[test]
+fn a_server_that_sends_no_media_ends_the_session() {
+    let _g = serial();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("rtsp://127.0.0.1:{}/cam", listener.local_addr().unwrap().port());
+    let dir = scratch_dir("rtsp-silent");
+    let mut r = recv("silent", &url, "tcp", 10, &dir, &["--once"]);
+    listener.set_nonblocking(true).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let s = loop {
+        match listener.accept() {
+            Ok((s, _)) => break s,
+            Err(_) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!("the receiver did not connect within 10 s ({e}):\n{}", r.stderr()),
+        }
+    };
+    s.set_nonblocking(false).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let server = std::thread::spawn(move || answer_without_media(s));
+    assert!(r.wait_for_stderr("rtsp playing", Duration::from_secs(10)), "never played:\n{}", r.stderr());
+    assert!(
+        r.wait_for_stderr("no RTP for 5s while playing", Duration::from_secs(20)),
+        "a silent session went unnoticed:\n{}",
+        r.stderr()
+    );
+    r.wait(Duration::from_secs(10));
+    let keep_alives = server.join().unwrap();
+    assert!(keep_alives >= 2, "{keep_alives} keep-alives in 5 s of a 2 s session timeout");
+}
+
+/// Answers OPTIONS, DESCRIBE (a JPEG stream), SETUP (TCP, a 2 s session timeout), PLAY and
+/// then keep-alives until the client leaves; sends no media. Returns the keep-alives seen.
+fn answer_without_media(s: TcpStream) -> usize {
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut w = s;
+    let mut keep_alives = 0;
+    loop {
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            match r.read_line(&mut line) {
+                Ok(0) | Err(_) => return keep_alives,
+                Ok(_) if line == "\r\n" => break,
+                Ok(_) => head.push_str(&line),
+            }
+        }
+        let method = head.split(' ').next().unwrap_or("").to_string();
+        let cseq = head.lines().find_map(|l| l.strip_prefix("CSeq: ")).unwrap_or("0").trim().to_string();
+        let sdp =
+            "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=silent\r\nt=0 0\r\nm=video 0 RTP/AVP 26\r\na=control:track0\r\n";
+        let extra = match method.as_str() {
+            "OPTIONS" => "Public: OPTIONS, DESCRIBE, SETUP, PLAY, GET_PARAMETER, TEARDOWN\r\n\r\n".to_string(),
+            "DESCRIBE" => format!(
+                "Content-Type: application/sdp\r\nContent-Base: rtsp://127.0.0.1/cam/\r\nContent-Length: {}\r\n\r\n{sdp}",
+                sdp.len()
+            ),
+            "SETUP" => "Transport: RTP/AVP/TCP;unicast;interleaved=0-1\r\nSession: 5150;timeout=2\r\n\r\n".into(),
+            "GET_PARAMETER" => {
+                keep_alives += 1;
+                "Session: 5150;timeout=2\r\n\r\n".into()
+            }
+            _ => "Session: 5150;timeout=2\r\n\r\n".into(),
+        };
+        if w.write_all(format!("RTSP/1.0 200 OK\r\nCSeq: {cseq}\r\n{extra}").as_bytes()).is_err() {
+            return keep_alives;
+        }
+    }
 }

@@ -415,8 +415,18 @@ fn bad_answers_from_the_server_end_only_that_connection() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("rtsp://127.0.0.1:{}/cam", listener.local_addr().unwrap().port());
     let mut send = send_publish("send", &url, &["--size", "320x240", "--fps", "30", "--duration", "30"]);
+    // Accepts within 20 s (the sender reconnects with backoff), else fails rather than hangs.
+    listener.set_nonblocking(true).unwrap();
     let accept = |what: &str| {
-        let (mut s, _) = listener.accept().unwrap_or_else(|e| panic!("no connection for {what}: {e}"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut s = loop {
+            match listener.accept() {
+                Ok((s, _)) => break s,
+                Err(_) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+                Err(e) => panic!("no connection for {what} within 20 s: {e}"),
+            }
+        };
+        s.set_nonblocking(false).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let first = read_request(&mut s).unwrap_or_else(|| panic!("no request for {what}"));
         (s, first)

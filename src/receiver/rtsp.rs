@@ -12,8 +12,9 @@
 //! neither, latency is unknown.
 //!
 //! A session ends when the server closes it, a packet is malformed (logged, with what
-//! arrived), the view finishes, or Ctrl-C; then it reconnects with backoff, as `--connect`
-//! does, unless the server refused us for good (credentials, no such stream, no JPEG).
+//! arrived), no RTP arrives for the session timeout (at least 5 s), the view finishes, or
+//! Ctrl-C; then it reconnects with backoff, as `--connect` does, unless the server refused
+//! us for good (credentials, no such stream, no JPEG).
 
 mod rtcp;
 
@@ -41,6 +42,8 @@ use rtcp::Reception;
 const POLL: Duration = Duration::from_millis(100);
 /// How often a receiver report goes to the server.
 const REPORT_EVERY: Duration = Duration::from_secs(1);
+/// Shortest time without RTP that ends a playing session (else the session timeout).
+const MIN_SILENCE: Duration = Duration::from_secs(5);
 /// Largest UDP datagram read (RTP packets are at most an MTU; more is cut and malformed).
 const MAX_DATAGRAM: usize = 65536;
 
@@ -228,15 +231,24 @@ impl<'a> Play<'a> {
 
     fn run(&mut self, client: &mut Client, link: &Link, desc: &Description) -> Result<(), ClientError> {
         let keep_alive = (client.session_timeout() / 2).max(Duration::from_secs(1));
+        // A server that keeps the session but sends nothing would hold the receiver forever.
+        let silence = client.session_timeout().max(MIN_SILENCE);
         let (mut alive_at, mut report_at) = (Instant::now() + keep_alive, Instant::now() + REPORT_EVERY);
+        let mut last_rtp = Instant::now();
         loop {
             if self.rx.done() {
                 return Ok(());
             }
             match self.read(client, link)? {
-                Got::Rtp(p) => self.rtp(&p)?,
+                Got::Rtp(p) => {
+                    last_rtp = Instant::now();
+                    self.rtp(&p)?
+                }
                 Got::Rtcp(p) => self.rtcp(&p),
                 Got::Nothing => {}
+            }
+            if last_rtp.elapsed() > silence {
+                return Err(ClientError::NoMedia(silence));
             }
             if !self.deliver() {
                 return Ok(());

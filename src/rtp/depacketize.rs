@@ -426,6 +426,9 @@ impl Meta {
         if h.type_specific != 0 {
             return Err(DepacketizeError::Interlaced(h.type_specific));
         }
+        // The SDP's size is the caller's to check; one outside 1..=MAX_DIMENSION is no size
+        // (a width of 0 would divide by zero when a partial frame is cut into bands).
+        let dims = dims.filter(|&(w, h)| (1..=MAX_DIMENSION).contains(&w) && (1..=MAX_DIMENSION).contains(&h));
         let (width, height) = match (h.width, h.height, dims) {
             (w, h, Some((dw, dh))) if w == 0 || h == 0 => (if w == 0 { dw } else { w }, if h == 0 { dh } else { h }),
             (0, _, None) | (_, 0, None) => return Err(DepacketizeError::NoDimensions),
@@ -956,6 +959,10 @@ mod tests {
         let pkts = packets(&ps, 0, 0);
         let err = Depacketizer::new(Config::default()).push(&pkts[0]).unwrap_err();
         assert_eq!(err, DepacketizeError::NoDimensions);
+        for bad in [(0, 48), (64, 0), (MAX_DIMENSION + 1, 48)] {
+            let err = Depacketizer::new(Config { dimensions: Some(bad), ..Config::default() }).push(&pkts[0]);
+            assert_eq!(err, Err(DepacketizeError::NoDimensions), "{bad:?}");
+        }
         let mut d = Depacketizer::new(Config { dimensions: Some((64, 48)), ..Config::default() });
         let f = only_frame(push_all(&mut d, &pkts));
         assert_eq!((f.width, f.height), (64, 48));
@@ -1131,6 +1138,30 @@ mod tests {
         push_all(&mut d, &pkts);
         d.flush();
         assert!(matches!(d.pull(), Some(Output::Lost { .. })));
+    }
+
+    /// A peer's restart count times a huge restart interval claims more rows than u32 holds
+    /// (the fuzzer's "u32 overflow of a partial frame's band rows"): the band is clamped to the
+    /// frame, here to nothing, and the frame is lost rather than a panic.
+    #[test]
+    fn a_restart_count_claiming_rows_past_u32_loses_the_frame() {
+        let payload = |offset: u32, count: u16, marker: bool| {
+            let mut p = Vec::new();
+            JpegHeader { type_specific: 0, fragment_offset: offset, kind: 65, q: 50, width: 8, height: 16 }
+                .write(&mut p);
+            RestartHeader { interval: u16::MAX, first: true, last: true, count }.write(&mut p);
+            p.extend_from_slice(&[0x12, 0x34]);
+            Payload { bytes: p, marker }
+        };
+        // Offset 0..4 never arrives: the frame has a gap, so it is cut into bands.
+        let ps = [payload(4, RestartHeader::UNALIGNED - 1, false), payload(6, 0, true)];
+        let mut pkts = packets(&ps, 0, 0);
+        pkts.push(rtp(&payload(0, 0, true), 2, 9000, None));
+        let mut d = Depacketizer::new(Config::default());
+        for p in &pkts {
+            d.push(p).unwrap();
+        }
+        assert!(matches!(d.pull(), Some(Output::Lost { timestamp: 0, .. })), "{:?}", d.pull());
     }
 
     /// framecast's own payloader (`rtp::packetize`) and this depayloader agree: whole frames

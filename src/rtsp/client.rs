@@ -40,6 +40,7 @@ const USER_AGENT: &str = concat!("framecast/", env!("CARGO_PKG_VERSION"));
 /// Why an RTSP exchange failed.
 #[derive(Debug, Error)]
 pub enum ClientError {
+    /// `url` is shown without its password.
     #[error("bad RTSP URL {url:?}: {why} (expected rtsp://[user:password@]host[:port]/path)")]
     Url { url: String, why: String },
     #[error("cannot connect to {addr}: {source}")]
@@ -58,18 +59,20 @@ pub enum ClientError {
     NeedsCredentials { method: String, challenge: String },
     #[error("{method} refused the credentials in the URL (401 after authenticating)")]
     BadCredentials { method: String },
-    #[error("response with CSeq {got:?} to {method}, expected {want}")]
+    #[error("response with {} to {method}, expected CSeq {want}", shown_cseq(.got.as_deref()))]
     CSeq { method: String, want: u32, got: Option<String> },
     #[error("bad {header} header in the response to {method}: {value:?}")]
     Header { method: String, header: &'static str, value: String },
     #[error("SDP: {0}")]
     Sdp(String),
+    #[error("no RTP for {0:?} while playing (the server answers requests but sends no media)")]
+    NoMedia(Duration),
     #[error("malformed RTP/JPEG packet ({len} bytes, starting {head}): {source}")]
     Rtp { len: usize, head: String, source: crate::rtp::depacketize::DepacketizeError },
 }
 
-/// Where to connect, and the credentials from the URL.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Where to connect, and the credentials from the URL (its `Debug` leaves the password out).
+#[derive(Clone, PartialEq, Eq)]
 pub struct Target {
     /// The URL without credentials.
     pub url: Url,
@@ -81,7 +84,7 @@ pub struct Target {
 
 impl Target {
     pub fn parse(s: &str) -> Result<Self, ClientError> {
-        let bad = |why: &str| ClientError::Url { url: s.to_string(), why: why.to_string() };
+        let bad = |why: &str| ClientError::Url { url: without_password(s), why: why.to_string() };
         let mut url = Url::parse(s).map_err(|e| bad(&e.to_string()))?;
         if url.scheme() != "rtsp" {
             return Err(bad("the scheme is not rtsp"));
@@ -95,6 +98,39 @@ impl Target {
         let _ = url.set_password(None);
         let host = if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host };
         Ok(Target { url, addr: format!("{host}:{port}"), user, password })
+    }
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("url", &self.url.as_str())
+            .field("addr", &self.addr)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+/// A response's CSeq as an error shows it: `CSeq 9`, `CSeq "x"` for one that is not a
+/// number (cut to 32 characters), or `no CSeq`.
+fn shown_cseq(got: Option<&str>) -> String {
+    match got {
+        None => "no CSeq".into(),
+        Some(g) if g.parse::<u32>().is_ok() => format!("CSeq {g}"),
+        Some(g) => format!("CSeq {:?}", g.chars().take(32).collect::<String>()),
+    }
+}
+
+/// A URL as it may be shown in an error or a log: the password (between the user's `:` and
+/// the `@` before the host) replaced by `***`. Works on text that does not parse as a URL.
+fn without_password(s: &str) -> String {
+    let start = s.find("://").map_or(0, |i| i + 3);
+    let authority_end = s[start..].find(['/', '?', '#']).map_or(s.len(), |i| start + i);
+    let Some(at) = s[start..authority_end].rfind('@').map(|i| start + i) else { return s.to_string() };
+    match s[start..at].find(':') {
+        Some(colon) => format!("{}***{}", &s[..start + colon + 1], &s[at..]),
+        None => s.to_string(),
     }
 }
 
@@ -671,6 +707,26 @@ mod tests {
         assert!(e.contains("rtsp") && e.contains("http://cam/"), "{e}");
     }
 
+    #[test]
+    fn bad_urls_are_shown_without_their_password() {
+        for url in ["http://al:s3cret@cam/x", "rtsp://al:s3cret@cam:notaport/x", "rtsp://al:s3cret@[::1/x"] {
+            let e = Target::parse(url).unwrap_err().to_string();
+            assert!(!e.contains("s3cret") && e.contains("al:***@"), "{url}: {e}");
+        }
+        assert_eq!(without_password("rtsp://cam/a@b:c"), "rtsp://cam/a@b:c");
+        assert_eq!(without_password("rtsp://u@cam/"), "rtsp://u@cam/");
+        assert_eq!(without_password("u:p@cam"), "u:***@cam");
+        let t = Target::parse("rtsp://al:s3cret@cam/x").unwrap();
+        assert!(!format!("{t:?}").contains("s3cret"), "{t:?}");
+    }
+
+    #[test]
+    fn a_cseq_is_shown_as_it_came() {
+        assert_eq!(shown_cseq(Some("9")), "CSeq 9");
+        assert_eq!(shown_cseq(None), "no CSeq");
+        assert_eq!(shown_cseq(Some(&"x".repeat(100))), format!("CSeq {:?}", "x".repeat(32)));
+    }
+
     const SDP: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=framecast\r\nt=0 0\r\na=control:*\r\n\
         m=audio 0 RTP/AVP 0\r\na=control:audio\r\n\
         m=video 0 RTP/AVP 96\r\na=rtpmap:96 JPEG/90000\r\na=control:stream=0\r\n\
@@ -759,7 +815,7 @@ mod tests {
         let (t, server) = fake_server(vec!["RTSP/1.0 200 OK\r\nCSeq: 7\r\n\r\n"]);
         let mut c = Client::connect(&t, Duration::from_secs(2), Duration::from_millis(100)).unwrap();
         let e = c.options().unwrap_err().to_string();
-        assert!(e.contains("CSeq") && e.contains('7') && e.contains("expected 1"), "{e}");
+        assert_eq!(e, "response with CSeq 7 to OPTIONS, expected CSeq 1");
         drop(c);
         server.join().unwrap();
         let (t, server) = fake_server(vec!["RTSP/1.0 404 Not Found\r\nCSeq: {cseq}\r\n\r\n"]);

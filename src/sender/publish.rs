@@ -32,17 +32,16 @@ use rtsp_types::{headers, Method, Url};
 use tracing::{debug, info, warn};
 
 use super::rtsp::requests::{sdp, Context, TRACK};
-use super::rtsp::session::{find_report, write_sender_report};
-use super::rtsp::FrameCache;
+use super::rtsp::session::{interleave_frame, read_rtcp, write_sender_report};
+use super::rtsp::{frame_size, FrameCache};
 use super::transport::{Feed, Transport};
 use super::{Congestion, POLL};
 use crate::clock::clock_id;
-use crate::hub::{Hub, RtcpFigures, Shared, Subscription, ViewerKind};
+use crate::hub::{Hub, Shared, Subscription, ViewerKind};
 use crate::net::conn::{connect, limit_send_queue, Policy, Session};
-use crate::rtp::packetize::{Packetized, RtpStream};
+use crate::rtp::packetize::RtpStream;
 use crate::rtp::MAX_HEADER_DIMENSION;
 use crate::rtsp::client::{self, Client, ClientError};
-use crate::rtsp::interleaved_header;
 
 /// How the publisher is named in the `links` stats.
 pub const KIND: ViewerKind = ViewerKind::new("rtsp-publish");
@@ -275,14 +274,6 @@ impl Publisher<'_> {
 /// Sender reports go out about this often (RFC 3550's 5 s minimum is for large sessions).
 const SENDER_REPORT: Duration = Duration::from_secs(1);
 
-/// The size of the newest frame, or the source's.
-fn frame_size(feed: &Feed) -> (u32, u32) {
-    match feed.hub.latest() {
-        Some(f) if f.header.width > 0 => (u32::from(f.header.width), u32::from(f.header.height)),
-        _ => (feed.stream.width, feed.stream.height),
-    }
-}
-
 /// Reads what the server sent (RTCP receiver reports, its own requests, stray data) without
 /// waiting; receiver reports about our stream go into the link's stats.
 fn drain(client: &mut Client, rec: &Recording, sub: &Subscription) -> anyhow::Result<()> {
@@ -297,13 +288,7 @@ fn drain(client: &mut Client, rec: &Recording, sub: &Subscription) -> anyhow::Re
             );
             continue;
         }
-        if let Some((lost, jitter)) = find_report(&data, rec.stream.ssrc) {
-            let figures = RtcpFigures {
-                loss_pct: (f64::from(lost) * 1000.0 / 256.0).round() / 10.0,
-                jitter_ms: (f64::from(jitter) / 0.9).round() / 100.0,
-            };
-            *sub.counters.rtcp.lock().unwrap_or_else(|p| p.into_inner()) = Some(figures);
-        }
+        read_rtcp(&data, rec.stream.ssrc, sub);
     }
     Ok(())
 }
@@ -311,27 +296,6 @@ fn drain(client: &mut Client, rec: &Recording, sub: &Subscription) -> anyhow::Re
 /// Interleaved channel of the RTP packets (`interleaved=0-1`); RTCP goes on the next one.
 pub const RTP_CHANNEL: u8 = 0;
 pub const RTCP_CHANNEL: u8 = 1;
-
-/// Appends every packet of `frame` to `out` as `$`-interleaved RTP on `channel`, so that a
-/// frame goes out in one write. Returns the bytes appended.
-pub fn interleave_frame(
-    rtp: &mut RtpStream,
-    channel: u8,
-    frame: &Packetized,
-    capture_us: u64,
-    out: &mut Vec<u8>,
-) -> usize {
-    let start = out.len();
-    for i in 0..frame.len() {
-        let at = out.len();
-        interleaved_header(channel, 0, out);
-        rtp.write(frame, i, capture_us, out);
-        // The packet's length, now that it is written (at most MAX_PACKET, well under 64 KiB).
-        let len = (out.len() - at - 4) as u16;
-        out[at + 2..at + 4].copy_from_slice(&len.to_be_bytes());
-    }
-    out.len() - start
-}
 
 #[cfg(test)]
 mod tests {

@@ -50,9 +50,11 @@ impl Reception {
         let arrival = (u128::from(arrival_us) * u128::from(CLOCK_RATE) / 1_000_000) as u32;
         let transit = arrival.wrapping_sub(ts);
         if let Some(last) = self.last_transit {
-            let d = (transit.wrapping_sub(last) as i32).unsigned_abs();
-            // J += (|D| - J) / 16, kept scaled by 16 (RFC 3550 A.8).
-            self.jitter = self.jitter.wrapping_add(d).wrapping_sub((self.jitter + 8) >> 4);
+            let d = u64::from((transit.wrapping_sub(last) as i32).unsigned_abs());
+            // J += (|D| - J) / 16, kept scaled by 16 (RFC 3550 A.8); in u64 and capped, since a
+            // peer's timestamps can make |D| as large as 2^31 every packet.
+            let j = u64::from(self.jitter);
+            self.jitter = (j + d - ((j + 8) >> 4)).min(u64::from(u32::MAX)) as u32;
         }
         self.last_transit = Some(transit);
     }
@@ -62,13 +64,17 @@ impl Reception {
         self.jitter >> 4
     }
 
-    /// Reads the sender reports of a compound RTCP packet. Malformed RTCP is ignored (it
-    /// carries nothing the stream needs); returns how many sender reports were read.
+    /// Reads the sender reports of a compound RTCP packet about the RTP source (any source
+    /// before RTP arrived). Malformed RTCP is ignored (it carries nothing the stream needs);
+    /// returns how many sender reports were read.
     pub fn rtcp(&mut self, data: &[u8], arrived_us: u64) -> usize {
         let Ok(compound) = Compound::parse(data) else { return 0 };
         let mut n = 0;
         for p in compound.flatten() {
             if let Packet::Sr(sr) = p {
+                if self.ssrc.is_some_and(|s| s != sr.ssrc()) {
+                    continue;
+                }
                 self.last_sr = Some(SenderReport {
                     ssrc: sr.ssrc(),
                     ntp: sr.ntp_timestamp(),
@@ -130,6 +136,17 @@ mod tests {
         assert!((880..=900).contains(&r.jitter()), "{}", r.jitter());
     }
 
+    /// Timestamps chosen so that the scaled jitter reaches u32::MAX (|D| of 2^31, 2^31, then
+    /// 394 264 575): the next packet overflowed `jitter + 8` in u32 before.
+    #[test]
+    fn a_peer_s_wild_timestamps_cannot_overflow_the_jitter() {
+        let mut r = Reception::default();
+        for ts in [0, 1 << 31, 0, 394_264_575, 0, 1 << 31] {
+            r.packet(1, ts, 0);
+        }
+        assert!(r.jitter() <= u32::MAX >> 4, "{}", r.jitter());
+    }
+
     #[test]
     fn sender_reports_map_rtp_time_to_wall_time_and_feed_the_receiver_report() {
         let ntp = ((NTP_UNIX_OFFSET + 1_700_000_000) << 32) | (1 << 31); // .5 s
@@ -141,6 +158,13 @@ mod tests {
         assert_eq!(r.rtcp(&[1, 2, 3], 0), 0, "garbage is ignored");
         let s = r.last_sr.unwrap();
         assert_eq!(s.wall_us(90_000 + 45_000), Some(1_700_000_001_000_000));
+        // Once RTP came from 0xABCD, another source's sender report maps nothing.
+        r.packet(0xABCD, 0, 0);
+        let other = Sr::builder(0x1234).ntp_timestamp(ntp + (7 << 32)).rtp_timestamp(1);
+        let mut b2 = vec![0u8; other.calculate_size().unwrap()];
+        other.write_into(&mut b2).unwrap();
+        assert_eq!(r.rtcp(&b2, 6_000_000), 0);
+        assert_eq!(r.last_sr, Some(s));
         assert_eq!(s.wall_us(90_000 - 90_000), Some(1_699_999_999_500_000));
         r.packet(0xABCD, 0, 0);
         let counts = Counts { packets: 9, base_seq: 0, max_seq: 9, ..Counts::default() };

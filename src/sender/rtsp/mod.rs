@@ -54,10 +54,15 @@ pub struct Server {
 impl Server {
     /// The size of the newest frame, or the source's.
     pub fn frame_size(&self) -> (u32, u32) {
-        match self.feed.hub.latest() {
-            Some(f) if f.header.width > 0 => (u32::from(f.header.width), u32::from(f.header.height)),
-            _ => (self.feed.stream.width, self.feed.stream.height),
-        }
+        frame_size(&self.feed)
+    }
+}
+
+/// The size of the newest frame, or the source's (for the SDP of DESCRIBE and ANNOUNCE).
+pub fn frame_size(feed: &Feed) -> (u32, u32) {
+    match feed.hub.latest() {
+        Some(f) if f.header.width > 0 => (u32::from(f.header.width), u32::from(f.header.height)),
+        _ => (feed.stream.width, feed.stream.height),
     }
 }
 

@@ -114,8 +114,12 @@ impl Requests {
     /// Answers `req` from `peer`.
     pub fn handle(&mut self, req: &Request<Vec<u8>>, peer: IpAddr, env: &mut dyn Env) -> Reply {
         let Some(cseq) = req.header(&headers::CSEQ).and_then(|v| v.as_str().trim().parse::<u32>().ok()) else {
-            let got = req.header(&headers::CSEQ).map(|v| v.as_str().to_string());
-            let why = format!("missing or bad CSeq (got {got:?}, expected a number)");
+            let why = match req.header(&headers::CSEQ) {
+                None => "no CSeq header (expected a number)".to_string(),
+                Some(v) => {
+                    format!("bad CSeq {:?} (expected a number)", v.as_str().chars().take(32).collect::<String>())
+                }
+            };
             return close(reply(StatusCode::BadRequest, None), why);
         };
         let r = |status| reply(status, Some(cseq));
@@ -343,7 +347,10 @@ fn tcp_channels(interleaved: Option<(u8, Option<u8>)>) -> Result<Transport, Stri
     match interleaved {
         None => Ok(Transport::Tcp { channels: (0, 1) }),
         Some((a, b)) if a < 255 && b.unwrap_or(a + 1) == a + 1 => Ok(Transport::Tcp { channels: (a, a + 1) }),
-        Some((a, b)) => Err(format!("interleaved={a}-{b:?}: expected two consecutive channels below 256")),
+        Some((a, b)) => {
+            let shown = b.map_or(a.to_string(), |b| format!("{a}-{b}"));
+            Err(format!("interleaved={shown}: expected two consecutive channels below 256"))
+        }
     }
 }
 
@@ -493,8 +500,9 @@ mod tests {
     #[test]
     fn bad_requests_are_refused_and_close() {
         let cases = [
-            ("OPTIONS * RTSP/1.0\nUser-Agent: x\n", 400, "CSeq"),
-            ("OPTIONS * RTSP/1.0\nCSeq: one\n", 400, "CSeq"),
+            ("OPTIONS * RTSP/1.0\nUser-Agent: x\n", 400, "no CSeq header (expected a number)"),
+            ("OPTIONS * RTSP/1.0\nCSeq: one\n", 400, "bad CSeq \"one\" (expected a number)"),
+            ("SETUP rtsp://h/ RTSP/1.0\nCSeq: 1\nTransport: RTP/AVP/TCP;unicast;interleaved=4-6\n", 461, "interleaved=4-6: expected"),
             ("FROB rtsp://h/stream RTSP/1.0\nCSeq: 1\n", 501, "unknown method FROB"),
             ("PLAY rtsp://h/stream RTSP/1.0\nCSeq: 1\n", 455, "PLAY before SETUP"),
             ("DESCRIBE rtsp://h/other RTSP/1.0\nCSeq: 1\n", 404, "/other"),

@@ -15,6 +15,9 @@
 //! a small receive buffer drops. Over TCP a frame is one write; a viewer that stops reading
 //! blocks only its own session thread, and loses frames in its own hub slot (counted as its
 //! link's `drops`) until its write times out and the session ends.
+//!
+//! `--publish` (`sender/publish.rs`, thread `rtsp-publish`) uses the same pieces for its one
+//! stream: [`interleave_frame`], [`write_sender_report`] and [`read_rtcp`].
 
 use std::io::{self, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream, UdpSocket};
@@ -294,13 +297,7 @@ impl Session<'_> {
             }
             (Transport::Tcp { channels }, _) => {
                 self.buf.clear();
-                for i in 0..packets.len() {
-                    let at = self.buf.len();
-                    interleaved_header(channels.0, 0, &mut self.buf);
-                    p.stream.write(&packets, i, capture_us, &mut self.buf);
-                    let len = (self.buf.len() - at - 4) as u16;
-                    self.buf[at + 2..at + 4].copy_from_slice(&len.to_be_bytes());
-                }
+                interleave_frame(&mut p.stream, channels.0, &packets, capture_us, &mut self.buf);
                 if let Err(e) = self.out.write_all(&self.buf) {
                     info!(peer = %self.peer, error = %e, "rtsp: the client does not read its TCP stream; closing");
                     return Ok(false);
@@ -382,9 +379,31 @@ fn send_udp(
     sent
 }
 
+/// Appends every packet of `frame` to `out` as `$`-interleaved RTP on `channel`, so that a
+/// frame goes out in one write (a TCP session's, and `--publish`'s). Returns the bytes
+/// appended.
+pub fn interleave_frame(
+    rtp: &mut RtpStream,
+    channel: u8,
+    frame: &Packetized,
+    capture_us: u64,
+    out: &mut Vec<u8>,
+) -> usize {
+    let start = out.len();
+    for i in 0..frame.len() {
+        let at = out.len();
+        interleaved_header(channel, 0, out);
+        rtp.write(frame, i, capture_us, out);
+        // The packet's length, now that it is written (at most MAX_PACKET, well under 64 KiB).
+        let len = (out.len() - at - 4) as u16;
+        out[at + 2..at + 4].copy_from_slice(&len.to_be_bytes());
+    }
+    out.len() - start
+}
+
 /// Reads the report block about `ssrc` from an RTCP compound packet into the link's figures
-/// (loss in percent to 0.1, jitter in ms to 0.01).
-fn read_rtcp(data: &[u8], ssrc: u32, sub: &Subscription) {
+/// (loss in percent to 0.1, jitter in ms to 0.01): an RTSP session's and `--publish`'s.
+pub fn read_rtcp(data: &[u8], ssrc: u32, sub: &Subscription) {
     let Some((lost, jitter)) = find_report(data, ssrc) else { return };
     let figures = RtcpFigures {
         loss_pct: (f64::from(lost) * 1000.0 / 256.0).round() / 10.0,
