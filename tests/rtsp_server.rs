@@ -169,21 +169,7 @@ fn vlc_plays_and_writes_frames() {
     let dir = scratch_dir("rtsp-vlc");
     let (w, h, fps) = (320u32, 240u32, 10u32);
     let (send, url) = sender("320x240", fps, 40, &[]);
-    let out = vlc::play_to_pngs(&url, &dir, 4, &[]);
-    let mut pngs: Vec<_> = std::fs::read_dir(&*dir).unwrap().filter_map(|e| e.ok()).map(|e| e.path()).collect();
-    pngs.retain(|p| p.extension().is_some_and(|e| e == "png"));
-    pngs.sort();
-    assert!(pngs.len() >= 3, "VLC wrote {} frames; its stderr:\n{}", pngs.len(), out.stderr);
-    let png = pngs.last().unwrap();
-    let rgb = run_tool(
-        Command::new("ffmpeg")
-            .args(["-hide_banner", "-loglevel", "error", "-i"])
-            .arg(png)
-            .args(["-f", "rawvideo", "-pix_fmt", "rgb24", "-"]),
-        TOOL_TIMEOUT,
-    )
-    .stdout;
-    assert_eq!(rgb.len(), (w * h * 3) as usize, "VLC's frame is {w}x{h}");
+    let rgb = vlc::last_frame_rgb(&url, &dir, 4, (w as usize, h as usize));
     let sent = (send.elapsed().as_secs_f64() * f64::from(fps)) as u64 + 2;
     check_pictures("vlc", &[&rgb], (w, h), sent);
     assert!(send.stderr().contains("rtsp: playing"));

@@ -25,7 +25,7 @@ use std::ops::Range;
 use rtp_types::RtpPacket;
 use thiserror::Error;
 
-use super::{capture_time, HeaderError, JpegHeader, QuantTables, RestartHeader, PAYLOAD_TYPE};
+use super::{capture_time, tables, HeaderError, JpegHeader, QuantTables, RestartHeader, PAYLOAD_TYPE};
 
 /// Largest width or height accepted from the SDP's `a=x-dimensions`.
 pub const MAX_DIMENSION: u32 = 16384;
@@ -722,10 +722,10 @@ fn jpeg_frame(meta: &Meta, tables: &[u8; 128], height: u32, scan: &[u8]) -> (Vec
     j.extend_from_slice(&(height as u16).to_be_bytes());
     j.extend_from_slice(&(meta.width as u16).to_be_bytes());
     j.extend_from_slice(&[3, 1, sampling, 0, 2, 0x11, 1, 3, 0x11, 1]);
-    huffman(&mut j, 0x00, &DC_LUMINANCE_BITS, &DC_LUMINANCE_VALS);
-    huffman(&mut j, 0x10, &AC_LUMINANCE_BITS, &AC_LUMINANCE_VALS);
-    huffman(&mut j, 0x01, &DC_CHROMINANCE_BITS, &DC_CHROMINANCE_VALS);
-    huffman(&mut j, 0x11, &AC_CHROMINANCE_BITS, &AC_CHROMINANCE_VALS);
+    huffman(&mut j, 0x00, &tables::DC_LUMINANCE);
+    huffman(&mut j, 0x10, &tables::AC_LUMINANCE);
+    huffman(&mut j, 0x01, &tables::DC_CHROMINANCE);
+    huffman(&mut j, 0x11, &tables::AC_CHROMINANCE);
     if meta.interval > 0 {
         j.extend_from_slice(&[0xFF, 0xDD, 0, 4]);
         j.extend_from_slice(&meta.interval.to_be_bytes());
@@ -740,17 +740,17 @@ fn jpeg_frame(meta: &Meta, tables: &[u8; 128], height: u32, scan: &[u8]) -> (Vec
     (j, range)
 }
 
-fn huffman(j: &mut Vec<u8>, class_id: u8, bits: &[u8; 16], vals: &[u8]) {
-    let len = (2 + 1 + 16 + vals.len()) as u16;
+/// Appends a DHT segment holding one table (`table`: counts, then values).
+fn huffman(j: &mut Vec<u8>, class_id: u8, table: &[u8]) {
+    let len = (2 + 1 + table.len()) as u16;
     j.extend_from_slice(&[0xFF, 0xC4]);
     j.extend_from_slice(&len.to_be_bytes());
     j.push(class_id);
-    j.extend_from_slice(bits);
-    j.extend_from_slice(vals);
+    j.extend_from_slice(table);
 }
 
 // The JPEG standard's example tables (ITU T.81 Annex K), the ones RFC 2435 assumes: the
-// quantization tables in zig-zag order, and the Huffman tables as DHT carries them.
+// quantization tables in zig-zag order (the Huffman tables are in `rtp::tables`).
 const LUMA_Q: [u8; 64] = [
     16, 11, 12, 14, 12, 10, 16, 14, 13, 14, 18, 17, 16, 19, 24, 40, 26, 24, 22, 22, 24, 49, 35, 37, 29, 40, 58, 51, 61,
     60, 57, 51, 56, 55, 64, 72, 92, 78, 64, 68, 87, 69, 55, 56, 80, 109, 81, 87, 95, 98, 103, 104, 103, 62, 77, 113,
@@ -760,30 +760,6 @@ const CHROMA_Q: [u8; 64] = [
     17, 18, 18, 24, 21, 24, 47, 26, 26, 47, 99, 66, 56, 66, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99,
     99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99,
     99, 99, 99, 99, 99, 99,
-];
-const DC_LUMINANCE_BITS: [u8; 16] = [0, 1, 5, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0];
-const DC_LUMINANCE_VALS: [u8; 12] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11];
-const AC_LUMINANCE_BITS: [u8; 16] = [0, 2, 1, 3, 3, 2, 4, 3, 5, 5, 4, 4, 0, 0, 1, 125];
-const AC_LUMINANCE_VALS: [u8; 162] = [
-    1, 2, 3, 0, 4, 17, 5, 18, 33, 49, 65, 6, 19, 81, 97, 7, 34, 113, 20, 50, 129, 145, 161, 8, 35, 66, 177, 193, 21,
-    82, 209, 240, 36, 51, 98, 114, 130, 9, 10, 22, 23, 24, 25, 26, 37, 38, 39, 40, 41, 42, 52, 53, 54, 55, 56, 57, 58,
-    67, 68, 69, 70, 71, 72, 73, 74, 83, 84, 85, 86, 87, 88, 89, 90, 99, 100, 101, 102, 103, 104, 105, 106, 115, 116,
-    117, 118, 119, 120, 121, 122, 131, 132, 133, 134, 135, 136, 137, 138, 146, 147, 148, 149, 150, 151, 152, 153, 154,
-    162, 163, 164, 165, 166, 167, 168, 169, 170, 178, 179, 180, 181, 182, 183, 184, 185, 186, 194, 195, 196, 197, 198,
-    199, 200, 201, 202, 210, 211, 212, 213, 214, 215, 216, 217, 218, 225, 226, 227, 228, 229, 230, 231, 232, 233, 234,
-    241, 242, 243, 244, 245, 246, 247, 248, 249, 250,
-];
-const DC_CHROMINANCE_BITS: [u8; 16] = [0, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0];
-const DC_CHROMINANCE_VALS: [u8; 12] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11];
-const AC_CHROMINANCE_BITS: [u8; 16] = [0, 2, 1, 2, 4, 4, 3, 4, 7, 5, 4, 4, 0, 1, 2, 119];
-const AC_CHROMINANCE_VALS: [u8; 162] = [
-    0, 1, 2, 3, 17, 4, 5, 33, 49, 6, 18, 65, 81, 7, 97, 113, 19, 34, 50, 129, 8, 20, 66, 145, 161, 177, 193, 9, 35, 51,
-    82, 240, 21, 98, 114, 209, 10, 22, 36, 52, 225, 37, 241, 23, 24, 25, 26, 38, 39, 40, 41, 42, 53, 54, 55, 56, 57,
-    58, 67, 68, 69, 70, 71, 72, 73, 74, 83, 84, 85, 86, 87, 88, 89, 90, 99, 100, 101, 102, 103, 104, 105, 106, 115,
-    116, 117, 118, 119, 120, 121, 122, 130, 131, 132, 133, 134, 135, 136, 137, 138, 146, 147, 148, 149, 150, 151, 152,
-    153, 154, 162, 163, 164, 165, 166, 167, 168, 169, 170, 178, 179, 180, 181, 182, 183, 184, 185, 186, 194, 195, 196,
-    197, 198, 199, 200, 201, 202, 210, 211, 212, 213, 214, 215, 216, 217, 218, 226, 227, 228, 229, 230, 231, 232, 233,
-    234, 242, 243, 244, 245, 246, 247, 248, 249, 250,
 ];
 
 #[cfg(test)]

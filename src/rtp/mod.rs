@@ -13,6 +13,7 @@ pub mod depacketize;
 use thiserror::Error;
 
 pub mod packetize;
+pub mod tables;
 
 /// The RTP clock rate of video, Hz (RFC 2435 section 3).
 pub const CLOCK_RATE: u32 = 90_000;

@@ -113,3 +113,28 @@ pub fn play_to_pngs(url: &str, dir: &Path, seconds: u32, extra: &[&str]) -> Tool
     cmd.args(&args);
     run_tool(&mut cmd, Duration::from_secs(u64::from(seconds) + 30))
 }
+
+/// Plays `url` for `seconds` and returns the last frame VLC wrote, as RGB of `size`. VLC's
+/// scene filter writes the decoded picture with its rows padded to whole MCU rows (320x256 for
+/// 320x240): the padding is cut off. Panics if VLC wrote fewer than 3 frames or another size.
+pub fn last_frame_rgb(url: &str, dir: &Path, seconds: u32, size: (usize, usize)) -> Vec<u8> {
+    let out = play_to_pngs(url, dir, seconds, &[]);
+    let mut pngs: Vec<_> = std::fs::read_dir(dir).unwrap().filter_map(|e| e.ok()).map(|e| e.path()).collect();
+    pngs.retain(|p| p.extension().is_some_and(|e| e == "png"));
+    pngs.sort();
+    assert!(pngs.len() >= 3, "VLC wrote {} frames in {seconds} s; its stderr:\n{}", pngs.len(), out.stderr);
+    let png = pngs.last().unwrap();
+    let rgb = run_tool(
+        Command::new("ffmpeg")
+            .args(["-hide_banner", "-loglevel", "error", "-i"])
+            .arg(png)
+            .args(["-f", "rawvideo", "-pix_fmt", "rgb24", "-"]),
+        Duration::from_secs(30),
+    )
+    .stdout;
+    let (w, h) = size;
+    let rows = rgb.len() / (w * 3);
+    let ok = rgb.len() % (w * 3) == 0 && (h..=h + 16).contains(&rows);
+    assert!(ok, "VLC's frame {} is not {w}x{h}: {} bytes", png.display(), rgb.len());
+    rgb[..w * h * 3].to_vec()
+}
