@@ -162,7 +162,7 @@ pub fn run(mut cfg: SendConfig, open_source: SourceFactory, stop: Arc<AtomicBool
     let meter = cfg.stats.meter(Side::Sender);
     let json = stats::open_json(&cfg.stats)?;
     let hub = Arc::new(Hub::new());
-    let transports = transports(&mut cfg, &hub);
+    let transports = transports(&mut cfg, &hub, &meter);
     // Set when the pipeline must end for a reason of its own (a connect-mode viewer left).
     let finish = Arc::new(AtomicBool::new(false));
     let raw_pool: Pool<RawFrame> = Pool::new(4);
@@ -204,7 +204,7 @@ pub fn run(mut cfg: SendConfig, open_source: SourceFactory, stop: Arc<AtomicBool
 /// The viewer transports the configuration asks for, in the order they are started and
 /// joined. A viewer to connect to joins the hub now, so frames encoded while the connection
 /// is made wait in its slot instead of counting as "no viewer".
-fn transports(cfg: &mut SendConfig, hub: &Hub) -> Vec<Box<dyn Transport>> {
+fn transports(cfg: &mut SendConfig, hub: &Hub, meter: &Meter) -> Vec<Box<dyn Transport>> {
     let mut out: Vec<Box<dyn Transport>> = Vec::new();
     let endpoint = std::mem::replace(&mut cfg.endpoint, Endpoint::None);
     if !matches!(endpoint, Endpoint::None) {
@@ -219,11 +219,14 @@ fn transports(cfg: &mut SendConfig, hub: &Hub) -> Vec<Box<dyn Transport>> {
     if let Some(listener) = cfg.http.take() {
         out.push(Box::new(http::Http::new(listener, cfg.key.as_ref().map(Key::http_token))));
     }
+    // `--rtsp` and `--publish` share one cache, so a frame is packetised (or re-encoded, and
+    // counted) once for both.
+    let rtp_frames = Arc::new(rtsp::FrameCache::new(meter.clone()));
     if let Some(target) = cfg.publish.take() {
-        out.push(Box::new(publish::Publish::new(target, hub)));
+        out.push(Box::new(publish::Publish::new(target, hub, rtp_frames.clone())));
     }
     if let Some(listener) = cfg.rtsp.take() {
-        out.push(Box::new(rtsp::Rtsp::new(listener, cfg.key.as_ref().map(Key::http_token))));
+        out.push(Box::new(rtsp::Rtsp::new(listener, cfg.key.as_ref().map(Key::http_token), rtp_frames)));
     }
     out
 }

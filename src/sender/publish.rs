@@ -24,6 +24,7 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::str::FromStr;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -90,12 +91,14 @@ pub struct Publish {
     /// Joins the hub at start-up, so frames encoded while the first connection is made wait
     /// in its slot instead of counting as "no viewer".
     early: Option<Subscription>,
+    /// Shared with `--rtsp`.
+    frames: Arc<FrameCache>,
 }
 
 impl Publish {
-    pub fn new(target: Target, hub: &Hub) -> Self {
+    pub fn new(target: Target, hub: &Hub, frames: Arc<FrameCache>) -> Self {
         let early = Some(hub.subscribe(KIND, target.to_string()));
-        Publish { target, early }
+        Publish { target, early, frames }
     }
 }
 
@@ -107,9 +110,8 @@ impl Transport for Publish {
     /// Publishes until the stream ends, reconnecting with backoff; fails only for what
     /// retrying cannot fix (credentials, path or transport refused).
     fn serve(self: Box<Self>, feed: Feed) -> anyhow::Result<()> {
-        let Publish { target, early } = *self;
+        let Publish { target, early, frames } = *self;
         let early = RefCell::new(early);
-        let frames = FrameCache::new(feed.meter.clone());
         let mut fatal = None;
         info!(url = %target, "publishing to {target}");
         let done = || feed.stop.load(Ordering::Relaxed) || feed.hub.is_closed();

@@ -46,7 +46,7 @@ pub const MAX_SESSIONS: usize = 64;
 pub struct Server {
     pub feed: Feed,
     pub ctx: Arc<Context>,
-    pub frames: FrameCache,
+    pub frames: Arc<FrameCache>,
     /// Over how long a frame's UDP packets are spread.
     pub pace_span: Duration,
 }
@@ -70,11 +70,13 @@ pub fn frame_size(feed: &Feed) -> (u32, u32) {
 pub struct Rtsp {
     listener: TcpListener,
     token: Option<String>,
+    /// Shared with `--publish`.
+    frames: Arc<FrameCache>,
 }
 
 impl Rtsp {
-    pub fn new(listener: TcpListener, token: Option<String>) -> Self {
-        Rtsp { listener, token }
+    pub fn new(listener: TcpListener, token: Option<String>, frames: Arc<FrameCache>) -> Self {
+        Rtsp { listener, token, frames }
     }
 }
 
@@ -84,7 +86,7 @@ impl Transport for Rtsp {
     }
 
     fn serve(self: Box<Self>, feed: Feed) -> anyhow::Result<()> {
-        let Rtsp { listener, token } = *self;
+        let Rtsp { listener, token, frames } = *self;
         let addr = listener.local_addr().context("RTSP socket")?;
         match &token {
             None => info!(%addr, "RTSP: rtsp://{addr}/stream (UDP or TCP)"),
@@ -97,7 +99,7 @@ impl Transport for Rtsp {
             0 => Duration::from_millis(5),
             f => (Duration::from_secs(1000) / f / 2).min(PACE_SPAN_MAX),
         };
-        let server = Arc::new(Server { frames: FrameCache::new(feed.meter.clone()), feed, ctx, pace_span });
+        let server = Arc::new(Server { frames, feed, ctx, pace_span });
         let mut clients: Vec<(Stage, TcpStream)> = Vec::new();
         accept_loop(&listener, &|| server.feed.hub.is_closed(), |stream, peer| {
             clients.retain(|(h, _)| !h.is_finished());
