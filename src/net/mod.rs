@@ -6,6 +6,7 @@ pub mod conn;
 pub mod io;
 pub mod proto;
 pub mod secure;
+pub mod udp;
 
 pub use io::{Event, MessageReader, MessageWriter, NetError};
 pub use proto::{Ack, Decoder, FrameHeader, Hello, Message, ProtocolError, Role, StreamInfo};
