@@ -37,6 +37,8 @@
 //!   jitter, router queue, stalls); a reader and a writer thread per direction per connection.
 //! - [`clock`]: monotonic microsecond timestamps shared by processes on one host.
 //! - [`cli`]: the command line, validated into the configs the pipelines take.
+//! - [`config`]: `--config PATH` of `send` and `recv`: a TOML file of flags, read into the
+//!   command line before it is parsed.
 //!
 //! # Errors
 //!
@@ -51,6 +53,7 @@ pub mod capture;
 pub mod chan;
 pub mod cli;
 pub mod clock;
+pub mod config;
 pub mod codec;
 pub mod control;
 pub mod format;
