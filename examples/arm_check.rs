@@ -48,6 +48,7 @@ const MIN_PSNR: [(Subsampling, u8, f64); 6] = [
 const SIZE: (u32, u32) = (640, 480);
 
 type Check = Result<String, String>;
+type CheckFn = Box<dyn Fn() -> Check>;
 
 fn main() -> ExitCode {
     let threads_before = thread_count();
@@ -60,7 +61,7 @@ fn main() -> ExitCode {
     );
     // A failing check may panic inside library code: that is a failed check, not a crash.
     panic::set_hook(Box::new(|_| {}));
-    let checks: [(&str, Box<dyn Fn() -> Check>); 4] = [
+    let checks: [(&str, CheckFn); 4] = [
         ("jpeg", Box::new(check_jpeg)),
         ("native protocol", Box::new(check_native)),
         ("udp wire", Box::new(check_udp)),
