@@ -116,8 +116,10 @@ package() {
     ensure_cargo_deb
     local out
     # --no-build: the binary above is the one packaged (cargo-deb would otherwise rebuild it
-    # with the host's rustc, which has no ARM standard library). --no-strip keeps it as built.
-    out="$(cargo deb --no-build --target "$triple" --profile "$profile" --output "$target_dir/debian/" 2>&1 | tail -n1)"
+    # with the host's rustc, which has no ARM standard library). --strip: the release profile
+    # keeps line tables (debug = 1), which would make the package 5 times larger; cargo-deb
+    # strips with the target's binutils ($gnu-strip).
+    out="$(cargo deb --no-build --strip --target "$triple" --profile "$profile" --output "$target_dir/debian/" 2>&1 | tail -n1)"
     [ -f "$out" ] || die "cargo deb did not say where the package is: $out"
     say "package $out ($(size_of "$out"))"
 }
