@@ -193,7 +193,12 @@ fn check_native() -> Check {
             return Err(format!("split at byte {cut}: decoded messages differ from the encoded ones"));
         }
     }
-    Ok(format!("2 hellos and {} messages ({} bytes), whole and split at {} points", msgs.len(), stream.len(), cuts.len()))
+    Ok(format!(
+        "2 hellos and {} messages ({} bytes), whole and split at {} points",
+        msgs.len(),
+        stream.len(),
+        cuts.len()
+    ))
 }
 
 /// Decodes `stream` as it would arrive in pieces ending at `cuts`, returning every message.

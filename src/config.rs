@@ -91,10 +91,9 @@ where
     let mut merged = args[..at].to_vec();
     merged.extend(from_file.into_iter().map(OsString::from));
     merged.extend_from_slice(&args[at..]);
-    let merged = Cli::command().try_get_matches_from(&merged).map_err(|e| ConfigError::Combined {
-        path: path.display().to_string(),
-        message: clap_reason(&e),
-    })?;
+    let merged = Cli::command()
+        .try_get_matches_from(&merged)
+        .map_err(|e| ConfigError::Combined { path: path.display().to_string(), message: clap_reason(&e) })?;
     Ok(Cli::from_arg_matches(&merged)?)
 }
 
@@ -268,7 +267,12 @@ mod tests {
         assert!(a.source.fast_dct && !a.once);
         let p = write("twice.toml", "fps = 5\ntarget_kbps = 800\n\ntarget-kbps = 900\n");
         let e = config_err(send(&["--config", p.to_str().unwrap()]));
-        assert!(e.ends_with("twice.toml:4: key `target-kbps` sets --target-kbps, as `target_kbps` on line 2 does: keep one"), "{e}");
+        assert!(
+            e.ends_with(
+                "twice.toml:4: key `target-kbps` sets --target-kbps, as `target_kbps` on line 2 does: keep one"
+            ),
+            "{e}"
+        );
     }
 
     #[test]
@@ -292,7 +296,10 @@ mod tests {
         let cases = [
             ("fps = true\n", "key `fps`: expected a string or a number (the value of --fps), got true (a boolean)"),
             ("once = \"yes\"\n", "key `once`: expected true or false (an on/off flag), got \"yes\" (a string)"),
-            ("\n\nhttp = [1, 2]\n", ":3: key `http`: expected a string or a number (the value of --http), got [1, 2] (an array)"),
+            (
+                "\n\nhttp = [1, 2]\n",
+                ":3: key `http`: expected a string or a number (the value of --http), got [1, 2] (an array)",
+            ),
             ("[source]\nfps = 3\n", ":1: key `source`: expected a string or a number"),
         ];
         for (text, want) in cases {

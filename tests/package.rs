@@ -66,8 +66,19 @@ fn build_deb(dir: &Path) -> PathBuf {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "deb"))
         .collect();
-    assert_eq!(debs.len(), 1, "expected one .deb in {}, found {debs:?}; cargo deb said:\n{}", dir.display(), out.stderr);
-    eprintln!("built {} ({} bytes) in {:?}", debs[0].display(), fs::metadata(&debs[0]).map(|m| m.len()).unwrap_or(0), out.took);
+    assert_eq!(
+        debs.len(),
+        1,
+        "expected one .deb in {}, found {debs:?}; cargo deb said:\n{}",
+        dir.display(),
+        out.stderr
+    );
+    eprintln!(
+        "built {} ({} bytes) in {:?}",
+        debs[0].display(),
+        fs::metadata(&debs[0]).map(|m| m.len()).unwrap_or(0),
+        out.took
+    );
     debs[0].clone()
 }
 
@@ -97,7 +108,8 @@ fn deb_lists_the_binary_unit_config_and_docs() {
         ("/systemd/system/framecast.service", "-rw-r--r--"),
         ("./usr/share/doc/framecast/README.md", "-rw-r--r--"),
     ] {
-        let line = list.lines().find(|l| l.ends_with(path)).unwrap_or_else(|| panic!("{path} not in the package:\n{list}"));
+        let line =
+            list.lines().find(|l| l.ends_with(path)).unwrap_or_else(|| panic!("{path} not in the package:\n{list}"));
         assert!(line.starts_with(mode), "{path}: expected mode {mode}: {line}");
         assert!(line.contains(" root/root ") || line.contains(" 0/0 "), "{path}: expected owner root (0/0): {line}");
     }
@@ -106,7 +118,8 @@ fn deb_lists_the_binary_unit_config_and_docs() {
     for want in ["Package: framecast", "Architecture: amd64", &version, "Section: video"] {
         assert!(info.lines().any(|l| l.trim() == want), "dpkg-deb -I lacks {want:?}:\n{info}");
     }
-    let depends = info.lines().find(|l| l.trim().starts_with("Depends:")).unwrap_or_else(|| panic!("no Depends:\n{info}"));
+    let depends =
+        info.lines().find(|l| l.trim().starts_with("Depends:")).unwrap_or_else(|| panic!("no Depends:\n{info}"));
     assert!(depends.contains("adduser") && depends.contains("libc6"), "{depends}");
     for script in ["conffiles", "postinst", "postrm", "prerm"] {
         assert!(info.contains(script), "control archive lacks {script}:\n{info}");
@@ -154,14 +167,20 @@ fn installed_binary_runs_and_reads_the_installed_config() {
     // HTTP on a loopback port instead of 0.0.0.0:8080 (the command line wins over the file).
     let port = common::free_port();
     let out = run_tool(
-        Command::new(&bin)
-            .args(["send", "--config"])
-            .arg(b.root.join(CONFIG.trim_start_matches('/')))
-            .args(["--frames", "5", "--http", &format!("127.0.0.1:{port}")]),
+        Command::new(&bin).args(["send", "--config"]).arg(b.root.join(CONFIG.trim_start_matches('/'))).args([
+            "--frames",
+            "5",
+            "--http",
+            &format!("127.0.0.1:{port}"),
+        ]),
         Duration::from_secs(30),
     );
     assert!(out.status.success(), "framecast send --config (installed) failed ({}):\n{}", out.status, out.stderr);
-    assert!(out.stderr.contains(&format!("127.0.0.1:{port}")), "HTTP not on the command line's address:\n{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!("127.0.0.1:{port}")),
+        "HTTP not on the command line's address:\n{}",
+        out.stderr
+    );
 }
 
 /// A root for `systemd-analyze verify --root`: the package unpacked, plus the system's own
@@ -185,7 +204,10 @@ fn verify_root(b: &Built, name: &str, unit_text: Option<&str>) -> (PathBuf, Path
 }
 
 fn verify(root: &Path, unit: &Path) -> common::tools::ToolOutput {
-    run_tool(Command::new("systemd-analyze").arg("verify").arg(format!("--root={}", root.display())).arg(unit), Duration::from_secs(60))
+    run_tool(
+        Command::new("systemd-analyze").arg("verify").arg(format!("--root={}", root.display())).arg(unit),
+        Duration::from_secs(60),
+    )
 }
 
 #[test]
@@ -197,7 +219,12 @@ fn unit_verifies_and_is_hardened() {
     let (root, unit) = verify_root(b, "verify-root", None);
     let out = verify(&root, &unit);
     // A warning (an unknown key, a bad value) still exits 0: any output fails the test too.
-    assert!(out.status.success() && out.stderr.trim().is_empty(), "systemd-analyze verify ({}):\n{}", out.status, out.stderr);
+    assert!(
+        out.status.success() && out.stderr.trim().is_empty(),
+        "systemd-analyze verify ({}):\n{}",
+        out.status,
+        out.stderr
+    );
     let text = fs::read_to_string(&unit).unwrap();
     for want in [
         "ExecStart=/usr/bin/framecast send --config /etc/framecast/framecast.toml",
@@ -219,8 +246,12 @@ fn unit_verifies_and_is_hardened() {
 
     // systemd's own score of the sandbox: 0 (most locked down) to 10; "OK" is below 4.
     let out = run_tool(
-        Command::new("systemd-analyze")
-            .args(["security", "--offline=true", &format!("--root={}", root.display()), UNIT]),
+        Command::new("systemd-analyze").args([
+            "security",
+            "--offline=true",
+            &format!("--root={}", root.display()),
+            UNIT,
+        ]),
         Duration::from_secs(60),
     );
     let all = String::from_utf8_lossy(&out.stdout).to_string() + &out.stderr;
