@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! 0x01 Hello      session u64, then the 24-byte framecast hello (magic, version, role, flags, clock id)
-//! 0x02 Handshake  session u64, Noise message (1..=96 bytes)
+//! 0x02 Handshake  session u64, Noise message (≤ 96 bytes; none: "refused, the keys differ")
 //! 0x03 Sealed     nonce u64, ChaCha20-Poly1305 ciphertext of an Inner, 16-byte tag
 //! 0x04 Plain      an Inner, when there is no key
 //! ```
@@ -107,6 +107,8 @@ pub enum Datagram<'a> {
         session: u64,
         hello: Hello,
     },
+    /// A Noise handshake message; an empty one is the responder's refusal (message 1 did not
+    /// authenticate: the keys differ), as on TCP.
     Handshake {
         session: u64,
         msg: &'a [u8],
@@ -184,8 +186,8 @@ impl<'a> Datagram<'a> {
             HANDSHAKE => {
                 let session = u64_field(d, "handshake datagram", "9 or more (kind, session, Noise message)")?;
                 let msg = &d[9..];
-                if msg.is_empty() || msg.len() > MAX_HANDSHAKE_MSG {
-                    let want = format!("1..={MAX_HANDSHAKE_MSG}");
+                if msg.len() > MAX_HANDSHAKE_MSG {
+                    let want = format!("at most {MAX_HANDSHAKE_MSG}");
                     return Err(WireError::length(9, "noise handshake message", msg.len(), want));
                 }
                 Ok(Datagram::Handshake { session, msg })
@@ -495,6 +497,7 @@ mod tests {
             Datagram::Hello { session: u64::MAX, hello: hello(Role::Receiver) },
             Datagram::Hello { session: 0, hello: Hello::new(Role::Receiver, [0; 16]) },
             Datagram::Handshake { session: 42, msg: &noise },
+            Datagram::Handshake { session: 42, msg: &[] },
             Datagram::Handshake { session: 42, msg: &[1; MAX_HANDSHAKE_MSG] },
             Datagram::Sealed { nonce: 1 << 63, body: &sealed },
             Datagram::Plain(&[BYE]),
@@ -507,7 +510,7 @@ mod tests {
         assert_eq!(b.len(), HELLO_DATAGRAM_LEN);
         assert_eq!(&b[..9], &[HELLO, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
         assert_eq!(&b[9..13], b"FCST");
-        assert_eq!(datagram(cases[4])[..9], [SEALED, 0x80, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(datagram(cases[5])[..9], [SEALED, 0x80, 0, 0, 0, 0, 0, 0, 0]);
     }
 
     #[test]
@@ -540,7 +543,7 @@ mod tests {
             // packet here, and `media` finds what is missing. So is a Noise message for `seal`.
             let (min_ok, exact) = match (b[0], b[1]) {
                 (PLAIN, MEDIA) => (2 + RTP_HEADER_LEN, false),
-                (HANDSHAKE, _) => (10, false),
+                (HANDSHAKE, _) => (9, false),
                 _ => (b.len(), true),
             };
             for n in 0..min_ok {
@@ -587,9 +590,9 @@ mod tests {
             e(&short[..5]),
             "handshake datagram: 5 bytes at byte 0, expected 9 or more (kind, session, Noise message)"
         );
-        assert_eq!(e(&short[..9]), "noise handshake message: 0 bytes at byte 9, expected 1..=96");
+        assert_eq!(Datagram::parse(&short[..9], Role::Sender), Ok(Datagram::Handshake { session: 1, msg: &[] }));
         let long = [&short[..9], &[0; MAX_HANDSHAKE_MSG + 1]].concat();
-        assert_eq!(e(&long), "noise handshake message: 97 bytes at byte 9, expected 1..=96");
+        assert_eq!(e(&long), "noise handshake message: 97 bytes at byte 9, expected at most 96");
     }
 
     #[test]
