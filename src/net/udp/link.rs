@@ -285,3 +285,121 @@ fn opposite(r: Role) -> Role {
 fn noise(e: SealError) -> HandshakeError {
     HandshakeError::Io(io::Error::other(e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One side of a handshake in memory.
+    struct Side {
+        hs: Handshake,
+        connecting: bool,
+        est: Option<Established>,
+        err: Option<HandshakeError>,
+    }
+
+    impl Side {
+        fn new(role: Role, key: Option<Key>, connecting: bool) -> Self {
+            Side { hs: Handshake::new(role, key.map(Arc::new), new_session()), connecting, est: None, err: None }
+        }
+
+        /// Takes one datagram from the peer (of role `peer`); returns what it sends back.
+        fn take(&mut self, d: &[u8], peer: Role) -> Vec<Vec<u8>> {
+            let mut out = Vec::new();
+            let res = match Datagram::parse(d, peer).unwrap() {
+                Datagram::Hello { session, hello } => self.hs.on_hello(hello, session, !self.connecting, &mut out),
+                Datagram::Handshake { msg, .. } => self.hs.on_handshake(msg, &mut out),
+                Datagram::Plain(b) if b == [super::super::wire::BYE] => Err(self.hs.refused().unwrap()),
+                other => panic!("unexpected {other:?}"),
+            };
+            match res {
+                Ok(Some(e)) => self.est = Some(e),
+                Ok(None) => {}
+                Err(e) => self.err = Some(e),
+            }
+            out
+        }
+    }
+
+    /// Runs a handshake between a connecting side of role `c_role` and a listening one, each
+    /// datagram delivered `copies` times (a repeat is what a resend looks like).
+    fn handshake(c_role: Role, c_key: Option<Key>, l_key: Option<Key>, copies: usize) -> (Side, Side) {
+        let l_role = if c_role == Role::Sender { Role::Receiver } else { Role::Sender };
+        let mut c = Side::new(c_role, c_key, true);
+        let mut l = Side::new(l_role, l_key, false);
+        let mut to_l = vec![c.hs.hello()];
+        let mut to_c: Vec<Vec<u8>> = Vec::new();
+        for _ in 0..10 {
+            for d in std::mem::take(&mut to_l) {
+                for _ in 0..copies {
+                    to_c.extend(l.take(&d, c_role));
+                }
+            }
+            for d in std::mem::take(&mut to_c) {
+                for _ in 0..copies {
+                    to_l.extend(c.take(&d, l_role));
+                }
+            }
+        }
+        (c, l)
+    }
+
+    fn key(b: u8) -> Option<Key> {
+        Some(Key::from_bytes([b; 32]))
+    }
+
+    #[test]
+    fn both_sides_establish_with_or_without_a_key_whoever_connects() {
+        for c_role in [Role::Sender, Role::Receiver] {
+            for (k1, k2) in [(None, None), (key(1), key(1))] {
+                for copies in [1, 2] {
+                    let sealed = k1.is_some();
+                    let (c, l) = handshake(c_role, k1.clone(), k2.clone(), copies);
+                    let what = format!("{c_role:?} connects, key {sealed}, copies {copies}");
+                    let (ce, le) = (c.est.expect(&what), l.est.expect(&what));
+                    assert!(c.err.is_none() && l.err.is_none(), "{what}");
+                    assert_eq!((ce.sealer.is_some(), le.sealer.is_some()), (sealed, sealed), "{what}");
+                    assert_eq!(ce.session, l.hs.session());
+                    assert_eq!(le.session, c.hs.session());
+                    assert!(c.hs.is_established() && l.hs.is_established());
+                    if let (Some(mut a), Some(mut b)) = (ce.sealer, le.sealer) {
+                        // What one side seals, the other opens.
+                        let mut d = Vec::new();
+                        a.tx.seal(&[super::super::wire::BYE], &mut d);
+                        let mut o = Opener::new(Some(b.rx));
+                        assert_eq!(o.open(Datagram::parse(&d, c_role).unwrap()).unwrap(), Inner::Bye);
+                        d.clear();
+                        b.tx.seal(&[super::super::wire::BYE], &mut d);
+                        let mut o = Opener::new(Some(a.rx));
+                        assert_eq!(o.open(Datagram::parse(&d, c_role).unwrap()).unwrap(), Inner::Bye);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_wrong_or_missing_key_is_refused_clearly_on_both_sides() {
+        for c_role in [Role::Sender, Role::Receiver] {
+            let (c, l) = handshake(c_role, key(1), key(2), 1);
+            assert!(c.est.is_none() && l.est.is_none());
+            let errs = [c.err.unwrap().to_string(), l.err.unwrap().to_string()];
+            assert!(errs.iter().all(|e| e.contains("key")), "{errs:?}");
+            let (c, l) = handshake(c_role, key(1), None, 1);
+            assert!(c.est.is_none() && l.est.is_none());
+            let errs = [c.err.unwrap().to_string(), l.err.unwrap().to_string()];
+            assert!(errs.iter().all(|e| e.contains("--key-file")), "{errs:?}");
+        }
+    }
+
+    #[test]
+    fn a_plain_datagram_in_a_sealed_session_and_the_reverse_are_refused() {
+        let mut d = Vec::new();
+        Datagram::Plain(&[super::super::wire::BYE]).encode(&mut d);
+        let (c, _) = handshake(Role::Sender, key(3), key(3), 1);
+        let mut o = Opener::new(Some(c.est.unwrap().sealer.unwrap().rx));
+        assert!(o.open(Datagram::parse(&d, Role::Receiver).unwrap()).is_err());
+        let mut o = Opener::new(None);
+        assert_eq!(o.open(Datagram::parse(&d, Role::Receiver).unwrap()).unwrap(), Inner::Bye);
+    }
+}
