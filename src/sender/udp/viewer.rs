@@ -85,6 +85,8 @@ pub(super) struct Viewer {
     /// The highest extended sequence number sent.
     ext_seq: Option<u32>,
     in_flight: VecDeque<Sent>,
+    /// The newest frame sent (acknowledgements of later ones are bogus).
+    newest_frame: Option<u64>,
     loss_bp: u16,
     last_receipt: Option<Receipt>,
     announced: (u32, u32),
@@ -115,6 +117,7 @@ impl Viewer {
             retx: VecDeque::new(),
             ext_seq: None,
             in_flight: VecDeque::new(),
+            newest_frame: None,
             loss_bp: 0,
             last_receipt: None,
             announced: (0, 0),
@@ -212,6 +215,7 @@ impl Viewer {
         let parity = if self.opts.fec { fec::parity_for(data, self.loss_bp) } else { 0 };
         self.queue.extend(self.out.frame(&packets, &info, parity, now, now + STORE_US));
         self.queued_us = now;
+        self.newest_frame = Some(h.seq);
         let len = frame.jpeg.as_slice().len() as u64;
         self.feed.sent(&self.sub, len);
         if self.in_flight.len() >= 256 {
@@ -299,6 +303,11 @@ impl Viewer {
     }
 
     fn on_receipt(&mut self, r: &Receipt, at_us: u64) {
+        if self.ext_seq.is_none_or(|s| r.highest_seq > s) {
+            debug!(claimed = r.highest_seq, sent = ?self.ext_seq, "ignored a receipt for packets never sent");
+            self.feed.meter.update(|c| c.udp.ignored += 1);
+            return;
+        }
         self.rate.on_receipt(r, at_us);
         let est = self.rate.estimate();
         self.pacer.set_rate(est.rate_bps);
@@ -323,6 +332,11 @@ impl Viewer {
     /// An acknowledgement of a shown frame: it and the frames before it are no longer in
     /// flight.
     fn on_ack(&mut self, seq: u64, at_us: u64) {
+        if self.newest_frame.is_none_or(|n| seq > n) {
+            debug!(seq, newest = ?self.newest_frame, "ignored an acknowledgement of a frame never sent");
+            self.feed.meter.update(|c| c.udp.ignored += 1);
+            return;
+        }
         let (mut matched, mut bytes) = (None, 0);
         while let Some(s) = self.in_flight.front().copied().filter(|s| s.seq <= seq) {
             self.in_flight.pop_front();
