@@ -984,6 +984,36 @@ mod tests {
     }
 
     #[test]
+    fn what_does_not_combine_with_udp_is_refused_naming_the_flags() {
+        let hooks = TestHooks::default();
+        for (args, says) in [
+            (&["send", "--transport", "udp", "--no-congestion-control", "--connect", "127.0.0.1:9"][..], "--no-congestion-control"),
+            (&["send", "--transport", "udp", "--max-in-flight", "3", "--connect", "127.0.0.1:9"][..], "--max-in-flight"),
+        ] {
+            let Cmd::Send(a) = parse(args).unwrap().cmd else { unreachable!() };
+            let e = a.into_config(&hooks).err().map(|e| format!("{e:#}")).unwrap_or_default();
+            assert!(e.contains(says) && e.contains("udp"), "{args:?}: {e}");
+        }
+        let Cmd::Recv(a) = parse(&["recv", "--transport", "udp", "--connect", "rtsp://h/p"]).unwrap().cmd else {
+            unreachable!()
+        };
+        let e = a.into_config().err().map(|e| format!("{e:#}")).unwrap_or_default();
+        assert!(e.contains("--transport udp") && e.contains("rtsp://"), "{e}");
+        let Cmd::Recv(a) = parse(&["recv", "--max-latency-ms", "100", "--connect", "127.0.0.1:9"]).unwrap().cmd else {
+            unreachable!()
+        };
+        let e = a.into_config().err().map(|e| format!("{e:#}")).unwrap_or_default();
+        assert!(e.contains("--max-latency-ms") && e.contains("--transport udp"), "{e}");
+        let Cmd::Send(a) = parse(&["send", "--transport", "udp", "--connect", "127.0.0.1:9", "--size", "64x48"]).unwrap().cmd
+        else {
+            unreachable!()
+        };
+        let (cfg, _) = a.into_config(&hooks).unwrap();
+        assert!(matches!(cfg.endpoint, sender::Endpoint::Udp(sender::udp::UdpEndpoint::Connect(_), _)));
+        assert!(parse(&["send", "--help"]).unwrap_err().to_string().contains("--transport"));
+    }
+
+    #[test]
     fn odd_size_with_420_is_rejected() {
         let Cmd::Send(a) = parse(&["send", "--size", "641x480"]).unwrap().cmd else { unreachable!() };
         let e = a.source.validate(None).err().unwrap().to_string();

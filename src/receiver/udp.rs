@@ -156,6 +156,7 @@ impl UdpRx {
 
     /// One datagram while no session runs: a sender's hello, or ignored.
     fn wait_hello(&self, socket: &UdpSocket, buf: &mut [u8]) -> Option<(SocketAddr, u64, Hello)> {
+        let _ = socket.set_read_timeout(Some(TICK));
         let (n, from) = socket.recv_from(buf).ok()?;
         match Datagram::parse(&buf[..n.min(MAX_DATAGRAM)], Role::Sender) {
             Ok(Datagram::Hello { session, hello }) if n <= MAX_DATAGRAM => Some((from, session, hello)),
