@@ -279,9 +279,10 @@ fn datagrams_without_a_handshake_are_ignored_and_counted() {
     assert!(s.udp_ignored >= sent, "{} of {sent} stray datagrams counted: {s:?}", s.udp_ignored);
 }
 
-/// The most the sender paces at while no receipt has told it more (its rate control's start),
-/// with a margin: kbit/s.
-const START_RATE_KBPS: f64 = 8_000.0 * 1.25;
+/// The most the sender paces at while no receipt has told it more (its rate control's start,
+/// 8 Mbit/s, paced at twice that), with a margin: kbit/s. An unpaced answer to the flood below
+/// would be about ten times more.
+const START_RATE_KBPS: f64 = 16_000.0 * 1.25;
 
 /// A NACK flood (every packet of the last second asked for again every millisecond) gets
 /// retransmissions, but never more than the rate the sender paces at: no amplification.

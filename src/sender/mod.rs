@@ -222,8 +222,9 @@ fn transports(cfg: &mut SendConfig, hub: &Hub, meter: &Meter) -> Vec<Box<dyn Tra
     // re-encoded, and counted) once for all of them.
     let rtp_frames = Arc::new(rtsp::FrameCache::new(meter.clone()));
     if let Endpoint::Udp(endpoint, opts) = endpoint {
-        let settings =
-            udp::UdpSettings { opts, once: cfg.once, patience: cfg.connect_patience, key: cfg.key.clone() };
+        let budget_us = cfg.control.as_ref().and_then(|c| c.max_latency_ms).map(|ms| u64::from(ms) * 1000);
+        let (once, patience, key) = (cfg.once, cfg.connect_patience, cfg.key.clone());
+        let settings = udp::UdpSettings { opts, once, patience, key, budget_us };
         out.push(Box::new(udp::Udp::new(endpoint, settings, hub, rtp_frames.clone())));
     } else if !matches!(endpoint, Endpoint::None) {
         let opts = native::NativeOptions {

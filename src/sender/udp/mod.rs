@@ -99,6 +99,8 @@ pub struct Udp {
 #[derive(Clone)]
 struct Ctx {
     key: Option<Arc<Key>>,
+    /// `--max-latency-ms`, µs: the rate control's queueing-delay threshold stays inside it.
+    budget_us: Option<u64>,
     opts: UdpOptions,
     cache: Arc<FrameCache>,
 }
@@ -109,6 +111,8 @@ pub struct UdpSettings {
     pub once: bool,
     pub patience: Duration,
     pub key: Option<Key>,
+    /// `--max-latency-ms`, µs.
+    pub budget_us: Option<u64>,
 }
 
 impl Udp {
@@ -117,7 +121,7 @@ impl Udp {
             UdpEndpoint::Connect(addr) => Some(hub.subscribe(KIND, addr.clone())),
             UdpEndpoint::Listen(_) => None,
         };
-        let ctx = Ctx { key: settings.key.map(Arc::new), opts: settings.opts, cache };
+        let ctx = Ctx { key: settings.key.map(Arc::new), budget_us: settings.budget_us, opts: settings.opts, cache };
         Udp { endpoint, ctx, once: settings.once, patience: settings.patience, early }
     }
 }
@@ -496,7 +500,8 @@ impl<'a> Demux<'a> {
         self.feed.feedback(Feedback::NewLink);
         let (events_tx, events) = bounded(EVENTS);
         info!(viewer = %from, sealed = link.is_sealed(), "udp viewer connected");
-        let viewer = Viewer::new(self.feed.clone(), self.ctx.opts, self.ctx.cache.clone(), link, sub, events);
+        let (feed, cache) = (self.feed.clone(), self.ctx.cache.clone());
+        let viewer = Viewer::new(feed, self.ctx.opts, cache, link, sub, events, self.ctx.budget_us);
         match stage::spawn(format!("udp-{from}"), move || viewer.run()) {
             Ok(h) => self.viewers.push((h, from)),
             Err(e) => return self.drop_peer(from, format!("cannot serve the viewer: {e:#}"), true),

@@ -27,7 +27,7 @@ use super::{FromViewer, UdpOptions};
 use crate::clock::now_us;
 use crate::hub::{Shared, Subscription, UdpFigures};
 use crate::net::proto::{Message, StreamInfo};
-use crate::net::udp::cc::{Pacer, RateControl};
+use crate::net::udp::cc::{Pacer, RateControl, PACE_FACTOR};
 use crate::net::udp::fec;
 use crate::net::udp::link::Link;
 use crate::net::udp::media::{FrameInfo, Outgoing, FEC_PAYLOAD_TYPE};
@@ -101,6 +101,7 @@ impl Viewer {
         link: Link,
         sub: Subscription,
         events: Receiver<FromViewer>,
+        budget_us: Option<u64>,
     ) -> Self {
         let frame_us = 1_000_000_000 / u64::from(feed.stream.fps_milli.max(1000));
         Viewer {
@@ -110,8 +111,12 @@ impl Viewer {
             sub,
             events,
             out: Outgoing::new(RtpStream::random(), STORE_BYTES),
-            pacer: Pacer::new(START_BPS, BURST),
-            rate: RateControl::new(START_BPS, MIN_BPS, MAX_BPS),
+            pacer: Pacer::new((START_BPS as f64 * PACE_FACTOR) as u64, BURST),
+            rate: {
+                let mut r = RateControl::new(START_BPS, MIN_BPS, MAX_BPS);
+                r.set_latency_budget(budget_us);
+                r
+            },
             queue: VecDeque::new(),
             queued_us: 0,
             retx: VecDeque::new(),
@@ -310,7 +315,7 @@ impl Viewer {
         }
         self.rate.on_receipt(r, at_us);
         let est = self.rate.estimate();
-        self.pacer.set_rate(est.rate_bps);
+        self.pacer.set_rate(est.pace_bps);
         self.loss_bp = r.loss_bp;
         let prev = self.last_receipt.unwrap_or_default();
         let (lost, recovered) = (r.lost.saturating_sub(prev.lost), r.recovered.saturating_sub(prev.recovered));
