@@ -279,10 +279,7 @@ impl<'a> Conn<'a> {
 
     /// The assembler's wait (see the module docs), µs.
     fn wait_us(&self) -> u64 {
-        let rtt = self.rtt_us.unwrap_or(DEFAULT_RTT_US);
-        let want = (3 * self.frame_us).max(2 * rtt + 30_000);
-        let cap = self.rx.opts.max_latency_ms.map_or(MAX_WAIT_US, |ms| u64::from(ms) * 500).max(MIN_WAIT_US);
-        want.clamp(MIN_WAIT_US, cap.min(MAX_WAIT_US))
+        assembler_wait_us(self.frame_us, self.rtt_us, self.rx.opts.max_latency_ms)
     }
 
     /// Runs the session to its end. `hello`: the sender's hello that started it (listening).
@@ -609,5 +606,34 @@ impl<'a> Conn<'a> {
             }
         }
         self.last_seq = Some(seq);
+    }
+}
+
+/// How long the assembler waits for a frame's missing packets, µs (see the module docs): three
+/// frame intervals or two round trips and 30 ms, whichever is longer, within 20..=250 ms, and
+/// at most half of `--max-latency-ms`.
+fn assembler_wait_us(frame_us: u64, rtt_us: Option<u64>, max_latency_ms: Option<u32>) -> u64 {
+    let rtt = rtt_us.unwrap_or(DEFAULT_RTT_US);
+    let want = (3 * frame_us).max(2 * rtt + 30_000);
+    let cap = max_latency_ms.map_or(MAX_WAIT_US, |ms| u64::from(ms) * 500).clamp(MIN_WAIT_US, MAX_WAIT_US);
+    want.clamp(MIN_WAIT_US, cap)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wait_follows_the_frame_rate_and_the_round_trip_within_the_budget() {
+        // 30 fps on a LAN: three frame intervals.
+        assert_eq!(assembler_wait_us(33_333, Some(1_000), None), 99_999);
+        // A 40 ms round trip: two of them and 30 ms, room for one NACK and its answer.
+        assert_eq!(assembler_wait_us(33_333, Some(40_000), None), 110_000);
+        // Before the first round trip is measured, 50 ms is assumed.
+        assert_eq!(assembler_wait_us(10_000, None, None), 130_000);
+        // Half of a 150 ms budget at most, and never above 250 ms or below 20 ms.
+        assert_eq!(assembler_wait_us(33_333, Some(40_000), Some(150)), 75_000);
+        assert_eq!(assembler_wait_us(200_000, Some(400_000), None), MAX_WAIT_US);
+        assert_eq!(assembler_wait_us(1_000, Some(100), Some(10)), MIN_WAIT_US);
     }
 }
