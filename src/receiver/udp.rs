@@ -491,6 +491,8 @@ impl<'a> Conn<'a> {
                 info!(width = s.width, height = s.height, fps = f64::from(s.fps_milli) / 1000.0, "stream");
                 self.frame_us = if s.fps_milli > 0 { 1_000_000_000 / u64::from(s.fps_milli) } else { 33_333 };
                 self.asm.set_wait(self.wait_us());
+                // RFC 2435 says 0 for sizes above 2040: the stream's size stands in.
+                self.asm.set_dimensions(Some((s.width, s.height)));
             }
             Inner::Message(Message::Pong(p)) => self.pong(&p),
             Inner::Bye => return Some(End::Left("the sender said goodbye".into())),
