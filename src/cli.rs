@@ -987,8 +987,14 @@ mod tests {
     fn what_does_not_combine_with_udp_is_refused_naming_the_flags() {
         let hooks = TestHooks::default();
         for (args, says) in [
-            (&["send", "--transport", "udp", "--no-congestion-control", "--connect", "127.0.0.1:9"][..], "--no-congestion-control"),
-            (&["send", "--transport", "udp", "--max-in-flight", "3", "--connect", "127.0.0.1:9"][..], "--max-in-flight"),
+            (
+                &["send", "--transport", "udp", "--no-congestion-control", "--connect", "127.0.0.1:9"][..],
+                "--no-congestion-control",
+            ),
+            (
+                &["send", "--transport", "udp", "--max-in-flight", "3", "--connect", "127.0.0.1:9"][..],
+                "--max-in-flight",
+            ),
         ] {
             let Cmd::Send(a) = parse(args).unwrap().cmd else { unreachable!() };
             let e = a.into_config(&hooks).err().map(|e| format!("{e:#}")).unwrap_or_default();
@@ -1004,7 +1010,8 @@ mod tests {
         };
         let e = a.into_config().err().map(|e| format!("{e:#}")).unwrap_or_default();
         assert!(e.contains("--max-latency-ms") && e.contains("--transport udp"), "{e}");
-        let Cmd::Send(a) = parse(&["send", "--transport", "udp", "--connect", "127.0.0.1:9", "--size", "64x48"]).unwrap().cmd
+        let Cmd::Send(a) =
+            parse(&["send", "--transport", "udp", "--connect", "127.0.0.1:9", "--size", "64x48"]).unwrap().cmd
         else {
             unreachable!()
         };

@@ -126,7 +126,11 @@ pub fn table(runs: &[Run]) -> String {
 /// The UDP transport's figures per run (packets lost, recovered by FEC, retransmitted, frames
 /// concealed, lost and late, FEC overhead), for the runs that have any.
 fn udp_table(runs: &[Run], out: &mut String) {
-    let rows: Vec<_> = runs.iter().filter_map(|r| whole(r).map(|s| (r, s))).filter(|(_, s)| s.udp_figures().is_some() || s.concealed > 0).collect();
+    let rows: Vec<_> = runs
+        .iter()
+        .filter_map(|r| whole(r).map(|s| (r, s)))
+        .filter(|(_, s)| s.udp_figures().is_some() || s.concealed > 0)
+        .collect();
     if rows.is_empty() {
         return;
     }

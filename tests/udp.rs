@@ -73,12 +73,35 @@ fn stream_matches_the_pattern(name: &str, key: bool) {
     let (r_json, s_json, dumps) = (dir.join("R.jsonl"), dir.join("S.jsonl"), dir.join("dumps"));
     let a = addr();
     let recv_args = [
-        "recv", "--listen", &a, "--headless", "--once", "--frames", "60", "--duration", "20",
-        "--stats-json", r_json.to_str().unwrap(), "--dump-dir", dumps.to_str().unwrap(), "--dump-every", "10",
+        "recv",
+        "--listen",
+        &a,
+        "--headless",
+        "--once",
+        "--frames",
+        "60",
+        "--duration",
+        "20",
+        "--stats-json",
+        r_json.to_str().unwrap(),
+        "--dump-dir",
+        dumps.to_str().unwrap(),
+        "--dump-every",
+        "10",
     ];
     let mut recv = spawn("recv", &recv_args, key.as_deref());
-    let send_args =
-        ["send", "--connect", &a, "--once", "--size", "320x240", "--duration", "25", "--stats-json", s_json.to_str().unwrap()];
+    let send_args = [
+        "send",
+        "--connect",
+        &a,
+        "--once",
+        "--size",
+        "320x240",
+        "--duration",
+        "25",
+        "--stats-json",
+        s_json.to_str().unwrap(),
+    ];
     let mut send = spawn("send", &send_args, key.as_deref());
     recv.expect_success(EXIT);
     // The viewer said goodbye: a `--once` sender ends with it.
@@ -136,8 +159,17 @@ fn several_viewers_share_one_socket() {
         .map(|i| {
             let json = dir.join(format!("R{i}.jsonl"));
             let args = [
-                "recv", "--connect", &a, "--once", "--headless", "--frames", "40", "--duration", "15",
-                "--stats-json", json.to_str().unwrap(),
+                "recv",
+                "--connect",
+                &a,
+                "--once",
+                "--headless",
+                "--frames",
+                "40",
+                "--duration",
+                "15",
+                "--stats-json",
+                json.to_str().unwrap(),
             ];
             (spawn(&format!("recv{i}"), &args, None), json)
         })
@@ -167,7 +199,8 @@ fn a_receiver_that_restarts_is_called_again() {
     let (j1, j2) = (dir.join("R1.jsonl"), dir.join("R2.jsonl"));
     let a1 = recv_args(&j1);
     let mut first = spawn("recv1", &a1.iter().map(String::as_str).collect::<Vec<_>>(), None);
-    let send_args = ["send", "--connect", &a, "--size", "160x120", "--duration", "30", "--stats-json", s_json.to_str().unwrap()];
+    let send_args =
+        ["send", "--connect", &a, "--size", "160x120", "--duration", "30", "--stats-json", s_json.to_str().unwrap()];
     let _send = spawn("send", &send_args, None);
     first.expect_success(EXIT);
     let a2 = recv_args(&j2);
@@ -265,13 +298,28 @@ fn datagrams_without_a_handshake_are_ignored_and_counted() {
     let stranger = UdpSocket::bind("127.0.0.1:0").unwrap();
     let mut sent = 0;
     for i in 0..20u8 {
-        for d in [vec![i; 40], vec![0x04, 0x10, 0x80, 26, 0, i], vec![0x03, i, 0, 0, 0, 0, 0, 0, 0, i, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]] {
+        for d in [
+            vec![i; 40],
+            vec![0x04, 0x10, 0x80, 26, 0, i],
+            vec![0x03, i, 0, 0, 0, 0, 0, 0, 0, i, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16],
+        ] {
             stranger.send_to(&d, a.as_str()).unwrap();
             sent += 1;
         }
     }
-    let recv_args =
-        ["recv", "--connect", &a, "--once", "--headless", "--frames", "20", "--duration", "5", "--stats-json", r_json.to_str().unwrap()];
+    let recv_args = [
+        "recv",
+        "--connect",
+        &a,
+        "--once",
+        "--headless",
+        "--frames",
+        "20",
+        "--duration",
+        "5",
+        "--stats-json",
+        r_json.to_str().unwrap(),
+    ];
     spawn("recv", &recv_args, None).expect_success(EXIT);
     send.expect_success(EXIT);
     assert_eq!(summary(&r_json).frames, 20);
@@ -346,7 +394,15 @@ fn lossy(name: &str, netsim: &[&str], send_extra: &[&str], recv_extra: &[&str]) 
     let (r_json, s_json) = (dir.join("R.jsonl"), dir.join("S.jsonl"));
     let (r_addr, n_addr) = (addr(), addr());
     let mut recv_args = vec![
-        "recv", "--listen", &r_addr, "--headless", "--once", "--duration", "8", "--stats-json", r_json.to_str().unwrap(),
+        "recv",
+        "--listen",
+        &r_addr,
+        "--headless",
+        "--once",
+        "--duration",
+        "8",
+        "--stats-json",
+        r_json.to_str().unwrap(),
     ];
     recv_args.extend_from_slice(recv_extra);
     let mut recv = spawn("recv", &recv_args, None);
@@ -385,7 +441,8 @@ fn nack_recovers_lost_packets_inside_the_deadline() {
 /// With NACK off and 3 % random loss, parity rebuilds packets.
 #[test]
 fn fec_recovers_lost_packets() {
-    let (r, s) = lossy("udp-fec", &["--rate", "30mbit", "--delay", "10ms", "--loss", "3%"], &[], &["--udp-nack", "off"]);
+    let (r, s) =
+        lossy("udp-fec", &["--rate", "30mbit", "--delay", "10ms", "--loss", "3%"], &[], &["--udp-nack", "off"]);
     assert_eq!(r.retransmitted, 0, "NACK was off");
     assert!(r.fec_recovered > 0, "nothing rebuilt from parity under 3 % loss");
     assert!(s.fec_overhead_pct.is_some_and(|p| p > 0.0), "no parity sent: {s:?}");

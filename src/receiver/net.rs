@@ -90,7 +90,9 @@ impl NetRx {
             }
             Endpoint::Listen(listener) => self.listen(&listener)?,
             Endpoint::Rtsp(_) | Endpoint::Udp(..) => {
-                return Err(anyhow!("rtsp:// and udp endpoints are served by receiver::rtsp and receiver::udp, not net-rx"))
+                return Err(anyhow!(
+                    "rtsp:// and udp endpoints are served by receiver::rtsp and receiver::udp, not net-rx"
+                ))
             }
         }
         Ok(())

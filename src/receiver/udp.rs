@@ -102,7 +102,11 @@ enum End {
     Left(String),
     Failed(anyhow::Error),
     /// A hello of a new session from the sender's address: it restarted.
-    Restarted { peer: SocketAddr, session: u64, hello: Hello },
+    Restarted {
+        peer: SocketAddr,
+        session: u64,
+        hello: Hello,
+    },
 }
 
 impl UdpRx {
@@ -349,7 +353,7 @@ impl<'a> Conn<'a> {
         if self.heard.elapsed() > silent_for {
             return Some(End::Left(format!("nothing from the sender for {} s; it is gone", silent_for.as_secs())));
         }
-        let Some(link) = self.link.clone() else { return None };
+        let link = self.link.clone()?;
         if self.rx.opts.nack {
             let runs = self.asm.nacks(now_us(), self.rtt_us.unwrap_or(DEFAULT_RTT_US));
             if !runs.is_empty() {

@@ -106,7 +106,9 @@ impl Opener {
                 buf.clear();
                 buf.extend_from_slice(b);
             }
-            (Datagram::Sealed { .. }, None) => return Err(OpenError::Unexpected("a sealed datagram, but no key is in use")),
+            (Datagram::Sealed { .. }, None) => {
+                return Err(OpenError::Unexpected("a sealed datagram, but no key is in use"))
+            }
             (Datagram::Plain(_), Some(_)) => return Err(OpenError::Unexpected("a plain datagram in a sealed session")),
             (Datagram::Hello { .. } | Datagram::Handshake { .. }, _) => {
                 return Err(OpenError::Unexpected("a hello or handshake where media or messages were expected"))
@@ -127,7 +129,10 @@ enum State {
     /// Waiting for the peer's hello.
     Hello,
     /// The sender's side with a key: message 1 sent, waiting for message 2.
-    Initiating { init: Initiator, msg1: Vec<u8> },
+    Initiating {
+        init: Box<Initiator>,
+        msg1: Vec<u8>,
+    },
     /// The receiver's side with a key: waiting for message 1 (kept after it to answer repeats).
     Responding(Responder),
     Done,
@@ -149,7 +154,16 @@ impl Handshake {
     /// A handshake as `role`; `session` is ours.
     pub fn new(role: Role, key: Option<Arc<Key>>, session: u64) -> Self {
         let ours = Hello::new(role, clock_id()).keyed(key.is_some());
-        Handshake { key, role, ours, session, theirs: None, state: State::Hello, started: Instant::now(), established: false }
+        Handshake {
+            key,
+            role,
+            ours,
+            session,
+            theirs: None,
+            state: State::Hello,
+            started: Instant::now(),
+            established: false,
+        }
     }
 
     /// Our session id.
@@ -227,7 +241,7 @@ impl Handshake {
         if self.role == Role::Sender {
             let (init, msg1) = Initiator::start(&key, &self.ours, &theirs, sessions).map_err(noise)?;
             out.push(self.handshake_datagram(&msg1));
-            self.state = State::Initiating { init, msg1 };
+            self.state = State::Initiating { init: Box::new(init), msg1 };
         } else {
             self.state = State::Responding(Responder::new(&key, &self.ours, &theirs, sessions));
         }

@@ -219,7 +219,10 @@ enum CallEnd {
 enum FromViewer {
     Nack(Vec<(u16, u16)>),
     Receipt(Receipt, u64),
-    Ack { seq: u64, at_us: u64 },
+    Ack {
+        seq: u64,
+        at_us: u64,
+    },
     /// A clock-sync ping, answered with this pong (`t2` stamped on arrival).
     Ping(Pong),
     Request(ViewerRequest),
@@ -303,7 +306,9 @@ impl<'a> Demux<'a> {
             let unanswered = self.peers.get(&target).is_some_and(|p| p.hs.their_session().is_none());
             if unanswered && patience.is_some_and(|p| start.elapsed() > p) {
                 let p = patience.unwrap_or_default();
-                return CallEnd::Failed(anyhow!("no answer from the viewer at {target} within {p:?} (is it listening with --transport udp?)"));
+                return CallEnd::Failed(anyhow!(
+                    "no answer from the viewer at {target} within {p:?} (is it listening with --transport udp?)"
+                ));
             }
             if self.peers.is_empty() {
                 return CallEnd::Left("the viewer left".into());
@@ -334,7 +339,10 @@ impl<'a> Demux<'a> {
             if p.heard.elapsed() > SILENCE && p.hs.their_session().is_some() {
                 gone.push((*addr, format!("nothing from the viewer for {} s; it is gone", SILENCE.as_secs())));
             } else if p.hs.timed_out() && p.hs.their_session().is_some() {
-                gone.push((*addr, "the key handshake did not finish in 5 s (does the viewer hold the same key?)".into()));
+                gone.push((
+                    *addr,
+                    "the key handshake did not finish in 5 s (does the viewer hold the same key?)".into(),
+                ));
             } else if p.sent.elapsed() >= RESEND {
                 if let Some(d) = p.hs.resend(connecting) {
                     p.sent = Instant::now();
@@ -353,7 +361,8 @@ impl<'a> Demux<'a> {
 
     /// Joins the viewers' threads that have ended; with `--connect`, the call ends with them.
     fn reap(&mut self) {
-        let (done, running): (Vec<_>, Vec<_>) = std::mem::take(&mut self.viewers).into_iter().partition(|(h, _)| h.is_finished());
+        let (done, running): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.viewers).into_iter().partition(|(h, _)| h.is_finished());
         self.viewers = running;
         for (h, addr) in done {
             let res = stage::join(h, "udp viewer");

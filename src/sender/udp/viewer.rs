@@ -308,7 +308,7 @@ impl Viewer {
     }
 
     fn on_receipt(&mut self, r: &Receipt, at_us: u64) {
-        if self.ext_seq.is_none_or(|s| r.highest_seq > s) {
+        if self.ext_seq.map_or(true, |s| r.highest_seq > s) {
             debug!(claimed = r.highest_seq, sent = ?self.ext_seq, "ignored a receipt for packets never sent");
             self.feed.meter.update(|c| c.udp.ignored += 1);
             return;
@@ -337,7 +337,7 @@ impl Viewer {
     /// An acknowledgement of a shown frame: it and the frames before it are no longer in
     /// flight.
     fn on_ack(&mut self, seq: u64, at_us: u64) {
-        if self.newest_frame.is_none_or(|n| seq > n) {
+        if self.newest_frame.map_or(true, |n| seq > n) {
             debug!(seq, newest = ?self.newest_frame, "ignored an acknowledgement of a frame never sent");
             self.feed.meter.update(|c| c.udp.ignored += 1);
             return;
@@ -364,11 +364,7 @@ fn extend_seq(last: Option<u32>, seq: u16) -> u32 {
     let Some(last) = last else { return u32::from(seq) };
     let base = last & !0xffff;
     let candidates = [base.wrapping_sub(0x10000), base, base.wrapping_add(0x10000)];
-    candidates
-        .into_iter()
-        .map(|b| b | u32::from(seq))
-        .min_by_key(|c| c.abs_diff(last))
-        .unwrap_or(u32::from(seq))
+    candidates.into_iter().map(|b| b | u32::from(seq)).min_by_key(|c| c.abs_diff(last)).unwrap_or(u32::from(seq))
 }
 
 #[cfg(test)]
