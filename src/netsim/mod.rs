@@ -169,24 +169,36 @@ pub fn parse_percent(s: &str) -> Result<f64, String> {
     Ok(v / 100.0)
 }
 
-/// Parses `--loss-schedule`: phases `DURATION:LOSS` separated by commas, e.g.
-/// `10s:0%,10s:20%,10s:0%`; the last phase holds after its time is up.
+/// Parses `--loss-schedule`: phases `DURATION:SHARE` separated by commas, the last of which
+/// may be a bare `SHARE` (from then on), e.g. `10s:0%,10s:20%,0%`. Without one, the last phase
+/// holds after its time is up.
 pub fn parse_schedule(s: &str) -> Result<Vec<Phase>, String> {
     const MAX_PHASES: usize = 1000;
+    let parts: Vec<&str> = s.split(',').collect();
+    if parts.len() > MAX_PHASES {
+        return Err(format!("{} phases: at most {MAX_PHASES}", parts.len()));
+    }
     let mut phases = Vec::new();
-    for part in s.split(',') {
-        let (len, loss) = part
-            .split_once(':')
-            .ok_or_else(|| format!("'{part}': expected DURATION:LOSS, e.g. 10s:20% (phases separated by commas)"))?;
-        let len = parse_duration(len).map_err(|e| format!("'{part}': {e}"))?;
-        if len.is_zero() {
-            return Err(format!("'{part}': a phase must last more than 0"));
-        }
+    for (i, part) in parts.iter().enumerate() {
+        let last = i + 1 == parts.len();
+        let (len, loss) = match part.split_once(':') {
+            Some((len, loss)) => {
+                let len = parse_duration(len).map_err(|e| format!("'{part}': {e}"))?;
+                if len.is_zero() {
+                    return Err(format!("'{part}': a phase must last more than 0"));
+                }
+                (len, loss)
+            }
+            None if last && i > 0 => (Duration::MAX, *part),
+            None => {
+                return Err(format!(
+                    "'{part}': expected DURATION:SHARE, e.g. 10s:20% (phases separated by commas; \
+                     only the last may be a bare SHARE)"
+                ))
+            }
+        };
         let loss = parse_percent(loss).map_err(|e| format!("'{part}': {e}"))?;
         phases.push(Phase { len, loss });
-        if phases.len() > MAX_PHASES {
-            return Err(format!("more than {MAX_PHASES} phases"));
-        }
     }
     Ok(phases)
 }
@@ -419,11 +431,13 @@ mod tests {
         }
         assert!(parse_percent("0.02").unwrap_err().contains("% sign"));
         let s = parse_schedule("10s:0%,10s:20%,500ms:1%").unwrap();
+        let open_ended = parse_schedule("10s:0%,10s:20%,0%").unwrap();
+        assert_eq!(open_ended[2], Phase { len: Duration::MAX, loss: 0.0 });
         assert_eq!(
             s.iter().map(|p| (p.len, p.loss)).collect::<Vec<_>>(),
             [(10 * 1000 * MS, 0.0), (10 * 1000 * MS, 0.2), (500 * MS, 0.01)]
         );
-        for bad in ["", "10s", "10s:20", "0s:2%", "10:2%", "10s:2%,", "10s:2%;5s:1%"] {
+        for bad in ["", "10s", "2%", "10s:20", "0s:2%", "10:2%", "10s:2%,", "10s:2%;5s:1%", "2%,10s:2%"] {
             assert!(parse_schedule(bad).is_err(), "{bad:?}");
         }
     }

@@ -183,7 +183,7 @@ impl LossParams {
     pub fn loss_at(&self, t: Duration) -> f64 {
         let mut end = Duration::ZERO;
         for p in &self.schedule {
-            end += p.len;
+            end = end.saturating_add(p.len);
             if t < end {
                 return p.loss;
             }
@@ -199,8 +199,11 @@ impl fmt::Display for LossParams {
         }
         let mut parts = Vec::new();
         if !self.schedule.is_empty() {
-            let phases: Vec<String> =
-                self.schedule.iter().map(|p| format!("{}:{}%", fmt_dur(p.len), p.loss * 100.0)).collect();
+            let phase = |p: &Phase| match p.len {
+                Duration::MAX => format!("{}%", p.loss * 100.0),
+                len => format!("{}:{}%", fmt_dur(len), p.loss * 100.0),
+            };
+            let phases: Vec<String> = self.schedule.iter().map(phase).collect();
             parts.push(format!("loss schedule {}", phases.join(",")));
         } else if self.loss > 0.0 {
             parts.push(format!("loss {}%", self.loss * 100.0));
@@ -599,6 +602,9 @@ mod tests {
         assert!((first - 0.2).abs() < 0.02, "first phase {first}");
         assert!(!lost[10_000..].contains(&true));
         assert_eq!(params.to_string(), "loss schedule 10s:20%,10s:0%");
+        let open = LossParams { schedule: crate::netsim::parse_schedule("1s:5%,0%").unwrap(), ..Default::default() };
+        assert_eq!(open.to_string(), "loss schedule 1s:5%,0%");
+        assert_eq!(open.loss_at(Duration::from_secs(3600)), 0.0);
     }
 
     /// Runs `link` until it is idle, collecting every delivery.

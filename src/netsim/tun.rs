@@ -115,9 +115,9 @@ pub fn run(cfg: PacketLinkConfig, stop: &'static AtomicBool) -> anyhow::Result<(
     let devs = [format!("fc{pid}a"), format!("fc{pid}b")];
     let tuns = [open_tun(&devs[0])?, open_tun(&devs[1])?];
     let mut namespaces = Namespaces(Vec::new());
-    for i in 0..2 {
+    for (i, dev) in devs.iter().enumerate() {
         namespaces.add(&cfg.ns[i])?;
-        configure(&cfg.ns[i], &devs[i], cfg.addr[i], cfg.addr[1 - i])?;
+        configure(&cfg.ns[i], dev, cfg.addr[i], cfg.addr[1 - i])?;
     }
     info!(
         ns_a = %cfg.ns[0], addr_a = %cfg.addr[0], ns_b = %cfg.ns[1], addr_b = %cfg.addr[1],
