@@ -380,7 +380,7 @@ pub struct SendArgs {
     /// --connect/--listen, RTSP (and HTTP) only.
     #[arg(long, value_name = "ADDR:PORT")]
     pub rtsp: Option<SocketAddr>,
-    #[arg(long, value_enum, default_value_t = TransportArg::Tcp, value_name = "tcp|udp", long_help = TRANSPORT_HELP)]
+    #[arg(long, value_enum, default_value_t = TransportArg::Tcp, value_name = "tcp|udp", help = "How frames travel: tcp (the default) or udp (for lossy links: NACK, FEC, concealment, its own congestion control)", long_help = TRANSPORT_HELP)]
     pub transport: TransportArg,
     /// UDP: forward error correction (off: none, for tests and experiments).
     #[arg(long, value_enum, default_value_t = OnOff::On, hide = true)]
@@ -417,7 +417,7 @@ pub struct RecvArgs {
     /// carried, taken from the previous frame).
     #[arg(long, value_enum, default_value_t = receiver::RtspTransport::Tcp, value_name = "tcp|udp")]
     pub rtsp_transport: receiver::RtspTransport,
-    #[arg(long, value_enum, default_value_t = TransportArg::Tcp, value_name = "tcp|udp", long_help = TRANSPORT_HELP)]
+    #[arg(long, value_enum, default_value_t = TransportArg::Tcp, value_name = "tcp|udp", help = "How frames travel: tcp (the default) or udp (for lossy links: NACK, FEC, concealment, its own congestion control)", long_help = TRANSPORT_HELP)]
     pub transport: TransportArg,
     /// With --transport udp: the latency budget, capture to display. A frame still missing
     /// packets is shown concealed (or dropped) after at most half of it [default: the wait is
@@ -482,7 +482,7 @@ pub struct DemoArgs {
     /// Measure nothing and print no stats (to see what measuring costs).
     #[arg(long, conflicts_with_all = ["stats_json", "send_stats_json", "recv_stats_json"])]
     pub no_stats: bool,
-    #[arg(long, value_enum, default_value_t = TransportArg::Tcp, value_name = "tcp|udp", long_help = TRANSPORT_HELP)]
+    #[arg(long, value_enum, default_value_t = TransportArg::Tcp, value_name = "tcp|udp", help = "How frames travel: tcp (the default) or udp (for lossy links: NACK, FEC, concealment, its own congestion control)", long_help = TRANSPORT_HELP)]
     pub transport: TransportArg,
     #[command(flatten)]
     pub source: SourceArgs,
