@@ -53,6 +53,8 @@ const MIN_BPS: u64 = 200_000;
 const MAX_BPS: u64 = 1_000_000_000;
 /// The pacer's burst allowance: two full datagrams.
 const BURST: usize = 2 * crate::net::udp::MAX_DATAGRAM;
+/// How long after the pacer last fell behind the link's rate still caps the encoder, µs.
+const BEHIND_US: u64 = 2_000_000;
 /// Round trip assumed before the first measurement, µs.
 const DEFAULT_RTT_US: u64 = 100_000;
 
@@ -85,6 +87,8 @@ pub(super) struct Viewer {
     /// The highest extended sequence number sent.
     ext_seq: Option<u32>,
     in_flight: VecDeque<Sent>,
+    /// When the pacer last fell behind the stream (a frame still unsent when the next came).
+    behind_us: Option<u64>,
     /// The newest frame sent (acknowledgements of later ones are bogus).
     newest_frame: Option<u64>,
     loss_bp: u16,
@@ -123,6 +127,7 @@ impl Viewer {
             ext_seq: None,
             in_flight: VecDeque::new(),
             newest_frame: None,
+            behind_us: None,
             loss_bp: 0,
             last_receipt: None,
             announced: (0, 0),
@@ -174,8 +179,15 @@ impl Viewer {
     /// Takes the newest frame when the queue is empty, or when the frame being sent is
     /// stale. False once the stream has ended.
     fn take_frame(&mut self, frames: &Receiver<Shared>) -> bool {
-        if !self.queue.is_empty() && now_us().saturating_sub(self.queued_us) < self.stale_us() {
-            return true;
+        if !self.queue.is_empty() {
+            let now = now_us();
+            if !frames.is_empty() {
+                // A newer frame waits while this one is still being paced out.
+                self.behind_us = Some(now);
+            }
+            if now.saturating_sub(self.queued_us) < self.stale_us() {
+                return true;
+            }
         }
         match frames.try_recv() {
             Ok(f) => {
@@ -196,6 +208,7 @@ impl Viewer {
     /// Packetises a frame and queues its packets, dropping what is left of the previous one.
     fn queue_frame(&mut self, frame: &Shared) {
         if !self.queue.is_empty() {
+            self.behind_us = Some(now_us());
             let n = self.queue.len() as u64;
             debug!(packets = n, "newer frame ready; dropping the rest of the previous one");
             self.feed.meter.update(|c| c.udp.superseded += n);
@@ -331,7 +344,11 @@ impl Viewer {
             loss_pct: f64::from(r.loss_bp) / 100.0,
         };
         *self.sub.counters.udp.lock().unwrap_or_else(|p| p.into_inner()) = Some(figures);
-        self.feed.feedback(Feedback::LinkRate { at_us, bps: est.rate_bps });
+        // The encoder's controller follows acknowledgements and latency as over TCP; only
+        // while the pacer falls behind the stream does the link's rate cap it too.
+        if self.behind_us.is_some_and(|t| at_us < t + BEHIND_US) {
+            self.feed.feedback(Feedback::LinkRate { at_us, bps: est.rate_bps });
+        }
     }
 
     /// An acknowledgement of a shown frame: it and the frames before it are no longer in
