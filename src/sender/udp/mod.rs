@@ -12,7 +12,7 @@
 //!
 //! - A hello from a new address starts a handshake (`--listen`); with `--connect` only the
 //!   called address is answered, and our hello is resent every 200 ms until it answers.
-//! - Once the handshake is done, the viewer gets a `udp-PEER` thread ([`viewer`]) that owns
+//! - Once the handshake is done, the viewer gets a `udp-PEER` thread (`viewer.rs`) that owns
 //!   its hub slot, its RTP stream and retransmission store, its pacer and rate control, and
 //!   the sealing half of its keys; `udp-tx` keeps the opening half and hands it NACKs,
 //!   receipts, acks, pings, quality requests and reports as events stamped on arrival.

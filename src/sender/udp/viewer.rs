@@ -8,7 +8,7 @@
 //! - Retransmissions (on NACK) go first, through the same pacer: a NACK flood gets no more
 //!   than the link rate, and each packet is resent at most once per round trip.
 //! - Newest frame wins: while a frame is being sent, newer ones replace each other in the hub
-//!   slot (counted as the link's drops); a frame still unsent after [`stale_us`] gives way to
+//!   slot (counted as the link's drops); a frame still unsent after three frame intervals (at least 100 ms) gives way to
 //!   a newer one, and its unsent packets are dropped (counted as `packets_superseded`).
 //! - Acknowledgements of shown frames feed the encoder's rate controller as over TCP, and the
 //!   link's rate caps it, so that quality follows the link.
