@@ -8,10 +8,12 @@
 //! - Retransmissions (on NACK) go first, through the same pacer: a NACK flood gets no more
 //!   than the link rate, and each packet is resent at most once per round trip.
 //! - Newest frame wins: while a frame is being sent, newer ones replace each other in the hub
-//!   slot (counted as the link's drops); a frame still unsent after three frame intervals (at least 100 ms) gives way to
-//!   a newer one, and its unsent packets are dropped (counted as `packets_superseded`).
-//! - Acknowledgements of shown frames feed the encoder's rate controller as over TCP, and the
-//!   link's rate caps it, so that quality follows the link.
+//!   slot (counted as the link's drops); a frame still unsent after three frame intervals (at
+//!   least 100 ms) gives way to a newer one, and its unsent packets are dropped (counted as
+//!   `packets_superseded`).
+//! - Acknowledgements of shown frames feed the encoder's rate controller as over TCP; while the
+//!   pacer falls behind the stream, the link's rate caps it too, so that quality follows the
+//!   link.
 //!
 //! It ends when `udp-tx` drops its events (the viewer left, went silent or restarted), or when
 //! the stream ends (after sending what is queued and a `Bye`).
