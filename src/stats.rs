@@ -156,8 +156,6 @@ pub struct UdpCounts {
     pub media_bytes: u64,
     /// Datagrams ignored: from an address without a handshake, malformed, replayed, forged.
     pub ignored: u64,
-    /// Sender: unsent packets of an older frame dropped for a newer one (the pacer behind).
-    pub superseded: u64,
 }
 
 impl UdpCounts {

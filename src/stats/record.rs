@@ -336,10 +336,6 @@ pub struct Report {
     /// absent when 0.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub udp_ignored: u64,
-    /// UDP sender: unsent packets of an older frame dropped for a newer frame while the pacer
-    /// was behind; absent when 0.
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub packets_superseded: u64,
     /// Sender, while the source is lost: since when (UTC, `YYYY-MM-DDTHH:MM:SSZ`) and for how
     /// many seconds at the end of this span.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -426,7 +422,6 @@ impl Report {
             late_frames: c.udp.late_frames,
             fec_overhead_pct: c.udp.fec_overhead_pct().map(round3),
             udp_ignored: c.udp.ignored,
-            packets_superseded: c.udp.superseded,
             source_lost_since: c.source_lost.map(|l| l.utc()),
             source_lost_s: c.source_lost.map(|l| round3(l.at.elapsed().as_secs_f64())),
         };
@@ -565,7 +560,6 @@ impl Report {
             ("rtx", self.retransmitted),
             ("frames lost", self.frames_lost),
             ("late", self.late_frames),
-            ("superseded", self.packets_superseded),
             ("ignored", self.udp_ignored),
         ] {
             if n > 0 {

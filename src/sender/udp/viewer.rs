@@ -8,9 +8,10 @@
 //! - Retransmissions (on NACK) go first, through the same pacer: a NACK flood gets no more
 //!   than the link rate, and each packet is resent at most once per round trip.
 //! - Newest frame wins: while a frame is being sent, newer ones replace each other in the hub
-//!   slot (counted as the link's drops); a frame still unsent after three frame intervals (at
-//!   least 100 ms) gives way to a newer one, and its unsent packets are dropped (counted as
-//!   `packets_superseded`).
+//!   slot (counted as the link's drops, `socket_busy`). A frame once cut into packets is sent
+//!   whole: its packets have sequence numbers, and dropping some would look like loss to the
+//!   viewer (NACKs, retransmissions, and a rate control backing off from loss that never
+//!   happened: tried, and on a 5 Mbit/s link it drove the rate to its floor).
 //! - Acknowledgements of shown frames feed the encoder's rate controller as over TCP; while the
 //!   pacer falls behind the stream, the link's rate caps it too, so that quality follows the
 //!   link.
@@ -82,8 +83,6 @@ pub(super) struct Viewer {
     rate: RateControl,
     /// Packets of the frame being sent, in order.
     queue: VecDeque<Vec<u8>>,
-    /// When the frame being sent was queued, µs.
-    queued_us: u64,
     /// Retransmissions, sent before the queue.
     retx: VecDeque<Vec<u8>>,
     /// The highest extended sequence number sent.
@@ -96,7 +95,6 @@ pub(super) struct Viewer {
     loss_bp: u16,
     last_receipt: Option<Receipt>,
     announced: (u32, u32),
-    frame_us: u64,
 }
 
 impl Viewer {
@@ -109,7 +107,6 @@ impl Viewer {
         events: Receiver<FromViewer>,
         budget_us: Option<u64>,
     ) -> Self {
-        let frame_us = 1_000_000_000 / u64::from(feed.stream.fps_milli.max(1000));
         Viewer {
             opts,
             cache,
@@ -124,7 +121,6 @@ impl Viewer {
                 r
             },
             queue: VecDeque::new(),
-            queued_us: 0,
             retx: VecDeque::new(),
             ext_seq: None,
             in_flight: VecDeque::new(),
@@ -133,7 +129,6 @@ impl Viewer {
             loss_bp: 0,
             last_receipt: None,
             announced: (0, 0),
-            frame_us,
             feed,
         }
     }
@@ -178,18 +173,15 @@ impl Viewer {
         }
     }
 
-    /// Takes the newest frame when the queue is empty, or when the frame being sent is
-    /// stale. False once the stream has ended.
+    /// Takes the newest frame once the frame being sent is out. False once the stream has
+    /// ended.
     fn take_frame(&mut self, frames: &Receiver<Shared>) -> bool {
         if !self.queue.is_empty() {
-            let now = now_us();
             if !frames.is_empty() {
                 // A newer frame waits while this one is still being paced out.
-                self.behind_us = Some(now);
+                self.behind_us = Some(now_us());
             }
-            if now.saturating_sub(self.queued_us) < self.stale_us() {
-                return true;
-            }
+            return true;
         }
         match frames.try_recv() {
             Ok(f) => {
@@ -201,21 +193,8 @@ impl Viewer {
         }
     }
 
-    /// How long a frame may be in the queue before a newer one replaces what is left of it:
-    /// three frame intervals, at least 100 ms.
-    fn stale_us(&self) -> u64 {
-        (3 * self.frame_us).max(100_000)
-    }
-
-    /// Packetises a frame and queues its packets, dropping what is left of the previous one.
+    /// Packetises a frame and queues its packets (the queue is empty).
     fn queue_frame(&mut self, frame: &Shared) {
-        if !self.queue.is_empty() {
-            self.behind_us = Some(now_us());
-            let n = self.queue.len() as u64;
-            debug!(packets = n, "newer frame ready; dropping the rest of the previous one");
-            self.feed.meter.update(|c| c.udp.superseded += n);
-            self.queue.clear();
-        }
         let Ok(packets) = self.cache.get(frame) else { return };
         let h = frame.header;
         let size = (u32::from(h.width), u32::from(h.height));
@@ -234,7 +213,6 @@ impl Viewer {
         let data = packets.len().min(fec::MAX_GROUP_DATA);
         let parity = if self.opts.fec { fec::parity_for(data, self.loss_bp) } else { 0 };
         self.queue.extend(self.out.frame(&packets, &info, parity, now, now + STORE_US));
-        self.queued_us = now;
         self.newest_frame = Some(h.seq);
         let len = frame.jpeg.as_slice().len() as u64;
         self.feed.sent(&self.sub, len);
