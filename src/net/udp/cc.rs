@@ -28,7 +28,8 @@
 //!   rate never goes above [`DELIVERED_CAP`] × delivered: what the link has not shown it
 //!   carries is not assumed.
 //! - **Loss** the FEC did not recover (the receipts' `lost`), judged every
-//!   [`LOSS_INTERVAL_US`]: above 10 % the rate drops by half the loss fraction; from 2 % it
+//!   [`LOSS_INTERVAL_US`] over at least [`MIN_LOSS_SAMPLE`] packets (a slow stream waits up
+//!   to [`MAX_LOSS_INTERVAL_US`]): above 10 % the rate drops by half the loss fraction; from 2 % it
 //!   holds; below, loss is ignored (FEC and NACK deal with it). Random radio loss FEC covers
 //!   does not slow the stream.
 //! - A TCP flow on the same queue pushes the delay up and this flow yields: TCP keeps its
@@ -121,6 +122,9 @@ const FAST_PER_S: f64 = 1.0;
 pub const PROBE_PER_S: f64 = 0.05;
 /// How often residual loss is judged.
 pub const LOSS_INTERVAL_US: u64 = 500_000;
+/// Packets (arrived and lost) a loss judgement needs, unless [`MAX_LOSS_INTERVAL_US`] passed.
+pub const MIN_LOSS_SAMPLE: u64 = 100;
+pub const MAX_LOSS_INTERVAL_US: u64 = 2_000_000;
 /// Packets remembered for RTT samples (about 18 s at 5 Mbit/s in 1400-byte packets).
 const SENT_RING: usize = 8192;
 /// Min-RTT samples kept at most (a receipt every 20 ms fills 500 in the window).
@@ -276,23 +280,31 @@ impl RateControl {
         }
     }
 
-    /// Judges the loss the receipts show after recovery, once per [`LOSS_INTERVAL_US`]: over
-    /// 10 % the rate drops by half the fraction; from 2 % growth holds (returns true).
+    /// Judges the loss the receipts show after recovery, once per [`LOSS_INTERVAL_US`] and
+    /// [`MIN_LOSS_SAMPLE`] packets (or [`MAX_LOSS_INTERVAL_US`]): over 10 % the rate drops by
+    /// half the fraction; from 2 % growth holds (returns true). The packet count keeps one
+    /// burst in a slow stream's few packets from reading as heavy loss, which would lower the
+    /// rate, and so the packets per interval, and so raise the next reading.
     fn judge_loss(&mut self, r: &Receipt, now_us: u64) -> bool {
         let Some((t0, m)) = self.loss_mark else {
             self.loss_mark = Some((now_us, *r));
             return false;
         };
-        if now_us.saturating_sub(t0) >= LOSS_INTERVAL_US {
-            let lost = r.lost.saturating_sub(m.lost) as f64;
-            let arrived = r.packets.saturating_sub(m.packets) as f64;
+        let lost = r.lost.saturating_sub(m.lost) as f64;
+        let arrived = r.packets.saturating_sub(m.packets) as f64;
+        let elapsed = now_us.saturating_sub(t0);
+        let enough = lost + arrived >= MIN_LOSS_SAMPLE as f64 || elapsed >= MAX_LOSS_INTERVAL_US;
+        if elapsed >= LOSS_INTERVAL_US && enough {
             self.residual_loss = if lost > 0.0 { lost / (lost + arrived) } else { 0.0 };
             if self.residual_loss > 0.10 {
                 self.rate = (self.rate * (1.0 - 0.5 * self.residual_loss)).max(self.min);
             }
             self.loss_mark = Some((now_us, *r));
+            return self.residual_loss >= 0.02;
         }
-        self.residual_loss >= 0.02
+        // Between judgements, hold only while the loss goes on: when it has stopped, growth
+        // need not wait for a whole interval of a slow stream.
+        self.residual_loss >= 0.02 && lost > 0.0
     }
 
     /// The queueing-delay threshold at rest: [`QUEUE_DELAY_US`], or half the budget if smaller.
@@ -499,6 +511,9 @@ mod tests {
         loss: f64,
         /// The viewer's FEC recovers every lost packet (receipts show none lost).
         fec_covers: bool,
+        /// Losses come in runs of this many packets (`loss` is still the fraction lost).
+        burst: u32,
+        burst_left: u32,
         pending: VecDeque<usize>,
         next_frame: u64,
         seq: u32,
@@ -522,7 +537,11 @@ mod tests {
 
     impl Sim {
         fn new(start_bps: u64) -> Self {
-            let cc = RateControl::new(start_bps, 100_000, 20_000_000);
+            Sim::with(start_bps, 20_000_000)
+        }
+
+        fn with(start_bps: u64, max_bps: u64) -> Self {
+            let cc = RateControl::new(start_bps, 100_000, max_bps);
             let pacer = Pacer::new(cc.estimate().pace_bps, 4 * PACKET);
             Sim {
                 now: 0,
@@ -531,6 +550,8 @@ mod tests {
                 rng: Rng(0x9e37_79b9_7f4a_7c15),
                 loss: 0.0,
                 fec_covers: false,
+                burst: 1,
+                burst_left: 0,
                 pending: VecDeque::new(),
                 next_frame: 0,
                 seq: 0,
@@ -587,7 +608,11 @@ mod tests {
                 self.cc.on_sent(self.seq, len, self.now);
                 let flow = Flow::Video(self.seq);
                 self.seq += 1;
-                if !self.rng.chance(self.loss) {
+                if self.burst_left > 0 {
+                    self.burst_left -= 1;
+                } else if self.rng.chance(self.loss / f64::from(self.burst)) {
+                    self.burst_left = self.burst - 1;
+                } else {
                     self.enqueue(flow, len);
                 }
             }
@@ -738,6 +763,20 @@ mod tests {
         assert!(e.loss_bp > 200 && e.residual_loss_bp == 0, "{e:?}");
         // What arrives of what is sent: 95 % of a rate near the link's.
         assert!(video > 0.95 * 0.75 * LINK_BPS, "{video} bit/s");
+    }
+
+    #[test]
+    fn bursts_of_loss_in_a_slow_stream_do_not_wear_the_rate_down() {
+        // 300 kbit/s (27 packets a second), 2 % of packets lost in runs of 4, none recovered:
+        // one run in half a second's 13 packets would read as 23 % loss.
+        let mut sim = Sim::with(300_000, 300_000);
+        (sim.loss, sim.burst) = (0.02, 4);
+        let trace = sim.trace(60_000_000);
+        let e = sim.cc.estimate();
+        let mean = trace.iter().map(|&(_, r)| r as f64).sum::<f64>() / trace.len() as f64;
+        let low = trace.iter().map(|&(_, r)| r).min().unwrap();
+        eprintln!("mean {mean:.0} bit/s, lowest {low}, {e:?}");
+        assert!(mean > 0.9 * 300_000.0 && low > 270_000, "mean {mean}, lowest {low}: {trace:?}");
     }
 
     #[test]

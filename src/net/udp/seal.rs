@@ -198,6 +198,20 @@ impl Seal {
     pub fn next_nonce(&self) -> u64 {
         self.next
     }
+
+    /// A sealer of the same keys that starts again at nonce 0 (reusing nonces: for tests and
+    /// the fuzz target only).
+    #[doc(hidden)]
+    pub fn restarted(&self) -> Seal {
+        Seal { state: self.state.clone(), next: 0 }
+    }
+
+    /// Skips `n` nonces, as if that many datagrams had been sealed and lost (for the fuzz
+    /// target, which cannot seal thousands per input).
+    #[doc(hidden)]
+    pub fn skip(&mut self, n: u64) {
+        self.next = self.next.saturating_add(n);
+    }
 }
 
 impl Open {
@@ -229,6 +243,12 @@ impl Open {
     /// The highest nonce opened so far.
     pub fn highest(&self) -> Option<u64> {
         self.window.highest
+    }
+
+    /// An opener of the same keys with an empty replay window (for tests and the fuzz target).
+    #[doc(hidden)]
+    pub fn restarted(&self) -> Open {
+        Open { state: self.state.clone(), window: ReplayWindow::default() }
     }
 }
 
