@@ -200,21 +200,25 @@ impl Assembler {
         self.dims = dims;
     }
 
-    /// Takes one RTP packet (data or parity) that arrived at `now_us`.
+    /// Takes one RTP packet (data or parity) that arrived at `now_us`. A packet that is
+    /// malformed or contradicts its frame is an error and is not used (nor is a frame started
+    /// for it); a packet of a frame already done is counted as late.
     pub fn push(&mut self, rtp: &[u8], now_us: u64) -> Result<(), MediaError> {
         let m = MediaPacket::parse(rtp)?;
         let f = self.check_counts(&m)?;
         let seq = self.seqs.extend(m.seq);
-        let open = match f {
-            Some(f) => self.open_frame(&m, f, seq, now_us)?,
-            None => false,
-        };
-        let Some(f) = f.filter(|_| open) else {
+        let new = f.is_some_and(|f| !self.frames.contains_key(&f));
+        let Some(f) = f.filter(|&f| self.accepts(f)) else {
             self.counts.late_packets += 1;
             self.arrived(seq, true, rtp.len());
             return Ok(());
         };
-        let p = self.frames.get_mut(&f).expect("open_frame made it");
+        if new && !self.start_frame(&m, f, seq, now_us)? {
+            self.counts.late_packets += 1;
+            self.arrived(seq, true, rtp.len());
+            return Ok(());
+        }
+        let p = self.frames.get_mut(&f).expect("accepted or started");
         p.check(&m, seq, self.dims)?;
         let index = m.frame.index;
         if p.payloads.contains_key(&index) || p.shards.contains_key(&index) {
@@ -228,7 +232,7 @@ impl Assembler {
         let before = p.bytes;
         let asked = p.store(&m, self.dims, now_us);
         self.counts.recovered_nack += u64::from(asked);
-        let rebuilt = p.recover(p.group_of(index)).map_err(|e| frame_error(f, format!("parity: {e}")));
+        let rebuilt = p.recover(p.group_of(index), self.dims).map_err(|e| frame_error(f, format!("parity: {e}")));
         self.counts.recovered_fec += *rebuilt.as_ref().unwrap_or(&0) as u64;
         self.held = self.held + p.bytes - before;
         let complete = p.payloads.len() == usize::from(p.data);
@@ -237,6 +241,42 @@ impl Assembler {
             self.finish(f, now_us);
         }
         rebuilt.map(|_| ())
+    }
+
+    /// Whether a packet of frame `f` can still be used: the frame is not done, and if it is
+    /// new, no newer frame is complete or handed out.
+    fn accepts(&self, f: u64) -> bool {
+        if self.handed_out.is_some_and(|h| f <= h) {
+            return false;
+        }
+        match self.frames.get(&f) {
+            Some(p) => p.out.is_none(),
+            None => !self.newest_complete.is_some_and(|c| f < c),
+        }
+    }
+
+    /// Starts frame `f` with packet `m` if the packet is good and there is room: with
+    /// [`MAX_FRAMES_OPEN`] frames open the oldest is given up (false if `f` is older still).
+    fn start_frame(&mut self, m: &MediaPacket, f: u64, seq: u64, now_us: u64) -> Result<bool, MediaError> {
+        let fresh = Pending::new(m, f, seq, now_us);
+        fresh.check(m, seq, self.dims)?;
+        if self.frames.len() >= MAX_FRAMES_HELD {
+            return Err(frame_error(f, format!("{MAX_FRAMES_HELD} frames already held (poll hands them out)")));
+        }
+        let mut open = self.frames.iter().filter(|(_, p)| p.open()).map(|(&k, _)| k);
+        if let Some(oldest) = open.next().filter(|_| self.open_frames() >= MAX_FRAMES_OPEN) {
+            if f < oldest {
+                return Ok(false);
+            }
+            self.frames.get_mut(&oldest).expect("listed").given_up = Some(now_us);
+        }
+        self.frames.insert(f, fresh);
+        self.newest = Some(self.newest.map_or(f, |n| n.max(f)));
+        Ok(true)
+    }
+
+    fn open_frames(&self) -> usize {
+        self.frames.values().filter(|p| p.open()).count()
     }
 
     /// Counts a packet that arrived (extended sequence number `seq`), `unasked` if it was
@@ -289,34 +329,6 @@ impl Assembler {
             }
         }
         Ok(f)
-    }
-
-    /// Finds or starts the frame of packet `m` (frame `f`); false if the frame is done or too
-    /// old to start (the packet is late).
-    fn open_frame(&mut self, m: &MediaPacket, f: u64, seq: u64, now_us: u64) -> Result<bool, MediaError> {
-        if self.handed_out.is_some_and(|h| f <= h) {
-            return Ok(false);
-        }
-        if let Some(p) = self.frames.get(&f) {
-            return Ok(p.out.is_none());
-        }
-        if self.newest_complete.is_some_and(|c| f < c) {
-            return Ok(false);
-        }
-        if self.frames.len() >= MAX_FRAMES_HELD {
-            return Err(frame_error(f, format!("{MAX_FRAMES_HELD} frames already held (poll hands them out)")));
-        }
-        let open: Vec<u64> = self.frames.iter().filter(|(_, p)| p.open()).map(|(&k, _)| k).collect();
-        if open.len() >= MAX_FRAMES_OPEN {
-            let oldest = open[0];
-            if f < oldest {
-                return Ok(false);
-            }
-            self.frames.get_mut(&oldest).expect("listed").given_up = Some(now_us);
-        }
-        self.frames.insert(f, Pending::new(m, f, seq, now_us));
-        self.newest = Some(self.newest.map_or(f, |n| n.max(f)));
-        Ok(true)
     }
 
     /// Builds frame `f`'s output (complete, partial or lost), counts it, and when it is a
@@ -516,6 +528,13 @@ impl Pending {
     /// than its group's parity shards (which hold it).
     fn check_data(&self, index: u16, payload: &[u8], dims: Option<(u32, u32)>) -> Result<(), MediaError> {
         let (h, _) = JpegHeader::parse(payload).map_err(|e| frame_error(self.seq, e.to_string()))?;
+        if h.type_specific != 0 || !matches!(h.kind, 0 | 1 | 64 | 65) {
+            let what = format!(
+                "data packet {index} has RFC 2435 type-specific {} and type {}, expected 0 and 0, 1, 64 or 65",
+                h.type_specific, h.kind
+            );
+            return Err(frame_error(self.seq, what));
+        }
         let cap = self.cap(self.size.or(frame_size(&h, dims)));
         if self.bytes + payload.len() > cap {
             let what = format!("{} bytes held, {} more passes the frame's cap of {cap}", self.bytes, payload.len());
@@ -581,12 +600,7 @@ impl Pending {
             self.shards.insert(index, shard.to_vec());
             return false;
         }
-        if self.size.is_none() {
-            if let Ok((h, _)) = JpegHeader::parse(m.payload) {
-                self.kind = h.kind;
-                self.size = frame_size(&h, dims);
-            }
-        }
+        self.note_header(m.payload, dims);
         self.bytes += m.payload.len();
         self.payloads.insert(index, m.payload.to_vec());
         let asked = self.nacked.contains_key(&index);
@@ -596,6 +610,16 @@ impl Pending {
             self.arrived += 1;
         }
         asked
+    }
+
+    /// The RFC 2435 type and size, from the first data packet that has them.
+    fn note_header(&mut self, payload: &[u8], dims: Option<(u32, u32)>) {
+        if self.size.is_none() {
+            if let Ok((h, _)) = JpegHeader::parse(payload) {
+                self.kind = h.kind;
+                self.size = frame_size(&h, dims);
+            }
+        }
     }
 
     fn groups(&self) -> usize {
@@ -629,7 +653,7 @@ impl Pending {
     }
 
     /// Rebuilds group `g`'s missing data packets if enough shards are here; returns how many.
-    fn recover(&mut self, g: usize) -> Result<usize, fec::FecError> {
+    fn recover(&mut self, g: usize, dims: Option<(u32, u32)>) -> Result<usize, fec::FecError> {
         let data = self.data_range(g);
         let missing = data.clone().filter(|i| !self.payloads.contains_key(i)).count();
         let parity = self.parity_range(g);
@@ -642,6 +666,7 @@ impl Pending {
         let n = fec::recover(&mut d, &p)?;
         for (i, payload) in data.zip(d) {
             if let (false, Some(payload)) = (self.payloads.contains_key(&i), payload) {
+                self.note_header(&payload, dims);
                 self.bytes += payload.len();
                 self.payloads.insert(i, payload);
             }
@@ -1144,6 +1169,38 @@ mod tests {
         // A frame far in the future.
         let m = err(&mut a, craft(26, 1, FrameExt { frame: 1 << 20, index: 0, data: 1, parity: 0 }, good));
         assert!(m.contains("jumps past the newest frame 2"), "{m}");
+    }
+
+    #[test]
+    fn a_bad_packet_starts_no_frame() {
+        let (_, p) = restart_frame();
+        let mut o = sender();
+        let pkts = o.frame(&p, &info(1), 0, 0, 1_000_000);
+        let mut a = Assembler::new(WAIT);
+        a.push(&pkts[0], 0).unwrap();
+        // A packet of a frame further on whose payload is no RFC 2435 JPEG: refused, and no
+        // frame 500 waits to come out lost (which would make frames 2..500 late).
+        let e = FrameExt { frame: 500, index: 0, data: 1, parity: 0 };
+        assert!(a.push(&craft(26, 4000, e, b"not jpeg"), 0).is_err());
+        push_all(&mut a, &pkts[1..], 0);
+        assert!(matches!(a.poll(0), Some(Assembled::Frame { .. })));
+        let two = o.frame(&p, &info(2), 0, 0, 1_000_000);
+        push_all(&mut a, &two, 1000);
+        assert!(matches!(a.poll(WAIT * 10), Some(Assembled::Frame { frame, .. }) if frame.info.seq == 2));
+        assert_eq!(a.poll(WAIT * 10), None);
+    }
+
+    #[test]
+    fn a_frame_rebuilt_wholly_from_parity_knows_its_type() {
+        let jpeg = restart_jpeg((16, 16), Subsampling::S420, 90, 1, 1).unwrap();
+        let p = packetize(&jpeg).unwrap();
+        assert_eq!(p.len(), 1);
+        let pkts = sender().frame(&p, &info(3), 1, 0, 1_000_000);
+        let mut a = Assembler::new(WAIT);
+        a.push(&pkts[1], 0).unwrap();
+        let (frame, out) = only_frame(&mut a, 0);
+        assert_eq!((frame.kind, frame.width, frame.recovered, frame.info), (65, 16, 1, info(3)));
+        assert_eq!(scan(&out), scan(&jpeg));
     }
 
     #[test]
