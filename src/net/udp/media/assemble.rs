@@ -24,7 +24,7 @@ use crate::net::udp::fec::{self, MAX_GROUP_DATA, MAX_GROUP_PARITY};
 use rtp_types::RtpPacketBuilder;
 
 use crate::rtp::depacketize::{max_scan_bytes, Band, Config, Depacketizer, Output};
-use crate::rtp::{JpegHeader, PAYLOAD_TYPE};
+use crate::rtp::{JpegHeader, QuantTables, RestartHeader, PAYLOAD_TYPE};
 
 /// The most frames in progress: a packet of one more gives up the oldest.
 pub const MAX_FRAMES_OPEN: usize = 8;
@@ -138,6 +138,8 @@ pub struct Assembler {
     seqs: SeqWindow,
     held: usize,
     counts: AssemblerCounts,
+    /// The quantization tables of the newest frame whose first packet arrived.
+    tables: Option<Tables>,
 }
 
 /// A frame in progress, or done and waiting for [`Assembler::poll`].
@@ -187,6 +189,7 @@ impl Assembler {
             seqs: SeqWindow::default(),
             held: 0,
             counts: AssemblerCounts::default(),
+            tables: None,
         }
     }
 
@@ -335,7 +338,12 @@ impl Assembler {
     /// whole frame gives up every older frame still in progress.
     fn finish(&mut self, f: u64, now_us: u64) {
         let p = self.frames.get_mut(&f).expect("finishing a held frame");
-        let out = p.build(self.dims, now_us);
+        let out = p.build(self.dims, self.tables.as_ref(), now_us);
+        if let Some(t) = p.payloads.get(&0).and_then(|first| Tables::read(first, p, self.dims)) {
+            if !matches!(&self.tables, Some(old) if old.seq >= t.seq) {
+                self.tables = Some(Tables { stable: self.tables.as_ref().is_some_and(|old| old.same(&t)), ..t });
+            }
+        }
         let c = &mut self.counts;
         let data = u64::from(p.data);
         c.missing += data - u64::from(p.arrived);
@@ -677,13 +685,19 @@ impl Pending {
 
     /// The frame's output from the data packets here: a JPEG if they are all here, else the
     /// restart intervals that arrived as bands, else lost.
-    fn build(&self, dims: Option<(u32, u32)>, now_us: u64) -> Assembled {
+    ///
+    /// Without its first packet (and the quantization tables in it) a frame is shown in
+    /// part with the tables of an earlier frame, when they are known to be the same: the
+    /// frame's quality (from a parity packet's timing) is theirs, and they did not change
+    /// between the last two frames that brought them.
+    fn build(&self, dims: Option<(u32, u32)>, tables: Option<&Tables>, now_us: u64) -> Assembled {
         let lost = |why| Assembled::Lost { seq: self.seq, why };
         if self.payloads.is_empty() {
             return lost("no data packet arrived in time");
         }
         let mut d = Depacketizer::new(Config { dimensions: dims, capture_ext: None, payload_type: None });
-        for (&i, payload) in &self.payloads {
+        let borrowed = tables.filter(|t| !self.payloads.contains_key(&0) && t.fit(self)).map(Tables::first_packet);
+        for (&i, payload) in borrowed.iter().map(|b| (&0, b)).chain(&self.payloads) {
             let pkt = RtpPacketBuilder::<&[u8], &[u8]>::new()
                 .payload_type(PAYLOAD_TYPE)
                 .sequence_number(self.base.wrapping_add(u64::from(i)) as u16)
@@ -745,6 +759,64 @@ impl Pending {
                 seqs.push(self.base.wrapping_add(u64::from(i)));
             }
         }
+    }
+}
+
+/// The quantization tables a frame's first packet brought.
+#[derive(Debug, Clone)]
+struct Tables {
+    /// The frame's sequence number and quality.
+    seq: u64,
+    quality: u8,
+    /// Its RFC 2435 header: type, size (as the header says it) and restart interval.
+    kind: u8,
+    width: u32,
+    height: u32,
+    interval: u16,
+    /// The frame's size (from the header, or the stream's when it says 0).
+    size: Option<(u32, u32)>,
+    tables: Vec<u8>,
+    /// The frame before it that brought tables had the same.
+    stable: bool,
+}
+
+impl Tables {
+    /// The tables in `p`'s first packet `first`, if it has them and `p`'s quality is known.
+    fn read(first: &[u8], p: &Pending, dims: Option<(u32, u32)>) -> Option<Self> {
+        let (h, rest) = JpegHeader::parse(first).ok()?;
+        if h.fragment_offset != 0 || h.q < 128 || !p.timed || frame_size(&h, dims) != p.size {
+            return None;
+        }
+        let (interval, rest) = match h.has_restart() {
+            true => RestartHeader::parse(rest).map(|(r, rest)| (r.interval, rest)).ok()?,
+            false => (0, rest),
+        };
+        let (t, _) = QuantTables::parse(rest).ok()?;
+        let (kind, width, height, size) = (h.kind, h.width, h.height, p.size);
+        let tables = t.tables.to_vec();
+        Some(Tables { seq: p.seq, quality: p.info.quality, kind, width, height, interval, size, tables, stable: false })
+    }
+
+    fn same(&self, o: &Tables) -> bool {
+        (self.quality, self.kind, self.width, self.height, self.interval, &self.tables)
+            == (o.quality, o.kind, o.width, o.height, o.interval, &o.tables)
+    }
+
+    /// Whether these tables stand in for those of frame `p`, whose first packet is missing.
+    fn fit(&self, p: &Pending) -> bool {
+        self.stable && p.timed && (p.info.quality, p.kind, p.size) == (self.quality, self.kind, self.size)
+    }
+
+    /// A first packet with these tables and no scan data.
+    fn first_packet(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(16 + self.tables.len());
+        let (kind, width, height) = (self.kind, self.width, self.height);
+        JpegHeader { type_specific: 0, fragment_offset: 0, kind, q: 255, width, height }.write(&mut b);
+        if self.interval > 0 {
+            RestartHeader { interval: self.interval, first: true, last: true, count: 0 }.write(&mut b);
+        }
+        QuantTables { tables: &self.tables }.write(&mut b);
+        b
     }
 }
 
@@ -1034,6 +1106,38 @@ mod tests {
         }
         let c = a.counts();
         assert_eq!((c.frames_partial, c.missing, c.lost), (1, 1, 1));
+    }
+
+    #[test]
+    fn without_its_first_packet_a_frame_borrows_the_tables_of_the_frames_before() {
+        let (jpeg, p) = restart_frame();
+        let whole = decode(&jpeg, 320, 240);
+        for quality_changed in [false, true] {
+            let mut o = sender();
+            let mut a = Assembler::new(WAIT);
+            for f in 0..2 {
+                push_all(&mut a, &o.frame(&p, &info(f), 1, 0, 1_000_000), f * 33_333);
+                assert!(matches!(a.poll(f * 33_333), Some(Assembled::Frame { .. })));
+            }
+            // Frame 2 loses its first two packets; one parity packet cannot rebuild them.
+            let mut i2 = info(2);
+            i2.quality += u8::from(quality_changed);
+            let pkts = o.frame(&p, &i2, 1, 0, 1_000_000);
+            push_all(&mut a, &pkts[2..], 70_000);
+            let out = a.poll(70_000 + WAIT);
+            if quality_changed {
+                assert!(matches!(out, Some(Assembled::Lost { seq: 2, .. })), "other tables: {out:?}");
+                continue;
+            }
+            let Some(Assembled::Partial { frame, bands }) = out else { panic!("expected a partial frame: {out:?}") };
+            assert_eq!(frame.info, info(2));
+            assert!(bands[0].rows.start > 0, "the first rows are missing");
+            let px = conceal(&bands, 320, 240);
+            for b in &bands {
+                let r = b.rows.start as usize * 320..b.rows.end as usize * 320;
+                assert!(psnr(&xrgb_to_rgb(&px[r.clone()]), &xrgb_to_rgb(&whole[r])) > 35.0, "rows {:?}", b.rows);
+            }
+        }
     }
 
     #[test]
