@@ -9,6 +9,14 @@
 //! once. A frame is given up [`Assembler::set_wait`] after its first packet arrived, or at once
 //! when a newer frame is complete: then the restart intervals that arrived make a partial
 //! frame, or it is lost. Frames come out of [`Assembler::poll`] in order, each exactly once.
+//! A frame whose first packet (with the quantization tables) is missing borrows the tables of
+//! the frames before when they are known to be the same (see `Pending::build`).
+//!
+//! NACKs ([`Assembler::nacks`]) ask for data packets known missing (a later sequence number
+//! arrived, or the frame's tail is overdue) beyond what the group's parity can still rebuild,
+//! once per RTT, and only while the frame's deadline is at least an RTT away. The loss the
+//! receiver reports for FEC sizing ([`Assembler::recent_loss_bp`]) counts, over the last
+//! 512 sequence numbers, the packets that did not arrive unasked.
 //!
 //! Everything a peer claims is capped before it is believed: packets per frame
 //! ([`MAX_FRAME_PACKETS`]), frames open ([`MAX_FRAMES_OPEN`]; more give up the oldest), bytes
@@ -19,10 +27,10 @@
 
 use std::collections::BTreeMap;
 
-use super::{FecHeader, FrameInfo, MediaError, MediaPacket, FEC_PAYLOAD_TYPE, MAX_FRAME_PACKETS};
-use crate::net::udp::fec::{self, MAX_GROUP_DATA, MAX_GROUP_PARITY};
 use rtp_types::RtpPacketBuilder;
 
+use super::{FecHeader, FrameInfo, MediaError, MediaPacket, FEC_PAYLOAD_TYPE, MAX_FRAME_PACKETS};
+use crate::net::udp::fec::{self, MAX_GROUP_DATA, MAX_GROUP_PARITY};
 use crate::rtp::depacketize::{max_scan_bytes, Band, Config, Depacketizer, Output};
 use crate::rtp::{JpegHeader, QuantTables, RestartHeader, PAYLOAD_TYPE};
 
@@ -33,7 +41,10 @@ pub const MAX_FRAMES_OPEN: usize = 8;
 const MAX_FRAMES_HELD: usize = 2 * MAX_FRAMES_OPEN;
 /// The most bytes of packets and rebuilt frames held in all.
 pub const MAX_HELD_BYTES: usize = 32 << 20;
-/// How far past the newest frame a frame sequence number may jump (about 36 minutes at 30 fps).
+/// How far past the newest frame a frame sequence number may jump (about 36 minutes at 30 fps;
+/// a session ends after 3 s of silence, so a real sender never jumps that far). A packet that
+/// passes every check with a frame number ahead still makes the frames before it late once its
+/// frame is handed out: the defence against forged packets is the `--key-file` seal.
 const MAX_FRAME_JUMP: u64 = 1 << 16;
 /// The most packets one call of [`Assembler::nacks`] asks for.
 const MAX_NACK_PACKETS: usize = 512;
@@ -392,7 +403,7 @@ impl Assembler {
     /// `rtt_us` away.
     ///
     /// A packet counts as missing once a later sequence number has arrived, or once no packet
-    /// of its frame has arrived for a while (the frame's tail is overdue: [`TAIL_WAIT_US`], or
+    /// of its frame has arrived for a while (the frame's tail is overdue: 10 ms, or
     /// four times the frame's mean gap between packets). A NACKed packet is asked for again
     /// after an RTT if it still has not come.
     pub fn nacks(&mut self, now_us: u64, rtt_us: u64) -> Vec<(u16, u16)> {
