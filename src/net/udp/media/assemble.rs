@@ -903,6 +903,9 @@ impl SeqWindow {
 
 #[cfg(test)]
 mod tests {
+    use std::cmp::Reverse;
+    use std::collections::{BTreeSet, BinaryHeap};
+
     use proptest::prelude::*;
 
     use super::*;
@@ -1402,22 +1405,35 @@ mod tests {
                     }
                 }
             }
-            arrivals.sort_by_key(|(t, _, _)| *t);
+            // Arrivals in time order; NACKs (when on) bring retransmissions an RTT later.
+            let frame_of: BTreeMap<Vec<u8>, u64> = arrivals.iter().map(|(_, f, b)| (b.clone(), *f)).collect();
+            let mut queue: BinaryHeap<Reverse<(u64, Vec<u8>)>> =
+                arrivals.iter().map(|(t, _, b)| Reverse((*t, b.clone()))).collect();
             let mut out = Vec::new();
-            let mut seen = std::collections::BTreeSet::new();
-            for (t, f, b) in &arrivals {
-                if a.push(b, *t).is_ok() && a.counts().late_packets == 0 {
+            let mut seen = BTreeSet::new();
+            let mut last_t = 0;
+            while let Some(Reverse((t, b))) = queue.pop() {
+                last_t = t;
+                let before = a.counts();
+                let used = a.push(&b, t).is_ok() && {
+                    let c = a.counts();
+                    (c.late_packets, c.duplicates) == (before.late_packets, before.duplicates)
+                };
+                if let (true, Some(f)) = (used, frame_of.get(&b)) {
                     seen.insert(*f);
                 }
                 if nack {
-                    let runs = a.nacks(*t, RTT);
+                    let runs = a.nacks(t, RTT);
                     prop_assert!(runs.len() <= MAX_NACK_RUNS);
+                    for r in o.retransmit(&runs, t, RTT) {
+                        queue.push(Reverse((t + RTT, r)));
+                    }
                 }
-                while let Some(x) = a.poll(*t) {
+                while let Some(x) = a.poll(t) {
                     out.push(x.seq());
                 }
             }
-            let end = arrivals.last().map_or(0, |x| x.0) + WAIT + 1;
+            let end = last_t + WAIT + 1;
             while let Some(x) = a.poll(end) {
                 out.push(x.seq());
             }
@@ -1425,7 +1441,7 @@ mod tests {
             for f in &seen {
                 prop_assert!(out.contains(f), "frame {} came out: {:?}", f, out);
             }
-            let arrived: std::collections::BTreeSet<u64> = arrivals.iter().map(|x| x.1).collect();
+            let arrived: BTreeSet<u64> = arrivals.iter().map(|x| x.1).collect();
             prop_assert!(out.iter().all(|f| arrived.contains(f)));
             prop_assert_eq!(a.held_bytes(), 0);
         }
