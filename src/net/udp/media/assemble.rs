@@ -9,6 +9,14 @@
 //! once. A frame is given up [`Assembler::set_wait`] after its first packet arrived, or at once
 //! when a newer frame is complete: then the restart intervals that arrived make a partial
 //! frame, or it is lost. Frames come out of [`Assembler::poll`] in order, each exactly once.
+//! A frame whose first packet (with the quantization tables) is missing borrows the tables of
+//! the frames before when they are known to be the same (see `Pending::build`).
+//!
+//! NACKs ([`Assembler::nacks`]) ask for data packets known missing (a later sequence number
+//! arrived, or the frame's tail is overdue) beyond what the group's parity can still rebuild,
+//! once per RTT, and only while the frame's deadline is at least an RTT away. The loss the
+//! receiver reports for FEC sizing ([`Assembler::recent_loss_bp`]) counts, over the last
+//! 512 sequence numbers, the packets that did not arrive unasked.
 //!
 //! Everything a peer claims is capped before it is believed: packets per frame
 //! ([`MAX_FRAME_PACKETS`]), frames open ([`MAX_FRAMES_OPEN`]; more give up the oldest), bytes
@@ -19,12 +27,12 @@
 
 use std::collections::BTreeMap;
 
-use super::{FecHeader, FrameInfo, MediaError, MediaPacket, FEC_PAYLOAD_TYPE, MAX_FRAME_PACKETS};
-use crate::net::udp::fec::{self, MAX_GROUP_DATA, MAX_GROUP_PARITY};
 use rtp_types::RtpPacketBuilder;
 
+use super::{FecHeader, FrameInfo, MediaError, MediaPacket, FEC_PAYLOAD_TYPE, MAX_FRAME_PACKETS};
+use crate::net::udp::fec::{self, MAX_GROUP_DATA, MAX_GROUP_PARITY};
 use crate::rtp::depacketize::{max_scan_bytes, Band, Config, Depacketizer, Output};
-use crate::rtp::{JpegHeader, PAYLOAD_TYPE};
+use crate::rtp::{JpegHeader, QuantTables, RestartHeader, PAYLOAD_TYPE};
 
 /// The most frames in progress: a packet of one more gives up the oldest.
 pub const MAX_FRAMES_OPEN: usize = 8;
@@ -33,7 +41,10 @@ pub const MAX_FRAMES_OPEN: usize = 8;
 const MAX_FRAMES_HELD: usize = 2 * MAX_FRAMES_OPEN;
 /// The most bytes of packets and rebuilt frames held in all.
 pub const MAX_HELD_BYTES: usize = 32 << 20;
-/// How far past the newest frame a frame sequence number may jump (about 36 minutes at 30 fps).
+/// How far past the newest frame a frame sequence number may jump (about 36 minutes at 30 fps;
+/// a session ends after 3 s of silence, so a real sender never jumps that far). A packet that
+/// passes every check with a frame number ahead still makes the frames before it late once its
+/// frame is handed out: the defence against forged packets is the `--key-file` seal.
 const MAX_FRAME_JUMP: u64 = 1 << 16;
 /// The most packets one call of [`Assembler::nacks`] asks for.
 const MAX_NACK_PACKETS: usize = 512;
@@ -138,6 +149,8 @@ pub struct Assembler {
     seqs: SeqWindow,
     held: usize,
     counts: AssemblerCounts,
+    /// The quantization tables of the newest frame whose first packet arrived.
+    tables: Option<Tables>,
 }
 
 /// A frame in progress, or done and waiting for [`Assembler::poll`].
@@ -187,6 +200,7 @@ impl Assembler {
             seqs: SeqWindow::default(),
             held: 0,
             counts: AssemblerCounts::default(),
+            tables: None,
         }
     }
 
@@ -200,21 +214,25 @@ impl Assembler {
         self.dims = dims;
     }
 
-    /// Takes one RTP packet (data or parity) that arrived at `now_us`.
+    /// Takes one RTP packet (data or parity) that arrived at `now_us`. A packet that is
+    /// malformed or contradicts its frame is an error and is not used (nor is a frame started
+    /// for it); a packet of a frame already done is counted as late.
     pub fn push(&mut self, rtp: &[u8], now_us: u64) -> Result<(), MediaError> {
         let m = MediaPacket::parse(rtp)?;
         let f = self.check_counts(&m)?;
         let seq = self.seqs.extend(m.seq);
-        let open = match f {
-            Some(f) => self.open_frame(&m, f, seq, now_us)?,
-            None => false,
-        };
-        let Some(f) = f.filter(|_| open) else {
+        let new = f.is_some_and(|f| !self.frames.contains_key(&f));
+        let Some(f) = f.filter(|&f| self.accepts(f)) else {
             self.counts.late_packets += 1;
             self.arrived(seq, true, rtp.len());
             return Ok(());
         };
-        let p = self.frames.get_mut(&f).expect("open_frame made it");
+        if new && !self.start_frame(&m, f, seq, now_us)? {
+            self.counts.late_packets += 1;
+            self.arrived(seq, true, rtp.len());
+            return Ok(());
+        }
+        let p = self.frames.get_mut(&f).expect("accepted or started");
         p.check(&m, seq, self.dims)?;
         let index = m.frame.index;
         if p.payloads.contains_key(&index) || p.shards.contains_key(&index) {
@@ -228,7 +246,7 @@ impl Assembler {
         let before = p.bytes;
         let asked = p.store(&m, self.dims, now_us);
         self.counts.recovered_nack += u64::from(asked);
-        let rebuilt = p.recover(p.group_of(index)).map_err(|e| frame_error(f, format!("parity: {e}")));
+        let rebuilt = p.recover(p.group_of(index), self.dims).map_err(|e| frame_error(f, format!("parity: {e}")));
         self.counts.recovered_fec += *rebuilt.as_ref().unwrap_or(&0) as u64;
         self.held = self.held + p.bytes - before;
         let complete = p.payloads.len() == usize::from(p.data);
@@ -237,6 +255,42 @@ impl Assembler {
             self.finish(f, now_us);
         }
         rebuilt.map(|_| ())
+    }
+
+    /// Whether a packet of frame `f` can still be used: the frame is not done, and if it is
+    /// new, no newer frame is complete or handed out.
+    fn accepts(&self, f: u64) -> bool {
+        if self.handed_out.is_some_and(|h| f <= h) {
+            return false;
+        }
+        match self.frames.get(&f) {
+            Some(p) => p.out.is_none(),
+            None => !self.newest_complete.is_some_and(|c| f < c),
+        }
+    }
+
+    /// Starts frame `f` with packet `m` if the packet is good and there is room: with
+    /// [`MAX_FRAMES_OPEN`] frames open the oldest is given up (false if `f` is older still).
+    fn start_frame(&mut self, m: &MediaPacket, f: u64, seq: u64, now_us: u64) -> Result<bool, MediaError> {
+        let fresh = Pending::new(m, f, seq, now_us);
+        fresh.check(m, seq, self.dims)?;
+        if self.frames.len() >= MAX_FRAMES_HELD {
+            return Err(frame_error(f, format!("{MAX_FRAMES_HELD} frames already held (poll hands them out)")));
+        }
+        let mut open = self.frames.iter().filter(|(_, p)| p.open()).map(|(&k, _)| k);
+        if let Some(oldest) = open.next().filter(|_| self.open_frames() >= MAX_FRAMES_OPEN) {
+            if f < oldest {
+                return Ok(false);
+            }
+            self.frames.get_mut(&oldest).expect("listed").given_up = Some(now_us);
+        }
+        self.frames.insert(f, fresh);
+        self.newest = Some(self.newest.map_or(f, |n| n.max(f)));
+        Ok(true)
+    }
+
+    fn open_frames(&self) -> usize {
+        self.frames.values().filter(|p| p.open()).count()
     }
 
     /// Counts a packet that arrived (extended sequence number `seq`), `unasked` if it was
@@ -291,39 +345,16 @@ impl Assembler {
         Ok(f)
     }
 
-    /// Finds or starts the frame of packet `m` (frame `f`); false if the frame is done or too
-    /// old to start (the packet is late).
-    fn open_frame(&mut self, m: &MediaPacket, f: u64, seq: u64, now_us: u64) -> Result<bool, MediaError> {
-        if self.handed_out.is_some_and(|h| f <= h) {
-            return Ok(false);
-        }
-        if let Some(p) = self.frames.get(&f) {
-            return Ok(p.out.is_none());
-        }
-        if self.newest_complete.is_some_and(|c| f < c) {
-            return Ok(false);
-        }
-        if self.frames.len() >= MAX_FRAMES_HELD {
-            return Err(frame_error(f, format!("{MAX_FRAMES_HELD} frames already held (poll hands them out)")));
-        }
-        let open: Vec<u64> = self.frames.iter().filter(|(_, p)| p.open()).map(|(&k, _)| k).collect();
-        if open.len() >= MAX_FRAMES_OPEN {
-            let oldest = open[0];
-            if f < oldest {
-                return Ok(false);
-            }
-            self.frames.get_mut(&oldest).expect("listed").given_up = Some(now_us);
-        }
-        self.frames.insert(f, Pending::new(m, f, seq, now_us));
-        self.newest = Some(self.newest.map_or(f, |n| n.max(f)));
-        Ok(true)
-    }
-
     /// Builds frame `f`'s output (complete, partial or lost), counts it, and when it is a
     /// whole frame gives up every older frame still in progress.
     fn finish(&mut self, f: u64, now_us: u64) {
         let p = self.frames.get_mut(&f).expect("finishing a held frame");
-        let out = p.build(self.dims, now_us);
+        let out = p.build(self.dims, self.tables.as_ref(), now_us);
+        if let Some(t) = p.payloads.get(&0).and_then(|first| Tables::read(first, p, self.dims)) {
+            if !matches!(&self.tables, Some(old) if old.seq >= t.seq) {
+                self.tables = Some(Tables { stable: self.tables.as_ref().is_some_and(|old| old.same(&t)), ..t });
+            }
+        }
         let c = &mut self.counts;
         let data = u64::from(p.data);
         c.missing += data - u64::from(p.arrived);
@@ -372,7 +403,7 @@ impl Assembler {
     /// `rtt_us` away.
     ///
     /// A packet counts as missing once a later sequence number has arrived, or once no packet
-    /// of its frame has arrived for a while (the frame's tail is overdue: [`TAIL_WAIT_US`], or
+    /// of its frame has arrived for a while (the frame's tail is overdue: 10 ms, or
     /// four times the frame's mean gap between packets). A NACKed packet is asked for again
     /// after an RTT if it still has not come.
     pub fn nacks(&mut self, now_us: u64, rtt_us: u64) -> Vec<(u16, u16)> {
@@ -516,6 +547,13 @@ impl Pending {
     /// than its group's parity shards (which hold it).
     fn check_data(&self, index: u16, payload: &[u8], dims: Option<(u32, u32)>) -> Result<(), MediaError> {
         let (h, _) = JpegHeader::parse(payload).map_err(|e| frame_error(self.seq, e.to_string()))?;
+        if h.type_specific != 0 || !matches!(h.kind, 0 | 1 | 64 | 65) {
+            let what = format!(
+                "data packet {index} has RFC 2435 type-specific {} and type {}, expected 0 and 0, 1, 64 or 65",
+                h.type_specific, h.kind
+            );
+            return Err(frame_error(self.seq, what));
+        }
         let cap = self.cap(self.size.or(frame_size(&h, dims)));
         if self.bytes + payload.len() > cap {
             let what = format!("{} bytes held, {} more passes the frame's cap of {cap}", self.bytes, payload.len());
@@ -581,12 +619,7 @@ impl Pending {
             self.shards.insert(index, shard.to_vec());
             return false;
         }
-        if self.size.is_none() {
-            if let Ok((h, _)) = JpegHeader::parse(m.payload) {
-                self.kind = h.kind;
-                self.size = frame_size(&h, dims);
-            }
-        }
+        self.note_header(m.payload, dims);
         self.bytes += m.payload.len();
         self.payloads.insert(index, m.payload.to_vec());
         let asked = self.nacked.contains_key(&index);
@@ -596,6 +629,16 @@ impl Pending {
             self.arrived += 1;
         }
         asked
+    }
+
+    /// The RFC 2435 type and size, from the first data packet that has them.
+    fn note_header(&mut self, payload: &[u8], dims: Option<(u32, u32)>) {
+        if self.size.is_none() {
+            if let Ok((h, _)) = JpegHeader::parse(payload) {
+                self.kind = h.kind;
+                self.size = frame_size(&h, dims);
+            }
+        }
     }
 
     fn groups(&self) -> usize {
@@ -629,7 +672,7 @@ impl Pending {
     }
 
     /// Rebuilds group `g`'s missing data packets if enough shards are here; returns how many.
-    fn recover(&mut self, g: usize) -> Result<usize, fec::FecError> {
+    fn recover(&mut self, g: usize, dims: Option<(u32, u32)>) -> Result<usize, fec::FecError> {
         let data = self.data_range(g);
         let missing = data.clone().filter(|i| !self.payloads.contains_key(i)).count();
         let parity = self.parity_range(g);
@@ -642,6 +685,7 @@ impl Pending {
         let n = fec::recover(&mut d, &p)?;
         for (i, payload) in data.zip(d) {
             if let (false, Some(payload)) = (self.payloads.contains_key(&i), payload) {
+                self.note_header(&payload, dims);
                 self.bytes += payload.len();
                 self.payloads.insert(i, payload);
             }
@@ -652,13 +696,19 @@ impl Pending {
 
     /// The frame's output from the data packets here: a JPEG if they are all here, else the
     /// restart intervals that arrived as bands, else lost.
-    fn build(&self, dims: Option<(u32, u32)>, now_us: u64) -> Assembled {
+    ///
+    /// Without its first packet (and the quantization tables in it) a frame is shown in
+    /// part with the tables of an earlier frame, when they are known to be the same: the
+    /// frame's quality (from a parity packet's timing) is theirs, and they did not change
+    /// between the last two frames that brought them.
+    fn build(&self, dims: Option<(u32, u32)>, tables: Option<&Tables>, now_us: u64) -> Assembled {
         let lost = |why| Assembled::Lost { seq: self.seq, why };
         if self.payloads.is_empty() {
             return lost("no data packet arrived in time");
         }
         let mut d = Depacketizer::new(Config { dimensions: dims, capture_ext: None, payload_type: None });
-        for (&i, payload) in &self.payloads {
+        let borrowed = tables.filter(|t| !self.payloads.contains_key(&0) && t.fit(self)).map(Tables::first_packet);
+        for (&i, payload) in borrowed.iter().map(|b| (&0, b)).chain(&self.payloads) {
             let pkt = RtpPacketBuilder::<&[u8], &[u8]>::new()
                 .payload_type(PAYLOAD_TYPE)
                 .sequence_number(self.base.wrapping_add(u64::from(i)) as u16)
@@ -720,6 +770,64 @@ impl Pending {
                 seqs.push(self.base.wrapping_add(u64::from(i)));
             }
         }
+    }
+}
+
+/// The quantization tables a frame's first packet brought.
+#[derive(Debug, Clone)]
+struct Tables {
+    /// The frame's sequence number and quality.
+    seq: u64,
+    quality: u8,
+    /// Its RFC 2435 header: type, size (as the header says it) and restart interval.
+    kind: u8,
+    width: u32,
+    height: u32,
+    interval: u16,
+    /// The frame's size (from the header, or the stream's when it says 0).
+    size: Option<(u32, u32)>,
+    tables: Vec<u8>,
+    /// The frame before it that brought tables had the same.
+    stable: bool,
+}
+
+impl Tables {
+    /// The tables in `p`'s first packet `first`, if it has them and `p`'s quality is known.
+    fn read(first: &[u8], p: &Pending, dims: Option<(u32, u32)>) -> Option<Self> {
+        let (h, rest) = JpegHeader::parse(first).ok()?;
+        if h.fragment_offset != 0 || h.q < 128 || !p.timed || frame_size(&h, dims) != p.size {
+            return None;
+        }
+        let (interval, rest) = match h.has_restart() {
+            true => RestartHeader::parse(rest).map(|(r, rest)| (r.interval, rest)).ok()?,
+            false => (0, rest),
+        };
+        let (t, _) = QuantTables::parse(rest).ok()?;
+        let (kind, width, height, size) = (h.kind, h.width, h.height, p.size);
+        let tables = t.tables.to_vec();
+        Some(Tables { seq: p.seq, quality: p.info.quality, kind, width, height, interval, size, tables, stable: false })
+    }
+
+    fn same(&self, o: &Tables) -> bool {
+        (self.quality, self.kind, self.width, self.height, self.interval, &self.tables)
+            == (o.quality, o.kind, o.width, o.height, o.interval, &o.tables)
+    }
+
+    /// Whether these tables stand in for those of frame `p`, whose first packet is missing.
+    fn fit(&self, p: &Pending) -> bool {
+        self.stable && p.timed && (p.info.quality, p.kind, p.size) == (self.quality, self.kind, self.size)
+    }
+
+    /// A first packet with these tables and no scan data.
+    fn first_packet(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(16 + self.tables.len());
+        let (kind, width, height) = (self.kind, self.width, self.height);
+        JpegHeader { type_specific: 0, fragment_offset: 0, kind, q: 255, width, height }.write(&mut b);
+        if self.interval > 0 {
+            RestartHeader { interval: self.interval, first: true, last: true, count: 0 }.write(&mut b);
+        }
+        QuantTables { tables: &self.tables }.write(&mut b);
+        b
     }
 }
 
@@ -795,6 +903,9 @@ impl SeqWindow {
 
 #[cfg(test)]
 mod tests {
+    use std::cmp::Reverse;
+    use std::collections::{BTreeSet, BinaryHeap};
+
     use proptest::prelude::*;
 
     use super::*;
@@ -1012,6 +1123,38 @@ mod tests {
     }
 
     #[test]
+    fn without_its_first_packet_a_frame_borrows_the_tables_of_the_frames_before() {
+        let (jpeg, p) = restart_frame();
+        let whole = decode(&jpeg, 320, 240);
+        for quality_changed in [false, true] {
+            let mut o = sender();
+            let mut a = Assembler::new(WAIT);
+            for f in 0..2 {
+                push_all(&mut a, &o.frame(&p, &info(f), 1, 0, 1_000_000), f * 33_333);
+                assert!(matches!(a.poll(f * 33_333), Some(Assembled::Frame { .. })));
+            }
+            // Frame 2 loses its first two packets; one parity packet cannot rebuild them.
+            let mut i2 = info(2);
+            i2.quality += u8::from(quality_changed);
+            let pkts = o.frame(&p, &i2, 1, 0, 1_000_000);
+            push_all(&mut a, &pkts[2..], 70_000);
+            let out = a.poll(70_000 + WAIT);
+            if quality_changed {
+                assert!(matches!(out, Some(Assembled::Lost { seq: 2, .. })), "other tables: {out:?}");
+                continue;
+            }
+            let Some(Assembled::Partial { frame, bands }) = out else { panic!("expected a partial frame: {out:?}") };
+            assert_eq!(frame.info, info(2));
+            assert!(bands[0].rows.start > 0, "the first rows are missing");
+            let px = conceal(&bands, 320, 240);
+            for b in &bands {
+                let r = b.rows.start as usize * 320..b.rows.end as usize * 320;
+                assert!(psnr(&xrgb_to_rgb(&px[r.clone()]), &xrgb_to_rgb(&whole[r])) > 35.0, "rows {:?}", b.rows);
+            }
+        }
+    }
+
+    #[test]
     fn a_frame_without_restart_markers_missing_a_packet_is_lost() {
         let jpeg = pattern_jpeg(320, 240, Subsampling::S420, 90, 1).unwrap();
         let p = packetize(&jpeg).unwrap();
@@ -1147,6 +1290,38 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_packet_starts_no_frame() {
+        let (_, p) = restart_frame();
+        let mut o = sender();
+        let pkts = o.frame(&p, &info(1), 0, 0, 1_000_000);
+        let mut a = Assembler::new(WAIT);
+        a.push(&pkts[0], 0).unwrap();
+        // A packet of a frame further on whose payload is no RFC 2435 JPEG: refused, and no
+        // frame 500 waits to come out lost (which would make frames 2..500 late).
+        let e = FrameExt { frame: 500, index: 0, data: 1, parity: 0 };
+        assert!(a.push(&craft(26, 4000, e, b"not jpeg"), 0).is_err());
+        push_all(&mut a, &pkts[1..], 0);
+        assert!(matches!(a.poll(0), Some(Assembled::Frame { .. })));
+        let two = o.frame(&p, &info(2), 0, 0, 1_000_000);
+        push_all(&mut a, &two, 1000);
+        assert!(matches!(a.poll(WAIT * 10), Some(Assembled::Frame { frame, .. }) if frame.info.seq == 2));
+        assert_eq!(a.poll(WAIT * 10), None);
+    }
+
+    #[test]
+    fn a_frame_rebuilt_wholly_from_parity_knows_its_type() {
+        let jpeg = restart_jpeg((16, 16), Subsampling::S420, 90, 1, 1).unwrap();
+        let p = packetize(&jpeg).unwrap();
+        assert_eq!(p.len(), 1);
+        let pkts = sender().frame(&p, &info(3), 1, 0, 1_000_000);
+        let mut a = Assembler::new(WAIT);
+        a.push(&pkts[1], 0).unwrap();
+        let (frame, out) = only_frame(&mut a, 0);
+        assert_eq!((frame.kind, frame.width, frame.recovered, frame.info), (65, 16, 1, info(3)));
+        assert_eq!(scan(&out), scan(&jpeg));
+    }
+
+    #[test]
     fn a_frame_over_its_byte_cap_is_refused() {
         // A 16x16 frame may hold twice its largest scan: about 130 KB, not 4096 packets.
         let jpeg = restart_jpeg((16, 16), Subsampling::S420, 90, 1, 1).unwrap();
@@ -1163,7 +1338,7 @@ mod tests {
             }
         }
         let (i, m) = refused.expect("the cap is reached");
-        assert!(m.contains("frame's cap of"), "{m}");
+        assert_eq!(m, "frame 0: 132600 bytes held, 1300 more passes the frame's cap of 133120");
         assert!(usize::from(i) * 1300 <= 2 * max_scan_bytes(16, 16));
         assert!(a.held_bytes() <= 2 * max_scan_bytes(16, 16));
     }
@@ -1230,22 +1405,35 @@ mod tests {
                     }
                 }
             }
-            arrivals.sort_by_key(|(t, _, _)| *t);
+            // Arrivals in time order; NACKs (when on) bring retransmissions an RTT later.
+            let frame_of: BTreeMap<Vec<u8>, u64> = arrivals.iter().map(|(_, f, b)| (b.clone(), *f)).collect();
+            let mut queue: BinaryHeap<Reverse<(u64, Vec<u8>)>> =
+                arrivals.iter().map(|(t, _, b)| Reverse((*t, b.clone()))).collect();
             let mut out = Vec::new();
-            let mut seen = std::collections::BTreeSet::new();
-            for (t, f, b) in &arrivals {
-                if a.push(b, *t).is_ok() && a.counts().late_packets == 0 {
+            let mut seen = BTreeSet::new();
+            let mut last_t = 0;
+            while let Some(Reverse((t, b))) = queue.pop() {
+                last_t = t;
+                let before = a.counts();
+                let used = a.push(&b, t).is_ok() && {
+                    let c = a.counts();
+                    (c.late_packets, c.duplicates) == (before.late_packets, before.duplicates)
+                };
+                if let (true, Some(f)) = (used, frame_of.get(&b)) {
                     seen.insert(*f);
                 }
                 if nack {
-                    let runs = a.nacks(*t, RTT);
+                    let runs = a.nacks(t, RTT);
                     prop_assert!(runs.len() <= MAX_NACK_RUNS);
+                    for r in o.retransmit(&runs, t, RTT) {
+                        queue.push(Reverse((t + RTT, r)));
+                    }
                 }
-                while let Some(x) = a.poll(*t) {
+                while let Some(x) = a.poll(t) {
                     out.push(x.seq());
                 }
             }
-            let end = arrivals.last().map_or(0, |x| x.0) + WAIT + 1;
+            let end = last_t + WAIT + 1;
             while let Some(x) = a.poll(end) {
                 out.push(x.seq());
             }
@@ -1253,7 +1441,7 @@ mod tests {
             for f in &seen {
                 prop_assert!(out.contains(f), "frame {} came out: {:?}", f, out);
             }
-            let arrived: std::collections::BTreeSet<u64> = arrivals.iter().map(|x| x.1).collect();
+            let arrived: BTreeSet<u64> = arrivals.iter().map(|x| x.1).collect();
             prop_assert!(out.iter().all(|f| arrived.contains(f)));
             prop_assert_eq!(a.held_bytes(), 0);
         }
