@@ -42,6 +42,7 @@ if [ "$(id -u)" != 0 ]; then
     exit 2
 fi
 mkdir -p "$OUT"
+# shellcheck source=benches/lib.sh
 . benches/lib.sh
 measured_bin
 BIN=$bin
@@ -125,7 +126,7 @@ run_case() {
     pids+=($!)
     if [ "$case" = bulk ]; then
         ip netns exec "$NS_B" python3 benches/loss.py sink "$ADDR_B" "$BULK_PORT" "$WARMUP" \
-            "$((DURATION - WARMUP - 1))" >"$OUT/$tag.bulk.json" 2>"$OUT/$tag.bulk.log" &
+            "$((DURATION - WARMUP - 2))" >"$OUT/$tag.bulk.json" 2>"$OUT/$tag.bulk.log" &
         pids+=($!)
         sleep 0.3
         ip netns exec "$NS_A" python3 benches/loss.py source "$ADDR_B" "$BULK_PORT" "$DURATION" \

@@ -236,3 +236,21 @@ fn framecast_streams_through_the_link() {
     let log = recv.stderr();
     assert!(log.contains("127.77.0.1"), "the viewer saw the sender's address from A:\n{log}");
 }
+
+#[test]
+fn without_root_it_refuses_clearly() {
+    if !require_netns("without_root_it_refuses_clearly") {
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    let ns = format!("fct{}nra,fct{}nrb", std::process::id(), std::process::id());
+    // As `nobody`: the check comes before anything is created.
+    let mut p = Proc::spawn_with("netsim", &["netsim", "--packet-link", "--ns", &ns, "--rate", "5mbit"], |cmd| {
+        cmd.uid(65534).gid(65534);
+    });
+    let st = p.wait(Duration::from_secs(10));
+    let err = p.stderr();
+    assert!(!st.success(), "{err}");
+    assert!(err.contains("--packet-link needs root"), "{err}");
+    assert!(!ns_exists(&format!("fct{}nra", std::process::id())));
+}
