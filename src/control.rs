@@ -745,6 +745,31 @@ mod tests {
     }
 
     #[test]
+    fn a_udp_link_rate_caps_the_allowed_rate_while_it_is_fresh() {
+        let mut c = Controller::new(cfg(Some(8000), None), 75);
+        let mut now = 0;
+        while now < 5_000_000 {
+            if c.admit(now) {
+                let q = c.setting().quality;
+                c.on_encoded(now, size_at(q, 135_000.0), q, false);
+            }
+            // A receipt's worth of link rate every few frames.
+            if (now / 33_333) % 8 == 0 {
+                c.on_link_rate(now, 2_000_000);
+            }
+            c.tick(now);
+            now += 33_333;
+        }
+        assert!(c.status().rate_kbps <= 1800.0, "allowed {} kbit/s on a 2 Mbit/s link", c.status().rate_kbps);
+        // Two seconds without a report: the target alone again.
+        while now < 8_000_000 {
+            c.tick(now);
+            now += 33_333;
+        }
+        assert_eq!(c.status().rate_kbps, 8000.0);
+    }
+
+    #[test]
     fn a_stall_is_not_taken_for_a_slower_link() {
         let mut link =
             Link { kbps: 5000.0, delay_us: 20_000, busy_until: 0, in_flight: VecDeque::new(), stall_us: 500_000 };

@@ -58,6 +58,8 @@ const MAX_BPS: u64 = 1_000_000_000;
 const BURST: usize = 2 * crate::net::udp::MAX_DATAGRAM;
 /// How long after the pacer last fell behind the link's rate still caps the encoder, µs.
 const BEHIND_US: u64 = 2_000_000;
+/// Loss after recovery (1/10000) from which the link's rate caps the encoder.
+const RESIDUAL_LOSS_BP: u16 = 300;
 /// Round trip assumed before the first measurement, µs.
 const DEFAULT_RTT_US: u64 = 100_000;
 
@@ -325,8 +327,12 @@ impl Viewer {
         };
         *self.sub.counters.udp.lock().unwrap_or_else(|p| p.into_inner()) = Some(figures);
         // The encoder's controller follows acknowledgements and latency as over TCP; only
-        // while the pacer falls behind the stream does the link's rate cap it too.
-        if self.behind_us.is_some_and(|t| at_us < t + BEHIND_US) {
+        // while the pacer falls behind the stream and the viewer loses what recovery cannot
+        // bring back does the link's rate cap it too. (Capped whenever the pacer fell behind,
+        // 1280x720 on a 5 Mbit/s link without loss showed 19.6 fps instead of 26.1: the rate
+        // control's estimate is more cautious than the acknowledgements.)
+        let losing = est.residual_loss_bp >= RESIDUAL_LOSS_BP;
+        if losing && self.behind_us.is_some_and(|t| at_us < t + BEHIND_US) {
             self.feed.feedback(Feedback::LinkRate { at_us, bps: est.rate_bps });
         }
     }
