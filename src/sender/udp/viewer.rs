@@ -58,6 +58,11 @@ const MAX_BPS: u64 = 1_000_000_000;
 const BURST: usize = 2 * crate::net::udp::MAX_DATAGRAM;
 /// How long after the pacer last fell behind the link's rate still caps the encoder, µs.
 const BEHIND_US: u64 = 2_000_000;
+/// The longest a frame's packets are spread over, µs: paced slower, a frame would miss the
+/// viewer's deadline (and its NACKs would cost more), so the next frames wait in the hub slot
+/// instead, and the frame rate is what falls. (With the rate control at its floor of 200
+/// kbit/s, a 20 KB frame took 800 ms: every frame was lost, and the stream never recovered.)
+const FRAME_SEND_US: u64 = 50_000;
 /// Loss after recovery (1/10000) from which the link's rate caps the encoder.
 const RESIDUAL_LOSS_BP: u16 = 300;
 /// Round trip assumed before the first measurement, µs.
@@ -92,6 +97,8 @@ pub(super) struct Viewer {
     in_flight: VecDeque<Sent>,
     /// When the pacer last fell behind the stream (a frame still unsent when the next came).
     behind_us: Option<u64>,
+    /// The pace that sends the current frame within [`FRAME_SEND_US`], bit/s.
+    frame_floor_bps: u64,
     /// The newest frame sent (acknowledgements of later ones are bogus).
     newest_frame: Option<u64>,
     loss_bp: u16,
@@ -127,6 +134,7 @@ impl Viewer {
             ext_seq: None,
             in_flight: VecDeque::new(),
             newest_frame: None,
+            frame_floor_bps: 0,
             behind_us: None,
             loss_bp: 0,
             last_receipt: None,
@@ -215,6 +223,9 @@ impl Viewer {
         let data = packets.len().min(fec::MAX_GROUP_DATA);
         let parity = if self.opts.fec { fec::parity_for(data, self.loss_bp) } else { 0 };
         self.queue.extend(self.out.frame(&packets, &info, parity, now, now + STORE_US));
+        let bits = self.queue.iter().map(|p| p.len() as u64 * 8).sum::<u64>();
+        self.frame_floor_bps = bits * 1_000_000 / FRAME_SEND_US;
+        self.pace();
         self.newest_frame = Some(h.seq);
         let len = frame.jpeg.as_slice().len() as u64;
         self.feed.sent(&self.sub, len);
@@ -223,6 +234,13 @@ impl Viewer {
         }
         self.in_flight.push_back(Sent { seq: h.seq, send_us: now, capture_us: h.capture_us, bytes: len });
         self.feed.feedback(Feedback::InFlight(self.in_flight.len()));
+    }
+
+    /// Sets the pacer: the rate control's pace, but never so slow that the frame being sent
+    /// takes more than [`FRAME_SEND_US`] (frames are skipped instead, in the hub slot).
+    fn pace(&mut self) {
+        let pace = self.rate.estimate().pace_bps.max(self.frame_floor_bps);
+        self.pacer.set_rate(pace);
     }
 
     /// Tells the viewer the frame size.
@@ -310,7 +328,7 @@ impl Viewer {
         }
         self.rate.on_receipt(r, at_us);
         let est = self.rate.estimate();
-        self.pacer.set_rate(est.pace_bps);
+        self.pace();
         self.loss_bp = r.loss_bp;
         let prev = self.last_receipt.unwrap_or_default();
         let (lost, recovered) = (r.lost.saturating_sub(prev.lost), r.recovered.saturating_sub(prev.recovered));
