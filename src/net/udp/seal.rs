@@ -14,7 +14,7 @@
 //!            ‖ sender's session u64 ‖ receiver's session u64
 //! sender   → receiver: Handshake{session, message 1 (48 bytes: -> psk, e)}, repeated until answered
 //! receiver → sender:   Handshake{session, message 2 (48 bytes: <- e, ee)}, the same bytes for a repeat,
-//!                      or Handshake{session, no bytes}: refused, message 1 did not authenticate
+//!                      or a refusal: a plain Bye (`net::udp::link`), or Handshake{session, no bytes}
 //! then:                Sealed{nonce, ChaCha20-Poly1305(key of the direction, nonce, Inner) ‖ tag}
 //! ```
 //!
@@ -34,8 +34,8 @@ use super::wire::SEALED;
 /// Nonces remembered behind the highest one seen; older ones are rejected as replays.
 pub const REPLAY_WINDOW: u64 = 4096;
 
-/// The responder's answer to a message 1 that did not authenticate: a Handshake datagram
-/// with no message.
+/// A refusal in a Handshake datagram: no message. [`Initiator::finish`] reads it as the
+/// responder's "the keys differ" (`net::udp::link` refuses with a plain `Bye` instead).
 pub const REFUSAL: &[u8] = &[];
 
 /// Why a datagram was not opened.
@@ -151,7 +151,8 @@ impl Responder {
     /// message 1 (message 2 was lost) gets the same message 2 again, and no keys.
     ///
     /// A message 1 that does not authenticate (another key, another session, altered) is an
-    /// error: answer it with [`REFUSAL`]. A different message 1 once one was answered is an
+    /// error: answer it with a refusal (the transport sends a plain `Bye`; [`REFUSAL`] in a
+    /// Handshake datagram reads the same to [`Initiator::finish`]). A different message 1 once one was answered is an
     /// error too (one handshake per session), and gets no answer.
     pub fn respond(&mut self, msg1: &[u8]) -> Result<(Vec<u8>, Option<Sealer>), SealError> {
         if let Some((first, msg2)) = &self.answered {
