@@ -1357,6 +1357,30 @@ mod tests {
         assert_eq!(a.poll(0), None);
     }
 
+    /// Time to packetise and assemble a 1280x720 frame, whole and with a packet rebuilt from
+    /// parity (run with `--nocapture` to see it; no assertion on speed).
+    #[test]
+    fn speed_of_a_720p_frame() {
+        let jpeg = restart_jpeg((1280, 720), Subsampling::S420, 75, 1, 1).unwrap();
+        let p = packetize(&jpeg).unwrap();
+        let mut o = sender();
+        for lost in [None, Some(3)] {
+            let t = std::time::Instant::now();
+            let pkts = o.frame(&p, &info(1), 2, 0, 1_000_000);
+            let sent = t.elapsed();
+            let mut a = Assembler::new(WAIT);
+            let t = std::time::Instant::now();
+            push_all(&mut a, pkts.iter().enumerate().filter(|&(i, _)| Some(i) != lost).map(|(_, b)| b), 0);
+            assert!(matches!(a.poll(0), Some(Assembled::Frame { .. })));
+            let took = t.elapsed();
+            println!(
+                "720p frame, {} B in {} packets + 2 parity, lost {lost:?}: Outgoing::frame {sent:?}, assembled in {took:?}",
+                jpeg.len(),
+                p.len()
+            );
+        }
+    }
+
     /// One frame's packets as they arrive: which are dropped, duplicated, and in what order.
     #[derive(Debug, Clone)]
     struct Pattern {
