@@ -105,6 +105,35 @@ pub struct ReportArgs {
     pub svg: Option<PathBuf>,
 }
 
+/// How frames travel between `send` and `recv`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum TransportArg {
+    /// framecast's protocol over TCP.
+    #[default]
+    Tcp,
+    /// RTP/JPEG packets over UDP that ride out packet loss.
+    Udp,
+}
+
+/// On or off (the hidden UDP knobs for tests and experiments).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum OnOff {
+    #[default]
+    On,
+    Off,
+}
+
+/// `--transport`'s help, shared by `send`, `recv` and `demo`.
+const TRANSPORT_HELP: &str = "How frames travel: 'tcp' (framecast's protocol over TCP, the default) or 'udp' \
+(RTP/JPEG packets over one UDP socket per side, for lossy links such as Wi-Fi: a lost packet is asked for again \
+(NACK) only while its frame can still be shown in time, forward error correction is sized to the loss the viewer \
+reports, rows still missing are concealed from the previous frame, and the sender paces packets at a rate of its \
+own congestion control, never above what the viewer's receipts show delivered). --key-file seals every datagram.";
+
+fn bind_udp(addr: SocketAddr, flag: &str) -> anyhow::Result<std::net::UdpSocket> {
+    std::net::UdpSocket::bind(addr).with_context(|| format!("{flag} {addr}: cannot bind a udp socket there"))
+}
+
 /// JPEG chroma subsampling.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum SubsamplingArg {
@@ -355,6 +384,11 @@ pub struct SendArgs {
     /// --connect/--listen, RTSP (and HTTP) only.
     #[arg(long, value_name = "ADDR:PORT")]
     pub rtsp: Option<SocketAddr>,
+    #[arg(long, value_enum, default_value_t = TransportArg::Tcp, value_name = "tcp|udp", help = "How frames travel: tcp (the default) or udp (for lossy links: NACK, FEC, concealment, its own congestion control)", long_help = TRANSPORT_HELP)]
+    pub transport: TransportArg,
+    /// UDP: forward error correction (off: none, for tests and experiments).
+    #[arg(long, value_enum, default_value_t = OnOff::On, hide = true)]
+    pub fec: OnOff,
     #[command(flatten)]
     pub source: SourceArgs,
     #[command(flatten)]
@@ -391,6 +425,17 @@ pub struct RecvArgs {
     /// carried, taken from the previous frame).
     #[arg(long, value_enum, default_value_t = receiver::RtspTransport::Tcp, value_name = "tcp|udp")]
     pub rtsp_transport: receiver::RtspTransport,
+    #[arg(long, value_enum, default_value_t = TransportArg::Tcp, value_name = "tcp|udp", help = "How frames travel: tcp (the default) or udp (for lossy links: NACK, FEC, concealment, its own congestion control)", long_help = TRANSPORT_HELP)]
+    pub transport: TransportArg,
+    /// With --transport udp: the latency budget, capture to display. A frame still missing
+    /// packets is shown concealed (or dropped) after at most half of it [default: the wait is
+    /// three frame intervals or two round trips, at most 250 ms].
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u32).range(10..=60_000))]
+    pub max_latency_ms: Option<u32>,
+    /// UDP: ask for lost packets again (off: FEC and concealment only, for tests and
+    /// experiments).
+    #[arg(long, value_enum, default_value_t = OnOff::On, hide = true)]
+    pub udp_nack: OnOff,
     /// Decode, count and measure, but open no window.
     #[arg(long)]
     pub headless: bool,
@@ -445,6 +490,8 @@ pub struct DemoArgs {
     /// Measure nothing and print no stats (to see what measuring costs).
     #[arg(long, conflicts_with_all = ["stats_json", "send_stats_json", "recv_stats_json"])]
     pub no_stats: bool,
+    #[arg(long, value_enum, default_value_t = TransportArg::Tcp, value_name = "tcp|udp", help = "How frames travel: tcp (the default) or udp (for lossy links: NACK, FEC, concealment, its own congestion control)", long_help = TRANSPORT_HELP)]
+    pub transport: TransportArg,
     #[command(flatten)]
     pub source: SourceArgs,
     #[command(flatten)]
@@ -625,13 +672,14 @@ impl SendArgs {
                 warn_if_open(flag, addr, key.as_ref());
             }
         }
-        let endpoint = match (self.connect, self.listen) {
-            (_, Some(addr)) => sender::Endpoint::Listen(bind(addr, "--listen")?),
-            (Some(c), None) => sender::Endpoint::Connect(c),
-            (None, None) if self.http.is_some() || self.rtsp.is_some() || self.publish.is_some() => {
+        let endpoint = match (self.transport, self.connect.clone(), self.listen) {
+            (TransportArg::Udp, connect, listen) => self.udp_endpoint(connect, listen)?,
+            (_, _, Some(addr)) => sender::Endpoint::Listen(bind(addr, "--listen")?),
+            (_, Some(c), None) => sender::Endpoint::Connect(c),
+            (_, None, None) if self.http.is_some() || self.rtsp.is_some() || self.publish.is_some() => {
                 sender::Endpoint::None
             }
-            (None, None) => sender::Endpoint::Connect(format!("127.0.0.1:{DEFAULT_PORT}")),
+            (_, None, None) => sender::Endpoint::Connect(format!("127.0.0.1:{DEFAULT_PORT}")),
         };
         let http = self.http.map(|addr| bind(addr, "--http")).transpose()?;
         let rtsp = self.rtsp.map(|addr| bind(addr, "--rtsp")).transpose()?;
@@ -667,10 +715,50 @@ impl SendArgs {
     }
 }
 
+impl SendArgs {
+    /// `--transport udp`: the UDP endpoint, and what does not combine with it refused.
+    fn udp_endpoint(&self, connect: Option<String>, listen: Option<SocketAddr>) -> anyhow::Result<sender::Endpoint> {
+        if self.link.no_congestion_control {
+            bail!("--no-congestion-control applies to --transport tcp: udp always paces its packets at its own rate");
+        }
+        if self.link.max_in_flight.is_some() {
+            bail!("--max-in-flight applies to --transport tcp: udp paces packets at the link's rate instead");
+        }
+        let opts = sender::udp::UdpOptions { fec: self.fec == OnOff::On };
+        let endpoint = match (connect, listen) {
+            (_, Some(addr)) => sender::udp::UdpEndpoint::Listen(bind_udp(addr, "--listen")?),
+            (Some(c), None) => sender::udp::UdpEndpoint::Connect(c),
+            (None, None) => sender::udp::UdpEndpoint::Connect(format!("127.0.0.1:{DEFAULT_PORT}")),
+        };
+        Ok(sender::Endpoint::Udp(endpoint, opts))
+    }
+}
+
 impl RecvArgs {
+    /// `--transport udp`: the UDP endpoint, and what does not combine with it refused.
+    fn udp_endpoint(&self, key: Option<&Key>) -> anyhow::Result<receiver::Endpoint> {
+        let opts = receiver::UdpRecvOptions { nack: self.udp_nack == OnOff::On, max_latency_ms: self.max_latency_ms };
+        let endpoint = match (&self.listen, &self.connect) {
+            (_, Some(c)) if c.starts_with("rtsp://") => bail!(
+                "--transport udp does not apply to an rtsp:// stream: RTSP has its own (--rtsp-transport tcp|udp)"
+            ),
+            (_, Some(c)) => receiver::UdpEndpoint::Connect(c.clone()),
+            (listen, None) => {
+                let addr = listen.unwrap_or(SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)));
+                warn_if_open("--listen", addr, key);
+                receiver::UdpEndpoint::Listen(bind_udp(addr, "--listen")?)
+            }
+        };
+        Ok(receiver::Endpoint::Udp(endpoint, opts))
+    }
+
     pub fn into_config(self) -> anyhow::Result<RecvConfig> {
         let key = self.key.load()?;
-        let endpoint = match (self.listen, self.connect) {
+        if self.transport == TransportArg::Tcp && self.max_latency_ms.is_some() {
+            bail!("--max-latency-ms applies to --transport udp (over TCP the sender's --max-latency-ms keeps latency)");
+        }
+        let endpoint = match (self.listen, self.connect.clone()) {
+            _ if self.transport == TransportArg::Udp => self.udp_endpoint(key.as_ref())?,
             (_, Some(c)) if c.starts_with("rtsp://") => {
                 if key.is_some() {
                     bail!("--key-file does not apply to rtsp:// (RTSP is not encrypted): put the token in the URL, rtsp://user:TOKEN@host:port/path");
@@ -705,16 +793,34 @@ impl RecvArgs {
     }
 }
 
-/// `framecast netsim`: each direction of each relayed connection is a link of its own.
+/// `framecast netsim`: a slow, lossy link. A TCP relay by default; `--udp` relays datagrams;
+/// `--packet-link` joins two network namespaces. Each direction is a link of its own.
 #[derive(Debug, Args)]
 pub struct NetsimArgs {
-    /// Accept connections on ADDR:PORT.
-    #[arg(long, value_name = "ADDR:PORT")]
-    pub listen: SocketAddr,
-    /// Relay each connection to HOST:PORT.
-    #[arg(long, value_name = "HOST:PORT")]
-    pub forward: String,
-    /// Bottleneck rate of each direction: 5mbit, 500kbit, 2MB/s.
+    /// Accept connections (with --udp: datagrams) on ADDR:PORT.
+    #[arg(long, value_name = "ADDR:PORT", required_unless_present = "packet_link")]
+    pub listen: Option<SocketAddr>,
+    /// Relay each connection (with --udp: each client's datagrams) to HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT", required_unless_present = "packet_link")]
+    pub forward: Option<String>,
+    /// Relay UDP datagrams, with loss, instead of TCP connections; one upstream socket per
+    /// client address, dropped after 60 s without traffic.
+    #[arg(long, conflicts_with = "packet_link")]
+    pub udp: bool,
+    /// Create two network namespaces (--ns) joined by TUN devices through this process, which
+    /// applies the link and loss to every IP packet; prints READY when up, deletes them on
+    /// SIGINT/SIGTERM. Needs root. Run programs in them with `ip netns exec NS ...`.
+    #[arg(long, conflicts_with_all = ["listen", "forward"])]
+    pub packet_link: bool,
+    /// With --packet-link: the names of the two namespaces to create (they must not exist).
+    #[arg(long, value_name = "NS_A,NS_B", requires = "packet_link")]
+    pub ns: Option<String>,
+    /// With --packet-link: the address of each namespace on its TUN device, loopback-range
+    /// (127.0.0.0/8, not 127.0.0.1) so that no traffic leaves the machine.
+    #[arg(long, value_name = "ADDR_A,ADDR_B", requires = "packet_link")]
+    pub addr: Option<String>,
+    /// Bottleneck rate of each direction: 5mbit, 500kbit, 2MB/s (--packet-link counts IP
+    /// headers, --udp and TCP count payload).
     #[arg(long, value_parser = crate::netsim::parse_rate)]
     pub rate: u64,
     /// One-way delay added to each direction: 20ms, 0.1s.
@@ -723,7 +829,8 @@ pub struct NetsimArgs {
     /// Random extra delay, uniform in [0, JITTER]; packets are never reordered.
     #[arg(long, default_value = "0", value_parser = crate::netsim::parse_duration)]
     pub jitter: Duration,
-    /// Router buffer of each direction; when full, the relay stops reading (backpressure).
+    /// Router buffer of each direction. TCP relay: when full, it stops reading (backpressure);
+    /// --udp and --packet-link: when full, arriving packets are dropped (drop-tail).
     #[arg(long, default_value = "64KB", value_parser = crate::netsim::parse_size)]
     pub queue: usize,
     /// Stall the link (nothing departs) every PERIOD, from the relay's start: 10s.
@@ -732,11 +839,40 @@ pub struct NetsimArgs {
     /// How long each stall lasts: 500ms.
     #[arg(long, value_name = "LENGTH", requires = "stall_every", value_parser = crate::netsim::parse_duration)]
     pub stall: Option<Duration>,
+    /// Lose this share of the packets, one by one (--udp, --packet-link): 2%, 0.5%.
+    #[arg(long, value_name = "SHARE", help_heading = "Loss", value_parser = crate::netsim::parse_percent)]
+    pub loss: Option<f64>,
+    /// Lose them in runs of this mean length in packets instead (two-state Gilbert model; the
+    /// share stays --loss): 4.
+    #[arg(long, value_name = "PACKETS", help_heading = "Loss")]
+    pub loss_burst: Option<f64>,
+    /// Outages in time: the link loses everything for outages of this mean length
+    /// (exponentially distributed), --outage-share of the time: 50ms.
+    #[arg(long, value_name = "MEAN", help_heading = "Loss", requires = "outage_share",
+          value_parser = crate::netsim::parse_duration)]
+    pub outage: Option<Duration>,
+    /// Share of the time the link spends in outages: 2%.
+    #[arg(long, value_name = "SHARE", help_heading = "Loss", requires = "outage",
+          value_parser = crate::netsim::parse_percent)]
+    pub outage_share: Option<f64>,
+    /// Loss that changes in time, from the start, in place of --loss: phases DURATION:SHARE
+    /// separated by commas, the last one holding: 10s:0%,10s:20%,10s:0%.
+    #[arg(long, value_name = "PHASES", help_heading = "Loss", conflicts_with = "loss",
+          value_parser = parse_phases)]
+    pub loss_schedule: Option<Phases>,
+}
+
+/// `--loss-schedule`'s phases (a newtype, so that clap takes the value as one list).
+#[derive(Clone, Debug)]
+pub struct Phases(pub Vec<crate::netsim::Phase>);
+
+fn parse_phases(s: &str) -> Result<Phases, String> {
+    crate::netsim::parse_schedule(s).map(Phases)
 }
 
 impl NetsimArgs {
     pub fn into_config(self) -> anyhow::Result<crate::netsim::NetsimConfig> {
-        use std::net::ToSocketAddrs;
+        use crate::netsim::{NetsimConfig, PacketLinkConfig, TcpConfig, UdpConfig};
         let stall = match (self.stall_every, self.stall) {
             (Some(every), Some(length)) => {
                 if length.is_zero() || length >= every {
@@ -746,27 +882,71 @@ impl NetsimArgs {
             }
             _ => None,
         };
-        let forward_addrs: Vec<SocketAddr> = self
-            .forward
-            .to_socket_addrs()
-            .with_context(|| format!("--forward {}: cannot resolve", self.forward))?
-            .collect();
-        if forward_addrs.is_empty() {
-            bail!("--forward {}: resolves to no address", self.forward);
+        let link = crate::netsim::LinkParams {
+            rate_bps: self.rate,
+            delay: self.delay,
+            jitter: self.jitter,
+            queue_bytes: self.queue,
+            stall,
+        };
+        let loss = self.loss_params()?;
+        if self.packet_link {
+            let (ns, addr) = (self.ns.as_deref(), self.addr.as_deref());
+            return Ok(NetsimConfig::PacketLink(PacketLinkConfig::new(ns, addr, link, loss)?));
         }
-        Ok(crate::netsim::NetsimConfig {
-            listener: bind(self.listen, "--listen")?,
-            forward: self.forward,
-            forward_addrs,
-            link: crate::netsim::LinkParams {
-                rate_bps: self.rate,
-                delay: self.delay,
-                jitter: self.jitter,
-                queue_bytes: self.queue,
-                stall,
-            },
-        })
+        if self.ns.is_some() || self.addr.is_some() {
+            bail!("--ns and --addr go with --packet-link");
+        }
+        let (listen, forward) = match (self.listen, self.forward) {
+            (Some(l), Some(f)) => (l, f),
+            _ => bail!("--listen and --forward are needed (or --packet-link)"),
+        };
+        let forward_addrs = resolve(&forward)?;
+        if self.udp {
+            return Ok(NetsimConfig::Udp(UdpConfig::bind(listen, forward, forward_addrs[0], link, loss)?));
+        }
+        if !loss.is_none() {
+            bail!("--loss, --outage and --loss-schedule need --udp or --packet-link: the TCP relay carries byte streams and cannot lose a packet");
+        }
+        Ok(NetsimConfig::Tcp(TcpConfig { listener: bind(listen, "--listen")?, forward, forward_addrs, link }))
     }
+
+    /// The loss flags, checked together.
+    fn loss_params(&self) -> anyhow::Result<crate::netsim::LossParams> {
+        let schedule = self.loss_schedule.clone().map(|p| p.0).unwrap_or_default();
+        let burst = match self.loss_burst {
+            None => 1.0,
+            Some(b) if !(1.0..=1000.0).contains(&b) => bail!("--loss-burst {b}: a mean run of 1 to 1000 packets"),
+            Some(_) if self.loss.is_none() && schedule.is_empty() => {
+                bail!("--loss-burst needs --loss (or --loss-schedule)")
+            }
+            Some(b) => b,
+        };
+        let outage = match (self.outage, self.outage_share) {
+            (Some(mean), Some(share)) => {
+                if mean.is_zero() || share <= 0.0 || share > 0.5 {
+                    bail!(
+                        "--outage {mean:?} --outage-share {}%: the mean must be more than 0 and the share in (0%, 50%]",
+                        share * 100.0
+                    );
+                }
+                Some(crate::netsim::Outage { mean, share })
+            }
+            _ => None,
+        };
+        Ok(crate::netsim::LossParams { loss: self.loss.unwrap_or(0.0), burst, outage, schedule })
+    }
+}
+
+/// `--forward`'s addresses, resolved once at start.
+fn resolve(forward: &str) -> anyhow::Result<Vec<SocketAddr>> {
+    use std::net::ToSocketAddrs;
+    let addrs: Vec<SocketAddr> =
+        forward.to_socket_addrs().with_context(|| format!("--forward {forward}: cannot resolve"))?.collect();
+    if addrs.is_empty() {
+        bail!("--forward {forward}: resolves to no address");
+    }
+    Ok(addrs)
 }
 
 #[cfg(test)]
@@ -809,6 +989,43 @@ mod tests {
             let e = parse(args).unwrap_err().to_string();
             assert!(e.contains(flag), "{args:?}: {e}");
         }
+    }
+
+    #[test]
+    fn what_does_not_combine_with_udp_is_refused_naming_the_flags() {
+        let hooks = TestHooks::default();
+        for (args, says) in [
+            (
+                &["send", "--transport", "udp", "--no-congestion-control", "--connect", "127.0.0.1:9"][..],
+                "--no-congestion-control",
+            ),
+            (
+                &["send", "--transport", "udp", "--max-in-flight", "3", "--connect", "127.0.0.1:9"][..],
+                "--max-in-flight",
+            ),
+        ] {
+            let Cmd::Send(a) = parse(args).unwrap().cmd else { unreachable!() };
+            let e = a.into_config(&hooks).err().map(|e| format!("{e:#}")).unwrap_or_default();
+            assert!(e.contains(says) && e.contains("udp"), "{args:?}: {e}");
+        }
+        let Cmd::Recv(a) = parse(&["recv", "--transport", "udp", "--connect", "rtsp://h/p"]).unwrap().cmd else {
+            unreachable!()
+        };
+        let e = a.into_config().err().map(|e| format!("{e:#}")).unwrap_or_default();
+        assert!(e.contains("--transport udp") && e.contains("rtsp://"), "{e}");
+        let Cmd::Recv(a) = parse(&["recv", "--max-latency-ms", "100", "--connect", "127.0.0.1:9"]).unwrap().cmd else {
+            unreachable!()
+        };
+        let e = a.into_config().err().map(|e| format!("{e:#}")).unwrap_or_default();
+        assert!(e.contains("--max-latency-ms") && e.contains("--transport udp"), "{e}");
+        let Cmd::Send(a) =
+            parse(&["send", "--transport", "udp", "--connect", "127.0.0.1:9", "--size", "64x48"]).unwrap().cmd
+        else {
+            unreachable!()
+        };
+        let (cfg, _) = a.into_config(&hooks).unwrap();
+        assert!(matches!(cfg.endpoint, sender::Endpoint::Udp(sender::udp::UdpEndpoint::Connect(_), _)));
+        assert!(parse(&["send", "--help"]).unwrap_err().to_string().contains("--transport"));
     }
 
     #[test]

@@ -16,25 +16,29 @@
 //! - [`sender`]: the sender pipeline, one file per stage, and its viewer transports behind
 //!   [`sender::transport::Transport`]: [`sender::native`] (the framecast protocol) and
 //!   [`sender::http`] (MJPEG, snapshots, the page, `/stats`), [`sender::rtsp`] (RTSP/RTP),
-//!   [`sender::publish`] (RTSP RECORD into a media server).
+//!   [`sender::publish`] (RTSP RECORD into a media server), [`sender::udp`] (`--transport
+//!   udp`: RTP/JPEG over UDP, threads `udp-tx` and `udp-PEER`).
 //! - [`net`]: the wire protocol: `net::proto` (pure format), `net::io` (framed reader and
 //!   writer), `net::conn` (the one accept loop, connect policies, socket options) and
-//!   `net::secure` (`--key-file`: Noise handshake, encrypted records).
+//!   `net::secure` (`--key-file`: Noise handshake, encrypted records); `net::udp`, the UDP
+//!   transport's pure parts (datagrams, sealing, FEC, frames to packets and back, congestion
+//!   control, one peer's handshake), run by `sender::udp` and the receiver's UDP `net-rx`.
 //! - [`rtp`]: RTP for JPEG (RFC 2435): the payload headers, the payloader (`rtp::packetize`),
 //!   the depayloader (`rtp::depacketize`) and framecast's capture-time header extension,
 //!   shared by the RTSP server, publishing and the RTSP client.
 //! - [`rtsp`]: RTSP messages and interleaved frames on the wire, with caps, and Basic/Digest
 //!   auth; the client connection (`rtsp::client`, for `recv --connect rtsp://` and
 //!   `send --publish`); run by whichever thread owns an RTSP connection.
-//! - [`receiver`]: the receiver pipeline, one file per stage: `net-rx`, `decode`, the view
-//!   (main thread) and `feedback`.
+//! - [`receiver`]: the receiver pipeline, one file per stage: `net-rx` (TCP, RTSP or UDP),
+//!   `decode`, the view (main thread) and `feedback`.
 //! - [`view`]: frame sinks (minifb window, headless) on the receiver's main thread.
 //! - [`stage`] and [`chan`]: named stage threads and the newest-wins channels between them.
 //! - [`stats`]: per-side counters, the typed `Report` (JSON lines written and read back), the
 //!   human line.
 //! - [`report`]: `framecast report`, tables and SVG plots from JSON-lines stats logs.
-//! - [`netsim`]: `framecast netsim`, a TCP relay that simulates a slow link (rate, delay,
-//!   jitter, router queue, stalls); a reader and a writer thread per direction per connection.
+//! - [`netsim`]: `framecast netsim`, a simulated slow, lossy link (rate, delay, jitter, router
+//!   queue, stalls, loss models): a TCP relay (two threads per connection), a UDP relay (one
+//!   thread), and a packet link between two namespaces over TUN devices (a thread per direction).
 //! - [`clock`]: monotonic microsecond timestamps shared by processes on one host.
 //! - [`cli`]: the command line, validated into the configs the pipelines take.
 //! - [`config`]: `--config PATH` of `send` and `recv`: a TOML file of flags, read into the
