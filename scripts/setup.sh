@@ -214,6 +214,35 @@ install_cargo_deb() {
     rm -rf "$tmp"
 }
 
+# cargo-deb's build (about 2 minutes of CPU) overlaps apt's downloads when cargo and a C
+# compiler are already there (as on CI's image); otherwise it is built after apt, below.
+cargo_deb_pid=""
+cargo_deb_log=""
+start_cargo_deb() {
+    if command -v cargo >/dev/null 2>&1 && command -v cc >/dev/null 2>&1; then
+        cargo_deb_log="$(mktemp)"
+        install_cargo_deb >"$cargo_deb_log" 2>&1 &
+        cargo_deb_pid=$!
+        # If apt fails and this script exits, the build must not run on unattended.
+        trap 'if [ -n "$cargo_deb_pid" ]; then kill "$cargo_deb_pid" 2>/dev/null || true; fi' EXIT
+        say "building cargo-deb in the background (pid $cargo_deb_pid) while apt works"
+    fi
+}
+
+finish_cargo_deb() {
+    if [ -n "$cargo_deb_pid" ]; then
+        if ! wait "$cargo_deb_pid"; then
+            cat "$cargo_deb_log" >&2
+            say "cargo install cargo-deb failed" >&2
+            exit 1
+        fi
+        cargo_deb_pid=""
+        cat "$cargo_deb_log"
+        rm -f "$cargo_deb_log"
+    fi
+    install_cargo_deb
+}
+
 is_debian_like() {
     [ -r /etc/os-release ] || return 1
     local id id_like
@@ -237,6 +266,9 @@ if ! is_debian_like; then
     exit 0
 fi
 
+if $cross_deps; then
+    start_cargo_deb
+fi
 wanted=("${build_pkgs[@]}")
 if $test_deps; then
     wanted+=("${test_pkgs[@]}")
@@ -301,6 +333,6 @@ fi
 
 check_rust apt
 if $cross_deps; then
-    install_cargo_deb
+    finish_cargo_deb
 fi
 say "done"
