@@ -35,6 +35,7 @@
 pub mod capture;
 pub mod encode;
 pub mod http;
+pub mod metrics;
 pub mod native;
 pub mod publish;
 pub mod rtsp;
