@@ -18,11 +18,14 @@
 //!   value of its `hdrhistogram` cell (3 significant digits: within 0.1% of the bound), and
 //!   `_sum` is the histogram's mean times its count, as exact.
 //!
-//! A scrape holds the meter's lock only to copy these figures out (a few thousand cells
-//! walked per histogram), and the hub's lock to list the links, never a socket.
+//! A rendering holds the meter's lock only to copy these figures out (the histograms are
+//! copied whole, a memcpy, and walked after the lock is released), and the hub's lock to
+//! list the links, never a socket. Scrapes within [`REUSE`] of a rendering get it again, so
+//! a crowd of scrapers costs the stream one rendering per 200 ms at most.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use prometheus_client::collector::Collector;
@@ -60,30 +63,46 @@ const SENDER_DROPS: [DropCause; 6] = [
 /// easier to alert on than one that appears).
 const VIEWER_KINDS: [&str; 4] = ["native", "http", "rtsp", "rtsp-publish"];
 
-/// The `/metrics` endpoint's registry.
+/// How long a rendering is served again: parallel scrapes (64 at once, or several
+/// Prometheus servers) cost one rendering, and so one visit to the meter's lock, per this.
+pub const REUSE: Duration = Duration::from_millis(200);
+
+/// The `/metrics` endpoint's registry, and its last rendering in each format.
 pub struct Metrics {
     registry: Registry,
+    last: [Mutex<Option<(Instant, Arc<str>)>>; 2],
 }
 
 impl Metrics {
     pub fn new(hub: Arc<Hub>, meter: Meter, stats: LatestStats) -> Self {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(SenderCollector { hub, meter, stats }));
-        Metrics { registry }
+        Metrics { registry, last: Default::default() }
     }
 
-    /// The metrics now, and their `Content-Type`: OpenMetrics if `openmetrics`, else the
-    /// Prometheus text format.
-    pub fn render(&self, openmetrics: bool) -> (String, &'static str) {
+    /// The metrics, and their `Content-Type`: OpenMetrics if `openmetrics`, else the
+    /// Prometheus text format. A rendering less than [`REUSE`] old is served again; a scrape
+    /// that comes while one is made waits for it.
+    pub fn render(&self, openmetrics: bool) -> (Arc<str>, &'static str) {
+        let mut last = self.last[usize::from(openmetrics)].lock().unwrap_or_else(|p| p.into_inner());
+        let content_type = if openmetrics { OPENMETRICS } else { PROMETHEUS_TEXT };
+        if let Some((_, text)) = last.as_ref().filter(|(at, _)| at.elapsed() < REUSE) {
+            return (text.clone(), content_type);
+        }
+        let text: Arc<str> = self.render_now(openmetrics).into();
+        *last = Some((Instant::now(), text.clone()));
+        (text, content_type)
+    }
+
+    fn render_now(&self, openmetrics: bool) -> String {
         let mut out = String::with_capacity(16 * 1024);
         // Encoding into a String fails only if a collector fails, and ours does not.
         if openmetrics {
             let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-            (out, OPENMETRICS)
         } else {
             let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry);
-            (out, PROMETHEUS_TEXT)
         }
+        out
     }
 }
 
@@ -138,36 +157,68 @@ struct Totals {
     encode_cpu_s: f64,
     quality: Option<u8>,
     drops: BTreeMap<&'static str, u64>,
-    counts: Vec<(&'static str, &'static str, u64)>,
+    counts: [(&'static str, &'static str, u64); 4],
     source_lost: bool,
     latency: [(&'static str, Buckets); 2],
     ack_rtt: Buckets,
 }
 
-impl Totals {
+/// What a scrape copies under the meter's lock: plain numbers and the three histograms
+/// (a copy of each is a memcpy of its cells, which is quicker than walking them while every
+/// stage waits on the lock).
+struct Copied {
+    frames: [(&'static str, u64); 3],
+    bytes: u64,
+    encode_us: u64,
+    encode_cpu_us: u64,
+    quality: Option<u8>,
+    drops: BTreeMap<DropCause, u64>,
+    counts: [(&'static str, &'static str, u64); 4],
+    source_lost: bool,
+    histograms: [Histogram<u64>; 3],
+}
+
+impl Copied {
     fn of(c: &Counters) -> Self {
+        Copied {
+            frames: [("captured", c.captured), ("encoded", c.encoded), ("sent", c.sent)],
+            bytes: c.bytes,
+            encode_us: c.encode_us,
+            encode_cpu_us: c.encode_cpu_us,
+            quality: c.quality,
+            drops: c.drops.clone(),
+            counts: counts(c),
+            source_lost: c.source_lost.is_some(),
+            histograms: [c.lat_encoded.clone(), c.lat_sent.clone(), c.ack_rtt.clone()],
+        }
+    }
+}
+
+impl Totals {
+    fn of(c: Copied) -> Self {
         let mut drops: BTreeMap<&'static str, u64> = SENDER_DROPS.iter().map(|d| (d.name(), 0)).collect();
         for (cause, n) in &c.drops {
             drops.insert(cause.name(), *n);
         }
+        let [encoded, sent, ack_rtt] = &c.histograms;
         Totals {
-            frames: [("captured", c.captured), ("encoded", c.encoded), ("sent", c.sent)],
+            frames: c.frames,
             bytes: c.bytes,
             encode_s: c.encode_us as f64 / 1e6,
             encode_cpu_s: c.encode_cpu_us as f64 / 1e6,
             quality: c.quality,
             drops,
-            counts: counts(c),
-            source_lost: c.source_lost.is_some(),
-            latency: [("capture_encoded", Buckets::of(&c.lat_encoded)), ("capture_sent", Buckets::of(&c.lat_sent))],
-            ack_rtt: Buckets::of(&c.ack_rtt),
+            counts: c.counts,
+            source_lost: c.source_lost,
+            latency: [("capture_encoded", Buckets::of(encoded)), ("capture_sent", Buckets::of(sent))],
+            ack_rtt: Buckets::of(ack_rtt),
         }
     }
 }
 
 /// The plain whole-run counters: name (before `_total`), help, value.
-fn counts(c: &Counters) -> Vec<(&'static str, &'static str, u64)> {
-    vec![
+fn counts(c: &Counters) -> [(&'static str, &'static str, u64); 4] {
+    [
         ("framecast_reconnects", "Connections made again after one was lost (--connect, --publish).", c.reconnects),
         ("framecast_source_losses", "Times the source failed mid-stream.", c.source_losses),
         ("framecast_no_signal_frames", "'No signal' frames sent while the source was lost.", c.no_signal_frames),
@@ -235,7 +286,7 @@ fn histograms(
 
 impl Collector for SenderCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let t = self.meter.with_total(Totals::of);
+        let t = Totals::of(self.meter.with_total(Copied::of));
         let mut kinds: BTreeMap<String, u64> = VIEWER_KINDS.iter().map(|k| (k.to_string(), 0)).collect();
         for link in self.hub.links() {
             *kinds.entry(link.kind.as_str().to_string()).or_insert(0) += 1;
