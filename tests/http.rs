@@ -923,7 +923,9 @@ fn ffmpeg_reads_the_compatibility_stream_urls() {
     }
     let url = format!("http://{addr}/?action=stream");
     let out = run_tool(
-        Command::new("ffprobe").args(["-v", "error", "-show_entries", "stream=codec_name,width,height", "-of", "json"]).arg(&url),
+        Command::new("ffprobe")
+            .args(["-v", "error", "-show_entries", "stream=codec_name,width,height", "-of", "json"])
+            .arg(&url),
         Duration::from_secs(30),
     );
     assert!(out.status.success(), "ffprobe {url} failed ({}):\n{}", out.status, out.stderr);
@@ -952,12 +954,18 @@ fn chromium_shows_the_compatibility_stream_urls() {
         .iter()
         .zip(&places)
         .map(|(u, (x, y))| {
-            format!(r#"<img src="http://{addr}{}" style="position:absolute;left:{x}px;top:{y}px">"#, u.replace('&', "&amp;"))
+            format!(
+                r#"<img src="http://{addr}{}" style="position:absolute;left:{x}px;top:{y}px">"#,
+                u.replace('&', "&amp;")
+            )
         })
         .collect();
     let page = dir.join("dashboard.html");
-    std::fs::write(&page, format!("<!doctype html><html><body style=\"margin:0;background:#fff\">{imgs}</body></html>"))
-        .unwrap();
+    std::fs::write(
+        &page,
+        format!("<!doctype html><html><body style=\"margin:0;background:#fff\">{imgs}</body></html>"),
+    )
+    .unwrap();
     let png = dir.join("compat.png");
     let url = format!("file://{}", page.display());
     let mut missing = Vec::new();
@@ -966,7 +974,8 @@ fn chromium_shows_the_compatibility_stream_urls() {
         missing.clear();
         for (u, &(x, y)) in urls.iter().zip(&places) {
             // The bars cover the top 2/3 of each image (160 rows): rows 20..140 of it.
-            let hits = (1..=7).filter(|k| bars_in_row(&rgb[((y + k * 20) * w + x) * 3..((y + k * 20) * w + x + 320) * 3], 20));
+            let hits =
+                (1..=7).filter(|k| bars_in_row(&rgb[((y + k * 20) * w + x) * 3..((y + k * 20) * w + x + 320) * 3], 20));
             let hits = hits.count();
             if hits < 7 {
                 missing.push(format!("{u}: bars in {hits} of 7 rows"));

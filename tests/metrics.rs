@@ -64,7 +64,8 @@ fn python(test: &str) -> Option<PathBuf> {
     if !require_tools(test, &[("/usr/bin/python3", "python3-venv")]) {
         return None;
     }
-    let out = run_tool(Command::new("/usr/bin/python3").args(["-m", "venv", "--clear"]).arg(&venv), Duration::from_secs(120));
+    let out =
+        run_tool(Command::new("/usr/bin/python3").args(["-m", "venv", "--clear"]).arg(&venv), Duration::from_secs(120));
     if !out.status.success() {
         skip(test, &format!("cannot make a venv (apt-get install python3-venv): {}", out.stderr.trim()));
         return None;
@@ -173,7 +174,10 @@ fn histograms_consistent(s: &Scrape) {
         for (key, buckets) in &series {
             assert!(buckets.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1), "{name}{{{key}}}: {buckets:?}");
             let inf = buckets.last().unwrap();
-            assert!(inf.0.is_infinite() && Some(&inf.1) == counts.get(key), "{name}{{{key}}}: +Inf {inf:?}, {counts:?}");
+            assert!(
+                inf.0.is_infinite() && Some(&inf.1) == counts.get(key),
+                "{name}{{{key}}}: +Inf {inf:?}, {counts:?}"
+            );
         }
     }
 }
@@ -196,7 +200,10 @@ fn sender(nport: u16, hport: u16, json: &Path, fault: Option<&str>) -> Proc {
 fn native_viewer(nport: u16, seconds: u32, json: &Path) -> Proc {
     let addr = format!("127.0.0.1:{nport}");
     let secs = seconds.to_string();
-    Proc::spawn("recv", &["recv", "--connect", &addr, "--headless", "--duration", &secs, "--stats-json", json.to_str().unwrap()])
+    Proc::spawn(
+        "recv",
+        &["recv", "--connect", &addr, "--headless", "--duration", &secs, "--stats-json", json.to_str().unwrap()],
+    )
 }
 
 /// Scrapes until `ok` accepts one (Prometheus text format), at most `timeout`.
@@ -255,7 +262,9 @@ fn prometheus_client_parses_the_metrics_and_counters_grow() {
         ("framecast_ack_rtt_seconds", "histogram"),
     ] {
         for (format, s) in [("text", &first), ("openmetrics", &second)] {
-            let f = s.get(name).unwrap_or_else(|| panic!("{format}: no family {name} in {:?}", s.keys().collect::<Vec<_>>()));
+            let f = s
+                .get(name)
+                .unwrap_or_else(|| panic!("{format}: no family {name} in {:?}", s.keys().collect::<Vec<_>>()));
             assert_eq!(f.kind, kind, "{format}: the type of {name}");
         }
     }
@@ -273,7 +282,9 @@ fn prometheus_client_parses_the_metrics_and_counters_grow() {
     }
     let sent = |s: &Scrape| value(s, "framecast_frames", "framecast_frames_total", &[("stage", "sent")]);
     let bytes = |s: &Scrape| value(s, "framecast_sent_bytes", "framecast_sent_bytes_total", &[]);
-    let lat = |s: &Scrape, stage| value(s, "framecast_latency_seconds", "framecast_latency_seconds_count", &[("stage", stage)]);
+    let lat = |s: &Scrape, stage| {
+        value(s, "framecast_latency_seconds", "framecast_latency_seconds_count", &[("stage", stage)])
+    };
     let rtt = |s: &Scrape| value(s, "framecast_ack_rtt_seconds", "framecast_ack_rtt_seconds_count", &[]);
     eprintln!(
         "frames sent {} -> {}, bytes {} -> {}, capture->sent samples {} -> {}, ack rtt samples {} -> {}",
@@ -291,10 +302,12 @@ fn prometheus_client_parses_the_metrics_and_counters_grow() {
     assert!(lat(&second, "capture_encoded") > lat(&first, "capture_encoded"));
     assert_eq!(lat(&second, "capture_sent"), sent(&second), "one capture->sent sample per frame sent");
     assert!(rtt(&second) > rtt(&first) && rtt(&first) > 0.0, "the native viewer's acks are timed");
-    let p50_bucket = value(&second, "framecast_latency_seconds", "framecast_latency_seconds_bucket", &[
-        ("stage", "capture_sent"),
-        ("le", "0.1"),
-    ]);
+    let p50_bucket = value(
+        &second,
+        "framecast_latency_seconds",
+        "framecast_latency_seconds_bucket",
+        &[("stage", "capture_sent"), ("le", "0.1")],
+    );
     assert!(p50_bucket >= lat(&second, "capture_sent") / 2.0, "most frames leave within 100 ms on loopback");
     let log = http_viewer.join().expect("MJPEG client");
     assert!(log.parts.len() > 30, "the HTTP viewer got {} frames", log.parts.len());
@@ -342,7 +355,12 @@ fn sixty_four_parallel_scrapes_do_not_stall_the_stream() {
         scrapers.into_iter().flat_map(|h| h.join().expect("scraper")).collect();
     let storm = started.elapsed();
     let slowest = results.iter().map(|r| r.0).max().unwrap();
-    eprintln!("{} scrapes in {:.2} s, slowest {:.0} ms", results.len(), storm.as_secs_f64(), slowest.as_secs_f64() * 1e3);
+    eprintln!(
+        "{} scrapes in {:.2} s, slowest {:.0} ms",
+        results.len(),
+        storm.as_secs_f64(),
+        slowest.as_secs_f64() * 1e3
+    );
     assert!(slowest < Duration::from_secs(2), "a scrape took {slowest:?}");
     let bodies = |om: bool| results.iter().filter(|r| r.1 == om).map(|r| r.2.clone()).collect::<Vec<_>>();
     let (text, om) = (bodies(false), bodies(true));
@@ -380,7 +398,8 @@ fn scrapes_while_the_source_is_lost_and_reopened() {
         thread::sleep(Duration::from_millis(100));
     }
     let scrapes = parse(&py, &dir, false, &bodies);
-    let lost: Vec<f64> = scrapes.iter().map(|s| value(s, "framecast_source_lost", "framecast_source_lost", &[])).collect();
+    let lost: Vec<f64> =
+        scrapes.iter().map(|s| value(s, "framecast_source_lost", "framecast_source_lost", &[])).collect();
     let losses = |s: &Scrape| value(s, "framecast_source_losses", "framecast_source_losses_total", &[]);
     let captured = |s: &Scrape| value(s, "framecast_frames", "framecast_frames_total", &[("stage", "captured")]);
     eprintln!("{} scrapes; source_lost: {lost:?}", scrapes.len());

@@ -101,7 +101,9 @@ impl Transport for Http {
         let Http { listener, token } = *self;
         let addr = listener.local_addr().context("HTTP socket")?;
         match &token {
-            None => info!(%addr, "HTTP: page at http://{addr}/, MJPEG at /stream.mjpg, /snapshot.jpg, /stats, /metrics"),
+            None => {
+                info!(%addr, "HTTP: page at http://{addr}/, MJPEG at /stream.mjpg, /snapshot.jpg, /stats, /metrics")
+            }
             Some(t) => info!(
                 %addr,
                 "HTTP (key required): page at http://{addr}/?token={t}, MJPEG at /stream.mjpg?token={t}, \
@@ -585,7 +587,8 @@ mod tests {
         }
         assert_eq!(route("/metrics", ""), Route::Metrics);
         assert_eq!(route("/stats", ""), Route::Stats);
-        for (path, query) in [("/", "action=static"), ("/streams", ""), ("/stream/", ""), ("/webcam/", "action=stream")] {
+        for (path, query) in [("/", "action=static"), ("/streams", ""), ("/stream/", ""), ("/webcam/", "action=stream")]
+        {
             assert_eq!(route(path, query), Route::NotFound, "{path}?{query}");
         }
     }

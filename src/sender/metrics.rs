@@ -67,10 +67,13 @@ const VIEWER_KINDS: [&str; 4] = ["native", "http", "rtsp", "rtsp-publish"];
 /// Prometheus servers) cost one rendering, and so one visit to the meter's lock, per this.
 pub const REUSE: Duration = Duration::from_millis(200);
 
+/// A rendering of the metrics and when it was made.
+type Rendering = (Instant, Arc<str>);
+
 /// The `/metrics` endpoint's registry, and its last rendering in each format.
 pub struct Metrics {
     registry: Registry,
-    last: [Mutex<Option<(Instant, Arc<str>)>>; 2],
+    last: [Mutex<Option<Rendering>>; 2],
 }
 
 impl Metrics {
@@ -137,8 +140,7 @@ pub struct Buckets {
 impl Buckets {
     /// Cuts a histogram of microseconds at [`LATENCY_BOUNDS`].
     pub fn of(h: &Histogram<u64>) -> Self {
-        let mut counts: Vec<(f64, u64)> =
-            LATENCY_BOUNDS.iter().chain(&[f64::INFINITY]).map(|&le| (le, 0)).collect();
+        let mut counts: Vec<(f64, u64)> = LATENCY_BOUNDS.iter().chain(&[f64::INFINITY]).map(|&le| (le, 0)).collect();
         for v in h.iter_recorded() {
             let secs = h.lowest_equivalent(v.value_iterated_to()) as f64 / 1e6;
             let i = LATENCY_BOUNDS.partition_point(|&le| le < secs);
@@ -312,7 +314,13 @@ impl Collector for SenderCollector {
         }
         self.encode_udp(&mut e)?;
         if let Some(q) = t.quality {
-            gauge(&mut e, "framecast_quality", "JPEG quality of the last frame (0: a camera's own JPEG).", None, q.into())?;
+            gauge(
+                &mut e,
+                "framecast_quality",
+                "JPEG quality of the last frame (0: a camera's own JPEG).",
+                None,
+                q.into(),
+            )?;
         }
         let lost = if t.source_lost { 1.0 } else { 0.0 };
         gauge(&mut e, "framecast_source_lost", "1 while the source is lost (no-signal frames are sent).", None, lost)?;
@@ -324,10 +332,13 @@ impl Collector for SenderCollector {
         }
         let lat: Vec<(&str, &Buckets)> = t.latency.iter().map(|(s, b)| (*s, b)).collect();
         histograms(&mut e, "framecast_latency", "Latency from capture to each sender stage.", "stage", &lat)?;
-        histograms(&mut e, "framecast_ack_rtt", "Native viewers: a frame's write to its acknowledgement.", "", &[(
+        histograms(
+            &mut e,
+            "framecast_ack_rtt",
+            "Native viewers: a frame's write to its acknowledgement.",
             "",
-            &t.ack_rtt,
-        )])
+            &[("", &t.ack_rtt)],
+        )
     }
 }
 
