@@ -36,7 +36,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
 use super::transport::LatestStats;
-use crate::hub::Hub;
+use crate::hub::{Hub, ViewerKind};
 use crate::stats::{parse_report, Counters, DropCause, Meter, Report};
 
 /// `Content-Type` of the OpenMetrics text format.
@@ -61,7 +61,7 @@ const SENDER_DROPS: [DropCause; 6] = [
 
 /// The viewer kinds exported even with no viewer of that kind (a series that exists at 0 is
 /// easier to alert on than one that appears).
-const VIEWER_KINDS: [&str; 4] = ["native", "http", "rtsp", "rtsp-publish"];
+const VIEWER_KINDS: [ViewerKind; 4] = [super::native::KIND, super::http::KIND, super::rtsp::KIND, super::publish::KIND];
 
 /// How long a rendering is served again: parallel scrapes (64 at once, or several
 /// Prometheus servers) cost one rendering, and so one visit to the meter's lock, per this.
@@ -289,7 +289,7 @@ fn histograms(
 impl Collector for SenderCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let t = Totals::of(self.meter.with_total(Copied::of));
-        let mut kinds: BTreeMap<String, u64> = VIEWER_KINDS.iter().map(|k| (k.to_string(), 0)).collect();
+        let mut kinds: BTreeMap<String, u64> = VIEWER_KINDS.iter().map(|k| (k.as_str().to_string(), 0)).collect();
         for link in self.hub.links() {
             *kinds.entry(link.kind.as_str().to_string()).or_insert(0) += 1;
         }
