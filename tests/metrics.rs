@@ -236,6 +236,7 @@ fn prometheus_client_parses_the_metrics_and_counters_grow() {
     let viewers = |s: &Scrape| {
         ["native", "http"].iter().all(|k| value(s, "framecast_viewers", "framecast_viewers", &[("kind", k)]) >= 1.0)
             && s.contains_key("framecast_fps")
+            && s.contains_key("framecast_viewer_fps")
     };
     let first = wait_for(&py, &dir, hport, Duration::from_secs(10), viewers);
     assert!(viewers(&first), "no native and HTTP viewer, or no interval figures, in /metrics: {first:?}");
@@ -260,6 +261,9 @@ fn prometheus_client_parses_the_metrics_and_counters_grow() {
         ("framecast_frame_size_bytes", "gauge"),
         ("framecast_latency_seconds", "histogram"),
         ("framecast_ack_rtt_seconds", "histogram"),
+        ("framecast_viewer_fps", "gauge"),
+        ("framecast_viewer_latency_seconds", "gauge"),
+        ("framecast_viewer_dropped_frames", "gauge"),
     ] {
         for (format, s) in [("text", &first), ("openmetrics", &second)] {
             let f = s
@@ -278,6 +282,10 @@ fn prometheus_client_parses_the_metrics_and_counters_grow() {
         let q = value(s, "framecast_quality", "framecast_quality", &[]);
         assert!((1.0..=100.0).contains(&q), "quality {q}");
         assert!(value(s, "framecast_fps", "framecast_fps", &[("stage", "sent")]) > 10.0, "fps sent: {s:?}");
+        assert!(value(s, "framecast_viewer_fps", "framecast_viewer_fps", &[]) > 10.0, "the viewer's fps: {s:?}");
+        let p95 =
+            value(s, "framecast_viewer_latency_seconds", "framecast_viewer_latency_seconds", &[("quantile", "0.95")]);
+        assert!(p95 > 0.0 && p95 < 1.0, "the viewer's p95 latency on loopback: {p95} s");
         histograms_consistent(s);
     }
     let sent = |s: &Scrape| value(s, "framecast_frames", "framecast_frames_total", &[("stage", "sent")]);

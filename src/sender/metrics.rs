@@ -357,7 +357,29 @@ fn encode_interval(e: &mut DescriptorEncoder, r: &Report) -> std::fmt::Result {
     let desc = ("framecast_fps", "Frames per second through each stage, last stats interval.", None, MetricType::Gauge);
     labelled(e, desc, "stage", series)?;
     gauge(e, "framecast_bitrate_bits_per_second", "Bit rate sent, last stats interval.", None, r.kbps * 1000.0)?;
-    gauge(e, "framecast_frame_size", "Mean JPEG size, last stats interval.", Some(&Unit::Bytes), r.mean_frame_bytes)
+    gauge(e, "framecast_frame_size", "Mean JPEG size, last stats interval.", Some(&Unit::Bytes), r.mean_frame_bytes)?;
+    match &r.viewer {
+        Some(v) => encode_viewer(e, v),
+        None => Ok(()),
+    }
+}
+
+/// Gauges from the interval report a viewer sent back (native and UDP viewers do; the latest
+/// one to report, with several): what the far end saw, which only it can count.
+fn encode_viewer(e: &mut DescriptorEncoder, v: &Report) -> std::fmt::Result {
+    let help = "Frames per second the viewer showed (or decoded), its last report.";
+    gauge(e, "framecast_viewer_fps", help, None, v.fps)?;
+    if let Some(p) = v.end_to_end() {
+        let q = [("0.5", p.p50), ("0.95", p.p95), ("0.99", p.p99)];
+        let series = q.iter().map(|&(q, ms)| (q.to_string(), ConstGauge::new(ms / 1000.0)));
+        let help = "Capture to shown (or decoded) at the viewer, quantiles of its last report.";
+        let desc = ("framecast_viewer_latency", help, Some(&Unit::Seconds), MetricType::Gauge);
+        labelled(e, desc, "quantile", series)?;
+    }
+    let help = "Frames the viewer dropped, its last report.";
+    gauge(e, "framecast_viewer_dropped_frames", help, None, v.drops_total as f64)?;
+    let help = "Frames the viewer showed with lost parts taken from the previous frame, its last report.";
+    gauge(e, "framecast_viewer_concealed_frames", help, None, v.concealed as f64)
 }
 
 #[cfg(test)]
