@@ -54,9 +54,11 @@ build_pkgs=(build-essential cmake nasm libclang-dev clang pkg-config libx11-6 li
 # RTSP tests (tests/rtsp_*.rs): VLC (run as an unprivileged user the test creates: it refuses
 # root), and gst-rtsp-server driven from Debian's Python (tests/support/gst_rtsp.py) as the
 # foreign RTSP server: serving videotestsrc ! jpegenc ! rtpjpegpay, and taking RECORD.
+# The packet link (netsim --packet-link, tests/packet_link.rs, benches/loss.sh): iproute2 (ip netns,
+# ip link/addr/route) and procps (sysctl, for route_localnet in each namespace).
 test_pkgs=(xvfb x11-apps x11-utils xdotool imagemagick libjpeg-turbo-progs chromium ffmpeg
     gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good vlc
-    python3 python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-rtsp-server-1.0 passwd
+    python3 python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-rtsp-server-1.0 passwd iproute2 procps
     curl python3-venv) # curl: the snapshot URLs; python3-venv: prometheus_client for tests/metrics.rs
 # benches/compare.sh: gst-launch-1.0 with filesrc/rawvideoparse (base), jpegenc/jpegdec (good) and
 # gdppay/gdpdepay (bad); the GStreamer Python bindings for its latency probes; OpenCV for the

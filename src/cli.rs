@@ -697,16 +697,34 @@ impl RecvArgs {
     }
 }
 
-/// `framecast netsim`: each direction of each relayed connection is a link of its own.
+/// `framecast netsim`: a slow, lossy link. A TCP relay by default; `--udp` relays datagrams;
+/// `--packet-link` joins two network namespaces. Each direction is a link of its own.
 #[derive(Debug, Args)]
 pub struct NetsimArgs {
-    /// Accept connections on ADDR:PORT.
-    #[arg(long, value_name = "ADDR:PORT")]
-    pub listen: SocketAddr,
-    /// Relay each connection to HOST:PORT.
-    #[arg(long, value_name = "HOST:PORT")]
-    pub forward: String,
-    /// Bottleneck rate of each direction: 5mbit, 500kbit, 2MB/s.
+    /// Accept connections (with --udp: datagrams) on ADDR:PORT.
+    #[arg(long, value_name = "ADDR:PORT", required_unless_present = "packet_link")]
+    pub listen: Option<SocketAddr>,
+    /// Relay each connection (with --udp: each client's datagrams) to HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT", required_unless_present = "packet_link")]
+    pub forward: Option<String>,
+    /// Relay UDP datagrams, with loss, instead of TCP connections; one upstream socket per
+    /// client address, dropped after 60 s without traffic.
+    #[arg(long, conflicts_with = "packet_link")]
+    pub udp: bool,
+    /// Create two network namespaces (--ns) joined by TUN devices through this process, which
+    /// applies the link and loss to every IP packet; prints READY when up, deletes them on
+    /// SIGINT/SIGTERM. Needs root. Run programs in them with `ip netns exec NS ...`.
+    #[arg(long, conflicts_with_all = ["listen", "forward"])]
+    pub packet_link: bool,
+    /// With --packet-link: the names of the two namespaces to create (they must not exist).
+    #[arg(long, value_name = "NS_A,NS_B", requires = "packet_link")]
+    pub ns: Option<String>,
+    /// With --packet-link: the address of each namespace on its TUN device, loopback-range
+    /// (127.0.0.0/8, not 127.0.0.1) so that no traffic leaves the machine.
+    #[arg(long, value_name = "ADDR_A,ADDR_B", requires = "packet_link")]
+    pub addr: Option<String>,
+    /// Bottleneck rate of each direction: 5mbit, 500kbit, 2MB/s (--packet-link counts IP
+    /// headers, --udp and TCP count payload).
     #[arg(long, value_parser = crate::netsim::parse_rate)]
     pub rate: u64,
     /// One-way delay added to each direction: 20ms, 0.1s.
@@ -715,7 +733,8 @@ pub struct NetsimArgs {
     /// Random extra delay, uniform in [0, JITTER]; packets are never reordered.
     #[arg(long, default_value = "0", value_parser = crate::netsim::parse_duration)]
     pub jitter: Duration,
-    /// Router buffer of each direction; when full, the relay stops reading (backpressure).
+    /// Router buffer of each direction. TCP relay: when full, it stops reading (backpressure);
+    /// --udp and --packet-link: when full, arriving packets are dropped (drop-tail).
     #[arg(long, default_value = "64KB", value_parser = crate::netsim::parse_size)]
     pub queue: usize,
     /// Stall the link (nothing departs) every PERIOD, from the relay's start: 10s.
@@ -724,11 +743,40 @@ pub struct NetsimArgs {
     /// How long each stall lasts: 500ms.
     #[arg(long, value_name = "LENGTH", requires = "stall_every", value_parser = crate::netsim::parse_duration)]
     pub stall: Option<Duration>,
+    /// Lose this share of the packets, one by one (--udp, --packet-link): 2%, 0.5%.
+    #[arg(long, value_name = "SHARE", help_heading = "Loss", value_parser = crate::netsim::parse_percent)]
+    pub loss: Option<f64>,
+    /// Lose them in runs of this mean length in packets instead (two-state Gilbert model; the
+    /// share stays --loss): 4.
+    #[arg(long, value_name = "PACKETS", help_heading = "Loss")]
+    pub loss_burst: Option<f64>,
+    /// Outages in time: the link loses everything for outages of this mean length
+    /// (exponentially distributed), --outage-share of the time: 50ms.
+    #[arg(long, value_name = "MEAN", help_heading = "Loss", requires = "outage_share",
+          value_parser = crate::netsim::parse_duration)]
+    pub outage: Option<Duration>,
+    /// Share of the time the link spends in outages: 2%.
+    #[arg(long, value_name = "SHARE", help_heading = "Loss", requires = "outage",
+          value_parser = crate::netsim::parse_percent)]
+    pub outage_share: Option<f64>,
+    /// Loss that changes in time, from the start, in place of --loss: phases DURATION:SHARE
+    /// separated by commas, the last one holding: 10s:0%,10s:20%,10s:0%.
+    #[arg(long, value_name = "PHASES", help_heading = "Loss", conflicts_with = "loss",
+          value_parser = parse_phases)]
+    pub loss_schedule: Option<Phases>,
+}
+
+/// `--loss-schedule`'s phases (a newtype, so that clap takes the value as one list).
+#[derive(Clone, Debug)]
+pub struct Phases(pub Vec<crate::netsim::Phase>);
+
+fn parse_phases(s: &str) -> Result<Phases, String> {
+    crate::netsim::parse_schedule(s).map(Phases)
 }
 
 impl NetsimArgs {
     pub fn into_config(self) -> anyhow::Result<crate::netsim::NetsimConfig> {
-        use std::net::ToSocketAddrs;
+        use crate::netsim::{NetsimConfig, PacketLinkConfig, TcpConfig, UdpConfig};
         let stall = match (self.stall_every, self.stall) {
             (Some(every), Some(length)) => {
                 if length.is_zero() || length >= every {
@@ -738,27 +786,71 @@ impl NetsimArgs {
             }
             _ => None,
         };
-        let forward_addrs: Vec<SocketAddr> = self
-            .forward
-            .to_socket_addrs()
-            .with_context(|| format!("--forward {}: cannot resolve", self.forward))?
-            .collect();
-        if forward_addrs.is_empty() {
-            bail!("--forward {}: resolves to no address", self.forward);
+        let link = crate::netsim::LinkParams {
+            rate_bps: self.rate,
+            delay: self.delay,
+            jitter: self.jitter,
+            queue_bytes: self.queue,
+            stall,
+        };
+        let loss = self.loss_params()?;
+        if self.packet_link {
+            let (ns, addr) = (self.ns.as_deref(), self.addr.as_deref());
+            return Ok(NetsimConfig::PacketLink(PacketLinkConfig::new(ns, addr, link, loss)?));
         }
-        Ok(crate::netsim::NetsimConfig {
-            listener: bind(self.listen, "--listen")?,
-            forward: self.forward,
-            forward_addrs,
-            link: crate::netsim::LinkParams {
-                rate_bps: self.rate,
-                delay: self.delay,
-                jitter: self.jitter,
-                queue_bytes: self.queue,
-                stall,
-            },
-        })
+        if self.ns.is_some() || self.addr.is_some() {
+            bail!("--ns and --addr go with --packet-link");
+        }
+        let (listen, forward) = match (self.listen, self.forward) {
+            (Some(l), Some(f)) => (l, f),
+            _ => bail!("--listen and --forward are needed (or --packet-link)"),
+        };
+        let forward_addrs = resolve(&forward)?;
+        if self.udp {
+            return Ok(NetsimConfig::Udp(UdpConfig::bind(listen, forward, forward_addrs[0], link, loss)?));
+        }
+        if !loss.is_none() {
+            bail!("--loss, --outage and --loss-schedule need --udp or --packet-link: the TCP relay carries byte streams and cannot lose a packet");
+        }
+        Ok(NetsimConfig::Tcp(TcpConfig { listener: bind(listen, "--listen")?, forward, forward_addrs, link }))
     }
+
+    /// The loss flags, checked together.
+    fn loss_params(&self) -> anyhow::Result<crate::netsim::LossParams> {
+        let schedule = self.loss_schedule.clone().map(|p| p.0).unwrap_or_default();
+        let burst = match self.loss_burst {
+            None => 1.0,
+            Some(b) if !(1.0..=1000.0).contains(&b) => bail!("--loss-burst {b}: a mean run of 1 to 1000 packets"),
+            Some(_) if self.loss.is_none() && schedule.is_empty() => {
+                bail!("--loss-burst needs --loss (or --loss-schedule)")
+            }
+            Some(b) => b,
+        };
+        let outage = match (self.outage, self.outage_share) {
+            (Some(mean), Some(share)) => {
+                if mean.is_zero() || share <= 0.0 || share > 0.5 {
+                    bail!(
+                        "--outage {mean:?} --outage-share {}%: the mean must be more than 0 and the share in (0%, 50%]",
+                        share * 100.0
+                    );
+                }
+                Some(crate::netsim::Outage { mean, share })
+            }
+            _ => None,
+        };
+        Ok(crate::netsim::LossParams { loss: self.loss.unwrap_or(0.0), burst, outage, schedule })
+    }
+}
+
+/// `--forward`'s addresses, resolved once at start.
+fn resolve(forward: &str) -> anyhow::Result<Vec<SocketAddr>> {
+    use std::net::ToSocketAddrs;
+    let addrs: Vec<SocketAddr> =
+        forward.to_socket_addrs().with_context(|| format!("--forward {forward}: cannot resolve"))?.collect();
+    if addrs.is_empty() {
+        bail!("--forward {forward}: resolves to no address");
+    }
+    Ok(addrs)
 }
 
 #[cfg(test)]

@@ -33,8 +33,9 @@
 //! - [`stats`]: per-side counters, the typed `Report` (JSON lines written and read back), the
 //!   human line.
 //! - [`report`]: `framecast report`, tables and SVG plots from JSON-lines stats logs.
-//! - [`netsim`]: `framecast netsim`, a TCP relay that simulates a slow link (rate, delay,
-//!   jitter, router queue, stalls); a reader and a writer thread per direction per connection.
+//! - [`netsim`]: `framecast netsim`, a simulated slow, lossy link (rate, delay, jitter, router
+//!   queue, stalls, loss models): a TCP relay (two threads per connection), a UDP relay (one
+//!   thread), and a packet link between two namespaces over TUN devices (a thread per direction).
 //! - [`clock`]: monotonic microsecond timestamps shared by processes on one host.
 //! - [`cli`]: the command line, validated into the configs the pipelines take.
 //!

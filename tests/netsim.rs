@@ -5,7 +5,7 @@
 mod common;
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpListener, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -348,4 +348,117 @@ fn stream_through_netsim() {
     eprintln!("through netsim: capture->decoded p50 {p50:.1} ms");
     assert!(p50 >= 10.0, "capture->decoded p50 {p50:.1} ms is under the 10 ms --delay: not relayed?");
     assert!(ns.wait_for_stderr("connection closed", Duration::from_secs(5)), "{}", ns.stderr());
+}
+
+/// Starts `framecast netsim --udp --listen 127.0.0.1:PORT --forward FORWARD ARGS...` and
+/// waits until it listens.
+fn udp_netsim(forward: &str, args: &[&str]) -> (Proc, u16) {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut all = vec!["netsim", "--udp", "--listen", &listen, "--forward", forward];
+    all.extend_from_slice(args);
+    let p = Proc::spawn("netsim", &all);
+    assert!(p.wait_for_stderr("netsim udp relay listening", Duration::from_secs(10)), "{}", p.stderr());
+    (p, port)
+}
+
+/// Stops `p` with SIGTERM and returns its log once it exited (0).
+fn stop(mut p: Proc) -> String {
+    // SAFETY: kill with a child's pid.
+    unsafe { libc::kill(p.id() as libc::pid_t, libc::SIGTERM) };
+    let st = p.wait(Duration::from_secs(10));
+    assert!(st.success(), "netsim exited with {st} after SIGTERM:\n{}", p.stderr());
+    p.stderr()
+}
+
+/// `key=N` from the relay's exit line for `dir`.
+fn exit_count(log: &str, dir: &str, key: &str) -> u64 {
+    let line = log
+        .lines()
+        .find(|l| l.contains("netsim udp relay stopped") && l.contains(&format!("dir=\"{dir}\"")))
+        .unwrap_or_else(|| panic!("no exit counts for {dir}:\n{log}"));
+    let v = line.split_whitespace().find_map(|w| w.strip_prefix(&format!("{key}="))).expect("the field");
+    v.parse().unwrap()
+}
+
+/// The UDP relay loses about the asked share of datagrams, and its counts at exit add up to
+/// what the server saw.
+#[test]
+fn udp_relay_loses_and_counts() {
+    let _serial = common::serial();
+    let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+    server.set_read_timeout(Some(500 * MS)).unwrap();
+    let (ns, port) = udp_netsim(&server.local_addr().unwrap().to_string(), &["--rate", "10mbit", "--loss", "10%"]);
+    let counter = thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        let mut n = 0u64;
+        while server.recv(&mut buf).is_ok() {
+            n += 1;
+        }
+        n
+    });
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let t0 = Instant::now();
+    for i in 0..3000u32 {
+        client.send_to(&[0x42; 300], ("127.0.0.1", port)).unwrap();
+        if let Some(w) = (MS * (i + 1) / 2).checked_sub(t0.elapsed()) {
+            thread::sleep(w);
+        }
+    }
+    let arrived = counter.join().unwrap();
+    let lost = 1.0 - arrived as f64 / 3000.0;
+    eprintln!("{arrived} of 3000 arrived: {:.2} % lost", lost * 100.0);
+    assert!((0.075..0.125).contains(&lost), "lost {:.2} % with --loss 10%", lost * 100.0);
+    let log = stop(ns);
+    assert_eq!(exit_count(&log, "fwd", "packets_in"), 3000, "{log}");
+    assert_eq!(exit_count(&log, "fwd", "delivered"), arrived, "{log}");
+    assert_eq!(exit_count(&log, "fwd", "lost") + arrived, 3000, "{log}");
+    assert_eq!(exit_count(&log, "fwd", "queue_drops"), 0, "{log}");
+}
+
+/// Several clients through one relay: each gets its own upstream address at the server, and
+/// only its own answers back; a burst over the router queue is dropped at the tail and counted.
+#[test]
+fn udp_relay_serves_several_clients_and_drops_the_tail() {
+    let _serial = common::serial();
+    let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+    server.set_read_timeout(Some(500 * MS)).unwrap();
+    let (ns, port) = udp_netsim(&server.local_addr().unwrap().to_string(), &["--rate", "5mbit", "--delay", "10ms"]);
+    // The server echoes, and notes each peer address.
+    let echo = thread::spawn(move || {
+        let mut peers = std::collections::HashSet::new();
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = server.recv_from(&mut buf) {
+            peers.insert(from);
+            server.send_to(&buf[..n], from).unwrap();
+        }
+        peers
+    });
+    let clients: Vec<UdpSocket> = (0..3).map(|_| UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
+    for (i, c) in clients.iter().enumerate() {
+        c.set_read_timeout(Some(1000 * MS)).unwrap();
+        for k in 0..5u8 {
+            c.send_to(&[i as u8, k], ("127.0.0.1", port)).unwrap();
+            thread::sleep(2 * MS);
+        }
+    }
+    for (i, c) in clients.iter().enumerate() {
+        let mut buf = [0u8; 16];
+        for k in 0..5u8 {
+            let n = c.recv(&mut buf).unwrap_or_else(|e| panic!("client {i}, echo {k}: {e}"));
+            assert_eq!(&buf[..n], &[i as u8, k], "client {i} got another's answer");
+        }
+    }
+    // A burst of 100 x 1400 bytes into a 64 KB queue: about 46 fit, the rest are dropped.
+    let burst = &clients[0];
+    for _ in 0..100 {
+        burst.send_to(&[0x33; 1400], ("127.0.0.1", port)).unwrap();
+    }
+    let peers = echo.join().unwrap();
+    assert_eq!(peers.len(), 3, "one upstream socket per client: {peers:?}");
+    let log = stop(ns);
+    let drops = exit_count(&log, "fwd", "queue_drops");
+    assert!((40..=60).contains(&drops), "{drops} of 100 dropped by a 64 KB queue:\n{log}");
+    assert_eq!(exit_count(&log, "fwd", "lost"), 0);
+    assert_eq!(log.matches("new client").count(), 3, "{log}");
 }

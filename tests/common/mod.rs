@@ -11,6 +11,7 @@
 #![allow(dead_code)]
 
 pub mod http_client;
+pub mod netns;
 pub mod tools;
 pub mod vlc;
 
