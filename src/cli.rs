@@ -105,6 +105,35 @@ pub struct ReportArgs {
     pub svg: Option<PathBuf>,
 }
 
+/// How frames travel between `send` and `recv`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum TransportArg {
+    /// framecast's protocol over TCP.
+    #[default]
+    Tcp,
+    /// RTP/JPEG packets over UDP that ride out packet loss.
+    Udp,
+}
+
+/// On or off (the hidden UDP knobs for tests and experiments).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum OnOff {
+    #[default]
+    On,
+    Off,
+}
+
+/// `--transport`'s help, shared by `send`, `recv` and `demo`.
+const TRANSPORT_HELP: &str = "How frames travel: 'tcp' (framecast's protocol over TCP, the default) or 'udp' \
+(RTP/JPEG packets over one UDP socket per side, for lossy links such as Wi-Fi: a lost packet is asked for again \
+(NACK) only while its frame can still be shown in time, forward error correction is sized to the loss the viewer \
+reports, rows still missing are concealed from the previous frame, and the sender paces packets at a rate of its \
+own congestion control, never above what the viewer's receipts show delivered). --key-file seals every datagram.";
+
+fn bind_udp(addr: SocketAddr, flag: &str) -> anyhow::Result<std::net::UdpSocket> {
+    std::net::UdpSocket::bind(addr).with_context(|| format!("{flag} {addr}: cannot bind a udp socket there"))
+}
+
 /// JPEG chroma subsampling.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum SubsamplingArg {
@@ -351,6 +380,11 @@ pub struct SendArgs {
     /// --connect/--listen, RTSP (and HTTP) only.
     #[arg(long, value_name = "ADDR:PORT")]
     pub rtsp: Option<SocketAddr>,
+    #[arg(long, value_enum, default_value_t = TransportArg::Tcp, value_name = "tcp|udp", help = "How frames travel: tcp (the default) or udp (for lossy links: NACK, FEC, concealment, its own congestion control)", long_help = TRANSPORT_HELP)]
+    pub transport: TransportArg,
+    /// UDP: forward error correction (off: none, for tests and experiments).
+    #[arg(long, value_enum, default_value_t = OnOff::On, hide = true)]
+    pub fec: OnOff,
     #[command(flatten)]
     pub source: SourceArgs,
     #[command(flatten)]
@@ -383,6 +417,17 @@ pub struct RecvArgs {
     /// carried, taken from the previous frame).
     #[arg(long, value_enum, default_value_t = receiver::RtspTransport::Tcp, value_name = "tcp|udp")]
     pub rtsp_transport: receiver::RtspTransport,
+    #[arg(long, value_enum, default_value_t = TransportArg::Tcp, value_name = "tcp|udp", help = "How frames travel: tcp (the default) or udp (for lossy links: NACK, FEC, concealment, its own congestion control)", long_help = TRANSPORT_HELP)]
+    pub transport: TransportArg,
+    /// With --transport udp: the latency budget, capture to display. A frame still missing
+    /// packets is shown concealed (or dropped) after at most half of it [default: the wait is
+    /// three frame intervals or two round trips, at most 250 ms].
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u32).range(10..=60_000))]
+    pub max_latency_ms: Option<u32>,
+    /// UDP: ask for lost packets again (off: FEC and concealment only, for tests and
+    /// experiments).
+    #[arg(long, value_enum, default_value_t = OnOff::On, hide = true)]
+    pub udp_nack: OnOff,
     /// Decode, count and measure, but open no window.
     #[arg(long)]
     pub headless: bool,
@@ -437,6 +482,8 @@ pub struct DemoArgs {
     /// Measure nothing and print no stats (to see what measuring costs).
     #[arg(long, conflicts_with_all = ["stats_json", "send_stats_json", "recv_stats_json"])]
     pub no_stats: bool,
+    #[arg(long, value_enum, default_value_t = TransportArg::Tcp, value_name = "tcp|udp", help = "How frames travel: tcp (the default) or udp (for lossy links: NACK, FEC, concealment, its own congestion control)", long_help = TRANSPORT_HELP)]
+    pub transport: TransportArg,
     #[command(flatten)]
     pub source: SourceArgs,
     #[command(flatten)]
@@ -617,13 +664,14 @@ impl SendArgs {
                 warn_if_open(flag, addr, key.as_ref());
             }
         }
-        let endpoint = match (self.connect, self.listen) {
-            (_, Some(addr)) => sender::Endpoint::Listen(bind(addr, "--listen")?),
-            (Some(c), None) => sender::Endpoint::Connect(c),
-            (None, None) if self.http.is_some() || self.rtsp.is_some() || self.publish.is_some() => {
+        let endpoint = match (self.transport, self.connect.clone(), self.listen) {
+            (TransportArg::Udp, connect, listen) => self.udp_endpoint(connect, listen)?,
+            (_, _, Some(addr)) => sender::Endpoint::Listen(bind(addr, "--listen")?),
+            (_, Some(c), None) => sender::Endpoint::Connect(c),
+            (_, None, None) if self.http.is_some() || self.rtsp.is_some() || self.publish.is_some() => {
                 sender::Endpoint::None
             }
-            (None, None) => sender::Endpoint::Connect(format!("127.0.0.1:{DEFAULT_PORT}")),
+            (_, None, None) => sender::Endpoint::Connect(format!("127.0.0.1:{DEFAULT_PORT}")),
         };
         let http = self.http.map(|addr| bind(addr, "--http")).transpose()?;
         let rtsp = self.rtsp.map(|addr| bind(addr, "--rtsp")).transpose()?;
@@ -659,10 +707,50 @@ impl SendArgs {
     }
 }
 
+impl SendArgs {
+    /// `--transport udp`: the UDP endpoint, and what does not combine with it refused.
+    fn udp_endpoint(&self, connect: Option<String>, listen: Option<SocketAddr>) -> anyhow::Result<sender::Endpoint> {
+        if self.link.no_congestion_control {
+            bail!("--no-congestion-control applies to --transport tcp: udp always paces its packets at its own rate");
+        }
+        if self.link.max_in_flight.is_some() {
+            bail!("--max-in-flight applies to --transport tcp: udp paces packets at the link's rate instead");
+        }
+        let opts = sender::udp::UdpOptions { fec: self.fec == OnOff::On };
+        let endpoint = match (connect, listen) {
+            (_, Some(addr)) => sender::udp::UdpEndpoint::Listen(bind_udp(addr, "--listen")?),
+            (Some(c), None) => sender::udp::UdpEndpoint::Connect(c),
+            (None, None) => sender::udp::UdpEndpoint::Connect(format!("127.0.0.1:{DEFAULT_PORT}")),
+        };
+        Ok(sender::Endpoint::Udp(endpoint, opts))
+    }
+}
+
 impl RecvArgs {
+    /// `--transport udp`: the UDP endpoint, and what does not combine with it refused.
+    fn udp_endpoint(&self, key: Option<&Key>) -> anyhow::Result<receiver::Endpoint> {
+        let opts = receiver::UdpRecvOptions { nack: self.udp_nack == OnOff::On, max_latency_ms: self.max_latency_ms };
+        let endpoint = match (&self.listen, &self.connect) {
+            (_, Some(c)) if c.starts_with("rtsp://") => bail!(
+                "--transport udp does not apply to an rtsp:// stream: RTSP has its own (--rtsp-transport tcp|udp)"
+            ),
+            (_, Some(c)) => receiver::UdpEndpoint::Connect(c.clone()),
+            (listen, None) => {
+                let addr = listen.unwrap_or(SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)));
+                warn_if_open("--listen", addr, key);
+                receiver::UdpEndpoint::Listen(bind_udp(addr, "--listen")?)
+            }
+        };
+        Ok(receiver::Endpoint::Udp(endpoint, opts))
+    }
+
     pub fn into_config(self) -> anyhow::Result<RecvConfig> {
         let key = self.key.load()?;
-        let endpoint = match (self.listen, self.connect) {
+        if self.transport == TransportArg::Tcp && self.max_latency_ms.is_some() {
+            bail!("--max-latency-ms applies to --transport udp (over TCP the sender's --max-latency-ms keeps latency)");
+        }
+        let endpoint = match (self.listen, self.connect.clone()) {
+            _ if self.transport == TransportArg::Udp => self.udp_endpoint(key.as_ref())?,
             (_, Some(c)) if c.starts_with("rtsp://") => {
                 if key.is_some() {
                     bail!("--key-file does not apply to rtsp:// (RTSP is not encrypted): put the token in the URL, rtsp://user:TOKEN@host:port/path");
@@ -893,6 +981,43 @@ mod tests {
             let e = parse(args).unwrap_err().to_string();
             assert!(e.contains(flag), "{args:?}: {e}");
         }
+    }
+
+    #[test]
+    fn what_does_not_combine_with_udp_is_refused_naming_the_flags() {
+        let hooks = TestHooks::default();
+        for (args, says) in [
+            (
+                &["send", "--transport", "udp", "--no-congestion-control", "--connect", "127.0.0.1:9"][..],
+                "--no-congestion-control",
+            ),
+            (
+                &["send", "--transport", "udp", "--max-in-flight", "3", "--connect", "127.0.0.1:9"][..],
+                "--max-in-flight",
+            ),
+        ] {
+            let Cmd::Send(a) = parse(args).unwrap().cmd else { unreachable!() };
+            let e = a.into_config(&hooks).err().map(|e| format!("{e:#}")).unwrap_or_default();
+            assert!(e.contains(says) && e.contains("udp"), "{args:?}: {e}");
+        }
+        let Cmd::Recv(a) = parse(&["recv", "--transport", "udp", "--connect", "rtsp://h/p"]).unwrap().cmd else {
+            unreachable!()
+        };
+        let e = a.into_config().err().map(|e| format!("{e:#}")).unwrap_or_default();
+        assert!(e.contains("--transport udp") && e.contains("rtsp://"), "{e}");
+        let Cmd::Recv(a) = parse(&["recv", "--max-latency-ms", "100", "--connect", "127.0.0.1:9"]).unwrap().cmd else {
+            unreachable!()
+        };
+        let e = a.into_config().err().map(|e| format!("{e:#}")).unwrap_or_default();
+        assert!(e.contains("--max-latency-ms") && e.contains("--transport udp"), "{e}");
+        let Cmd::Send(a) =
+            parse(&["send", "--transport", "udp", "--connect", "127.0.0.1:9", "--size", "64x48"]).unwrap().cmd
+        else {
+            unreachable!()
+        };
+        let (cfg, _) = a.into_config(&hooks).unwrap();
+        assert!(matches!(cfg.endpoint, sender::Endpoint::Udp(sender::udp::UdpEndpoint::Connect(_), _)));
+        assert!(parse(&["send", "--help"]).unwrap_err().to_string().contains("--transport"));
     }
 
     #[test]

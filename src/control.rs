@@ -153,6 +153,8 @@ pub struct Controller {
     ack_gap_us: f64,
     hold_until: u64,
     in_flight: usize,
+    /// The UDP transport's paced rate of its slowest viewer: (when, kbit/s).
+    link_rate: Option<(u64, f64)>,
     last_decrease: u64,
     next_due: u64,
     status: ControlStatus,
@@ -197,6 +199,7 @@ impl Controller {
             ack_gap_us: 0.0,
             hold_until: 0,
             in_flight: 0,
+            link_rate: None,
             last_decrease: 0,
             next_due: 0,
             status,
@@ -280,6 +283,25 @@ impl Controller {
         self.in_flight = frames;
     }
 
+    /// The UDP transport's rate control paces a viewer at `bps` (its estimate of the link): the
+    /// allowed rate stays at 0.9 of it, so that quality follows the link. The slowest viewer
+    /// in the last window counts.
+    pub fn on_link_rate(&mut self, now: u64, bps: u64) {
+        let kbps = bps as f64 / 1000.0;
+        self.link_rate = Some(match self.link_rate {
+            Some((at, r)) if now < at + WINDOW_US && r < kbps => (at, r),
+            _ => (now, kbps),
+        });
+    }
+
+    /// The cap [`on_link_rate`](Self::on_link_rate) sets, kbit/s (infinite without a recent one).
+    fn link_cap(&self, now: u64) -> f64 {
+        match self.link_rate {
+            Some((at, kbps)) if now < at + 2 * WINDOW_US => 0.9 * kbps,
+            _ => f64::INFINITY,
+        }
+    }
+
     /// A frame was lost because the viewer's window of unacknowledged frames was full.
     pub fn on_congestion_drop(&mut self, now: u64) {
         self.congested.push_back(now);
@@ -310,7 +332,8 @@ impl Controller {
         let latency_p95 = p95(self.acked.iter().filter(|a| a.0 >= recent).map(|a| a.2))
             .or_else(|| p95(self.acked.iter().map(|a| a.2)));
         let congestion = self.congested.len();
-        let rate = self.allowed_rate(now, delivered_kbps, latency_p95, congestion);
+        let cap = self.link_cap(now);
+        let rate = self.allowed_rate(now, delivered_kbps, latency_p95, congestion).map(|r| r.min(cap));
         let before = self.setting;
         let reason = rate.and_then(|r| self.fit(r));
         let rate = rate.unwrap_or(self.status.rate_kbps);
@@ -719,6 +742,31 @@ mod tests {
         assert!(p95 < 150_000, "p95 {} ms after warm-up", p95 / 1000);
         let kbps = kbps_between(&run, 10, 60);
         assert!(kbps > 3000.0 && kbps < 5000.0, "uses most of the 5 Mbit/s link: {kbps:.0} kbit/s");
+    }
+
+    #[test]
+    fn a_udp_link_rate_caps_the_allowed_rate_while_it_is_fresh() {
+        let mut c = Controller::new(cfg(Some(8000), None), 75);
+        let mut now = 0;
+        while now < 5_000_000 {
+            if c.admit(now) {
+                let q = c.setting().quality;
+                c.on_encoded(now, size_at(q, 135_000.0), q, false);
+            }
+            // A receipt's worth of link rate every few frames.
+            if (now / 33_333) % 8 == 0 {
+                c.on_link_rate(now, 2_000_000);
+            }
+            c.tick(now);
+            now += 33_333;
+        }
+        assert!(c.status().rate_kbps <= 1800.0, "allowed {} kbit/s on a 2 Mbit/s link", c.status().rate_kbps);
+        // Two seconds without a report: the target alone again.
+        while now < 8_000_000 {
+            c.tick(now);
+            now += 33_333;
+        }
+        assert_eq!(c.status().rate_kbps, 8000.0);
     }
 
     #[test]

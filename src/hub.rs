@@ -64,6 +64,22 @@ pub struct LinkCounters {
     pub congested: AtomicBool,
     /// What the viewer's last RTCP receiver report said (RTP links only).
     pub rtcp: Mutex<Option<RtcpFigures>>,
+    /// What the UDP transport's rate control last saw of the viewer's link (UDP links only).
+    pub udp: Mutex<Option<UdpFigures>>,
+}
+
+/// A UDP viewer's link as its sender measures it (`links[].udp` in the stats).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct UdpFigures {
+    /// The rate the sender paces at, kbit/s.
+    pub rate_kbps: f64,
+    /// What the viewer's receipts show delivered, kbit/s.
+    pub delivered_kbps: f64,
+    /// Round trip from receipts, ms (absent before the first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_ms: Option<f64>,
+    /// Loss on arrival the viewer reports (before FEC and retransmission), percent.
+    pub loss_pct: f64,
 }
 
 /// An RTP viewer's own view of its link, from its RTCP receiver reports.
@@ -93,6 +109,9 @@ pub struct LinkReport {
     /// And its interarrival jitter, ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rtcp_jitter_ms: Option<f64>,
+    /// UDP viewers: the link as the sender's rate control sees it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp: Option<UdpFigures>,
 }
 
 struct Slot {
@@ -222,6 +241,7 @@ impl Hub {
                 drops: s.counters.drops.load(Ordering::Relaxed),
                 rtcp_loss_pct: rtcp(s).map(|r| r.loss_pct),
                 rtcp_jitter_ms: rtcp(s).map(|r| r.jitter_ms),
+                udp: *s.counters.udp.lock().unwrap_or_else(|p| p.into_inner()),
             })
             .collect()
     }
@@ -383,6 +403,7 @@ mod tests {
             drops: 0,
             rtcp_loss_pct: None,
             rtcp_jitter_ms: None,
+            udp: None,
         };
         let v = serde_json::to_value(&link).unwrap();
         assert_eq!(v["kind"], "native");

@@ -16,18 +16,21 @@
 //! - [`sender`]: the sender pipeline, one file per stage, and its viewer transports behind
 //!   [`sender::transport::Transport`]: [`sender::native`] (the framecast protocol) and
 //!   [`sender::http`] (MJPEG, snapshots, the page, `/stats`), [`sender::rtsp`] (RTSP/RTP),
-//!   [`sender::publish`] (RTSP RECORD into a media server).
+//!   [`sender::publish`] (RTSP RECORD into a media server), [`sender::udp`] (`--transport
+//!   udp`: RTP/JPEG over UDP, threads `udp-tx` and `udp-PEER`).
 //! - [`net`]: the wire protocol: `net::proto` (pure format), `net::io` (framed reader and
 //!   writer), `net::conn` (the one accept loop, connect policies, socket options) and
-//!   `net::secure` (`--key-file`: Noise handshake, encrypted records).
+//!   `net::secure` (`--key-file`: Noise handshake, encrypted records); `net::udp`, the UDP
+//!   transport's pure parts (datagrams, sealing, FEC, frames to packets and back, congestion
+//!   control, one peer's handshake), run by `sender::udp` and the receiver's UDP `net-rx`.
 //! - [`rtp`]: RTP for JPEG (RFC 2435): the payload headers, the payloader (`rtp::packetize`),
 //!   the depayloader (`rtp::depacketize`) and framecast's capture-time header extension,
 //!   shared by the RTSP server, publishing and the RTSP client.
 //! - [`rtsp`]: RTSP messages and interleaved frames on the wire, with caps, and Basic/Digest
 //!   auth; the client connection (`rtsp::client`, for `recv --connect rtsp://` and
 //!   `send --publish`); run by whichever thread owns an RTSP connection.
-//! - [`receiver`]: the receiver pipeline, one file per stage: `net-rx`, `decode`, the view
-//!   (main thread) and `feedback`.
+//! - [`receiver`]: the receiver pipeline, one file per stage: `net-rx` (TCP, RTSP or UDP),
+//!   `decode`, the view (main thread) and `feedback`.
 //! - [`view`]: frame sinks (minifb window, headless) on the receiver's main thread.
 //! - [`stage`] and [`chan`]: named stage threads and the newest-wins channels between them.
 //! - [`stats`]: per-side counters, the typed `Report` (JSON lines written and read back), the

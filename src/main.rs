@@ -11,7 +11,7 @@ use clap::Parser;
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
-use framecast::cli::{Cli, Cmd, DemoArgs, TestHooks};
+use framecast::cli::{Cli, Cmd, DemoArgs, TestHooks, TransportArg};
 use framecast::receiver::{self, RecvConfig};
 use framecast::sender::{self, SendConfig};
 use framecast::stage;
@@ -97,6 +97,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The demo's two ends on 127.0.0.1: the receiver listens on a free port, the sender calls it.
+fn demo_endpoints(transport: TransportArg) -> anyhow::Result<(sender::Endpoint, receiver::Endpoint)> {
+    if transport == TransportArg::Udp {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").context("cannot bind a udp socket on 127.0.0.1")?;
+        let to = format!("127.0.0.1:{}", socket.local_addr()?.port());
+        return Ok((
+            sender::Endpoint::Udp(sender::udp::UdpEndpoint::Connect(to), sender::udp::UdpOptions::default()),
+            receiver::Endpoint::Udp(receiver::UdpEndpoint::Listen(socket), receiver::UdpRecvOptions::default()),
+        ));
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").context("cannot listen on 127.0.0.1")?;
+    let port = listener.local_addr()?.port();
+    Ok((sender::Endpoint::Connect(format!("127.0.0.1:{port}")), receiver::Endpoint::Listen(listener)))
+}
+
 fn demo(args: DemoArgs, hooks: &TestHooks) -> anyhow::Result<()> {
     let (source, subsampling, reencode_jpeg) = args.source.validate(hooks.source_fault)?;
     let (send_json, recv_json) = args.stats_logs();
@@ -111,11 +126,10 @@ fn demo(args: DemoArgs, hooks: &TestHooks) -> anyhow::Result<()> {
     } else {
         Box::new(WindowSink::new()?)
     };
-    let listener = TcpListener::bind("127.0.0.1:0").context("cannot listen on 127.0.0.1")?;
-    let port = listener.local_addr()?.port();
+    let (send_endpoint, recv_endpoint) = demo_endpoints(args.transport)?;
     let stop = install_ctrl_c()?;
     let send_cfg = SendConfig {
-        endpoint: sender::Endpoint::Connect(format!("127.0.0.1:{port}")),
+        endpoint: send_endpoint,
         fps: args.source.fps,
         quality: args.source.quality.unwrap_or(75),
         subsampling,
@@ -136,7 +150,7 @@ fn demo(args: DemoArgs, hooks: &TestHooks) -> anyhow::Result<()> {
         encode_threads: args.source.encode_threads,
     };
     let recv_cfg = RecvConfig {
-        endpoint: receiver::Endpoint::Listen(listener),
+        endpoint: recv_endpoint,
         frames: None,
         duration: None,
         stats: StatsConfig { json: recv_json, enabled: !args.no_stats, ..StatsConfig::default() },

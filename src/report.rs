@@ -89,6 +89,7 @@ pub fn table(runs: &[Run]) -> String {
             if run.summary.is_none() { "  (no summary: last interval)" } else { "" },
         );
     }
+    udp_table(runs, &mut out);
     let _ = writeln!(out);
     let _ = writeln!(out, "{:<28} {:<20} {:>9} {:>9} {:>9} {:>9}", "latency (ms)", "stage", "p50", "p95", "p99", "max");
     for run in runs {
@@ -120,6 +121,40 @@ pub fn table(runs: &[Run]) -> String {
         }
     }
     out
+}
+
+/// The UDP transport's figures per run (packets lost, recovered by FEC, retransmitted, frames
+/// concealed, lost and late, FEC overhead), for the runs that have any.
+fn udp_table(runs: &[Run], out: &mut String) {
+    let rows: Vec<_> = runs
+        .iter()
+        .filter_map(|r| whole(r).map(|s| (r, s)))
+        .filter(|(_, s)| s.udp_figures().is_some() || s.concealed > 0)
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{:<28} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8} {:>9}",
+        "udp", "lost", "fec", "rtx", "concealed", "f.lost", "late", "ignored", "fec %"
+    );
+    for (run, s) in rows {
+        let _ = writeln!(
+            out,
+            "{:<28} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8} {:>9}",
+            run.label(),
+            s.packets_lost,
+            s.fec_recovered,
+            s.retransmitted,
+            s.concealed,
+            s.frames_lost,
+            s.late_frames,
+            s.udp_ignored,
+            fmt_opt(s.fec_overhead_pct, 1),
+        );
+    }
 }
 
 /// The latency series plotted for a run: its end-to-end latency ([`Stage::END_TO_END`]),

@@ -132,8 +132,37 @@ pub struct Counters {
     /// Receiver (RTSP): frames shown with missing restart intervals taken from the previous
     /// frame.
     pub concealed: u64,
+    /// The UDP transport's packet-level counts (zero on other transports).
+    pub udp: UdpCounts,
     /// Sender: the source is lost now, since this time (state, not a count).
     pub source_lost: Option<SourceLost>,
+}
+
+/// The UDP transport's counts (`send`/`recv --transport udp`), per side. See `docs/stats.md`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UdpCounts {
+    /// Data packets never received nor rebuilt (receiver; the sender's from its receipts).
+    pub packets_lost: u64,
+    /// Data packets rebuilt from parity (receiver; the sender's from its receipts).
+    pub fec_recovered: u64,
+    /// Sender: packets sent again on a NACK. Receiver: packets that arrived that way.
+    pub retransmitted: u64,
+    /// Receiver: frames with nothing showable by their deadline.
+    pub frames_lost: u64,
+    /// Receiver: unfinished frames given up because a newer frame was complete first.
+    pub late_frames: u64,
+    /// Sender: parity bytes and data bytes sent (for the FEC overhead).
+    pub fec_bytes: u64,
+    pub media_bytes: u64,
+    /// Datagrams ignored: from an address without a handshake, malformed, replayed, forged.
+    pub ignored: u64,
+}
+
+impl UdpCounts {
+    /// Parity bytes as a percentage of data bytes; `None` when nothing was sent.
+    pub fn fec_overhead_pct(&self) -> Option<f64> {
+        (self.media_bytes > 0).then(|| self.fec_bytes as f64 * 100.0 / self.media_bytes as f64)
+    }
 }
 
 /// When the sender's source was lost.
@@ -218,6 +247,7 @@ impl Default for Counters {
             rtp_reencoded: 0,
             no_signal_frames: 0,
             concealed: 0,
+            udp: UdpCounts::default(),
             source_lost: None,
         }
     }

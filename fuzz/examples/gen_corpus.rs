@@ -6,7 +6,8 @@
 //! cargo run --manifest-path fuzz/Cargo.toml --example gen_corpus [-- OUT_DIR]
 //! ```
 //!
-//! `OUT_DIR` defaults to `fuzz/corpus`; the files go to `OUT_DIR/{decode,handshake,jpeg,split}/`.
+//! `OUT_DIR` defaults to `fuzz/corpus`; the files go to
+//! `OUT_DIR/{decode,handshake,jpeg,split,udp_datagram}/`.
 //! The corpora are generated, not committed (`/fuzz/corpus` is git-ignored).
 
 use std::path::{Path, PathBuf};
@@ -173,6 +174,63 @@ fn split_seeds() -> Vec<(String, Vec<u8>)> {
     out
 }
 
+/// Seeds of the `udp_datagram` target: each kind of datagram and Inner as it arrives, and a
+/// session's script (seal, deliver in order, again, out of order, altered, after a skip).
+fn udp_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    use framecast::net::udp::wire::{Datagram, Inner, Receipt};
+    use framecast_fuzz::udp::{record, DELIVER, MSG1, MSG2, RAW, SEAL, SKIP};
+    let hello = |role| {
+        let mut b = Vec::new();
+        Datagram::Hello { session: 7, hello: Hello::new(role, [3; 16]).keyed(true) }.encode(&mut b);
+        b
+    };
+    let mut rtp = vec![0x80, 26, 0, 1, 0, 0, 0x0b, 0xb8, 0, 0, 0, 9, 0, 0, 0, 0, 1, 64, 48, 6];
+    rtp.extend_from_slice(&[0x55; 100]);
+    let receipt = Receipt {
+        highest_seq: 70_000,
+        highest_age_us: 900,
+        packets: 68_000,
+        bytes: 9_000_000,
+        lost: 3,
+        recovered: 40,
+        loss_bp: 120,
+    };
+    let inners: Vec<Vec<u8>> = [
+        Inner::Media(&rtp),
+        Inner::Message(Message::StreamInfo(StreamInfo { width: 640, height: 480, fps_milli: 30_000 })),
+        Inner::Message(Message::Ack(Ack { seq: 3, received_us: 10, decoded_us: 20, displayed_us: 30 })),
+        Inner::Message(Message::Ping(Ping { id: 1, t1_us: 2 })),
+        Inner::Message(Message::Pong(Pong { id: 1, t1_us: 2, t2_us: 3, t3_us: 4 })),
+        Inner::Message(Message::SetQuality(70)),
+        Inner::Message(Message::QualityStep(-2)),
+        Inner::Message(Message::Report(br#"{"type":"interval","fps":29.9}"#)),
+        Inner::Nack(vec![(65534, 3), (10, 1)]),
+        Inner::Receipt(receipt),
+        Inner::Bye,
+    ]
+    .iter()
+    .map(Inner::to_vec)
+    .collect();
+    let plain = |i: &[u8]| [&[0x04][..], i].concat();
+    let mut raw = vec![record(RAW, &hello(Role::Sender)), record(RAW, &hello(Role::Receiver))];
+    raw.push(record(RAW, &[&[0x02][..], &[0; 8], &[0x11; 48]].concat()));
+    raw.push(record(RAW, &[&[0x03][..], &[0; 8], &[0x22; 40]].concat()));
+    raw.extend(inners.iter().map(|i| record(RAW, &plain(i))));
+    let mut script: Vec<Vec<u8>> = inners.iter().map(|i| record(SEAL, i)).collect();
+    for step in [[0, 0, 0, 0], [1, 0, 0, 0], [1, 0, 0, 0], [5, 0, 0, 0], [3, 0, 0, 0], [2, 0, 20, 1], [2, 0, 3, 0x80]] {
+        script.push(record(DELIVER, &step));
+    }
+    script.push(record(SKIP, &[1, 0]));
+    script.push(record(SEAL, &inners[10]));
+    script.push(record(DELIVER, &[11, 0, 0, 0]));
+    script.push(record(DELIVER, &[4, 0, 0, 0]));
+    vec![
+        ("raw", raw.concat()),
+        ("session", script.concat()),
+        ("handshake", [record(MSG1, &[0x33; 48]), record(MSG2, &[0x44; 48]), record(MSG2, &[])].concat()),
+    ]
+}
+
 fn write(dir: &Path, name: &str, bytes: &[u8]) {
     std::fs::write(dir.join(name), bytes).unwrap_or_else(|e| panic!("{}: {e}", dir.join(name).display()));
 }
@@ -182,11 +240,11 @@ fn main() {
         .nth(1)
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus"));
-    let dirs = ["decode", "handshake", "jpeg", "split"].map(|t| out.join(t));
+    let dirs = ["decode", "handshake", "jpeg", "split", "udp_datagram"].map(|t| out.join(t));
     for d in &dirs {
         std::fs::create_dir_all(d).unwrap_or_else(|e| panic!("{}: {e}", d.display()));
     }
-    let [decode, handshake, jpeg_dir, split_dir] = &dirs;
+    let [decode, handshake, jpeg_dir, split_dir, udp_dir] = &dirs;
     let mut count = 0;
 
     // decode: each stream cut at a few points (the start, after the hello, inside the first
@@ -243,6 +301,11 @@ fn main() {
 
     for (name, b) in split_seeds() {
         write(split_dir, &name, &b);
+        count += 1;
+    }
+
+    for (name, b) in udp_seeds() {
+        write(udp_dir, name, &b);
         count += 1;
     }
 

@@ -215,3 +215,46 @@ pub fn decode_via_reader(script: Script, expect: Role) -> Run {
     }
     panic!("no end after {budget} events from {} bytes", stream.len());
 }
+
+/// The input format of the `udp_datagram` target: a sequence of records, each an op byte
+/// (taken modulo [`udp::OPS`]), a 2-byte big-endian length and that many bytes (cut at the
+/// end of the input).
+pub mod udp {
+    /// The bytes as a datagram that arrived (both roles), and as an Inner.
+    pub const RAW: u8 = 0;
+    /// Seal the bytes (as an Inner) with the session's key, under the next nonce; the
+    /// datagram is kept for [`DELIVER`].
+    pub const SEAL: u8 = 1;
+    /// Open kept datagram number `b[0]` (modulo how many), with byte `b[1..3]` (modulo its
+    /// length) xored with `b[3]` (0: unaltered).
+    pub const DELIVER: u8 = 2;
+    /// Skip `b[0..2]` × 16 nonces, as if that many datagrams were lost.
+    pub const SKIP: u8 = 3;
+    /// The bytes as handshake message 1, to the responder of the session's hellos.
+    pub const MSG1: u8 = 4;
+    /// The bytes as handshake message 2, to a new initiator.
+    pub const MSG2: u8 = 5;
+    pub const OPS: u8 = 6;
+
+    /// One record.
+    pub fn record(op: u8, bytes: &[u8]) -> Vec<u8> {
+        let len = bytes.len().min(usize::from(u16::MAX));
+        let mut r = vec![op];
+        r.extend_from_slice(&(len as u16).to_be_bytes());
+        r.extend_from_slice(&bytes[..len]);
+        r
+    }
+
+    /// The records of an input, in order.
+    pub fn records(mut data: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
+        std::iter::from_fn(move || {
+            if data.len() < 3 {
+                return None;
+            }
+            let len = usize::from(u16::from_be_bytes([data[1], data[2]])).min(data.len() - 3);
+            let r = (data[0] % OPS, &data[3..3 + len]);
+            data = &data[3 + len..];
+            Some(r)
+        })
+    }
+}

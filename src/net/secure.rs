@@ -330,10 +330,7 @@ pub fn upgrade(
     let leftover = reader.take_buffered();
     let mut reader = reader.map_inner(|tcp| RecordInput::new(tcp, &leftover));
     let mut writer = writer;
-    let (sender_hello, receiver_hello) = if ours.role == Role::Sender { (ours, theirs) } else { (theirs, ours) };
-    let mut prologue = PROLOGUE_LABEL.to_vec();
-    sender_hello.encode(&mut prologue);
-    receiver_hello.encode(&mut prologue);
+    let prologue = prologue(ours, theirs);
     let deadline = Instant::now() + timeout;
     let state = handshake(ours.role, key, &prologue, reader.get_mut(), writer.get_mut(), deadline, timeout)?;
     info!("the {} proved it holds the key; messages are encrypted and authenticated ({NOISE_PARAMS})", name(peer));
@@ -343,8 +340,24 @@ pub fn upgrade(
     Ok((reader, writer))
 }
 
+/// The Noise prologue: the label, then the sender's hello as sent, then the receiver's
+/// (`ours` and `theirs` in either order). Also the start of the UDP transport's prologue.
+pub(crate) fn prologue(ours: &Hello, theirs: &Hello) -> Vec<u8> {
+    let (sender_hello, receiver_hello) = if ours.role == Role::Sender { (ours, theirs) } else { (theirs, ours) };
+    let mut prologue = PROLOGUE_LABEL.to_vec();
+    sender_hello.encode(&mut prologue);
+    receiver_hello.encode(&mut prologue);
+    prologue
+}
+
+/// A Noise builder for [`NOISE_PARAMS`] with the key as psk0 and `prologue`.
+pub(crate) fn noise_builder<'a>(key: &'a Key, prologue: &'a [u8]) -> Result<snow::Builder<'a>, snow::Error> {
+    let params = NOISE_PARAMS.parse()?;
+    snow::Builder::new(params).psk(0, &key.0)?.prologue(prologue)
+}
+
 /// Both handshake messages are an ephemeral public key and a tag over an empty payload.
-const HANDSHAKE_LEN: usize = 32 + TAG_LEN;
+pub(crate) const HANDSHAKE_LEN: usize = 32 + TAG_LEN;
 
 /// One handshake message each way, each behind a 2-byte length.
 fn handshake<R: Read, W: Write>(
@@ -356,8 +369,7 @@ fn handshake<R: Read, W: Write>(
     deadline: Instant,
     timeout: Duration,
 ) -> Result<StatelessTransportState, HandshakeError> {
-    let params = NOISE_PARAMS.parse().map_err(HandshakeError::Noise)?;
-    let builder = snow::Builder::new(params).psk(0, &key.0).and_then(|b| b.prologue(prologue));
+    let builder = noise_builder(key, prologue);
     let peer = opposite(role);
     let mut msg = [0u8; 256];
     let mut payload = [0u8; 256];

@@ -15,7 +15,33 @@ use tracing::{debug, info};
 use super::net::NewConn;
 use crate::clock::now_us;
 use crate::net::proto::Ping;
-use crate::net::{Ack, Message};
+use crate::net::secure::LinkWrite;
+use crate::net::udp::link::Link;
+use crate::net::{Ack, Message, MessageWriter};
+
+/// Where the feedback thread writes: a TCP connection's write half, or a UDP session's link
+/// (each message one datagram, sealed with the session's key when there is one).
+pub(super) enum Writer {
+    Tcp(MessageWriter<LinkWrite>),
+    Udp(Link),
+}
+
+impl Writer {
+    fn write_message(&mut self, msg: &Message<'_>) -> std::io::Result<()> {
+        match self {
+            Writer::Tcp(w) => w.write_message(msg),
+            Writer::Udp(l) => l.send_message(msg).map(|_| ()),
+        }
+    }
+
+    /// Ends the connection for both directions (TCP: net-rx's read returns at once). A UDP
+    /// session has nothing to shut: net-rx, which polls, sees the view finished and says `Bye`.
+    fn close(&self) {
+        if let Writer::Tcp(w) = self {
+            let _ = w.get_ref().shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
 
 /// Clock-sync pings: a quick burst when a sender connects, then one a second.
 const PING_BURST: u32 = 5;
@@ -59,7 +85,7 @@ impl FeedbackTx {
         while self.step(&mut current) {}
         if let Some(c) = current.conn {
             debug!(connection = c.conn, "view finished; closing the connection");
-            let _ = c.writer.get_ref().shutdown(std::net::Shutdown::Both);
+            c.writer.close();
         }
         Ok(())
     }

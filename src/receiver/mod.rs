@@ -13,6 +13,8 @@
 //!   `--frame-log`, and an acknowledgement per frame shown.
 //! - `feedback.rs` (thread `feedback`): the write half of the connection: acknowledgements,
 //!   clock-sync pings, stats reports and quality requests.
+//! - `rtsp.rs` and `udp.rs` (thread `net-rx`, in place of `net.rs`): `recv --connect
+//!   rtsp://` and `recv --transport udp` (RTP/JPEG with FEC, NACK and concealment).
 //!
 //! This file holds the configuration and the wiring. Shutdown travels by disconnection: a
 //! sender that leaves ends net-rx, which ends decode, which ends the view. A view that
@@ -26,6 +28,7 @@ mod feedback;
 mod net;
 mod rtsp;
 mod show;
+mod udp;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -51,6 +54,7 @@ use net::NetRx;
 use show::{FrameLog, View};
 
 pub use rtsp::{RtspEndpoint, RtspTransport};
+pub use udp::{UdpEndpoint, UdpRecvOptions};
 
 /// Where the receiver's sender is.
 #[derive(Debug)]
@@ -61,6 +65,8 @@ pub enum Endpoint {
     Connect(String),
     /// Play an RTSP stream (`rtsp://`), in place of the native protocol.
     Rtsp(RtspEndpoint),
+    /// The UDP transport (`--transport udp`): RTP/JPEG with FEC, NACK and concealment.
+    Udp(UdpEndpoint, UdpRecvOptions),
 }
 
 /// Save every `every`-th displayed frame as `DIR/frame-SEQ.ppm`.
@@ -166,7 +172,7 @@ fn start<'a>(
     let (feedback_tx, feedback_rx) = bounded(8);
     let (status_tx, status_rx) = latest(1);
     let count = Arc::new(AtomicU64::new(0));
-    let conceal = matches!(cfg.endpoint, Endpoint::Rtsp(_));
+    let conceal = matches!(cfg.endpoint, Endpoint::Rtsp(_) | Endpoint::Udp(..));
     let net = NetRx {
         once: cfg.once,
         patience: cfg.connect_patience,
@@ -222,6 +228,11 @@ fn spawn_net(net: NetRx, endpoint: Endpoint) -> anyhow::Result<stage::Stage> {
         Endpoint::Rtsp(endpoint) => {
             let NetRx { once, patience, tx, pool, meter, stop, finish, .. } = net;
             let rx = rtsp::RtspRx { endpoint, once, patience, tx, pool, meter, stop, finish };
+            stage::spawn("net-rx", move || rx.run())
+        }
+        Endpoint::Udp(endpoint, opts) => {
+            let NetRx { once, patience, key, tx, pool, conn_tx, meter, stop, finish } = net;
+            let rx = udp::UdpRx { endpoint, opts, once, patience, key, tx, pool, conn_tx, meter, stop, finish };
             stage::spawn("net-rx", move || rx.run())
         }
         endpoint => stage::spawn("net-rx", move || net.run(endpoint)),

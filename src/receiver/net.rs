@@ -21,7 +21,7 @@ use crate::chan::{LatestSender, Pool};
 use crate::clock::{clock_id, now_us, ClockSync, Exchange};
 use crate::net::conn::{accept_loop, configure, connect, Next, Policy, Session};
 use crate::net::proto::{Pong, StreamInfo};
-use crate::net::secure::{self, Key, LinkRead, LinkWrite};
+use crate::net::secure::{self, Key, LinkRead};
 use crate::net::{Event, FrameHeader, Hello, Message, MessageReader, MessageWriter, NetError, Role};
 use crate::stats::{ClockStatus, DropCause, Meter};
 
@@ -50,7 +50,7 @@ pub(super) struct Incoming {
 /// The write half of a new connection, for the feedback thread.
 pub(super) struct NewConn {
     pub conn: u64,
-    pub writer: MessageWriter<LinkWrite>,
+    pub writer: super::feedback::Writer,
 }
 
 /// The net-rx stage: everything it needs, built before its thread starts.
@@ -89,7 +89,11 @@ impl NetRx {
                 connect(&addr, "sender", policy, &|| self.done(), session, || {}).context("--connect")?;
             }
             Endpoint::Listen(listener) => self.listen(&listener)?,
-            Endpoint::Rtsp(_) => return Err(anyhow!("an rtsp:// endpoint is served by receiver::rtsp, not net-rx")),
+            Endpoint::Rtsp(_) | Endpoint::Udp(..) => {
+                return Err(anyhow!(
+                    "rtsp:// and udp endpoints are served by receiver::rtsp and receiver::udp, not net-rx"
+                ))
+            }
         }
         Ok(())
     }
@@ -208,7 +212,7 @@ impl Conn<'_> {
                 "; clocks differ: syncing over the reverse channel, latency unknown until then"
             }
         );
-        if self.net.conn_tx.send(NewConn { conn: self.id, writer }).is_err() {
+        if self.net.conn_tx.send(NewConn { conn: self.id, writer: super::feedback::Writer::Tcp(writer) }).is_err() {
             return Ok(None);
         }
         Ok(Some((reader, same_clock)))

@@ -46,6 +46,8 @@ pub enum Feedback {
     InFlight(usize),
     /// Frames of `bytes` (the oldest captured at `capture_us`) were acknowledged at `at_us`.
     Acked { at_us: u64, bytes: u64, capture_us: u64 },
+    /// A UDP viewer's rate control paces at `bps` (its estimate of the link) since `at_us`.
+    LinkRate { at_us: u64, bps: u64 },
 }
 
 /// How frames are encoded (from the configuration).
@@ -155,6 +157,7 @@ impl Encode {
                 Feedback::NewLink => c.on_new_link(),
                 Feedback::InFlight(n) => c.on_in_flight(n),
                 Feedback::Acked { at_us, bytes, capture_us } => c.on_acked(at_us, bytes, capture_us),
+                Feedback::LinkRate { at_us, bps } => c.on_link_rate(at_us, bps),
             }
         }
     }

@@ -5,6 +5,7 @@
 //!                                      │               ack-rx  ◀──TCP── (acks, pings, reports)
 //!                                      ├─ latest(1) ─▶ http-N ──HTTP──▶ browser, VLC, ffmpeg
 //!                                      ├─ latest(1) ─▶ rtsp-N ──RTP───▶ VLC, ffmpeg, GStreamer
+//!                                      ├─ latest(1) ─▶ udp-N ──UDP────▶ framecast recv --transport udp
 //!                                      └─ latest(1) ─▶ rtsp-publish ──RTSP RECORD──▶ MediaMTX
 //! ```
 //!
@@ -23,6 +24,8 @@
 //! - [`rtsp`]: RTSP with RTP/JPEG over UDP or TCP (`rtsp`, and `rtsp-PEER` and
 //!   `rtsp-rx-PEER` per connection).
 //! - [`publish`]: `--publish`, RTSP ANNOUNCE/RECORD into a media server (`rtsp-publish`).
+//! - [`udp`]: `--transport udp`, RTP/JPEG over UDP with FEC, NACK and pacing (`udp-tx`, and
+//!   `udp-PEER` per viewer).
 //!
 //! Each arrow is a newest-frame-wins slot: a stage or viewer that falls behind loses its
 //! oldest queued frame, counted by cause, and never blocks the stage before it. Each frame
@@ -40,6 +43,7 @@ pub mod native;
 pub mod publish;
 pub mod rtsp;
 pub mod transport;
+pub mod udp;
 
 use std::net::TcpListener;
 use std::sync::atomic::AtomicBool;
@@ -71,6 +75,8 @@ pub enum Endpoint {
     Connect(String),
     /// Serve any number of viewers on a bound socket, joining and leaving at any time.
     Listen(TcpListener),
+    /// Viewers over UDP (`--transport udp`): RTP/JPEG packets with FEC, NACK and pacing.
+    Udp(udp::UdpEndpoint, udp::UdpOptions),
     /// No native viewers (HTTP only).
     None,
 }
@@ -162,6 +168,11 @@ const FEEDBACK: usize = 1024;
 pub fn run(mut cfg: SendConfig, open_source: SourceFactory, stop: Arc<AtomicBool>) -> anyhow::Result<Report> {
     let meter = cfg.stats.meter(Side::Sender);
     let json = stats::open_json(&cfg.stats)?;
+    if matches!(cfg.endpoint, Endpoint::Udp(..)) && cfg.restart_rows == 0 {
+        // RTP packets end on restart intervals, so that a viewer missing packets shows the
+        // rest of the frame over the previous one.
+        cfg.restart_rows = crate::codec::DEFAULT_RESTART_ROWS;
+    }
     let hub = Arc::new(Hub::new());
     let transports = transports(&mut cfg, &hub, &meter);
     // Set when the pipeline must end for a reason of its own (a connect-mode viewer left).
@@ -208,7 +219,15 @@ pub fn run(mut cfg: SendConfig, open_source: SourceFactory, stop: Arc<AtomicBool
 fn transports(cfg: &mut SendConfig, hub: &Hub, meter: &Meter) -> Vec<Box<dyn Transport>> {
     let mut out: Vec<Box<dyn Transport>> = Vec::new();
     let endpoint = std::mem::replace(&mut cfg.endpoint, Endpoint::None);
-    if !matches!(endpoint, Endpoint::None) {
+    // `--rtsp`, `--publish` and UDP viewers share one cache, so a frame is packetised (or
+    // re-encoded, and counted) once for all of them.
+    let rtp_frames = Arc::new(rtsp::FrameCache::new(meter.clone()));
+    if let Endpoint::Udp(endpoint, opts) = endpoint {
+        let budget_us = cfg.control.as_ref().and_then(|c| c.max_latency_ms).map(|ms| u64::from(ms) * 1000);
+        let (once, patience, key) = (cfg.once, cfg.connect_patience, cfg.key.clone());
+        let settings = udp::UdpSettings { opts, once, patience, key, budget_us };
+        out.push(Box::new(udp::Udp::new(endpoint, settings, hub, rtp_frames.clone())));
+    } else if !matches!(endpoint, Endpoint::None) {
         let opts = native::NativeOptions {
             patience: cfg.connect_patience,
             once: cfg.once,
@@ -220,9 +239,6 @@ fn transports(cfg: &mut SendConfig, hub: &Hub, meter: &Meter) -> Vec<Box<dyn Tra
     if let Some(listener) = cfg.http.take() {
         out.push(Box::new(http::Http::new(listener, cfg.key.as_ref().map(Key::http_token))));
     }
-    // `--rtsp` and `--publish` share one cache, so a frame is packetised (or re-encoded, and
-    // counted) once for both.
-    let rtp_frames = Arc::new(rtsp::FrameCache::new(meter.clone()));
     if let Some(target) = cfg.publish.take() {
         out.push(Box::new(publish::Publish::new(target, hub, rtp_frames.clone())));
     }

@@ -92,7 +92,7 @@ impl Transport for Native {
         let Native { endpoint, patience, once, congestion, key, early } = *self;
         let ctx = Ctx { feed, congestion, key };
         match endpoint {
-            Endpoint::None => Ok(()),
+            Endpoint::None | Endpoint::Udp(..) => Ok(()),
             Endpoint::Connect(addr) if once => ctx.call(&addr, Policy::once(patience), true, early),
             Endpoint::Connect(addr) => ctx.call(&addr, Policy::reconnect(), false, early),
             Endpoint::Listen(listener) => ctx.listen(listener),

@@ -312,6 +312,30 @@ pub struct Report {
     /// frame; absent when 0.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub concealed: u64,
+    /// UDP transport: data packets lost for good (never received nor rebuilt); absent when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub packets_lost: u64,
+    /// UDP transport: data packets rebuilt from FEC parity; absent when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub fec_recovered: u64,
+    /// UDP transport: packets sent again on a NACK (sender) or received that way (receiver);
+    /// absent when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub retransmitted: u64,
+    /// UDP receiver: frames with nothing showable by their deadline; absent when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub frames_lost: u64,
+    /// UDP receiver: unfinished frames given up because a newer one was complete first;
+    /// absent when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub late_frames: u64,
+    /// UDP sender: parity bytes sent, percent of the data bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fec_overhead_pct: Option<f64>,
+    /// UDP: datagrams ignored (no handshake from that address, malformed, replayed, forged);
+    /// absent when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub udp_ignored: u64,
     /// Sender, while the source is lost: since when (UTC, `YYYY-MM-DDTHH:MM:SSZ`) and for how
     /// many seconds at the end of this span.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -391,6 +415,13 @@ impl Report {
             rtp_reencoded: c.rtp_reencoded,
             no_signal_frames: c.no_signal_frames,
             concealed: c.concealed,
+            packets_lost: c.udp.packets_lost,
+            fec_recovered: c.udp.fec_recovered,
+            retransmitted: c.udp.retransmitted,
+            frames_lost: c.udp.frames_lost,
+            late_frames: c.udp.late_frames,
+            fec_overhead_pct: c.udp.fec_overhead_pct().map(round3),
+            udp_ignored: c.udp.ignored,
             source_lost_since: c.source_lost.map(|l| l.utc()),
             source_lost_s: c.source_lost.map(|l| round3(l.at.elapsed().as_secs_f64())),
         };
@@ -504,6 +535,9 @@ impl Report {
         if self.concealed > 0 {
             s.push_str(&format!("  concealed {}", self.concealed));
         }
+        if let Some(udp) = self.udp_figures() {
+            s.push_str(&format!("  udp {udp}"));
+        }
         if let (Some(since), Some(secs)) = (&self.source_lost_since, self.source_lost_s) {
             s.push_str(&format!("  SOURCE LOST since {since} ({secs:.0} s, no-signal frames sent)"));
         }
@@ -514,6 +548,28 @@ impl Report {
                 None => s.push_str(" latency unknown"),
             }
         }
+    }
+
+    /// The UDP transport's figures that are not zero (`lost 3 fec 12 rtx 5 ...`), or `None`
+    /// when all are (another transport, or a clean link).
+    pub fn udp_figures(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        for (name, n) in [
+            ("lost", self.packets_lost),
+            ("fec", self.fec_recovered),
+            ("rtx", self.retransmitted),
+            ("frames lost", self.frames_lost),
+            ("late", self.late_frames),
+            ("ignored", self.udp_ignored),
+        ] {
+            if n > 0 {
+                parts.push(format!("{name} {n}"));
+            }
+        }
+        if let Some(pct) = self.fec_overhead_pct.filter(|p| *p > 0.0) {
+            parts.push(format!("fec overhead {pct:.1}%"));
+        }
+        (!parts.is_empty()).then(|| parts.join(" "))
     }
 
     /// The multi-line summary printed at exit.
@@ -553,6 +609,9 @@ impl Report {
         }
         if self.concealed > 0 {
             s.push_str(&format!("; {} frames concealed (missing slices from the previous frame)", self.concealed));
+        }
+        if let Some(udp) = self.udp_figures() {
+            s.push_str(&format!("; udp {udp}"));
         }
         if self.source_losses > 0 {
             s.push_str(&format!(
@@ -707,6 +766,7 @@ mod schema {
                 drops: 4,
                 rtcp_loss_pct: None,
                 rtcp_jitter_ms: None,
+                udp: None,
             },
             LinkReport {
                 id: 3,
@@ -718,6 +778,7 @@ mod schema {
                 drops: 0,
                 rtcp_loss_pct: None,
                 rtcp_jitter_ms: None,
+                udp: None,
             },
         ]
     }

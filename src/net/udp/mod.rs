@@ -17,6 +17,8 @@
 //!   the extensions, parity, a bounded store for retransmission) and the receiver's
 //!   [`media::Assembler`] (recovery, NACKs inside the deadline, complete, concealable or lost
 //!   frames, newest complete frame wins).
+//! - [`link`]: one peer for the threads that run the transport: the handshake state machine
+//!   over datagrams, sending sealed or plain, opening what arrives.
 //! - [`cc`]: the pacer and the sender's rate: never above what receipts show delivered,
 //!   backing off on queueing delay and on loss FEC cannot explain.
 //!
@@ -32,6 +34,7 @@
 
 pub mod cc;
 pub mod fec;
+pub mod link;
 pub mod media;
 pub mod seal;
 pub mod wire;
