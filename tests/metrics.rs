@@ -418,3 +418,79 @@ fn scrapes_while_the_source_is_lost_and_reopened() {
         histograms_consistent(&w[1]);
     }
 }
+
+/// A UDP viewer (`--transport udp`) behind `framecast netsim --udp` losing 5 % of the
+/// packets: the UDP counters are there as counters, grow, and count the recovery (NACKs or
+/// FEC), the viewer is counted under `kind="udp"`, and its own report's loss figures come
+/// through as gauges.
+#[test]
+fn udp_counters_through_a_lossy_link() {
+    let test = "udp_counters_through_a_lossy_link";
+    let _serial = common::serial();
+    let Some(py) = python(test) else { return };
+    let dir = scratch_dir("metrics-udp");
+    let (r_addr, n_addr, hport) =
+        (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()), free_port());
+    let h_addr = format!("127.0.0.1:{hport}");
+    let recv_args = ["recv", "--transport", "udp", "--listen", &r_addr, "--headless", "--once", "--duration", "12"];
+    let _recv = Proc::spawn("recv", &recv_args);
+    let relay = Proc::spawn(
+        "netsim",
+        &["netsim", "--udp", "--listen", &n_addr, "--forward", &r_addr, "--rate", "30mbit", "--loss", "5%"],
+    );
+    assert!(relay.wait_for_stderr("netsim udp relay listening", Duration::from_secs(10)), "{}", relay.stderr());
+    let send_args = [
+        "send",
+        "--transport",
+        "udp",
+        "--connect",
+        &n_addr,
+        "--http",
+        &h_addr,
+        "--size",
+        "640x480",
+        "--duration",
+        "12",
+    ];
+    let _send = Proc::spawn("send", &send_args);
+    drop(connect_retry(hport, Duration::from_secs(10)));
+    let media =
+        |s: &Scrape| value(s, "framecast_udp_sent_bytes", "framecast_udp_sent_bytes_total", &[("kind", "media")]);
+    let recovered = |s: &Scrape| {
+        value(s, "framecast_udp_retransmitted_packets", "framecast_udp_retransmitted_packets_total", &[])
+            + value(s, "framecast_udp_fec_recovered_packets", "framecast_udp_fec_recovered_packets_total", &[])
+    };
+    let ready = |s: &Scrape| {
+        value(s, "framecast_viewers", "framecast_viewers", &[("kind", "udp")]) >= 1.0
+            && recovered(s) > 0.0
+            && s.contains_key("framecast_viewer_packets_lost")
+    };
+    let first = wait_for(&py, &dir, hport, Duration::from_secs(10), ready);
+    assert!(ready(&first), "no UDP viewer, no recovery counted, or no viewer report in /metrics: {first:?}");
+    thread::sleep(Duration::from_secs(1));
+    let second = parse(&py, &dir, true, &[scrape(hport, true).body]).remove(0);
+    for s in [&first, &second] {
+        for name in [
+            "framecast_udp_packets_lost",
+            "framecast_udp_fec_recovered_packets",
+            "framecast_udp_retransmitted_packets",
+            "framecast_udp_ignored_datagrams",
+            "framecast_udp_sent_bytes",
+        ] {
+            assert_eq!(s.get(name).map(|f| f.kind.as_str()), Some("counter"), "{name}");
+        }
+        for name in ["framecast_viewer_frames_lost", "framecast_viewer_late_frames", "framecast_viewer_packets_lost"] {
+            assert_eq!(s.get(name).map(|f| f.kind.as_str()), Some("gauge"), "{name}");
+        }
+        histograms_consistent(s);
+    }
+    eprintln!(
+        "udp media bytes {} -> {}, recovered packets {} -> {}",
+        media(&first),
+        media(&second),
+        recovered(&first),
+        recovered(&second)
+    );
+    assert!(media(&second) > media(&first), "UDP media bytes did not grow");
+    assert!(recovered(&second) >= recovered(&first), "a counter went back");
+}

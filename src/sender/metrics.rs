@@ -37,7 +37,7 @@ use prometheus_client::registry::{Registry, Unit};
 
 use super::transport::LatestStats;
 use crate::hub::{Hub, ViewerKind};
-use crate::stats::{parse_report, Counters, DropCause, Meter, Report};
+use crate::stats::{parse_report, Counters, DropCause, Meter, Report, UdpCounts};
 
 /// `Content-Type` of the OpenMetrics text format.
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -61,7 +61,8 @@ const SENDER_DROPS: [DropCause; 6] = [
 
 /// The viewer kinds exported even with no viewer of that kind (a series that exists at 0 is
 /// easier to alert on than one that appears).
-const VIEWER_KINDS: [ViewerKind; 4] = [super::native::KIND, super::http::KIND, super::rtsp::KIND, super::publish::KIND];
+const VIEWER_KINDS: [ViewerKind; 5] =
+    [super::native::KIND, super::http::KIND, super::rtsp::KIND, super::publish::KIND, super::udp::KIND];
 
 /// How long a rendering is served again: parallel scrapes (64 at once, or several
 /// Prometheus servers) cost one rendering, and so one visit to the meter's lock, per this.
@@ -161,6 +162,7 @@ struct Totals {
     drops: BTreeMap<&'static str, u64>,
     counts: [(&'static str, &'static str, u64); 4],
     source_lost: bool,
+    udp: UdpCounts,
     latency: [(&'static str, Buckets); 2],
     ack_rtt: Buckets,
 }
@@ -177,6 +179,7 @@ struct Copied {
     drops: BTreeMap<DropCause, u64>,
     counts: [(&'static str, &'static str, u64); 4],
     source_lost: bool,
+    udp: UdpCounts,
     histograms: [Histogram<u64>; 3],
 }
 
@@ -191,6 +194,7 @@ impl Copied {
             drops: c.drops.clone(),
             counts: counts(c),
             source_lost: c.source_lost.is_some(),
+            udp: c.udp,
             histograms: [c.lat_encoded.clone(), c.lat_sent.clone(), c.ack_rtt.clone()],
         }
     }
@@ -212,6 +216,7 @@ impl Totals {
             drops,
             counts: c.counts,
             source_lost: c.source_lost,
+            udp: c.udp,
             latency: [("capture_encoded", Buckets::of(encoded)), ("capture_sent", Buckets::of(sent))],
             ack_rtt: Buckets::of(ack_rtt),
         }
@@ -312,7 +317,7 @@ impl Collector for SenderCollector {
         for (name, help, n) in &t.counts {
             counter(&mut e, name, help, None, *n)?;
         }
-        self.encode_udp(&mut e)?;
+        encode_udp(&mut e, &t.udp)?;
         if let Some(q) = t.quality {
             gauge(
                 &mut e,
@@ -342,11 +347,29 @@ impl Collector for SenderCollector {
     }
 }
 
-impl SenderCollector {
-    /// The UDP transport's counts (#14), once `Counters` has them.
-    fn encode_udp(&self, _e: &mut DescriptorEncoder) -> std::fmt::Result {
-        Ok(())
+/// The UDP transport's counts (`--transport udp`), at 0 without it.
+fn encode_udp(e: &mut DescriptorEncoder, u: &UdpCounts) -> std::fmt::Result {
+    for (name, help, n) in [
+        (
+            "framecast_udp_packets_lost",
+            "UDP: data packets viewers never got nor rebuilt (their receipts).",
+            u.packets_lost,
+        ),
+        ("framecast_udp_fec_recovered_packets", "UDP: data packets viewers rebuilt from parity.", u.fec_recovered),
+        ("framecast_udp_retransmitted_packets", "UDP: packets sent again on a NACK.", u.retransmitted),
+        ("framecast_udp_ignored_datagrams", "UDP: datagrams ignored (no handshake, malformed, replayed).", u.ignored),
+    ] {
+        counter(e, name, help, None, n)?;
     }
+    let bytes = [("media", ConstCounter::new(u.media_bytes)), ("parity", ConstCounter::new(u.fec_bytes))];
+    let series = bytes.into_iter().map(|(kind, c)| (kind.to_string(), c));
+    let desc = (
+        "framecast_udp_sent",
+        "UDP: payload bytes sent, data and FEC parity.",
+        Some(&Unit::Bytes),
+        MetricType::Counter,
+    );
+    labelled(e, desc, "kind", series)
 }
 
 /// Gauges from the last stats interval (`/stats`): fps by stage, bit rate, mean frame size.
@@ -379,7 +402,28 @@ fn encode_viewer(e: &mut DescriptorEncoder, v: &Report) -> std::fmt::Result {
     let help = "Frames the viewer dropped, its last report.";
     gauge(e, "framecast_viewer_dropped_frames", help, None, v.drops_total as f64)?;
     let help = "Frames the viewer showed with lost parts taken from the previous frame, its last report.";
-    gauge(e, "framecast_viewer_concealed_frames", help, None, v.concealed as f64)
+    gauge(e, "framecast_viewer_concealed_frames", help, None, v.concealed as f64)?;
+    for (name, help, n) in [
+        (
+            "framecast_viewer_frames_lost",
+            "UDP viewer: frames with nothing showable by their deadline, its last report.",
+            v.frames_lost,
+        ),
+        (
+            "framecast_viewer_late_frames",
+            "UDP viewer: unfinished frames given up for a newer one, its last report.",
+            v.late_frames,
+        ),
+        ("framecast_viewer_packets_lost", "UDP viewer: data packets lost for good, its last report.", v.packets_lost),
+        (
+            "framecast_viewer_fec_recovered_packets",
+            "UDP viewer: data packets rebuilt from parity, its last report.",
+            v.fec_recovered,
+        ),
+    ] {
+        gauge(e, name, help, None, n as f64)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
