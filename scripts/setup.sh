@@ -70,6 +70,7 @@ build_pkgs=(build-essential cmake nasm libclang-dev clang pkg-config libx11-6 li
 test_pkgs=(xvfb x11-apps x11-utils xdotool imagemagick libjpeg-turbo-progs chromium ffmpeg
     gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good vlc
     python3 python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-rtsp-server-1.0 passwd iproute2 procps
+    curl python3-venv # curl: the snapshot URLs; python3-venv: prometheus_client for tests/metrics.rs
     systemd dpkg-dev)
 # benches/compare.sh: gst-launch-1.0 with filesrc/rawvideoparse (base), jpegenc/jpegdec (good) and
 # gdppay/gdpdepay (bad); the GStreamer Python bindings for its latency probes; OpenCV for the
@@ -308,7 +309,7 @@ fi
 # What the build and the tests call, by name, in case a package was renamed or split.
 tools=(cc cmake nasm)
 if $test_deps; then
-    tools+=(Xvfb xwd xwininfo convert tjbench chromium ffmpeg ffprobe gst-launch-1.0 cvlc useradd /usr/bin/python3)
+    tools+=(Xvfb xwd xwininfo convert tjbench chromium ffmpeg ffprobe gst-launch-1.0 cvlc useradd /usr/bin/python3 curl)
 fi
 if $bench_deps; then
     tools+=(gst-launch-1.0 gst-inspect-1.0 ffmpeg /usr/bin/time ss /usr/bin/python3)

@@ -349,7 +349,12 @@ impl Meter {
         Report::build(self.side, RecordType::Interval, &c, t, seconds)
     }
 
-    /// The whole-run report.
+    /// Reads the whole-run counters under the meter's lock (`/metrics` on `--http`): `f` runs
+    /// with every stage's updates waiting, so it should only copy out what it needs.
+    pub fn with_total<R>(&self, f: impl FnOnce(&Counters) -> R) -> R {
+        f(&self.inner.lock().unwrap_or_else(|p| p.into_inner()).total)
+    }
+
     /// The whole-run report. Its `seconds` (and so its rates) run from the first frame sent
     /// or received, not from start-up: a listening side may wait long for its peer.
     pub fn summary(&self) -> Report {

@@ -850,3 +850,205 @@ fn chromium_shows_the_newest_frame_at_once() {
         n - 1 - shown
     );
 }
+
+/// The stream URLs of other streamers, as the tools set up for them send them: µStreamer's
+/// `/stream`, mjpg-streamer's `/?action=stream`, and that with the cache-busters OctoPrint
+/// (`&<ms>`), Mainsail (`&timestamp=<ms>`) and Fluidd (`&cacheBust=<ms>`) add.
+const COMPAT_STREAMS: [&str; 5] = [
+    "/stream",
+    "/?action=stream",
+    "/?action=stream&1700000000000",
+    "/?action=stream&timestamp=1700000000000",
+    "/?action=stream&cacheBust=1700000000000",
+];
+/// The snapshot URLs: µStreamer's, mjpg-streamer's, and Mainsail's adaptive mode's.
+const COMPAT_SNAPSHOTS: [&str; 3] = ["/snapshot", "/?action=snapshot", "/?action=snapshot&bypassCache=1700000000000"];
+
+/// Connects, sends `GET path` with `extra` headers, and returns the response head (through
+/// the blank line; a stream's parts that follow are not read). Bounded by `timeout`.
+fn response_head(port: u16, path: &str, extra: &str, timeout: Duration) -> String {
+    let mut s = connect_retry(port, Duration::from_secs(5));
+    s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{extra}\r\n").unwrap();
+    let (deadline, mut got, mut buf) = (Instant::now() + timeout, Vec::new(), [0u8; 4096]);
+    while find(&got, b"\r\n\r\n", 0).is_none() {
+        assert!(Instant::now() < deadline, "GET {path}: no complete head within {timeout:?}: {got:?}");
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+    }
+    let end = find(&got, b"\r\n\r\n", 0).unwrap_or_else(|| panic!("GET {path}: closed before the head ended"));
+    String::from_utf8_lossy(&got[..end + 4]).into_owned()
+}
+
+/// The headers of a response head without those that change from one frame to the next.
+fn stable_headers(head: &str) -> Vec<String> {
+    let varying = ["content-length:", "x-timestamp:", "x-framecast-seq:"];
+    head.lines().filter(|l| !varying.iter().any(|v| l.to_ascii_lowercase().starts_with(v))).map(String::from).collect()
+}
+
+/// ffmpeg reads each compatibility stream URL as it reads /stream.mjpg: 15 frames that decode,
+/// and ffprobe recognises mjpg-streamer's URL as MJPEG without being told the format. The
+/// response heads are byte for byte those of /stream.mjpg (same boundary, same headers).
+#[test]
+fn ffmpeg_reads_the_compatibility_stream_urls() {
+    let _serial = common::serial();
+    if !require_tools("ffmpeg_reads_the_compatibility_stream_urls", &[("ffmpeg", "ffmpeg"), ("ffprobe", "ffmpeg")]) {
+        return;
+    }
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let _send = Proc::spawn("send", &["send", "--http", &addr, "--size", "320x240", "--duration", "60"]);
+    drop(connect_retry(port, Duration::from_secs(10)));
+    let own = response_head(port, "/stream.mjpg", "", Duration::from_secs(5));
+    assert!(own.contains("multipart/x-mixed-replace; boundary=framecastframe"), "{own}");
+    for path in COMPAT_STREAMS {
+        let head = response_head(port, path, "", Duration::from_secs(5));
+        assert_eq!(head, own, "GET {path} answers unlike GET /stream.mjpg");
+        let url = format!("http://{addr}{path}");
+        let out = run_tool(
+            Command::new("ffmpeg")
+                .args(["-hide_banner", "-nostdin", "-v", "error", "-f", "mpjpeg", "-i", &url])
+                .args(["-frames:v", "15", "-f", "framemd5", "-"]),
+            Duration::from_secs(30),
+        );
+        let md5 = String::from_utf8_lossy(&out.stdout);
+        let frames = md5.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()).count();
+        eprintln!("ffmpeg {url}: {frames} frames in {:.2} s, exit {}", out.took.as_secs_f64(), out.status);
+        assert!(out.status.success(), "ffmpeg {url} failed ({}):\n{}", out.status, out.stderr);
+        assert!(out.stderr.trim().is_empty(), "ffmpeg {url} reported problems:\n{}", out.stderr);
+        assert_eq!(frames, 15, "frames ffmpeg decoded from {url}:\n{md5}");
+    }
+    let url = format!("http://{addr}/?action=stream");
+    let out = run_tool(
+        Command::new("ffprobe")
+            .args(["-v", "error", "-show_entries", "stream=codec_name,width,height", "-of", "json"])
+            .arg(&url),
+        Duration::from_secs(30),
+    );
+    assert!(out.status.success(), "ffprobe {url} failed ({}):\n{}", out.status, out.stderr);
+    let v: Value = serde_json::from_slice(&out.stdout).expect("ffprobe prints JSON");
+    assert_eq!(v["streams"][0]["codec_name"], "mjpeg", "ffprobe {url}: {v}");
+    assert_eq!((v["streams"][0]["width"].as_u64(), v["streams"][0]["height"].as_u64()), (Some(320), Some(240)), "{v}");
+}
+
+/// Headless Chromium shows an `<img>` of each compatibility stream URL (a page on disk, as a
+/// dashboard embeds the camera): the test pattern's bars are in each image's place.
+#[test]
+fn chromium_shows_the_compatibility_stream_urls() {
+    let _serial = common::serial();
+    if !require_tools("chromium_shows_the_compatibility_stream_urls", &CHROMIUM_TOOLS) {
+        return;
+    }
+    let dir = scratch_dir("http-compat-chromium");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let _send = Proc::spawn("send", &["send", "--http", &addr, "--size", "320x240", "--duration", "60"]);
+    drop(connect_retry(port, Duration::from_secs(10)));
+    // Four 320x240 images, two per row, at (0,0), (400,0), (0,300), (400,300).
+    let urls = &COMPAT_STREAMS[..4];
+    let places: Vec<(usize, usize)> = (0..urls.len()).map(|i| (400 * (i % 2), 300 * (i / 2))).collect();
+    let imgs: String = urls
+        .iter()
+        .zip(&places)
+        .map(|(u, (x, y))| {
+            format!(
+                r#"<img src="http://{addr}{}" style="position:absolute;left:{x}px;top:{y}px">"#,
+                u.replace('&', "&amp;")
+            )
+        })
+        .collect();
+    let page = dir.join("dashboard.html");
+    std::fs::write(
+        &page,
+        format!("<!doctype html><html><body style=\"margin:0;background:#fff\">{imgs}</body></html>"),
+    )
+    .unwrap();
+    let png = dir.join("compat.png");
+    let url = format!("file://{}", page.display());
+    let mut missing = Vec::new();
+    for (attempt, budget) in [(1, 3000), (2, 8000)] {
+        let (took, w, rgb) = screenshot(&dir.join(format!("profile-{attempt}")), budget, &url, &png);
+        missing.clear();
+        for (u, &(x, y)) in urls.iter().zip(&places) {
+            // The bars cover the top 2/3 of each image (160 rows): rows 20..140 of it.
+            let hits =
+                (1..=7).filter(|k| bars_in_row(&rgb[((y + k * 20) * w + x) * 3..((y + k * 20) * w + x + 320) * 3], 20));
+            let hits = hits.count();
+            if hits < 7 {
+                missing.push(format!("{u}: bars in {hits} of 7 rows"));
+            }
+        }
+        eprintln!("attempt {attempt}: chromium took {:.2} s; missing: {missing:?}", took.as_secs_f64());
+        if missing.is_empty() {
+            break;
+        }
+    }
+    assert!(missing.is_empty(), "images without the test pattern: {missing:?} (screenshot {})", png.display());
+}
+
+/// curl gets a JPEG from each compatibility snapshot URL, with the headers of /snapshot.jpg.
+#[test]
+fn curl_gets_the_compatibility_snapshots() {
+    let _serial = common::serial();
+    if !require_tools("curl_gets_the_compatibility_snapshots", &[("curl", "curl")]) {
+        return;
+    }
+    let dir = scratch_dir("http-compat-snapshots");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let _send = Proc::spawn("send", &["send", "--http", &addr, "--size", "320x240", "--duration", "60"]);
+    drop(connect_retry(port, Duration::from_secs(10)));
+    let own = stable_headers(&response_head(port, "/snapshot.jpg", "", Duration::from_secs(5)));
+    for path in COMPAT_SNAPSHOTS {
+        let (body, head) = (dir.join("snap.jpg"), dir.join("head.txt"));
+        let out = run_tool(
+            Command::new("curl")
+                .args(["-sS", "--fail", "--max-time", "10", "-D"])
+                .arg(&head)
+                .arg("-o")
+                .arg(&body)
+                .arg(format!("http://{addr}{path}")),
+            Duration::from_secs(20),
+        );
+        assert!(out.status.success(), "curl {path} failed ({}):\n{}", out.status, out.stderr);
+        let head = std::fs::read_to_string(&head).unwrap();
+        let jpeg = std::fs::read(&body).unwrap();
+        eprintln!("curl {path}: {} bytes; {}", jpeg.len(), head.trim().replace("\r\n", " | "));
+        assert_eq!(stable_headers(&head), own, "GET {path} answers unlike GET /snapshot.jpg");
+        assert_eq!(jpeg[..2], [0xFF, 0xD8], "{path}: no JPEG SOI");
+        assert_eq!(jpeg_size(&jpeg), Some((320, 240)), "{path}: size from its SOF marker");
+        let mut pixels = Vec::new();
+        Decoder::new().unwrap().decode(&jpeg, 320, 240, &mut pixels).unwrap_or_else(|e| panic!("{path}: {e}"));
+    }
+}
+
+/// With a key, the compatibility URLs and /metrics follow the token rules of framecast's own:
+/// 401 without the token or with a wrong one, 200 with it in the query or a Bearer header.
+#[test]
+fn compatibility_urls_and_metrics_need_the_token() {
+    let _serial = common::serial();
+    let dir = scratch_dir("http-compat-token");
+    let key = dir.join("key");
+    Proc::spawn("keygen", &["keygen", key.to_str().unwrap()]).expect_success(EXIT);
+    let token = framecast::net::secure::Key::load(&key).unwrap().http_token();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let key_arg = key.to_str().unwrap();
+    let _send =
+        Proc::spawn("send", &["send", "--http", &addr, "--key-file", key_arg, "--size", "320x240", "--duration", "60"]);
+    drop(connect_retry(port, Duration::from_secs(10)));
+    let status = |head: &str| head.split_whitespace().nth(1).and_then(|s| s.parse::<u16>().ok());
+    let paths = COMPAT_STREAMS.iter().chain(&COMPAT_SNAPSHOTS).chain(&["/metrics"]);
+    for path in paths {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let head = |p: &str, extra: &str| response_head(port, p, extra, Duration::from_secs(5));
+        assert_eq!(status(&head(path, "")), Some(401), "GET {path} without the token");
+        assert_eq!(status(&head(&format!("{path}{sep}token=0000"), "")), Some(401), "GET {path} with a wrong token");
+        assert_eq!(status(&head(&format!("{path}{sep}token={token}"), "")), Some(200), "GET {path} with ?token=");
+        let bearer = format!("Authorization: Bearer {token}\r\n");
+        assert_eq!(status(&head(path, &bearer)), Some(200), "GET {path} with a Bearer token");
+    }
+}

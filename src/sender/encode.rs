@@ -275,12 +275,14 @@ impl Encode {
             flags: if info.passthrough { FrameHeader::FLAG_PASSTHROUGH } else { 0 },
             jpeg_len: frame.jpeg.as_slice().len() as u32,
         };
+        let capture_us = frame.header.capture_us;
         self.meter.update(|c| {
             c.encoded += 1;
             c.encode_us += end - start;
             c.encode_cpu_us += info.cpu_us;
             c.sliced += u64::from(work.threads.threads > 1);
             c.quality = Some(info.quality);
+            let _ = c.lat_encoded.record(end.saturating_sub(capture_us).max(1));
         });
         let (len, no_signal) = (frame.jpeg.as_slice().len() as u64, raw.no_signal);
         self.raw_pool.put(raw);

@@ -4,7 +4,15 @@
 //! - `/`: a page with the live stream and live stats, usable on a phone;
 //! - `/stream.mjpg`: `multipart/x-mixed-replace` MJPEG for browsers, VLC, ffmpeg, OpenCV;
 //! - `/snapshot.jpg`: the newest frame;
-//! - `/stats`: the sender's latest stats record as JSON (the `--stats-json` schema).
+//! - `/stats`: the sender's latest stats record as JSON (the `--stats-json` schema);
+//! - `/metrics`: the stats for Prometheus (`metrics.rs`).
+//!
+//! The URLs other streamers serve, so that tools set up for them (OctoPrint, Mainsail,
+//! Fluidd, crowsnest, Home Assistant) work with their defaults, answer exactly as framecast's
+//! own: mjpg-streamer's `/?action=stream` and `/?action=snapshot`, µStreamer's `/stream`
+//! and `/snapshot`. Query parameters other than `action`, `token` and `advance_headers` are
+//! ignored (the cache-busters those tools add: `&cacheBust=`, `&bypassCache=`,
+//! `&timestamp=`, a bare `&1700000000000`).
 //!
 //! Requests are parsed with `httparse`; this module only bounds them: at most 8 KiB of
 //! request head (431 beyond), 10 s to send it (408 after), `GET`/`HEAD` only (405), 64
@@ -34,6 +42,7 @@ use anyhow::Context;
 use crossbeam_channel::RecvTimeoutError;
 use tracing::{debug, info, warn};
 
+use super::metrics::{wants_openmetrics, Metrics};
 use super::transport::{Feed, Transport};
 use crate::clock::now_us;
 use crate::hub::{Shared, ViewerKind};
@@ -62,6 +71,7 @@ const POLL: Duration = Duration::from_millis(100);
 #[derive(Clone)]
 struct Ctx {
     feed: Feed,
+    metrics: Arc<Metrics>,
     /// The access token every request must carry (when the sender has a key).
     token: Option<Arc<str>>,
 }
@@ -91,14 +101,17 @@ impl Transport for Http {
         let Http { listener, token } = *self;
         let addr = listener.local_addr().context("HTTP socket")?;
         match &token {
-            None => info!(%addr, "HTTP: page at http://{addr}/, MJPEG at /stream.mjpg, /snapshot.jpg, /stats"),
+            None => {
+                info!(%addr, "HTTP: page at http://{addr}/, MJPEG at /stream.mjpg, /snapshot.jpg, /stats, /metrics")
+            }
             Some(t) => info!(
                 %addr,
                 "HTTP (key required): page at http://{addr}/?token={t}, MJPEG at /stream.mjpg?token={t}, \
-                 /snapshot.jpg, /stats (token in ?token=, a Bearer header or the page's cookie)"
+                 /snapshot.jpg, /stats, /metrics (token in ?token=, a Bearer header or the page's cookie)"
             ),
         }
-        let ctx = Ctx { feed, token: token.map(Arc::from) };
+        let metrics = Arc::new(Metrics::new(feed.hub.clone(), feed.meter.clone(), feed.stats.clone()));
+        let ctx = Ctx { feed, metrics, token: token.map(Arc::from) };
         let active = Arc::new(AtomicUsize::new(0));
         let mut clients: Vec<(Stage, TcpStream)> = Vec::new();
         accept_loop(&listener, &|| ctx.feed.hub.is_closed(), |stream, peer| {
@@ -249,28 +262,67 @@ fn request(stream: &mut TcpStream, peer: SocketAddr, ctx: &Ctx, req: &httparse::
             );
         }
     };
-    match path {
-        "/" | "/index.html" => {
-            respond(stream, 200, "text/html; charset=utf-8", PAGE.as_bytes(), &page_headers, head_only)
-        }
-        "/stream.mjpg" => {
-            let advance = query.split('&').any(|kv| kv == "advance_headers=1");
-            stream_mjpeg(stream, peer, ctx, head_only, advance)
-        }
-        "/snapshot.jpg" => snapshot(stream, peer, ctx, head_only),
-        "/stats" => match ctx.feed.stats.get() {
+    match route(path, query) {
+        Route::Page => respond(stream, 200, "text/html; charset=utf-8", PAGE.as_bytes(), &page_headers, head_only),
+        Route::Stream { advance } => stream_mjpeg(stream, peer, ctx, head_only, advance),
+        Route::Snapshot => snapshot(stream, peer, ctx, head_only),
+        Route::Stats => match ctx.feed.stats.get() {
             Some(json) => respond(stream, 200, "application/json", json.as_bytes(), "", head_only),
             None => respond(stream, 503, "application/json", b"{\"error\":\"no stats yet\"}", "", head_only),
         },
-        _ => respond(
+        Route::Metrics => {
+            let accept = header(req.headers, "accept").unwrap_or("");
+            let (body, content_type) = ctx.metrics.render(wants_openmetrics(accept));
+            respond(stream, 200, content_type, body.as_bytes(), "", head_only)
+        }
+        Route::NotFound => respond(
             stream,
             404,
             "text/plain",
-            b"not found: try /, /stream.mjpg, /snapshot.jpg or /stats\n",
+            b"not found: try /, /stream.mjpg, /snapshot.jpg, /stats or /metrics (also /stream, /snapshot, \
+              /?action=stream and /?action=snapshot)\n",
             "",
             head_only,
         ),
     }
+}
+
+/// What a request asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route {
+    Page,
+    /// MJPEG; `advance`: each part's headers sent right after the previous JPEG.
+    Stream {
+        advance: bool,
+    },
+    Snapshot,
+    Stats,
+    Metrics,
+    NotFound,
+}
+
+/// Routes a path and its query string: framecast's URLs, and mjpg-streamer's and µStreamer's.
+fn route(path: &str, query: &str) -> Route {
+    let params = || query.split('&');
+    let advance = params().any(|kv| kv == "advance_headers=1");
+    match path {
+        "/" | "/index.html" => match params().find_map(|kv| kv.strip_prefix("action=")) {
+            None => Route::Page,
+            Some("stream") => Route::Stream { advance },
+            Some("snapshot") => Route::Snapshot,
+            Some(_) => Route::NotFound,
+        },
+        "/stream.mjpg" | "/stream" => Route::Stream { advance },
+        "/snapshot.jpg" | "/snapshot" => Route::Snapshot,
+        "/stats" => Route::Stats,
+        "/metrics" => Route::Metrics,
+        _ => Route::NotFound,
+    }
+}
+
+/// The first value of a header, if it is text.
+fn header<'a>(headers: &'a [httparse::Header<'a>], name: &str) -> Option<&'a str> {
+    headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).and_then(|h| std::str::from_utf8(h.value).ok())
 }
 
 /// With a key: the token the request carries must match. Returns the headers a page
@@ -398,7 +450,7 @@ fn stream_mjpeg(stream: &mut TcpStream, peer: SocketAddr, ctx: &Ctx, head_only: 
             info!(%peer, viewer = sub.id, reason = %e, "HTTP viewer left");
             return Ok(());
         }
-        ctx.feed.sent(&sub, jpeg.len() as u64);
+        ctx.feed.sent_captured(&sub, jpeg.len() as u64, f.header.capture_us);
     }
 }
 
@@ -503,6 +555,42 @@ mod tests {
             None
         );
         assert_eq!(presented_token(&[], "tokens=1"), None);
+    }
+
+    #[test]
+    fn compatibility_urls_route_as_framecasts_own() {
+        assert_eq!(route("/", ""), Route::Page);
+        assert_eq!(route("/index.html", "token=abc"), Route::Page);
+        let plain = Route::Stream { advance: false };
+        for (path, query) in [
+            ("/stream.mjpg", ""),
+            ("/stream", ""),
+            ("/", "action=stream"),
+            ("/index.html", "action=stream"),
+            ("/", "action=stream&1700000000000"),
+            ("/", "action=stream&cacheBust=1700000000000"),
+            ("/", "action=stream&timestamp=1700000000000"),
+            ("/", "token=t&action=stream"),
+        ] {
+            assert_eq!(route(path, query), plain, "{path}?{query}");
+        }
+        assert_eq!(route("/stream", "advance_headers=1"), Route::Stream { advance: true });
+        assert_eq!(route("/", "action=stream&advance_headers=1"), Route::Stream { advance: true });
+        for (path, query) in [
+            ("/snapshot.jpg", ""),
+            ("/snapshot", ""),
+            ("/", "action=snapshot"),
+            ("/", "action=snapshot&bypassCache=1700000000000"),
+            ("/snapshot", "_=1700000000000"),
+        ] {
+            assert_eq!(route(path, query), Route::Snapshot, "{path}?{query}");
+        }
+        assert_eq!(route("/metrics", ""), Route::Metrics);
+        assert_eq!(route("/stats", ""), Route::Stats);
+        for (path, query) in [("/", "action=static"), ("/streams", ""), ("/stream/", ""), ("/webcam/", "action=stream")]
+        {
+            assert_eq!(route(path, query), Route::NotFound, "{path}?{query}");
+        }
     }
 
     #[test]

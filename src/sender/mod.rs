@@ -20,7 +20,7 @@
 //! - [`native`]: the framecast protocol (`net-tx`, then a `viewer-PEER` and an `ack-rx`
 //!   thread per viewer).
 //! - [`http`]: HTTP MJPEG, snapshots, the page and `/stats` (`http`, and `http-PEER` per
-//!   client).
+//!   client), with [`metrics`] for `/metrics` (Prometheus).
 //! - [`rtsp`]: RTSP with RTP/JPEG over UDP or TCP (`rtsp`, and `rtsp-PEER` and
 //!   `rtsp-rx-PEER` per connection).
 //! - [`publish`]: `--publish`, RTSP ANNOUNCE/RECORD into a media server (`rtsp-publish`).
@@ -38,6 +38,7 @@
 pub mod capture;
 pub mod encode;
 pub mod http;
+pub mod metrics;
 pub mod native;
 pub mod publish;
 pub mod rtsp;

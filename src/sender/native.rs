@@ -465,7 +465,7 @@ impl Viewer<'_> {
         let sent = Sent { seq: header.seq, send_us: header.send_us, capture_us: header.capture_us, bytes: len };
         let in_flight = self.window.push(sent);
         self.feed.feedback(Feedback::InFlight(in_flight));
-        self.feed.sent(&self.sub, len);
+        self.feed.sent_captured(&self.sub, len, header.capture_us);
         Ok(None)
     }
 

@@ -268,7 +268,7 @@ impl Publisher<'_> {
         self.buf.clear();
         let bytes = interleave_frame(&mut rec.stream, rec.rtp, &packets, frame.header.capture_us, &mut self.buf);
         client.stream().write_all(&self.buf).context("cannot write a frame")?;
-        self.feed.sent(sub, bytes as u64);
+        self.feed.sent_captured(sub, bytes as u64, frame.header.capture_us);
         Ok(())
     }
 }

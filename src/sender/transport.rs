@@ -70,6 +70,19 @@ impl Feed {
         });
     }
 
+    /// As [`sent`](Feed::sent), for a frame captured at `capture_us`: also records its
+    /// capture→sent latency (the `/metrics` histogram).
+    pub fn sent_captured(&self, sub: &Subscription, len: u64, capture_us: u64) {
+        sub.counters.frames.fetch_add(1, Ordering::Relaxed);
+        sub.counters.bytes.fetch_add(len, Ordering::Relaxed);
+        let latency = crate::clock::now_us().saturating_sub(capture_us).max(1);
+        self.meter.update(|c| {
+            c.sent += 1;
+            c.frame_moved(len);
+            let _ = c.lat_sent.record(latency);
+        });
+    }
+
     /// Tells the rate controller, if there is one. The encode thread drains these before
     /// every frame; should it fall 1024 events behind, a measurement is dropped (logged once
     /// per run), but never a new viewer's `NewLink`, which waits for room: the controller

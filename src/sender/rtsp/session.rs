@@ -306,7 +306,7 @@ impl Session<'_> {
             }
             (Transport::Udp { .. }, None) => return Ok(true),
         };
-        self.server.feed.sent(&p.sub, sent as u64);
+        self.server.feed.sent_captured(&p.sub, sent as u64, capture_us);
         Ok(true)
     }
 

@@ -228,7 +228,7 @@ impl Viewer {
         self.pace();
         self.newest_frame = Some(h.seq);
         let len = frame.jpeg.as_slice().len() as u64;
-        self.feed.sent(&self.sub, len);
+        self.feed.sent_captured(&self.sub, len, h.capture_us);
         if self.in_flight.len() >= 256 {
             self.in_flight.pop_front();
         }
