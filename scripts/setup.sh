@@ -5,6 +5,11 @@
 #   scripts/setup.sh --test-deps   also Xvfb, xwd, xwininfo, ImageMagick, tjbench and the
 #                                  decoders tests/slices.rs checks (Chromium, FFmpeg, GStreamer),
 #                                  and the RTSP peers (VLC, gst-rtsp-server from Python)
+#   scripts/setup.sh --cross-deps  also the aarch64 cross toolchain (Debian's rustc-web with the
+#                                  arm64 standard library through multiarch, gcc for aarch64),
+#                                  qemu-user, and cargo-deb (cargo install, pinned): what
+#                                  scripts/cross.sh and tests/package.rs use
+#   scripts/setup.sh --cross-armhf also the same for armhf (Pi OS 32-bit); implies --cross-deps
 #   scripts/setup.sh --bench-deps  also the peers benches/compare.sh measures framecast against
 #                                  (GStreamer, FFmpeg, OpenCV) and the tools it times them with
 #   scripts/setup.sh --no-update   skip `apt-get update` (the caller has just run it)
@@ -24,11 +29,15 @@ set -euo pipefail
 
 test_deps=false
 bench_deps=false
+cross_deps=false
+cross_armhf=false
 update=true
 for arg in "$@"; do
     case "$arg" in
         --test-deps) test_deps=true ;;
         --bench-deps) bench_deps=true ;;
+        --cross-deps) cross_deps=true ;;
+        --cross-armhf) cross_deps=true cross_armhf=true ;;
         --no-update) update=false ;;
         -h | --help)
             sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
@@ -51,6 +60,8 @@ build_pkgs=(build-essential cmake nasm libclang-dev clang pkg-config libx11-6 li
 # libjpeg-turbo-progs: tjbench, the reference numbers the benches are compared with;
 # chromium and ffmpeg: real clients of the HTTP endpoint; they and GStreamer's gst-launch-1.0 (tools)
 # with jpegdec (plugins-good) also decode the sliced JPEGs of tests/slices.rs.
+# tests/package.rs: systemd-analyze (systemd) verifies the unit; dpkg-dev's dpkg-shlibdeps
+# gives cargo-deb the package's library dependencies.
 # RTSP tests (tests/rtsp_*.rs): VLC (run as an unprivileged user the test creates: it refuses
 # root), and gst-rtsp-server driven from Debian's Python (tests/support/gst_rtsp.py) as the
 # foreign RTSP server: serving videotestsrc ! jpegenc ! rtpjpegpay, and taking RECORD.
@@ -59,12 +70,21 @@ build_pkgs=(build-essential cmake nasm libclang-dev clang pkg-config libx11-6 li
 test_pkgs=(xvfb x11-apps x11-utils xdotool imagemagick libjpeg-turbo-progs chromium ffmpeg
     gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good vlc
     python3 python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-rtsp-server-1.0 passwd iproute2 procps
-    curl python3-venv) # curl: the snapshot URLs; python3-venv: prometheus_client for tests/metrics.rs
+    curl python3-venv # curl: the snapshot URLs; python3-venv: prometheus_client for tests/metrics.rs
+    systemd dpkg-dev)
 # benches/compare.sh: gst-launch-1.0 with filesrc/rawvideoparse (base), jpegenc/jpegdec (good) and
 # gdppay/gdpdepay (bad); the GStreamer Python bindings for its latency probes; OpenCV for the
 # classic socket snippet; /usr/bin/time and ss to time and wait for the processes.
 bench_pkgs=(gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
     python3 python3-gi gir1.2-gstreamer-1.0 python3-opencv python3-numpy ffmpeg time iproute2)
+
+# --cross-deps: see scripts/cross.sh. rustc-web is Debian's rustc (/usr/bin/rustc, which cross.sh
+# passes to cargo as RUSTC; rustup's stays first on PATH); its standard library for the target
+# comes from multiarch at exactly rustc-web's version. qemu-user runs the aarch64 check program.
+cross_pkgs=(rustc-web gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user dpkg-dev file)
+armhf_pkgs=(gcc-arm-linux-gnueabihf g++-arm-linux-gnueabihf)
+# Pinned: the newest cargo-deb that resolves for this project's toolchain (see scripts/cross.sh).
+CARGO_DEB_VERSION=3.6.2
 
 say() { printf 'setup.sh: %s\n' "$*"; }
 
@@ -136,6 +156,94 @@ apt_install() {
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@"
 }
 
+# Adds a dpkg architecture for multiarch packages; apt's lists must then be read again.
+add_foreign_arch() {
+    if ! dpkg --print-foreign-architectures | grep -qx "$1"; then
+        say "dpkg --add-architecture $1"
+        as_root dpkg --add-architecture "$1"
+        say "apt-get update (for $1)"
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+        update=false
+    fi
+}
+
+# The multiarch packages for each foreign architecture, pinned to rustc-web's version: a
+# standard library from another Rust release cannot be used (apt may otherwise take an older
+# one when one architecture's security index lags behind).
+cross_arch_wanted() {
+    local rustc_version arch
+    rustc_version="$(apt-cache policy rustc-web | awk '/Candidate:/ {print $2}')"
+    if [ -z "$rustc_version" ] || [ "$rustc_version" = "(none)" ]; then
+        say "rustc-web is not in the package lists (Debian 12 or newer needed for --cross-deps)" >&2
+        exit 1
+    fi
+    for arch in arm64 $($cross_armhf && echo armhf); do
+        echo "libstd-rust-web-dev:$arch=$rustc_version"
+        echo "linux-libc-dev:$arch"
+    done
+}
+
+install_cross_arch() {
+    local want=() spec name have
+    mapfile -t want < <(cross_arch_wanted)
+    local missing_arch=()
+    for spec in "${want[@]}"; do
+        name="${spec%%=*}"
+        have="$(dpkg-query -W -f='${Version}' "$name" 2>/dev/null || true)"
+        if [ "$spec" != "$name" ] && [ "$have" = "${spec#*=}" ]; then
+            continue
+        fi
+        if [ "$spec" = "$name" ] && [ -n "$have" ]; then
+            continue
+        fi
+        missing_arch+=("$spec")
+    done
+    if [ "${#missing_arch[@]}" -gt 0 ]; then
+        say "installing: ${missing_arch[*]}"
+        apt_install "${missing_arch[@]}"
+    fi
+}
+
+install_cargo_deb() {
+    if cargo deb --version 2>/dev/null | grep -q "$CARGO_DEB_VERSION"; then
+        return 0
+    fi
+    say "cargo install --locked cargo-deb --version $CARGO_DEB_VERSION"
+    local tmp
+    tmp="$(mktemp -d)"
+    CARGO_TARGET_DIR="$tmp" cargo install --locked --quiet cargo-deb --version "$CARGO_DEB_VERSION"
+    rm -rf "$tmp"
+}
+
+# cargo-deb's build (about 2 minutes of CPU) overlaps apt's downloads when cargo and a C
+# compiler are already there (as on CI's image); otherwise it is built after apt, below.
+cargo_deb_pid=""
+cargo_deb_log=""
+start_cargo_deb() {
+    if command -v cargo >/dev/null 2>&1 && command -v cc >/dev/null 2>&1; then
+        cargo_deb_log="$(mktemp)"
+        install_cargo_deb >"$cargo_deb_log" 2>&1 &
+        cargo_deb_pid=$!
+        # If apt fails and this script exits, the build must not run on unattended.
+        trap 'if [ -n "$cargo_deb_pid" ]; then kill "$cargo_deb_pid" 2>/dev/null || true; fi' EXIT
+        say "building cargo-deb in the background (pid $cargo_deb_pid) while apt works"
+    fi
+}
+
+finish_cargo_deb() {
+    if [ -n "$cargo_deb_pid" ]; then
+        if ! wait "$cargo_deb_pid"; then
+            cat "$cargo_deb_log" >&2
+            say "cargo install cargo-deb failed" >&2
+            exit 1
+        fi
+        cargo_deb_pid=""
+        cat "$cargo_deb_log"
+        rm -f "$cargo_deb_log"
+    fi
+    install_cargo_deb
+}
+
 is_debian_like() {
     [ -r /etc/os-release ] || return 1
     local id id_like
@@ -159,12 +267,23 @@ if ! is_debian_like; then
     exit 0
 fi
 
+if $cross_deps; then
+    start_cargo_deb
+fi
 wanted=("${build_pkgs[@]}")
 if $test_deps; then
     wanted+=("${test_pkgs[@]}")
 fi
 if $bench_deps; then
     wanted+=("${bench_pkgs[@]}")
+fi
+if $cross_deps; then
+    add_foreign_arch arm64
+    wanted+=("${cross_pkgs[@]}")
+    if $cross_armhf; then
+        add_foreign_arch armhf
+        wanted+=("${armhf_pkgs[@]}")
+    fi
 fi
 missing=()
 for pkg in "${wanted[@]}"; do
@@ -183,6 +302,9 @@ else
     say "installing: ${missing[*]}"
     apt_install "${missing[@]}"
 fi
+if $cross_deps; then
+    install_cross_arch
+fi
 
 # What the build and the tests call, by name, in case a package was renamed or split.
 tools=(cc cmake nasm)
@@ -191,6 +313,15 @@ if $test_deps; then
 fi
 if $bench_deps; then
     tools+=(gst-launch-1.0 gst-inspect-1.0 ffmpeg /usr/bin/time ss /usr/bin/python3)
+fi
+if $test_deps; then
+    tools+=(systemd-analyze dpkg-deb dpkg-shlibdeps)
+fi
+if $cross_deps; then
+    tools+=(/usr/bin/rustc aarch64-linux-gnu-gcc aarch64-linux-gnu-g++ qemu-aarch64 file)
+    if $cross_armhf; then
+        tools+=(arm-linux-gnueabihf-gcc)
+    fi
 fi
 absent=()
 for tool in "${tools[@]}"; do
@@ -202,4 +333,7 @@ if [ "${#absent[@]}" -gt 0 ]; then
 fi
 
 check_rust apt
+if $cross_deps; then
+    finish_cargo_deb
+fi
 say "done"

@@ -357,6 +357,10 @@ impl LinkArgs {
 
 #[derive(Debug, Args)]
 pub struct SendArgs {
+    /// Read flags from this TOML file first: each key is a long flag without `--` (`fps = 15`,
+    /// `http = "0.0.0.0:8080"`, `once = true`); flags given here win (see `framecast::config`).
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
     /// Connect to a listening viewer at HOST:PORT [default: 127.0.0.1:8089], and again (with
     /// backoff) whenever it goes away.
     #[arg(long, value_name = "HOST:PORT", conflicts_with = "listen")]
@@ -402,6 +406,10 @@ fn parse_publish(s: &str) -> Result<Box<sender::publish::Target>, String> {
 
 #[derive(Debug, Args)]
 pub struct RecvArgs {
+    /// Read flags from this TOML file first: each key is a long flag without `--` (`fps = 15`,
+    /// `http = "0.0.0.0:8080"`, `once = true`); flags given here win (see `framecast::config`).
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
     /// Listen for senders on ADDR:PORT [default: 0.0.0.0:8089].
     #[arg(long, value_name = "ADDR:PORT", conflicts_with = "connect")]
     pub listen: Option<SocketAddr>,

@@ -41,6 +41,8 @@
 //!   thread), and a packet link between two namespaces over TUN devices (a thread per direction).
 //! - [`clock`]: monotonic microsecond timestamps shared by processes on one host.
 //! - [`cli`]: the command line, validated into the configs the pipelines take.
+//! - [`config`]: `--config PATH` of `send` and `recv`: a TOML file of flags, read into the
+//!   command line before it is parsed.
 //!
 //! # Errors
 //!
@@ -56,6 +58,7 @@ pub mod chan;
 pub mod cli;
 pub mod clock;
 pub mod codec;
+pub mod config;
 pub mod control;
 pub mod format;
 pub use sender::http;

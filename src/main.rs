@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::Parser;
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
@@ -19,7 +18,14 @@ use framecast::stats::StatsConfig;
 use framecast::view::{display_available, FrameSink, Headless, WindowSink};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match framecast::config::parse_args(std::env::args_os()) {
+        Ok(cli) => cli,
+        Err(framecast::config::ArgsError::Clap(e)) => e.exit(),
+        Err(framecast::config::ArgsError::Config(e)) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     init_logging();
     match run(cli) {
         Ok(code) => code,
