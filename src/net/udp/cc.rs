@@ -34,7 +34,11 @@
 //!   it raises it, and does not age it. So a stream that sent 300 kbit/s for a while keeps the
 //!   room it had, instead of being capped at 1.25 × 300 kbit/s. A delay decrease while
 //!   app-limited drops the rate by [`BETA`] (the delivered rate is the encoder's, not the
-//!   link's); otherwise to [`BETA`] × delivered.
+//!   link's); otherwise to [`BETA`] × delivered. A delay decrease leaves at least
+//!   [`MIN_SHARE`] of the capacity seen, and a sample taken while a queue stands above the
+//!   threshold at rest (a shared link, not a slower one) does not age the filter either: a
+//!   TCP download filling the router drove the stream to its 200 kbit/s floor (640x480 at
+//!   2 fps against a bulk transfer that took 4.5 of the 5 Mbit/s).
 //! - **Loss** the FEC did not recover (the receipts' `lost`), judged every
 //!   [`LOSS_INTERVAL_US`] over at least [`MIN_LOSS_SAMPLE`] packets (a slow stream waits up
 //!   to [`MAX_LOSS_INTERVAL_US`]): above 10 % the rate drops by half the loss fraction; from 2 % it
@@ -113,12 +117,15 @@ pub const CAPACITY_WINDOW_US: u64 = 10_000_000;
 /// A receipt interval in which the sender sent less than this fraction of its rate is
 /// app-limited: what it shows delivered is what the encoder made, not what the link carries.
 pub const APP_LIMITED: f64 = 0.7;
+/// A delay decrease leaves the rate at least this share of the capacity seen: a queue that
+/// another flow keeps full (a TCP download) does not drive the stream to its floor.
+pub const MIN_SHARE: f64 = 1.0 / 3.0;
 /// The window of the min RTT.
 pub const MIN_RTT_WINDOW_US: u64 = 10_000_000;
 /// Queueing delay (smoothed RTT − min RTT) above which the rate drops.
 pub const QUEUE_DELAY_US: u64 = 25_000;
 /// The most the threshold climbs to under a queue another flow keeps full.
-pub const MAX_QUEUE_DELAY_US: u64 = 100_000;
+pub const MAX_QUEUE_DELAY_US: u64 = 150_000;
 /// How fast the threshold follows a delay above it, and one below it (fraction per second).
 const THRESHOLD_UP_PER_S: f64 = 2.0;
 const THRESHOLD_DOWN_PER_S: f64 = 0.05;
@@ -318,7 +325,11 @@ impl RateControl {
         self.delivered = Some(delivered);
         self.app_limited =
             self.sent_rate(first.highest_seq, r.highest_seq).is_some_and(|s| s < APP_LIMITED * self.rate);
-        self.note_capacity(delivered, now_us);
+        // A sample taken while a queue stands (above the threshold at rest) shows a shared
+        // link, not a slower one: like an app-limited one, it only counts when it raises the
+        // maximum.
+        let contested = self.queue_delay().is_some_and(|q| q > self.base_threshold_us());
+        self.note_capacity(delivered, contested, now_us);
     }
 
     /// The rate the packets from `from` to `to` (extended sequence numbers) left at, bit/s:
@@ -334,9 +345,9 @@ impl RateControl {
     /// Feeds the windowed maximum of the delivered rate. An app-limited sample only counts
     /// when it raises the maximum, and an app-limited interval does not age the window: a
     /// stream that sends little for a while has not shown the link to be slower.
-    fn note_capacity(&mut self, delivered: f64, now_us: u64) {
+    fn note_capacity(&mut self, delivered: f64, contested: bool, now_us: u64) {
         let top = self.delivered_max.front().map_or(0.0, |&(_, v)| v);
-        if self.app_limited && delivered <= top {
+        if (self.app_limited || contested) && delivered <= top {
             return;
         }
         while self.delivered_max.back().is_some_and(|&(_, v)| v <= delivered) {
@@ -441,6 +452,7 @@ impl RateControl {
             return;
         }
         let delivered = self.delivered.unwrap_or(self.rate);
+        let before = self.rate;
         if self.app_limited {
             self.rate = (BETA * self.rate).max(BETA * delivered);
         } else {
@@ -448,6 +460,8 @@ impl RateControl {
             self.capacity = Some(delivered);
             self.started = true;
         }
+        let share = self.capacity_seen().map_or(0.0, |c| MIN_SHARE * c);
+        self.rate = self.rate.max(share.min(before));
         self.last_decrease = Some(now_us);
     }
 
@@ -938,7 +952,7 @@ mod tests {
     #[test]
     fn the_latency_budget_lowers_the_delay_threshold() {
         let mut cc = RateControl::new(1_000_000, 100_000, 10_000_000);
-        assert_eq!((cc.base_threshold_us(), cc.max_threshold_us()), (25_000.0, 100_000.0));
+        assert_eq!((cc.base_threshold_us(), cc.max_threshold_us()), (25_000.0, 150_000.0));
         cc.set_latency_budget(Some(30_000));
         assert_eq!((cc.base_threshold_us(), cc.max_threshold_us()), (15_000.0, 15_000.0));
         assert_eq!(cc.threshold, 15_000.0);
