@@ -72,11 +72,11 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 echo "== $(cargo fuzz --version), $(rustc ${FUZZ_TOOLCHAIN:++$FUZZ_TOOLCHAIN} --version)${RUSTC_BOOTSTRAP:+ with RUSTC_BOOTSTRAP=1}"
 
-# Per-target libFuzzer flags (docs/malformed-inputs.md, "Fuzzing"): the JPEG and RTSP targets
+# Per-target libFuzzer flags (docs/malformed-inputs.md, "Fuzzing"): the JPEG, RTP and RTSP targets
 # may not allocate 64 MB at once, whatever an input claims; decode's inputs are up to 8 KiB.
 flags=(-timeout=10 -rss_limit_mb=2048 -print_final_stats=1)
 case "$target" in
-    jpeg | split | rtp_jpeg) flags+=(-malloc_limit_mb=64) ;;
+    jpeg | split | rtp_jpeg | udp_media) flags+=(-malloc_limit_mb=64) ;;
     decode) flags+=(-max_len=8192) ;;
     # past the 8 KiB cap on a request's head
     rtsp_request) flags+=(-malloc_limit_mb=64 -max_len=16384) ;;
