@@ -35,6 +35,7 @@ use super::net::{Incoming, NewConn};
 use crate::chan::{LatestSender, Pool};
 use crate::clock::{clock_id, now_us, ClockSync, Exchange};
 use crate::format::Subsampling;
+use crate::net::conn::Backoff;
 use crate::net::proto::{Hello, Message, Pong, Role};
 use crate::net::secure::{HandshakeError, Key};
 use crate::net::udp::link::{new_session, Established, Handshake, Link, Opener, RESEND, SILENCE};
@@ -52,8 +53,6 @@ pub const RECEIPT_EVERY: Duration = Duration::from_millis(20);
 const MIN_WAIT_US: u64 = 20_000;
 const MAX_WAIT_US: u64 = 250_000;
 const DEFAULT_RTT_US: u64 = 50_000;
-/// Backoff between calls (`--connect`), doubling.
-const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
 
 /// Where the UDP sender is.
 #[derive(Debug)]
@@ -186,7 +185,7 @@ impl UdpRx {
         let socket = UdpSocket::bind(bind).with_context(|| format!("--connect {addr}: cannot bind a udp socket"))?;
         socket.set_read_timeout(Some(TICK))?;
         let socket = Arc::new(socket);
-        let (mut conns, mut backoff) = (0, BACKOFF.0);
+        let (mut conns, mut backoff) = (0, Backoff::reconnect());
         while !self.done() {
             conns += 1;
             let hs = Handshake::new(Role::Receiver, key.clone(), new_session());
@@ -205,11 +204,10 @@ impl UdpRx {
                 break;
             }
             if had {
-                backoff = BACKOFF.0;
+                backoff.reset();
                 self.meter.update(|c| c.reconnects += 1);
             }
-            std::thread::sleep(backoff);
-            backoff = (backoff * 2).min(BACKOFF.1);
+            std::thread::sleep(backoff.next_delay());
         }
         Ok(())
     }

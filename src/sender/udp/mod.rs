@@ -42,6 +42,7 @@ use super::transport::{Feed, Transport};
 use super::ViewerRequest;
 use crate::clock::now_us;
 use crate::hub::{Hub, Subscription, ViewerKind};
+use crate::net::conn::Backoff;
 use crate::net::proto::{Message, Pong, Role};
 use crate::net::secure::{HandshakeError, Key};
 use crate::net::udp::link::{new_session, Established, Handshake, Link, Opener, RESEND, SILENCE};
@@ -60,8 +61,6 @@ const EVENTS: usize = 256;
 const MAX_PEERS: usize = 64;
 /// How long a read waits before `udp-tx` looks at its timers.
 const TICK: Duration = Duration::from_millis(20);
-/// Backoff between calls (`--connect`), doubling.
-const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
 
 /// Where the UDP viewers are.
 #[derive(Debug)]
@@ -164,7 +163,7 @@ struct Calling {
 fn call(feed: &Feed, ctx: &Ctx, addr: &str, mut calling: Calling) -> anyhow::Result<()> {
     let target = resolve(addr)?;
     let bind: SocketAddr = if target.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
-    let mut backoff = BACKOFF.0;
+    let mut backoff = Backoff::reconnect();
     let mut attempt = 0u64;
     let result = loop {
         if feed.stop.load(Ordering::Relaxed) || (feed.hub.is_closed() && !calling.once) {
@@ -188,11 +187,10 @@ fn call(feed: &Feed, ctx: &Ctx, addr: &str, mut calling: Calling) -> anyhow::Res
             CallEnd::Failed(e) => warn!(viewer = %target, error = format!("{e:#}"), "lost the viewer; calling again"),
         }
         if d.had_session {
-            backoff = BACKOFF.0;
+            backoff.reset();
             feed.meter.update(|c| c.reconnects += 1);
         }
-        std::thread::sleep(backoff);
-        backoff = (backoff * 2).min(BACKOFF.1);
+        std::thread::sleep(backoff.next_delay());
     };
     feed.finish();
     result.context("connection to the udp viewer failed")
