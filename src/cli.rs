@@ -13,6 +13,7 @@ use crate::capture::camera::CameraSource;
 use crate::capture::fault::{self, Fault, FlakyOpener};
 use crate::capture::pattern::PatternSource;
 use crate::capture::y4m::Y4mSource;
+use crate::capture::raw::InputFormat;
 use crate::capture::{CaptureError, FrameSource, SourceSpec};
 use crate::clock::ClockSkew;
 use crate::codec::Speed;
@@ -194,9 +195,16 @@ pub use crate::codec::threads::{CodecThreads, ThreadsBySize};
 #[derive(Debug, Args, Clone)]
 #[command(next_help_heading = "Source and encoding")]
 pub struct SourceArgs {
-    /// 'test' (built-in test pattern), 'camera', 'camera:N', or a FILE.y4m.
+    /// 'test' (built-in test pattern), 'camera', 'camera:N', a FILE.y4m, '-' (standard input),
+    /// a FIFO or file of MJPEG, Y4M or raw frames, http://[USER:PASS@]HOST/PATH (multipart
+    /// MJPEG or a JPEG snapshot) or rtsp://[USER:PASS@]HOST[:PORT]/PATH (M-JPEG). See README
+    /// "Cameras".
     #[arg(long, default_value = "test")]
     pub source: SourceSpec,
+    /// What a pipe or file carries: 'auto' recognises MJPEG and Y4M from the first bytes; raw
+    /// frames need their format named, and --size.
+    #[arg(long, value_enum, default_value_t = InputFormat::Auto, value_name = "FORMAT")]
+    pub input_format: InputFormat,
     /// Frame size WIDTHxHEIGHT [default: 1280x720; a Y4M file's own size].
     #[arg(long, value_name = "WxH")]
     pub size: Option<Size>,
@@ -617,6 +625,29 @@ impl SourceArgs {
                         .map(|c| Box::new(c) as Box<dyn FrameSource>)
                 })
             }
+            SourceSpec::Stdin | SourceSpec::Path(_) => {
+                let path = match &self.source {
+                    SourceSpec::Path(p) => Some(p.clone()),
+                    _ => None,
+                };
+                let spec = crate::capture::pipe::PipeSpec {
+                    path,
+                    format: self.input_format,
+                    size: self.size.map(|s| (s.width, s.height)),
+                    looping: self.looping,
+                };
+                Box::new(move || crate::capture::pipe::open(&spec))
+            }
+            SourceSpec::Http(url) => {
+                let (url, fps) = (url.clone(), self.fps);
+                let max = crate::capture::max_image_bytes(self.size.map(|s| (s.width, s.height)));
+                Box::new(move || crate::capture::http::open(&url, fps, max))
+            }
+            SourceSpec::Rtsp(url) => {
+                let url = url.clone();
+                let max = crate::capture::max_image_bytes(self.size.map(|s| (s.width, s.height)));
+                Box::new(move || crate::capture::rtsp::open(&url, max))
+            }
         };
         Ok((factory, sub, self.quality.is_some()))
     }
@@ -655,7 +686,9 @@ fn source_name(s: &SourceSpec) -> String {
     match s {
         SourceSpec::TestPattern => "test".into(),
         SourceSpec::Camera(n) => format!("camera:{n}"),
-        SourceSpec::Y4m(p) => p.display().to_string(),
+        SourceSpec::Y4m(p) | SourceSpec::Path(p) => p.display().to_string(),
+        SourceSpec::Stdin => "-".into(),
+        SourceSpec::Http(u) | SourceSpec::Rtsp(u) => u.clone(),
     }
 }
 

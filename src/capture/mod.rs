@@ -1,12 +1,18 @@
 //! Frame sources, run by the sender's `capture` thread: the built-in test pattern
-//! ([`pattern`]), Y4M files ([`y4m`]) and cameras through nokhwa ([`camera`]), all behind
-//! [`FrameSource`]. Sources fill caller-owned [`RawFrame`] buffers, so capture does not
-//! allocate per frame.
+//! ([`pattern`]), Y4M files ([`y4m`]), cameras through nokhwa ([`camera`]), pipes and files of
+//! MJPEG, Y4M or raw frames ([`pipe`], [`raw`], split with [`mjpeg`]), HTTP cameras
+//! ([`http`]) and RTSP cameras ([`rtsp`]), all behind [`FrameSource`]. Sources fill
+//! caller-owned [`RawFrame`] buffers, so capture does not allocate per frame.
 
 pub mod camera;
 pub mod fault;
+pub mod http;
+pub mod mjpeg;
 pub mod nosignal;
 pub mod pattern;
+pub mod pipe;
+pub mod raw;
+pub mod rtsp;
 pub mod scale;
 pub mod y4m;
 
@@ -72,6 +78,20 @@ pub fn chroma_size(width: u32, height: u32, sub: Subsampling) -> (usize, usize) 
     }
 }
 
+/// The largest JPEG image accepted from a pipe or a network source, which could otherwise
+/// claim or grow without bound: with `--size` known, four bytes a pixel (more than a q100
+/// 4:4:4 JPEG of noise takes) plus 64 KiB of headers; else 32 MiB.
+pub fn max_image_bytes(size: Option<(u32, u32)>) -> usize {
+    match size {
+        Some((w, h)) => (w as usize * h as usize * 4 + 65536).min(MAX_IMAGE_BYTES),
+        None => 32 << 20,
+    }
+}
+
+/// No JPEG larger than this is accepted from a pipe or the network at all (7680x4320 at four
+/// bytes a pixel).
+pub const MAX_IMAGE_BYTES: usize = 7680 * 4320 * 4;
+
 /// Errors from a source. Each names what was expected and what was found.
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
@@ -81,6 +101,10 @@ pub enum CaptureError {
     Camera(String),
     #[error("frame from the camera: {0}")]
     BadFrame(String),
+    /// A network source (HTTP, RTSP) or a FIFO failed: the capture thread sends no-signal
+    /// cards and reopens it with backoff. `name` is the URL (credentials removed) or path.
+    #[error("{name}: {what}")]
+    Remote { name: String, what: String },
 }
 
 /// A source of frames.
@@ -108,7 +132,17 @@ pub trait FrameSource {
 pub enum SourceSpec {
     TestPattern,
     Camera(u32),
+    /// A regular file named `*.y4m` (seekable: `--loop` works).
     Y4m(PathBuf),
+    /// `-`: standard input (MJPEG, Y4M or raw; see [`pipe`]).
+    Stdin,
+    /// Any other existing path: a FIFO, a character device or a file of MJPEG, Y4M or raw
+    /// frames (see [`pipe`]).
+    Path(PathBuf),
+    /// `http://` or `https://`: a multipart MJPEG stream or a JPEG snapshot (see [`http`]).
+    Http(String),
+    /// `rtsp://`: an RTSP camera sending RTP/JPEG (see [`rtsp`]).
+    Rtsp(String),
 }
 
 impl std::str::FromStr for SourceSpec {
@@ -124,14 +158,29 @@ impl std::str::FromStr for SourceSpec {
                         .map(SourceSpec::Camera)
                         .map_err(|_| format!("'{s}': expected camera:N with N a camera index (0, 1, ...)"));
                 }
-                if s.to_ascii_lowercase().ends_with(".y4m") {
-                    let p = PathBuf::from(s);
-                    if !p.is_file() {
-                        return Err(format!("'{s}': no such file"));
-                    }
+                if s == "-" {
+                    return Ok(SourceSpec::Stdin);
+                }
+                let lower = s.to_ascii_lowercase();
+                if lower.starts_with("http://") || lower.starts_with("https://") {
+                    return Ok(SourceSpec::Http(s.to_string()));
+                }
+                if lower.starts_with("rtsp://") {
+                    return Ok(SourceSpec::Rtsp(s.to_string()));
+                }
+                let p = PathBuf::from(s);
+                if lower.ends_with(".y4m") && p.is_file() {
                     return Ok(SourceSpec::Y4m(p));
                 }
-                Err(format!("'{s}' is not a source: expected 'test', 'camera', 'camera:N' or a FILE.y4m"))
+                if p.exists() {
+                    return Ok(SourceSpec::Path(p));
+                }
+                if lower.ends_with(".y4m") || s.contains('/') {
+                    return Err(format!("'{s}': no such file"));
+                }
+                Err(format!(
+                    "'{s}' is not a source: expected 'test', 'camera', 'camera:N', '-' (standard input), a FILE or FIFO, or an http:// or rtsp:// URL"
+                ))
             }
         }
     }
@@ -149,6 +198,11 @@ mod tests {
         assert!("camera:x".parse::<SourceSpec>().unwrap_err().contains("camera:N"));
         assert!("/nonexistent/a.y4m".parse::<SourceSpec>().unwrap_err().contains("no such file"));
         assert!("webcam".parse::<SourceSpec>().unwrap_err().contains("expected 'test'"));
+        assert_eq!("-".parse::<SourceSpec>(), Ok(SourceSpec::Stdin));
+        assert_eq!("/dev/stdin".parse::<SourceSpec>(), Ok(SourceSpec::Path("/dev/stdin".into())));
+        assert!("/no/such/pipe".parse::<SourceSpec>().unwrap_err().contains("no such file"));
+        assert_eq!("http://cam/x".parse::<SourceSpec>(), Ok(SourceSpec::Http("http://cam/x".into())));
+        assert_eq!("RTSP://cam/x".parse::<SourceSpec>(), Ok(SourceSpec::Rtsp("RTSP://cam/x".into())));
     }
 
     #[test]
