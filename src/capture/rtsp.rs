@@ -105,7 +105,12 @@ impl Accept {
             }
         };
         if f.jpeg.len() > self.max_frame {
-            debug!(timestamp = f.timestamp, bytes = f.jpeg.len(), cap = self.max_frame, "rtsp frame over the cap; dropped");
+            debug!(
+                timestamp = f.timestamp,
+                bytes = f.jpeg.len(),
+                cap = self.max_frame,
+                "rtsp frame over the cap; dropped"
+            );
             self.dropped.oversize += 1;
             return None;
         }

@@ -27,8 +27,8 @@ use crate::clock::now_us;
 use crate::net::conn::{connect, Policy, Session};
 use crate::net::FrameHeader;
 use crate::rtp::depacketize::Output;
-pub use crate::rtsp::play::RtspTransport;
 use crate::rtsp::client::{Client, ClientError, Target};
+pub use crate::rtsp::play::RtspTransport;
 use crate::rtsp::play::{is_final, Player, Step};
 use crate::stats::{ClockSource, ClockStatus, DropCause, Meter};
 

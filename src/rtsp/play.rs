@@ -161,7 +161,11 @@ impl Player {
             }
         }
         let Some((transport, t)) = last else {
-            return Err(ClientError::Status { method: "SETUP".into(), code: UNSUPPORTED_TRANSPORT, reason: "no transport to try".into() });
+            return Err(ClientError::Status {
+                method: "SETUP".into(),
+                code: UNSUPPORTED_TRANSPORT,
+                reason: "no transport to try".into(),
+            });
         };
         let link = Link::new(t)?;
         client.play(&desc.base)?;
@@ -176,8 +180,11 @@ impl Player {
 
     fn new(client: Client, link: Link, desc: Description, transport: RtspTransport) -> Player {
         let m = &desc.media;
-        let cfg =
-            depacketize::Config { dimensions: m.dimensions, capture_ext: m.capture_ext, payload_type: Some(m.payload_type) };
+        let cfg = depacketize::Config {
+            dimensions: m.dimensions,
+            capture_ext: m.capture_ext,
+            payload_type: Some(m.payload_type),
+        };
         let same_clock = m.capture_ext.is_some() && m.clock_id == Some(clock_id());
         let mut b = [0u8; 4];
         let _ = getrandom::fill(&mut b);
