@@ -13,6 +13,8 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -225,4 +227,53 @@ fn a_camera_that_refuses_at_the_start_ends_the_sender_clearly() {
     let mut send = relay("auth", &camera.url_with("viewer", "s3cret"), free_port(), &dir, &["--frames", "10"]);
     assert!(send.wait_for_stderr("rtsp camera playing", Duration::from_secs(15)), "{}", send.stderr());
     send.expect_success(Duration::from_secs(15));
+}
+
+/// A camera whose stream is not M-JPEG (H.264 only in its SDP): `send` exits 1 at once,
+/// naming the URL and the media the camera offers.
+#[test]
+fn a_camera_without_jpeg_ends_the_sender_clearly() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("rtsp://127.0.0.1:{}/h264", listener.local_addr().unwrap().port());
+    let server = std::thread::spawn(move || {
+        let (s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        answer_h264(s)
+    });
+    let dir = scratch_dir("rtsp-source-h264");
+    let mut send = relay("h264", &url, free_port(), &dir, &[]);
+    let st = send.wait(Duration::from_secs(15));
+    assert_eq!(st.code(), Some(1), "{st:?}\n{}", send.stderr());
+    let err = send.stderr();
+    assert!(err.contains(&url) && err.contains("no JPEG video") && err.contains("video 96"), "{err}");
+    assert!(server.join().unwrap() >= 2, "OPTIONS and DESCRIBE were not both asked");
+}
+
+/// Answers OPTIONS and DESCRIBE (an H.264 stream) until the client leaves; returns the
+/// requests seen.
+fn answer_h264(s: TcpStream) -> usize {
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut w = s;
+    let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=cam\r\nt=0 0\r\nm=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\na=control:track0\r\n";
+    for n in 0.. {
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            match r.read_line(&mut line) {
+                Ok(0) | Err(_) => return n,
+                Ok(_) if line == "\r\n" => break,
+                Ok(_) => head.push_str(&line),
+            }
+        }
+        let cseq = head.lines().find_map(|l| l.strip_prefix("CSeq: ")).unwrap_or("0").trim().to_string();
+        let extra = if head.starts_with("DESCRIBE") {
+            format!("Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}", sdp.len())
+        } else {
+            "Public: OPTIONS, DESCRIBE, SETUP, PLAY, TEARDOWN\r\n\r\n".to_string()
+        };
+        if w.write_all(format!("RTSP/1.0 200 OK\r\nCSeq: {cseq}\r\n{extra}").as_bytes()).is_err() {
+            return n + 1;
+        }
+    }
+    unreachable!()
 }
