@@ -278,3 +278,56 @@ impl Drop for RtspSource {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::Subsampling;
+    use crate::rtp::depacketize::{Band, Frame, Partial};
+    use crate::testutil::pattern_jpeg;
+
+    fn frame(jpeg: Vec<u8>, width: u32, height: u32) -> Output {
+        let scan = 0..jpeg.len();
+        Output::Frame(Frame { timestamp: 9, width, height, capture_us: Some(5), q: 80, scan, jpeg })
+    }
+
+    #[test]
+    fn only_whole_readable_frames_under_the_cap_are_forwarded() {
+        let jpeg = pattern_jpeg(64, 48, Subsampling::S420, 80, 0).unwrap();
+        let mut a = Accept::new(jpeg.len());
+        let f = a.take(frame(jpeg.clone(), 64, 48)).expect("a whole frame at the cap passes");
+        assert_eq!((f.width, f.height, f.timestamp, f.capture_us), (64, 48, 9, Some(5)));
+        assert_eq!(f.jpeg, jpeg, "forwarded as it is");
+        let mut small = Accept::new(jpeg.len() - 1);
+        assert!(small.take(frame(jpeg.clone(), 64, 48)).is_none(), "one byte over the cap");
+        assert!(a.take(frame(vec![0xFF, 0xD8, 0xFF, 0xC0, 0, 0], 64, 48)).is_none());
+        assert!(a.take(Output::Lost { timestamp: 1, why: "a packet is missing" }).is_none());
+        let band = Band { rows: 0..16, jpeg: jpeg.clone() };
+        let p = Partial { timestamp: 2, width: 64, height: 48, capture_us: None, q: 80, bands: vec![band] };
+        assert!(a.take(Output::Partial(p)).is_none());
+        assert_eq!(a.dropped, Dropped { lost: 1, partial: 1, oversize: 0, unreadable: 1 });
+        assert_eq!((small.dropped.oversize, a.dropped.total()), (1, 3));
+    }
+
+    /// The size forwarded is the image's (its SOF), which the depacketiser wrote from the
+    /// RTP/JPEG header: here they disagree on purpose, and the SOF wins.
+    #[test]
+    fn the_size_is_the_image_s() {
+        let jpeg = pattern_jpeg(32, 16, Subsampling::S422, 70, 0).unwrap();
+        let f = Accept::new(1 << 20).take(frame(jpeg, 64, 48)).unwrap();
+        assert_eq!((f.width, f.height), (32, 16));
+    }
+
+    #[test]
+    fn a_bad_url_or_a_closed_port_fails_the_open_naming_the_url_without_its_password() {
+        let e = open("rtsp://al:secret@cam:notaport/x", 1 << 20).err().expect("a bad URL");
+        let s = e.to_string();
+        assert!(matches!(e, CaptureError::Remote { .. }) && s.contains("rtsp://al:***@cam:notaport/x"), "{s}");
+        assert!(!s.contains("secret"), "{s}");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let e = open(&format!("rtsp://u:secret@127.0.0.1:{port}/cam"), 1 << 20).err().expect("nothing listens");
+        let s = e.to_string();
+        assert!(s.starts_with(&format!("rtsp://127.0.0.1:{port}/cam: cannot connect")), "{s}");
+        assert!(!s.contains("secret"), "{s}");
+    }
+}
