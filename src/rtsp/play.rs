@@ -230,11 +230,6 @@ impl Player {
         self.silence = d;
     }
 
-    /// Frames whose packets did not all arrive, and the like, so far.
-    pub fn counts(&self) -> depacketize::Counts {
-        self.depack.counts()
-    }
-
     /// One step of the session: hands out a frame done, else reads one packet (waiting at
     /// most the client's poll time), and sends a keep-alive or a receiver report when due.
     pub fn step(&mut self) -> Result<Step, ClientError> {
@@ -262,8 +257,10 @@ impl Player {
             self.alive_at = now + self.keep_alive;
             self.client.keep_alive(&self.desc.base)?;
         }
-        if let (Step::Idle, Some(out)) = (&step, self.depack.pull()) {
-            return Ok(Step::Frame { out, arrived_us: self.arrived_us });
+        if matches!(step, Step::Idle) {
+            if let Some(out) = self.depack.pull() {
+                return Ok(Step::Frame { out, arrived_us: self.arrived_us });
+            }
         }
         Ok(step)
     }
