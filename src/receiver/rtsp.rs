@@ -2,11 +2,13 @@
 //! `rtsp://` URL): it connects with backoff, plays the stream through the shared player
 //! ([`crate::rtsp::play`]: OPTIONS, DESCRIBE, SETUP, PLAY, keep-alives, RTCP, RTP/JPEG
 //! depacketised into frames) and hands each frame to decode as an [`Incoming`], like net-rx,
-//! with its stats (received, latency, RTP losses). Latency: a framecast sender on this host (its SDP's `x-framecast-clock`
-//! is ours) stamps every packet with the capture time on our shared clock, exact as native;
-//! any other sender's RTP timestamps are mapped to wall time through its RTCP sender reports,
-//! which is right only as far as the two hosts' wall clocks agree (stats say `"rtcp"`); with
-//! neither, latency is unknown.
+//! with its stats (received, latency, RTP losses).
+//!
+//! Latency: a framecast sender on this host (its SDP's `x-framecast-clock` is ours) stamps
+//! every packet with the capture time on our shared clock, exact as native; any other
+//! sender's RTP timestamps are mapped to wall time through its RTCP sender reports, which is
+//! right only as far as the two hosts' wall clocks agree (stats say `"rtcp"`); with neither,
+//! latency is unknown.
 //!
 //! A session ends when the server closes it, a packet is malformed (logged, with what
 //! arrived), no RTP arrives for the session timeout (at least 5 s), the view finishes, or
