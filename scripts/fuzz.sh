@@ -76,7 +76,7 @@ echo "== $(cargo fuzz --version), $(rustc ${FUZZ_TOOLCHAIN:++$FUZZ_TOOLCHAIN} --
 # may not allocate 64 MB at once, whatever an input claims; decode's inputs are up to 8 KiB.
 flags=(-timeout=10 -rss_limit_mb=2048 -print_final_stats=1)
 case "$target" in
-    jpeg | split | rtp_jpeg | udp_media) flags+=(-malloc_limit_mb=64) ;;
+    jpeg | split | rtp_jpeg | rtsp_source | udp_media) flags+=(-malloc_limit_mb=64) ;;
     decode) flags+=(-max_len=8192) ;;
     # past the 8 KiB cap on a request's head
     rtsp_request) flags+=(-malloc_limit_mb=64 -max_len=16384) ;;
@@ -91,12 +91,13 @@ if [ "${FUZZ_GEN:-1}" != 0 ]; then
     cargo run --quiet --release --manifest-path "$fuzz/Cargo.toml" --target-dir "$target_dir/gen-corpus" \
         --example gen_corpus -- "$fuzz/corpus" || { echo "the seed generator failed" >&2; exit 2; }
 fi
-# The RTSP targets: what foreign software sends. rtp_jpeg: GStreamer's rtpjpegpay packets
-# (also from the JPEGs with restart markers gen_corpus wrote for split); rtsp_request: the
+# The RTSP targets: what foreign software sends. rtp_jpeg and rtsp_source (same input format):
+# GStreamer's rtpjpegpay packets (also from the JPEGs with restart markers gen_corpus wrote
+# for split); rtsp_request: the
 # requests of ffmpeg and rtspsrc. Both need Debian's python3, ffmpeg and GStreamer.
 seeder=()
 case "$target" in
-    rtp_jpeg) seeder=("$fuzz/gst_seeds.py" "$corpus" "$fuzz/corpus/split") ;;
+    rtp_jpeg | rtsp_source) seeder=("$fuzz/gst_seeds.py" "$corpus" "$fuzz/corpus/split") ;;
     rtsp_request) seeder=("$fuzz/rtsp_seeds.py" "$corpus") ;;
 esac
 if [ ${#seeder[@]} -gt 0 ]; then

@@ -27,8 +27,9 @@
 //!   the depayloader (`rtp::depacketize`) and framecast's capture-time header extension,
 //!   shared by the RTSP server, publishing and the RTSP client.
 //! - [`rtsp`]: RTSP messages and interleaved frames on the wire, with caps, and Basic/Digest
-//!   auth; the client connection (`rtsp::client`, for `recv --connect rtsp://` and
-//!   `send --publish`); run by whichever thread owns an RTSP connection.
+//!   auth; the client connection (`rtsp::client`, for `recv --connect rtsp://`,
+//!   `send --source rtsp://` and `send --publish`) and the stream player on it (`rtsp::play`,
+//!   for the first two); run by whichever thread owns an RTSP connection.
 //! - [`receiver`]: the receiver pipeline, one file per stage: `net-rx` (TCP, RTSP or UDP),
 //!   `decode`, the view (main thread) and `feedback`.
 //! - [`view`]: frame sinks (minifb window, headless) on the receiver's main thread.

@@ -14,84 +14,18 @@ mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
-use common::tools::{require_tools, skip};
+use common::gst_rtsp::GstServer;
 use common::{free_port, scratch_dir, serial, summary, Proc};
 use framecast::codec::Decoder;
 use framecast::format::Subsampling;
 use framecast::testutil::{psnr, restart_jpeg, xrgb_to_rgb};
 use framecast::view::read_ppm;
 
-const PYTHON: &str = "/usr/bin/python3";
-const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/gst_rtsp.py");
 /// Longest a receiver run may take (frames arrive at 30 fps).
 const RUN: Duration = Duration::from_secs(60);
-
-/// gst-rtsp-server in a process group of its own, killed (the whole group) when dropped.
-struct GstServer {
-    child: Child,
-    url: String,
-}
-
-impl GstServer {
-    /// Starts `gst_rtsp.py serve --port PORT ARGS...` and waits for its READY line. `None`
-    /// (the test skipped) if GStreamer's Python bindings are missing.
-    fn serve(port: u16, args: &[&str]) -> Option<GstServer> {
-        if !require_tools("rtsp_client", &[(PYTHON, "python3-gi gir1.2-gst-rtsp-server-1.0")]) {
-            return None;
-        }
-        let mut child = Command::new(PYTHON)
-            .arg(SCRIPT)
-            .args(["serve", "--port", &port.to_string()])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .process_group(0)
-            .spawn()
-            .expect("start gst_rtsp.py");
-        let out = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let mut server = GstServer { child, url: String::new() };
-        while let Ok(line) = rx.recv_timeout(Duration::from_secs(20)) {
-            if let Some(url) = line.strip_prefix("READY ") {
-                server.url = url.trim().to_string();
-                return Some(server);
-            }
-        }
-        let st = server.child.try_wait();
-        if st.as_ref().is_ok_and(|s| s.is_some()) {
-            skip("rtsp_client", &format!("gst_rtsp.py exited ({st:?}): GStreamer's RTSP server is not usable here"));
-            return None;
-        }
-        panic!("gst_rtsp.py printed no READY line within 20 s");
-    }
-
-    /// The URL with credentials.
-    fn url_with(&self, user: &str, password: &str) -> String {
-        self.url.replacen("rtsp://", &format!("rtsp://{user}:{password}@"), 1)
-    }
-}
-
-impl Drop for GstServer {
-    fn drop(&mut self) {
-        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
-            // SAFETY: kill(2) on the process group this child leads (process_group(0)).
-            unsafe { libc::kill(-pid, libc::SIGKILL) };
-        }
-        let _ = self.child.wait();
-    }
-}
 
 /// `recv --connect URL --headless --frames N` with stats, a frame log and dumps in `dir`.
 fn recv(name: &str, url: &str, transport: &str, frames: u64, dir: &Path, extra: &[&str]) -> Proc {
@@ -137,7 +71,7 @@ fn logged_sizes(path: &Path) -> Vec<(u32, u32)> {
 fn plays_gstreamer_s_stream_over_tcp_and_udp() {
     let _g = serial();
     let port = free_port();
-    let Some(server) = GstServer::serve(port, &["--size", "320x240", "--fps", "30"]) else { return };
+    let Some(server) = GstServer::serve("rtsp_client", port, &["--size", "320x240", "--fps", "30"]) else { return };
     let dir = scratch_dir("rtsp-play");
     for transport in ["tcp", "udp"] {
         let mut r = recv(transport, &server.url, transport, 30, &dir, &["--once"]);
@@ -169,7 +103,9 @@ fn restart_marker_types_decode_exactly() {
         let mut want = Vec::new();
         Decoder::new().unwrap().decode(&jpeg, 320, 240, &mut want).unwrap();
         let port = free_port();
-        let Some(server) = GstServer::serve(port, &["--jpeg-dir", jpegs.to_str().unwrap(), "--fps", "30"]) else {
+        let Some(server) =
+            GstServer::serve("rtsp_client", port, &["--jpeg-dir", jpegs.to_str().unwrap(), "--fps", "30"])
+        else {
             return;
         };
         let dumps = dir.join(format!("dumps-{}", sub.to_wire()));
@@ -196,7 +132,7 @@ fn logs_in_with_the_url_s_credentials_and_fails_clearly_without() {
     let _g = serial();
     let port = free_port();
     let args = ["--size", "160x120", "--user", "viewer", "--password", "s3cret"];
-    let Some(server) = GstServer::serve(port, &args) else { return };
+    let Some(server) = GstServer::serve("rtsp_client", port, &args) else { return };
     let dir = scratch_dir("rtsp-auth");
     let mut r = recv("auth", &server.url_with("viewer", "s3cret"), "tcp", 10, &dir, &["--once"]);
     r.expect_success(RUN);
@@ -220,7 +156,7 @@ fn logs_in_with_the_url_s_credentials_and_fails_clearly_without() {
 fn a_server_that_comes_back_is_reconnected() {
     let _g = serial();
     let port = free_port();
-    let Some(server) = GstServer::serve(port, &["--size", "160x120", "--fps", "30"]) else { return };
+    let Some(server) = GstServer::serve("rtsp_client", port, &["--size", "160x120", "--fps", "30"]) else { return };
     let dir = scratch_dir("rtsp-reconnect");
     let url = server.url.clone();
     let mut r = recv("reconnect", &url, "tcp", 200, &dir, &[]);
@@ -233,7 +169,7 @@ fn a_server_that_comes_back_is_reconnected() {
         "the lost server went unnoticed:\n{}",
         r.stderr()
     );
-    let Some(_again) = GstServer::serve(port, &["--size", "160x120", "--fps", "30"]) else { return };
+    let Some(_again) = GstServer::serve("rtsp_client", port, &["--size", "160x120", "--fps", "30"]) else { return };
     assert!(r.wait_for_stderr_n("rtsp playing", 2, Duration::from_secs(30)), "no second session:\n{}", r.stderr());
     r.expect_success(RUN);
     let s = summary(&dir.join("reconnect.jsonl"));
@@ -284,7 +220,7 @@ fn framecast_s_own_rtsp_server_gives_exact_latency() {
 fn a_foreign_sender_s_latency_comes_from_rtcp_sender_reports() {
     let _g = serial();
     let port = free_port();
-    let Some(server) = GstServer::serve(port, &["--size", "160x120", "--fps", "30"]) else { return };
+    let Some(server) = GstServer::serve("rtsp_client", port, &["--size", "160x120", "--fps", "30"]) else { return };
     let dir = scratch_dir("rtsp-rtcp");
     let mut r = recv("rtcp", &server.url, "udp", 240, &dir, &["--once"]);
     r.expect_success(RUN);

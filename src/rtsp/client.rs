@@ -124,7 +124,7 @@ fn shown_cseq(got: Option<&str>) -> String {
 
 /// A URL as it may be shown in an error or a log: the password (between the user's `:` and
 /// the `@` before the host) replaced by `***`. Works on text that does not parse as a URL.
-fn without_password(s: &str) -> String {
+pub fn without_password(s: &str) -> String {
     let start = s.find("://").map_or(0, |i| i + 3);
     let authority_end = s[start..].find(['/', '?', '#']).map_or(s.len(), |i| start + i);
     let Some(at) = s[start..authority_end].rfind('@').map(|i| start + i) else { return s.to_string() };

@@ -9,9 +9,11 @@
 //! Digest with MD5, the parameter parser and the response hash both ends compute.
 //!
 //! It runs on whichever thread owns the connection (an RTSP session's, the publisher's, the
-//! client's reader).
+//! client's reader). [`client`] is the client connection; [`play`] plays a stream on it, for
+//! `recv --connect rtsp://` and `send --source rtsp://`.
 
 pub mod client;
+pub mod play;
 
 use std::io::{self, Read};
 

@@ -10,6 +10,7 @@
 
 #![allow(dead_code)]
 
+pub mod gst_rtsp;
 pub mod http_client;
 pub mod netns;
 pub mod tools;

@@ -2,12 +2,13 @@
 """A foreign RTSP server for framecast's tests: GStreamer's gst-rtsp-server, from Debian's
 python3-gi (run it with /usr/bin/python3; another python3 on PATH may lack gi).
 
-  gst_rtsp.py serve  --port P [--path /cam] [--size 640x480] [--fps 30] [--quality 75]
-                     [--jpeg-dir DIR] [--user U --password PW]
+  gst_rtsp.py serve  --port P [--path /cam] [--size 640x480] [--fps 30] [--quality 75] [--pattern smpte]
+                     [--jpeg-dir DIR] [--user U --password PW] [--protocols udp|tcp]
       serves `videotestsrc ! jpegenc ! rtpjpegpay` at rtsp://127.0.0.1:P/cam, as an IP camera
       or a media server would. With --jpeg-dir it loops DIR/00000.jpg, 00001.jpg, ... instead
       (jpegenc cannot make restart markers; JPEGs with them, written by the test, make
-      rtpjpegpay send types 64/65).
+      rtpjpegpay send types 64/65). --protocols offers RTP over that lower transport only
+      (a camera that answers SETUP over the other with 461 Unsupported Transport).
 
   gst_rtsp.py record --port P [--path /cam] --out DIR [--user U --password PW]
       takes RECORD (ANNOUNCE + SETUP + RECORD, as MediaMTX does) of an RTP/JPEG stream at
@@ -26,15 +27,16 @@ import sys
 import gi
 
 gi.require_version("Gst", "1.0")
+gi.require_version("GstRtsp", "1.0")
 gi.require_version("GstRtspServer", "1.0")
-from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
+from gi.repository import GLib, Gst, GstRtsp, GstRtspServer  # noqa: E402
 
 
 def serve_launch(a):
     w, h = a.size.split("x")
     enc = f"jpegenc quality={a.quality}"
     caps = f"video/x-raw,width={w},height={h},framerate={a.fps}/1,format=I420"
-    src = f"videotestsrc is-live=true pattern=smpte ! {caps}"
+    src = f"videotestsrc is-live=true pattern={a.pattern} ! {caps}"
     return f"( {src} ! {enc} ! rtpjpegpay name=pay0 pt=26 mtu=1400 )"
 
 
@@ -105,11 +107,14 @@ def main():
     p.add_argument("--size", default="640x480")
     p.add_argument("--fps", type=int, default=30)
     p.add_argument("--quality", type=int, default=75)
+    # smpte has a corner of noise; smpte75 is the same picture every frame.
+    p.add_argument("--pattern", default="smpte", help="serve: videotestsrc's pattern")
     p.add_argument("--jpeg-dir", help="serve: loop DIR/00000.jpg, 00001.jpg, ... instead of videotestsrc")
     p.add_argument("--out", help="record: where to write the received frames")
     p.add_argument("--relay-path", help="record: also serve the received frames at this path")
     p.add_argument("--user")
     p.add_argument("--password")
+    p.add_argument("--protocols", choices=["udp", "tcp"], help="serve: offer only this transport")
     a = p.parse_args()
 
     Gst.init(None)
@@ -122,6 +127,9 @@ def main():
     factory.set_shared(True)
     if a.mode == "serve":
         factory.set_launch(files_launch(a) if a.jpeg_dir else serve_launch(a))
+        if a.protocols:
+            lower = {"udp": GstRtsp.RTSPLowerTrans.UDP, "tcp": GstRtsp.RTSPLowerTrans.TCP}
+            factory.set_protocols(lower[a.protocols])
     else:
         if not a.out:
             p.error("record needs --out DIR")

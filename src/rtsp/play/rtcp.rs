@@ -1,7 +1,8 @@
-//! RTCP for the RTSP receiver (run by `net-rx`, beside the media path): the reception
-//! statistics of RFC 3550 (interarrival jitter, loss since the last report), the receiver
-//! reports built from them, and the sender reports read back, which map RTP timestamps to
-//! the sender's wall clock. Pure code: times come in as arguments.
+//! RTCP for the RTSP player ([`super::Player`], run by the thread that plays: the receiver's
+//! `net-rx`, the sender's `capture` for `--source rtsp://`): the reception statistics of RFC
+//! 3550 (interarrival jitter, loss since the last report), the receiver reports built from
+//! them, and the sender reports read back, which map RTP timestamps to the sender's wall
+//! clock. Pure code: times come in as arguments.
 
 use rtcp_types::{Compound, Packet, ReceiverReport, ReportBlock, RtcpPacketWriter, RtcpPacketWriterExt};
 
