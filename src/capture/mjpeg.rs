@@ -270,6 +270,12 @@ impl<R: Read> MjpegReader<R> {
         &self.inner
     }
 
+    /// The reader inside, e.g. to seek it back to the start between images (at the end of
+    /// the input, when nothing is buffered).
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
+
     /// Reads the next image into `out` (its old contents replaced). `Ok(false)` at the end of
     /// the input between images; an image cut off by the end is [`ScanError::Truncated`].
     /// Bytes between images other than nothing are an error (`Malformed`).
