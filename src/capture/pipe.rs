@@ -388,7 +388,7 @@ impl MjpegSource {
             match e {
                 ScanError::Truncated { .. } | ScanError::Io(_) => self.origin.cut(at),
                 ScanError::TooLong { .. } => {
-                    self.origin.fatal(format!("{at}; the cap is 4 bytes a pixel of --size (default 32 MiB)"))
+                    self.origin.fatal(format!("{at}; the cap is 4 bytes a pixel of --size plus 64 KiB, or 32 MiB without --size"))
                 }
                 ScanError::NotJpeg { .. } | ScanError::Malformed { .. } => self.origin.fatal(at),
             }
@@ -489,5 +489,70 @@ impl FrameSource for Y4mPipe {
         frame.capture_us = crate::clock::now_us();
         self.frames += 1;
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::pattern_jpeg;
+
+    fn spec(path: &Path, format: InputFormat, looping: bool) -> PipeSpec {
+        PipeSpec { path: Some(path.to_owned()), format, size: None, looping, subsampling: Subsampling::S420 }
+    }
+
+    fn temp(name: &str, bytes: &[u8]) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("fc-pipe-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+
+    #[test]
+    fn a_regular_mjpeg_file_is_paced_and_loops() {
+        let (a, b) = (pattern_jpeg(32, 16, Subsampling::S420, 80, 0).unwrap(), pattern_jpeg(32, 16, Subsampling::S420, 80, 1).unwrap());
+        let p = temp("two.mjpeg", &[a.clone(), b.clone()].concat());
+        let mut src = open(&spec(&p, InputFormat::Auto, true)).unwrap();
+        assert!(!src.self_paced() && src.delivers_jpeg());
+        assert_eq!(src.size(), (32, 16));
+        let mut f = RawFrame::empty();
+        let mut got = Vec::new();
+        for _ in 0..5 {
+            assert!(src.next_frame(&mut f).unwrap());
+            assert_eq!((f.width, f.height, f.layout), (32, 16, Layout::Jpeg));
+            got.push(f.data.clone());
+        }
+        assert_eq!(got, [a.clone(), b.clone(), a.clone(), b, a]);
+        std::fs::remove_dir_all(p.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn y4m_and_raw_files_loop_too_and_garbage_is_named() {
+        let mut y4m = b"YUV4MPEG2 W4 H2 F30:1 C420jpeg\n".to_vec();
+        for i in 0..2u8 {
+            y4m.extend_from_slice(b"FRAME\n");
+            y4m.extend([i; 12]);
+        }
+        let p = temp("clip.bin", &y4m);
+        let mut src = open(&spec(&p, InputFormat::Auto, true)).unwrap();
+        let mut f = RawFrame::empty();
+        let firsts: Vec<u8> = (0..3).map(|_| (src.next_frame(&mut f).unwrap(), f.data[0]).1).collect();
+        assert_eq!(firsts, [0, 1, 0]);
+
+        let raw = temp("raw.yuv", &[[1u8; 12], [2u8; 12]].concat());
+        let mut s = spec(&raw, InputFormat::I420, true);
+        s.size = Some((4, 2));
+        let mut src = open(&s).unwrap();
+        let firsts: Vec<u8> = (0..3).map(|_| (src.next_frame(&mut f).unwrap(), f.data[0]).1).collect();
+        assert_eq!(firsts, [1, 2, 1]);
+        assert_eq!(f.layout, Layout::Yuv(Subsampling::S420));
+
+        let bad = temp("bad.bin", b"GIF89a....");
+        let e = open(&spec(&bad, InputFormat::Auto, false)).err().unwrap().to_string();
+        assert!(e.contains("bad.bin") && e.contains("found 47 49 46 38 39 61"), "{e}");
+        for p in [p, raw, bad] {
+            let _ = std::fs::remove_dir_all(p.parent().unwrap());
+        }
     }
 }
