@@ -58,7 +58,12 @@ fn os_pipe() -> (OwnedFd, File) {
 fn pipeline(producer: &mut Command, args: &[&str]) -> (Proc, u16, Producer) {
     let port = free_port();
     let http = format!("127.0.0.1:{port}");
-    let mut child = producer.stdout(Stdio::piped()).stderr(Stdio::inherit()).stdin(Stdio::null()).spawn().expect("start the producer");
+    let mut child = producer
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start the producer");
     let out = child.stdout.take().expect("piped stdout");
     let mut full = vec!["send", "--source", "-", "--http", &http];
     full.extend_from_slice(args);
@@ -78,7 +83,8 @@ struct Part {
 /// closes it, at most `timeout`; returns the complete parts.
 fn watch(port: u16, timeout: Duration) -> Vec<Part> {
     let mut s = connect_retry(port, timeout);
-    s.write_all(format!("GET /stream.mjpg HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n").as_bytes()).expect("send the request");
+    s.write_all(format!("GET /stream.mjpg HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n").as_bytes())
+        .expect("send the request");
     let bytes = common::read_until_closed(&mut s, timeout);
     parse_parts(&bytes)
 }
@@ -119,8 +125,15 @@ fn frame_files(dir: &Path) -> Vec<Vec<u8>> {
 fn assert_identical(parts: &[Part], frames: &[Vec<u8>], min: usize) {
     assert!(parts.len() >= min, "only {} parts reached the viewer, expected at least {min}", parts.len());
     for p in parts {
-        let want = frames.get(p.seq as usize).unwrap_or_else(|| panic!("part {} beyond the {} frames", p.seq, frames.len()));
-        assert!(p.jpeg == *want, "part {}: {} bytes differ from the producer's {} bytes", p.seq, p.jpeg.len(), want.len());
+        let want =
+            frames.get(p.seq as usize).unwrap_or_else(|| panic!("part {} beyond the {} frames", p.seq, frames.len()));
+        assert!(
+            p.jpeg == *want,
+            "part {}: {} bytes differ from the producer's {} bytes",
+            p.seq,
+            p.jpeg.len(),
+            want.len()
+        );
     }
 }
 
@@ -176,7 +189,15 @@ fn mjpeg_from_gstreamer_reaches_the_viewer_byte_for_byte() {
 /// ffmpeg's RGB of the test source's first `n` frames.
 fn reference_rgb(n: usize) -> Vec<Vec<u8>> {
     let rgb = tool_stdout(
-        Command::new("ffmpeg").args(testsrc()).args(["-frames:v", &n.to_string(), "-pix_fmt", "rgb24", "-f", "rawvideo", "-"]),
+        Command::new("ffmpeg").args(testsrc()).args([
+            "-frames:v",
+            &n.to_string(),
+            "-pix_fmt",
+            "rgb24",
+            "-f",
+            "rawvideo",
+            "-",
+        ]),
         EXIT,
     );
     rgb.chunks((W * H * 3) as usize).map(<[u8]>::to_vec).collect()
@@ -225,9 +246,21 @@ fn y4m_and_raw_frames_from_ffmpeg_match_the_source() {
         (&["-pix_fmt", "yuv420p", "-f", "yuv4mpegpipe"], vec![], 25.0),
         (&["-pix_fmt", "yuv420p", "-f", "rawvideo"], vec!["--input-format", "i420", "--size", &size], 25.0),
         (&["-pix_fmt", "nv12", "-f", "rawvideo"], vec!["--input-format", "nv12", "--size", &size], 25.0),
-        (&["-pix_fmt", "yuyv422", "-f", "rawvideo"], vec!["--input-format", "yuyv", "--size", &size, "--subsampling", "422"], 25.0),
-        (&["-pix_fmt", "rgb24", "-f", "rawvideo"], vec!["--input-format", "rgb24", "--size", &size, "--subsampling", "444"], 38.0),
-        (&["-pix_fmt", "bgr24", "-f", "rawvideo"], vec!["--input-format", "bgr24", "--size", &size, "--subsampling", "444"], 38.0),
+        (
+            &["-pix_fmt", "yuyv422", "-f", "rawvideo"],
+            vec!["--input-format", "yuyv", "--size", &size, "--subsampling", "422"],
+            25.0,
+        ),
+        (
+            &["-pix_fmt", "rgb24", "-f", "rawvideo"],
+            vec!["--input-format", "rgb24", "--size", &size, "--subsampling", "444"],
+            38.0,
+        ),
+        (
+            &["-pix_fmt", "bgr24", "-f", "rawvideo"],
+            vec!["--input-format", "bgr24", "--size", &size, "--subsampling", "444"],
+            38.0,
+        ),
     ];
     let mut report = Vec::new();
     for (out, mut args, min) in cases {
@@ -312,12 +345,20 @@ fn bad_mjpeg_on_stdin_ends_with_status_1_naming_what_and_where() {
     // Garbage between images.
     let between = [a.clone(), b"\r\n--frame\r\n".to_vec(), a.clone()].concat();
     let at = format!("image 1 (byte {} of the input)", a.len());
-    assert_fails(between, &[], &[&at, "expected the next image (FF D8) right after the end of the last one, found 0D 0A 2D 2D"]);
+    assert_fails(
+        between,
+        &[],
+        &[&at, "expected the next image (FF D8) right after the end of the last one, found 0D 0A 2D 2D"],
+    );
     // An image with no end marker, growing past the cap --size sets (64x48: 4 bytes a pixel
     // + 64 KiB = 77824 bytes).
     let sos = a.windows(2).position(|w| w == [0xFF, 0xDA]).unwrap();
     let endless = [&a[..sos + 14], &vec![0x55; 200_000][..]].concat();
-    assert_fails(endless, &["--size", "64x48"], &["image 0 (byte 0 of the input)", "image longer than 77824 bytes without an end marker (FF D9)"]);
+    assert_fails(
+        endless,
+        &["--size", "64x48"],
+        &["image 0 (byte 0 of the input)", "image longer than 77824 bytes without an end marker (FF D9)"],
+    );
 }
 
 #[test]
@@ -329,7 +370,11 @@ fn bad_y4m_and_raw_on_stdin_end_with_status_1() {
         y4m.extend_from_slice(b"FRAME\n");
         y4m.extend(vec![i; 16 * 8 * 3 / 2]);
     }
-    assert_fails(y4m, &[], &["standard input", "expected a 'FRAME' line", "the header says 32x16 420: 768 bytes a frame"]);
+    assert_fails(
+        y4m,
+        &[],
+        &["standard input", "expected a 'FRAME' line", "the header says 32x16 420: 768 bytes a frame"],
+    );
     // Raw input that is not a whole number of frames.
     let frame = 16 * 8 * 3 / 2;
     assert_fails(
@@ -394,7 +439,17 @@ fn a_fifo_whose_writer_leaves_is_reopened_with_no_signal_meanwhile() {
     let http = format!("127.0.0.1:{port}");
     let mut send = Proc::spawn(
         "send",
-        &["send", "--source", fifo.to_str().unwrap(), "--http", &http, "--duration", "4", "--stats-json", json.to_str().unwrap()],
+        &[
+            "send",
+            "--source",
+            fifo.to_str().unwrap(),
+            "--http",
+            &http,
+            "--duration",
+            "4",
+            "--stats-json",
+            json.to_str().unwrap(),
+        ],
     );
     let images: Vec<Vec<u8>> = (0..10).map(|i| jpeg(64, 48, i)).collect();
     write_fifo(&fifo, &images);

@@ -208,15 +208,16 @@ impl Input {
         let (file, name) = match path {
             None => {
                 // A duplicate of fd 0, so reads are unbuffered and a file can be seeked.
-                let owned = io::stdin()
-                    .as_fd()
-                    .try_clone_to_owned()
-                    .map_err(|e| CaptureError::File { path: "standard input".into(), what: format!("cannot read: {e}") })?;
+                let owned = io::stdin().as_fd().try_clone_to_owned().map_err(|e| CaptureError::File {
+                    path: "standard input".into(),
+                    what: format!("cannot read: {e}"),
+                })?;
                 (File::from(owned), "standard input".to_string())
             }
             Some(p) => (open_path(p, wait)?, p.display().to_string()),
         };
-        let meta = file.metadata().map_err(|e| CaptureError::File { path: name.clone().into(), what: e.to_string() })?;
+        let meta =
+            file.metadata().map_err(|e| CaptureError::File { path: name.clone().into(), what: e.to_string() })?;
         let ft = meta.file_type();
         let kind = match () {
             _ if ft.is_file() => Kind::Regular,
@@ -374,7 +375,13 @@ impl MjpegSource {
         src.last = src.size;
         let (w, h) = src.size;
         let name = &src.origin.name;
-        info!(width = w, height = h, first_image_bytes = first.len(), max_image_bytes = max, "pipe source: MJPEG from {name}");
+        info!(
+            width = w,
+            height = h,
+            first_image_bytes = first.len(),
+            max_image_bytes = max,
+            "pipe source: MJPEG from {name}"
+        );
         src.check_asked();
         src.first = Some(first);
         Ok(src)
@@ -387,9 +394,9 @@ impl MjpegSource {
             let at = format!("image {} (byte {} of the input): {e}", self.reader.images(), self.reader.offset());
             match e {
                 ScanError::Truncated { .. } | ScanError::Io(_) => self.origin.cut(at),
-                ScanError::TooLong { .. } => {
-                    self.origin.fatal(format!("{at}; the cap is 4 bytes a pixel of --size plus 64 KiB, or 32 MiB without --size"))
-                }
+                ScanError::TooLong { .. } => self
+                    .origin
+                    .fatal(format!("{at}; the cap is 4 bytes a pixel of --size plus 64 KiB, or 32 MiB without --size")),
                 ScanError::NotJpeg { .. } | ScanError::Malformed { .. } => self.origin.fatal(at),
             }
         })
@@ -402,7 +409,9 @@ impl MjpegSource {
             .map_err(|e| self.origin.fatal(format!("image {n}: no usable JPEG frame header: {e}")))?;
         let (w, h) = (u32::from(h.width), u32::from(h.height));
         if w == 0 || h == 0 || w > MAX_DIMENSION || h > MAX_DIMENSION {
-            return Err(self.origin.fatal(format!("image {n}: size {w}x{h}, expected 1..={MAX_DIMENSION} on each side")));
+            return Err(self
+                .origin
+                .fatal(format!("image {n}: size {w}x{h}, expected 1..={MAX_DIMENSION} on each side")));
         }
         Ok((w, h))
     }
@@ -511,7 +520,10 @@ mod tests {
 
     #[test]
     fn a_regular_mjpeg_file_is_paced_and_loops() {
-        let (a, b) = (pattern_jpeg(32, 16, Subsampling::S420, 80, 0).unwrap(), pattern_jpeg(32, 16, Subsampling::S420, 80, 1).unwrap());
+        let (a, b) = (
+            pattern_jpeg(32, 16, Subsampling::S420, 80, 0).unwrap(),
+            pattern_jpeg(32, 16, Subsampling::S420, 80, 1).unwrap(),
+        );
         let p = temp("two.mjpeg", &[a.clone(), b.clone()].concat());
         let mut src = open(&spec(&p, InputFormat::Auto, true)).unwrap();
         assert!(!src.self_paced() && src.delivers_jpeg());

@@ -113,7 +113,8 @@ impl PackedToYuv {
         // SAFETY: `src` holds `height` rows of `pitch` bytes (asserted above) and `out` holds
         // exactly the planes of a `width`x`height` image at the handle's subsampling with
         // row alignment 1 (libjpeg-turbo's own size, from tj3YUVBufSize).
-        let res = unsafe { tj::tj3EncodeYUV8(self.tj.ptr, src.as_ptr(), cw, pitch, ch, pf as c_int, out.as_mut_ptr(), 1) };
+        let res =
+            unsafe { tj::tj3EncodeYUV8(self.tj.ptr, src.as_ptr(), cw, pitch, ch, pf as c_int, out.as_mut_ptr(), 1) };
         if res != 0 {
             return Err(self.tj.error().to_string());
         }
@@ -158,7 +159,9 @@ impl RawSource {
         }
         let sub = format.target(sub);
         let packed = match format {
-            InputFormat::Rgb24 | InputFormat::Bgr24 => Some(PackedToYuv::new(sub).map_err(|e| input.origin().fatal(e))?),
+            InputFormat::Rgb24 | InputFormat::Bgr24 => {
+                Some(PackedToYuv::new(sub).map_err(|e| input.origin().fatal(e))?)
+            }
             _ => None,
         };
         let name = input.name();
