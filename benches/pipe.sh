@@ -8,12 +8,15 @@
 #             forwarding ffmpeg's JPEGs as they are (passthrough) against `--quality 75`
 #             (each image decoded and encoded again);
 #   latency   the pipe source's added latency: a Python producer writes ffmpeg's JPEGs into
-#             the sender's standard input at 30 fps and notes CLOCK_MONOTONIC when the write
-#             of each image's last byte returned; the viewer reads each part's X-Timestamp
-#             (the sender's capture time, CLOCK_MONOTONIC when the capture thread had read
-#             the image's last byte and split it) and its X-Framecast-Seq; latency =
-#             capture time - write time of the same image. This is what the pipe, the read
-#             and the JPEG splitter add; the encoder and the network come after capture and
+#             the sender's standard input at 30 fps and notes CLOCK_MONOTONIC when it began
+#             writing each image and when the write of its last byte returned; a viewer (a
+#             process of its own) reads each part's X-Timestamp (the sender's capture time,
+#             CLOCK_MONOTONIC once the capture thread had read the image's last byte and
+#             split it) and X-Framecast-Seq; latency = capture time - producer's time of the
+#             same image. From "write began" it is what the pipe (64 KiB: an image crosses it
+#             in pieces), the reads and the splitter add; from "write returned" it is about 0
+#             or below (the reader has the last byte before the writer is scheduled again:
+#             nothing waits in a buffer). The encoder and the network come after capture and
 #             are in the stats' capture-to-* figures instead.
 #
 #   bash benches/pipe.sh                         # 10 s runs, 3 of each
@@ -43,7 +46,7 @@ echo "== ffmpeg: $frames frames of testsrc2 at $SIZE as JPEG files (the latency 
 ffmpeg -loglevel error -f lavfi -i "testsrc2=size=$SIZE:rate=30" -frames:v "$frames" -q:v 3 -f image2 "$tmp/f%05d.jpg"
 
 python3 - "$bin" "$tmp" "$SIZE" "$DURATION" "$RUNS" <<'PY'
-import glob, os, socket, statistics, subprocess, sys, threading, time
+import glob, multiprocessing, os, socket, statistics, subprocess, sys, time
 
 BIN, TMP, SIZE, DURATION, RUNS = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 FILES = sorted(glob.glob(os.path.join(TMP, "f*.jpg")))
@@ -51,8 +54,17 @@ FILES = sorted(glob.glob(os.path.join(TMP, "f*.jpg")))
 def free_port():
     s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
 
-def viewer(port, parts, stop):
-    """Reads /stream.mjpg, noting (seq, capture time in us) of every part."""
+def viewer(port, out, stop):
+    """Reads /stream.mjpg, noting (seq, capture time in us) of every part; sends them to `out`
+    at the end. A process of its own: in the producer's process, the GIL would delay the
+    producer's timestamps."""
+    parts = []
+    try:
+        watch(port, parts, stop)
+    finally:
+        out.send(parts)
+
+def watch(port, parts, stop):
     deadline = time.monotonic() + 20
     while True:
         try:
@@ -88,21 +100,27 @@ def viewer(port, parts, stop):
 def run_sender(args, feed):
     """Starts the sender on a pipe, a viewer, and `feed(write_fd)`; returns (cpu s, frames sent, parts)."""
     port = free_port()
+    # The viewer first: a process forked later would hold the pipe's write end open.
+    stop = multiprocessing.Event()
+    rx, tx = multiprocessing.Pipe(duplex=False)
+    v = multiprocessing.Process(target=viewer, args=(port, tx, stop)); v.start()
     r, w = os.pipe()
     stats = os.path.join(TMP, "stats.json")
     cmd = [BIN, "send", "--source", "-", "--http", f"127.0.0.1:{port}", "--stats-json", stats] + args
     p = subprocess.Popen(cmd, stdin=r, stderr=open(os.path.join(TMP, "send.log"), "w"), env=dict(os.environ, NO_COLOR="1"))
     os.close(r)
-    parts, stop = [], threading.Event()
-    t = threading.Thread(target=viewer, args=(port, parts, stop)); t.start()
     feed(w)
     _, status, ru = os.wait4(p.pid, 0)
-    stop.set(); t.join()
+    stop.set()
+    parts = rx.recv(); v.join()
     if status != 0:
         sys.exit(f"sender exited {status}: see {TMP}/send.log")
     import json
-    summary = [json.loads(l) for l in open(stats) if '"summary"' in l][-1]
-    return ru.ru_utime + ru.ru_stime, summary["frames"], parts
+    summaries = [json.loads(l) for l in open(stats) if '"summary"' in l]
+    if not summaries:
+        log = open(os.path.join(TMP, "send.log")).read()
+        sys.exit(f"no summary in {stats}; the sender's log:\n{log[-3000:]}")
+    return ru.ru_utime + ru.ru_stime, summaries[-1]["frames"], parts
 
 def ffmpeg_feed(w):
     ff = subprocess.Popen(["ffmpeg", "-loglevel", "error", "-re", "-f", "lavfi", "-i", f"testsrc2=size={SIZE}:rate=30",
@@ -118,13 +136,14 @@ def timed_feed(w):
         data = memoryview(open(f, "rb").read())
         at = start + k / 30
         time.sleep(max(0, at - time.monotonic()))
+        began = time.monotonic_ns() // 1000
         while data:
             data = data[os.write(w, data):]
-        written[k] = time.monotonic_ns() // 1000
+        written[k] = (began, time.monotonic_ns() // 1000)
     os.close(w)
 
 cpu = {"passthrough": [], "--quality 75": []}
-lat = []
+lat = {"write began": [], "write returned": []}
 for run in range(RUNS):
     for name, args in (("passthrough", []), ("--quality 75", ["--quality", "75"])):
         s, n, _ = run_sender(args, ffmpeg_feed)
@@ -132,13 +151,15 @@ for run in range(RUNS):
         print(f"run {run + 1} cpu {name:>13}: {n} frames, {s:.2f} s CPU, {s / max(n, 1) * 1000:.3f} ms/frame", flush=True)
     written.clear()
     _, n, parts = run_sender([], timed_feed)
-    ms = sorted((cap - written[seq]) / 1000 for seq, cap in parts if seq in written)
-    lat.append(statistics.median(ms))
-    print(f"run {run + 1} latency: {len(ms)} frames, median {statistics.median(ms):.3f} ms, "
-          f"p90 {ms[int(len(ms) * 0.9)]:.3f} ms, max {ms[-1]:.3f} ms", flush=True)
+    for i, what in enumerate(("write began", "write returned")):
+        ms = sorted((cap - written[seq][i]) / 1000 for seq, cap in parts if seq in written)
+        lat[what].append(statistics.median(ms))
+        print(f"run {run + 1} latency from {what}: {len(ms)} frames, median {statistics.median(ms):.3f} ms, "
+              f"p90 {ms[int(len(ms) * 0.9)]:.3f} ms, max {ms[-1]:.3f} ms", flush=True)
 
 print(f"\n== {SIZE} at 30 fps, {DURATION} s runs, medians of {RUNS}")
 for name, v in cpu.items():
     print(f"sender CPU per frame, {name:>13}: {statistics.median(x[0] for x in v):.3f} ms")
-print(f"pipe source latency (write of the last byte -> capture time): {statistics.median(lat):.3f} ms")
+for what, v in lat.items():
+    print(f"pipe source latency, producer's {what} -> capture time: {statistics.median(v):.3f} ms")
 PY

@@ -218,7 +218,7 @@ fn worst_psnr(parts: &[Part], reference: &[Vec<u8>]) -> f64 {
 
 /// `ffmpeg -pix_fmt PIX -f FORMAT - | framecast send --source - ARGS`, 20 frames; the parts'
 /// worst PSNR against ffmpeg's RGB.
-fn pipe_psnr(ffmpeg_out: &[&str], args: &[&str]) -> (f64, usize) {
+fn pipe_psnr(ffmpeg_out: &[&str], args: &[&str], reference: &[Vec<u8>]) -> (f64, usize) {
     let mut ffmpeg = Command::new("ffmpeg");
     // Full range: framecast takes planar YCbCr as JPEG does (JFIF), and ffmpeg's YUV is
     // limited range unless asked.
@@ -228,7 +228,7 @@ fn pipe_psnr(ffmpeg_out: &[&str], args: &[&str]) -> (f64, usize) {
     let parts = watch(port, EXIT);
     send.expect_success(EXIT);
     assert!(parts.len() >= 5, "{:?}: only {} parts arrived", ffmpeg_out, parts.len());
-    (worst_psnr(&parts, &reference_rgb(20)), parts.len())
+    (worst_psnr(&parts, reference), parts.len())
 }
 
 #[test]
@@ -262,10 +262,11 @@ fn y4m_and_raw_frames_from_ffmpeg_match_the_source() {
             38.0,
         ),
     ];
+    let reference = reference_rgb(20);
     let mut report = Vec::new();
     for (out, mut args, min) in cases {
         args.extend(["--quality", "90"]);
-        let (db, n) = pipe_psnr(out, &args);
+        let (db, n) = pipe_psnr(out, &args, &reference);
         report.push(format!("{out:?}: {n} frames, worst {db:.1} dB (want >= {min})"));
         assert!(db >= min, "{}", report.join("\n"));
     }
@@ -446,7 +447,7 @@ fn a_fifo_whose_writer_leaves_is_reopened_with_no_signal_meanwhile() {
             "--http",
             &http,
             "--duration",
-            "4",
+            "20",
             "--stats-json",
             json.to_str().unwrap(),
         ],
@@ -457,6 +458,10 @@ fn a_fifo_whose_writer_leaves_is_reopened_with_no_signal_meanwhile() {
     // The sender is not stuck in open(): it keeps sending no-signal cards while nobody writes.
     thread::sleep(Duration::from_millis(1200));
     write_fifo(&fifo, &images);
+    // Lost again when the second writer leaves; then Ctrl-C ends the sender.
+    assert!(send.wait_for_stderr_n("source lost", 2, Duration::from_secs(10)), "{}", send.stderr());
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(send.id() as libc::pid_t, libc::SIGINT) };
     send.expect_success(EXIT);
     let log = send.stderr();
     assert!(log.contains("pipe source: MJPEG from") && log.contains("video.fifo"), "{log}");
