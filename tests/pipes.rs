@@ -339,6 +339,13 @@ fn bad_mjpeg_on_stdin_ends_with_status_1_naming_what_and_where() {
         &[],
         &["standard input", "expected MJPEG (FF D8) or Y4M ('YUV4MPEG2 ')", "found 68 65 6C 6C 6F", "--input-format"],
     );
+    // gst-launch-1.0 without -q: its messages before the images.
+    let gst = [b"Setting pipeline to PAUSED ...\n".to_vec(), a.clone()].concat();
+    assert_fails(
+        gst,
+        &[],
+        &["found 53 65 74 74 69 6E 67", "(gst-launch-1.0 prints that on standard output: give it -q)"],
+    );
     // A JPEG cut off at the end of the input.
     let cut = [a.clone(), a.clone(), a[..a.len() / 2].to_vec()].concat();
     let at = format!("image 2 (byte {} of the input): input ended {} bytes into an image", 2 * a.len(), a.len() / 2);

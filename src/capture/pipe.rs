@@ -125,8 +125,10 @@ fn sniff(input: &mut Input) -> Result<InputFormat, CaptureError> {
         let what = if n == 0 {
             "the input ended before any frame; expected MJPEG or Y4M (or raw frames with --input-format)".to_string()
         } else {
+            // gst-launch-1.0 without -q prints "Setting pipeline to PAUSED ..." on stdout.
+            let gst = if head[..n].starts_with(b"Setting") { " (gst-launch-1.0 prints that on standard output: give it -q)" } else { "" };
             format!(
-                "expected MJPEG (FF D8) or Y4M ('YUV4MPEG2 ') in the first bytes, found {}; raw frames need --input-format i420|nv12|yuyv|rgb24|bgr24 and --size WxH",
+                "expected MJPEG (FF D8) or Y4M ('YUV4MPEG2 ') in the first bytes, found {}{gst}; raw frames need --input-format i420|nv12|yuyv|rgb24|bgr24 and --size WxH",
                 preview(&head[..n])
             )
         };
