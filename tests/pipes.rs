@@ -276,9 +276,14 @@ fn y4m_and_raw_frames_from_ffmpeg_match_the_source() {
 /// Runs `framecast send --source - ARGS` with `input` on its standard input through a pipe
 /// (written by a thread, then closed); returns how it ended and what it logged.
 fn send_with_input(input: Vec<u8>, args: &[&str]) -> (ExitStatus, String) {
+    send_with_input_as("-", input, args)
+}
+
+/// [`send_with_input`] with `--source SOURCE` (e.g. `/dev/stdin`).
+fn send_with_input_as(source: &str, input: Vec<u8>, args: &[&str]) -> (ExitStatus, String) {
     let (read, mut write) = os_pipe();
     let mut child = Command::new(BIN)
-        .args(["send", "--source", "-", "--http", "127.0.0.1:0"])
+        .args(["send", "--source", source, "--http", "127.0.0.1:0"])
         .args(args)
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
@@ -404,6 +409,11 @@ fn stdin_ending_between_frames_ends_cleanly_and_size_is_only_a_cap_for_mjpeg() {
     assert!(status.success(), "{status}\n{log}");
     assert!(log.contains("source ended frames=2"), "{log}");
     assert!(log.contains("--size 640x480 does not scale MJPEG"), "{log}");
+    // `--source /dev/stdin` is standard input too: its end ends the stream (it is not a FIFO
+    // to reopen).
+    let (status, log) = send_with_input_as("/dev/stdin", [jpeg(64, 48, 0), jpeg(64, 48, 1)].concat(), &[]);
+    assert!(status.success(), "{status}\n{log}");
+    assert!(log.contains("pipe source: MJPEG from /dev/stdin") && log.contains("source ended frames=2"), "{log}");
 }
 
 /// Writes `images` into the FIFO at `path` as one writer (waiting for a reader), then closes.

@@ -207,23 +207,27 @@ impl Input {
     /// Opens `path` (`None`: standard input). A FIFO is opened without blocking and polled
     /// for a writer's first bytes: for ever with `wait` `None`, else at most `wait`.
     fn open(path: Option<&Path>, wait: Option<Duration>) -> Result<Self, CaptureError> {
-        let (file, name) = match path {
-            None => {
-                // A duplicate of fd 0, so reads are unbuffered and a file can be seeked.
-                let owned = io::stdin().as_fd().try_clone_to_owned().map_err(|e| CaptureError::File {
-                    path: "standard input".into(),
-                    what: format!("cannot read: {e}"),
-                })?;
-                (File::from(owned), "standard input".to_string())
-            }
-            Some(p) => (open_path(p, wait)?, p.display().to_string()),
+        let name = path.map_or("standard input".to_string(), |p| p.display().to_string());
+        let fd0 = dup_stdin()
+            .map_err(|e| CaptureError::File { path: name.clone().into(), what: format!("cannot read: {e}") });
+        // `--source /dev/stdin` (or /dev/fd/0) is standard input too: read it as such (its end
+        // is the end of the stream), not as a FIFO to reopen.
+        let stdin = match (path, &fd0) {
+            (None, _) => true,
+            (Some(p), Ok(f)) => same_file(p, f),
+            (Some(_), Err(_)) => false,
+        };
+        let file = match path {
+            _ if stdin => fd0?,
+            Some(p) => open_path(p, wait)?,
+            None => unreachable!("no path is standard input"),
         };
         let meta =
             file.metadata().map_err(|e| CaptureError::File { path: name.clone().into(), what: e.to_string() })?;
         let ft = meta.file_type();
         let kind = match () {
             _ if ft.is_file() => Kind::Regular,
-            _ if path.is_none() => Kind::Stdin,
+            _ if stdin => Kind::Stdin,
             _ if ft.is_fifo() => Kind::Fifo,
             _ => Kind::Device,
         };
@@ -277,6 +281,20 @@ impl Seek for Input {
         self.prefix.clear();
         self.at = 0;
         self.file.seek(SeekFrom::Start(to))
+    }
+}
+
+/// A duplicate of fd 0, so reads are unbuffered (no `Stdin` buffer) and a file can be seeked.
+fn dup_stdin() -> io::Result<File> {
+    Ok(File::from(io::stdin().as_fd().try_clone_to_owned()?))
+}
+
+/// Whether `path` names the file `f` is (same device and inode).
+fn same_file(path: &Path, f: &File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(path), f.metadata()) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
     }
 }
 
