@@ -205,7 +205,9 @@ pub struct SourceArgs {
     /// frames need their format named, and --size.
     #[arg(long, value_enum, default_value_t = InputFormat::Auto, value_name = "FORMAT")]
     pub input_format: InputFormat,
-    /// Frame size WIDTHxHEIGHT [default: 1280x720; a Y4M file's own size].
+    /// Frame size WIDTHxHEIGHT [default: 1280x720; a Y4M file's own size]. Raw frames from a
+    /// pipe need it; for MJPEG from a pipe or the network it only caps the bytes of an image
+    /// (4 a pixel): images keep their own size (framecast does not scale).
     #[arg(long, value_name = "WxH")]
     pub size: Option<Size>,
     /// Frames per second; 0 = as fast as possible (for benchmarks).
@@ -217,7 +219,7 @@ pub struct SourceArgs {
     /// Chroma subsampling [default: 420; a Y4M file's own].
     #[arg(long, value_enum)]
     pub subsampling: Option<SubsamplingArg>,
-    /// Start a Y4M file over when it ends.
+    /// Start a file source (Y4M, MJPEG or raw) over when it ends.
     #[arg(long = "loop")]
     pub looping: bool,
     /// libjpeg-turbo's fast integer DCT: less encode time, slightly lower quality.
@@ -609,8 +611,8 @@ impl SourceArgs {
     pub fn validate(&self, fault: Option<Fault>) -> anyhow::Result<(SourceFactory, Subsampling, bool)> {
         let sub: Subsampling = self.subsampling.map_or(Subsampling::S420, Into::into);
         let size = self.size.unwrap_or(Size { width: 1280, height: 720 });
-        if self.looping && !matches!(self.source, SourceSpec::Y4m(_)) {
-            bail!("--loop applies to a Y4M file source, not to --source {}", source_name(&self.source));
+        if self.looping && !matches!(self.source, SourceSpec::Y4m(_) | SourceSpec::Path(_) | SourceSpec::Stdin) {
+            bail!("--loop applies to a file source, not to --source {}", source_name(&self.source));
         }
         let factory: SourceFactory = match &self.source {
             SourceSpec::TestPattern => {
@@ -635,8 +637,9 @@ impl SourceArgs {
                     format: self.input_format,
                     size: self.size.map(|s| (s.width, s.height)),
                     looping: self.looping,
+                    subsampling: sub,
                 };
-                Box::new(move || crate::capture::pipe::open(&spec))
+                Box::new(crate::capture::pipe::factory(spec))
             }
             SourceSpec::Http(url) => {
                 let (url, fps) = (url.clone(), self.fps);

@@ -309,5 +309,35 @@ fn main() {
         count += 1;
     }
 
+    count += mjpeg_seeds(&out.join("mjpeg_split"));
+
     println!("wrote {count} seed inputs under {}", out.display());
+}
+
+/// Inputs of the `mjpeg_split` target: a read size, a cap byte (255: 16336 bytes), then
+/// JPEG images back to back: real ones, one cut off, one with garbage after it, and one with
+/// an EXIF APP1 segment holding a thumbnail with its own FF D9. Returns how many it wrote.
+fn mjpeg_seeds(dir: &Path) -> usize {
+    std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    let a = jpeg(64, 48, Subsampling::S420, 75, 1);
+    let b = restart_jpeg((32, 32), Subsampling::S422, 90, 1, 1).expect("encode");
+    let thumb = jpeg(16, 16, Subsampling::S420, 50, 2);
+    let mut app1 = vec![0xFF, 0xE1];
+    app1.extend(((thumb.len() + 8) as u16).to_be_bytes());
+    app1.extend(b"Exif\0\0");
+    app1.extend(&thumb);
+    let exif = [&a[..2], &app1[..], &a[2..]].concat();
+    let seeds: [(&str, Vec<u8>); 5] = [
+        ("two", [a.clone(), b.clone()].concat()),
+        ("exif", [exif, a.clone()].concat()),
+        ("cut", [a.clone(), b[..b.len() / 2].to_vec()].concat()),
+        ("garbage-between", [a.clone(), b"\r\n--x\r\n".to_vec(), b.clone()].concat()),
+        ("progressive", jpeg_with(64, 48, Subsampling::S420, |c| c.set_progressive(true).unwrap())),
+    ];
+    for (name, stream) in &seeds {
+        for (step, cap) in [(255u8, 255u8), (0, 255), (7, 40)] {
+            write(dir, &format!("{name}-{step}-{cap}"), &[&[step, cap][..], stream].concat());
+        }
+    }
+    seeds.len() * 3
 }

@@ -5,6 +5,10 @@
 //! planes in a Y4M frame are already laid out as [`Layout::Yuv`] wants them (Y, Cb, Cr,
 //! tightly packed), so there is no intermediate buffer and no copy in user space (only the
 //! `FRAME` line goes through the small `BufReader`).
+//!
+//! The same reader takes Y4M from a pipe ([`Y4mSource::from_reader`], used by
+//! [`super::pipe`]), where nothing is seekable (no `--loop`) and a cut-off frame is an error
+//! rather than the end of a file that was still being written.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
@@ -17,9 +21,9 @@ use crate::net::proto::{MAX_DIMENSION, MAX_PIXELS};
 /// Longest header or `FRAME` line accepted (real ones are well under 100 bytes).
 const MAX_LINE: u64 = 4096;
 
-pub struct Y4mSource {
+pub struct Y4mSource<R = File> {
     path: PathBuf,
-    reader: BufReader<File>,
+    reader: BufReader<R>,
     /// File offset of the first `FRAME` line, where a loop starts again.
     data_start: u64,
     line: Vec<u8>,
@@ -29,6 +33,8 @@ pub struct Y4mSource {
     looping: bool,
     next: u64,
     fps: f64,
+    /// A frame cut off by the end of the input is an error (a pipe), not the end (a file).
+    strict: bool,
 }
 
 fn file_err(path: &Path, what: impl Into<String>) -> CaptureError {
@@ -37,7 +43,7 @@ fn file_err(path: &Path, what: impl Into<String>) -> CaptureError {
 
 /// Reads one `\n`-terminated line of at most [`MAX_LINE`] bytes into `line` (cleared first).
 /// Returns the bytes read: 0 at the end of the file.
-fn read_line(r: &mut BufReader<File>, line: &mut Vec<u8>) -> std::io::Result<usize> {
+fn read_line<R: Read>(r: &mut BufReader<R>, line: &mut Vec<u8>) -> std::io::Result<usize> {
     line.clear();
     r.by_ref().take(MAX_LINE).read_until(b'\n', line)
 }
@@ -106,10 +112,18 @@ fn parse_header(line: &[u8]) -> Result<Header, String> {
     Ok(Header { width, height, sub, fps })
 }
 
-impl Y4mSource {
+impl Y4mSource<File> {
     pub fn open(path: &Path, looping: bool) -> Result<Self, CaptureError> {
         let f = File::open(path).map_err(|e| file_err(path, format!("cannot open: {e}")))?;
-        let mut reader = BufReader::new(f);
+        Self::from_reader(f, path, looping, false)
+    }
+}
+
+impl<R: Read + Seek> Y4mSource<R> {
+    /// Y4M from `reader`, named `path` in errors. `looping` needs a seekable reader; with
+    /// `strict`, a frame cut off by the end of the input is an error.
+    pub fn from_reader(reader: R, path: &Path, looping: bool, strict: bool) -> Result<Self, CaptureError> {
+        let mut reader = BufReader::new(reader);
         let mut line = Vec::new();
         let n = read_line(&mut reader, &mut line).map_err(|e| file_err(path, format!("cannot read: {e}")))?;
         let header = if line.last() == Some(&b'\n') {
@@ -134,6 +148,7 @@ impl Y4mSource {
             looping,
             next: 0,
             fps,
+            strict,
         })
     }
 
@@ -151,19 +166,23 @@ impl Y4mSource {
             return Ok(false);
         }
         let complete = self.line.last() == Some(&b'\n');
-        if !complete && (n as u64) < MAX_LINE {
+        if !complete && (n as u64) < MAX_LINE && !self.strict {
             tracing::warn!(path = %self.path.display(), frame = self.next, "last frame is truncated; treating it as the end");
             return Ok(false);
         }
         // `FRAME`, then optional parameters after a space, which do not change the layout.
         if !complete || !(self.line == b"FRAME\n" || self.line.starts_with(b"FRAME ")) {
             let shown = String::from_utf8_lossy(&self.line[..self.line.len().min(40)]).into_owned();
-            return Err(file_err(&self.path, format!("frame {}: expected a 'FRAME' line, found {shown:?}", self.next)));
+            return Err(file_err(
+                &self.path,
+                format!("frame {}: expected a 'FRAME' line, found {shown:?}{}", self.next, self.header_hint()),
+            ));
         }
         // Growing fills with zeros once; a buffer back from the pool is already this size.
         data.resize(yuv_len(self.width, self.height, self.sub), 0);
         match self.reader.read_exact(data) {
             Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && self.strict => Err(self.cut_off()),
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                 tracing::warn!(path = %self.path.display(), frame = self.next, "last frame is truncated; treating it as the end");
                 Ok(false)
@@ -173,7 +192,19 @@ impl Y4mSource {
     }
 }
 
-impl FrameSource for Y4mSource {
+impl<R> Y4mSource<R> {
+    /// What the header promised, for errors that suggest it lies.
+    fn header_hint(&self) -> String {
+        let len = yuv_len(self.width, self.height, self.sub);
+        format!(" (the header says {}x{} {}: {len} bytes a frame)", self.width, self.height, self.sub)
+    }
+
+    fn cut_off(&self) -> CaptureError {
+        file_err(&self.path, format!("frame {}: input ended inside the frame{}", self.next, self.header_hint()))
+    }
+}
+
+impl<R: Read + Seek> FrameSource for Y4mSource<R> {
     fn describe(&self) -> String {
         format!(
             "{} ({}x{} {} at {:.2} fps{})",

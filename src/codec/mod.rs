@@ -98,8 +98,8 @@ pub struct Speed {
 }
 
 /// An owned TurboJPEG 3 handle (`tjhandle`), compressor or decompressor.
-struct Tj {
-    ptr: raw::tjhandle,
+pub(crate) struct Tj {
+    pub(crate) ptr: raw::tjhandle,
 }
 
 // SAFETY: a TurboJPEG handle holds no thread-local state; it is used by one thread at a time
@@ -114,7 +114,7 @@ impl Drop for Tj {
 }
 
 impl Tj {
-    fn new(init: raw::TJINIT) -> Result<Self, CodecError> {
+    pub(crate) fn new(init: raw::TJINIT) -> Result<Self, CodecError> {
         // SAFETY: plain constructor; a null result is handled below.
         let ptr = unsafe { raw::tj3Init(init as c_int) };
         if ptr.is_null() {
@@ -125,13 +125,13 @@ impl Tj {
         Ok(Tj { ptr })
     }
 
-    fn error(&mut self) -> CodecError {
+    pub(crate) fn error(&mut self) -> CodecError {
         // SAFETY: `ptr` is a live handle; the returned string is NUL-terminated and copied at once.
         let msg = unsafe { CStr::from_ptr(raw::tj3GetErrorStr(self.ptr)) };
         turbojpeg::Error::TurboJpegError(msg.to_string_lossy().into_owned()).into()
     }
 
-    fn set(&mut self, param: raw::TJPARAM, value: c_int) -> Result<(), CodecError> {
+    pub(crate) fn set(&mut self, param: raw::TJPARAM, value: c_int) -> Result<(), CodecError> {
         // SAFETY: `ptr` is a live handle; an unknown parameter or value is reported as an error.
         if unsafe { raw::tj3Set(self.ptr, param as c_int, value) } != 0 {
             return Err(self.error());
