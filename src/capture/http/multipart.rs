@@ -1,0 +1,475 @@
+//! The multipart reader: JPEG images out of a `multipart/x-mixed-replace` body, as
+//! mjpg-streamer, µStreamer, an ESP32-CAM, IP cameras and framecast's own `/stream.mjpg`
+//! send it. Pure code over bytes (the HTTP source owns the socket), so it is tested split at
+//! every byte and fuzzed (`fuzz_targets/multipart.rs`).
+//!
+//! A part is `--BOUNDARY`, header lines, a blank line, then the image. The image is framed by
+//! its JPEG markers ([`Scanner`]), never by the part's `Content-Length`, which is only
+//! compared with it: a camera that lies in it, either way, loses no frame. Whatever does not
+//! fit (a boundary other than the announced one, a part with no boundary, bytes between
+//! parts, a part that is not a JPEG, a broken JPEG) is warned about once and skipped up to
+//! the next line starting with `--` or the next FF D8. Header lines and their count are
+//! capped, and the buffer never holds more than one image at its cap plus one part's headers:
+//! nothing is allocated from what the stream claims.
+
+use std::ops::Range;
+
+use tracing::{debug, warn};
+
+use crate::capture::mjpeg::{ScanError, Scanner};
+
+/// The longest header line (or boundary line) accepted.
+pub const MAX_LINE: usize = 4096;
+/// The most header lines in one part.
+pub const MAX_HEADERS: usize = 32;
+/// The first read size; the buffer grows by doubling up to its cap.
+const FIRST_BUF: usize = 64 << 10;
+
+/// Why the body is not a multipart stream of JPEG images. Each names the byte offset in the
+/// body and shows the bytes found there.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MultipartError {
+    /// Nothing that could start a part within the cap.
+    #[error(
+        "no multipart boundary ('--{boundary}') and no JPEG (FF D8) in {skipped} bytes up to byte {offset} of the body; they began {dump}"
+    )]
+    NoParts { boundary: String, skipped: usize, offset: u64, dump: String },
+    /// The buffer is full at its cap without a complete part (a bug, not a stream's fault).
+    #[error("{held} bytes held from byte {offset} of the body without a complete part")]
+    Stuck { offset: u64, held: usize },
+    /// An image over the cap.
+    #[error("image at byte {offset} of the body: {error} (a bigger --size raises the cap)")]
+    TooLong { offset: u64, error: ScanError },
+}
+
+/// What one part's headers said. Unknown headers are ignored.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PartInfo {
+    pub content_type: Option<String>,
+    pub content_length: Option<u64>,
+    /// `X-Timestamp`, in µs (seconds with a fraction on the wire, on the sender's clock).
+    pub timestamp_us: Option<u64>,
+    /// `X-Framecast-Clock`: which clock `X-Timestamp` is on (framecast's `/stream.mjpg`).
+    pub clock: Option<[u8; 16]>,
+}
+
+/// One image and its part's headers, borrowed from the reader until its next call.
+#[derive(Debug)]
+pub struct Part<'a> {
+    pub image: &'a [u8],
+    pub info: PartInfo,
+    /// Byte offset of the image in the body.
+    pub offset: u64,
+}
+
+/// Counts of what the reader met and skipped, for the log and the tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MultipartStats {
+    pub parts: u64,
+    /// Bytes skipped to find the next part.
+    pub skipped_bytes: u64,
+    /// Parts that were not JPEG images or were broken ones.
+    pub bad_parts: u64,
+    /// Parts whose Content-Length differed from the image's real length.
+    pub length_mismatches: u64,
+    /// Parts with another boundary than the announced one, or with none.
+    pub boundary_changes: u64,
+}
+
+enum Scan {
+    Done(Range<usize>),
+    More,
+    /// Not a JPEG after all: skipped, look for the next part.
+    Broken,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Expecting a boundary line (or, from a camera that sends none, an image).
+    Boundary,
+    /// Inside a part's headers, after `count` lines.
+    Headers { count: usize },
+    /// After the blank line: the image's FF D8 comes next.
+    Body,
+    /// Inside an image that starts at `start`.
+    Image,
+}
+
+/// The reader: feed it body bytes ([`space`](Self::space) + [`filled`](Self::filled), or
+/// [`feed`](Self::feed)) and take parts out with [`next_part`](Self::next_part).
+pub struct Multipart {
+    boundary: Vec<u8>,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// Body offset of `buf[0]`.
+    base: u64,
+    cap: usize,
+    state: State,
+    scanner: Scanner,
+    info: PartInfo,
+    /// Bytes skipped since the last part, to give up on a body that has none.
+    skipping: usize,
+    warned: Warned,
+    pub stats: MultipartStats,
+}
+
+#[derive(Default)]
+struct Warned {
+    boundary: bool,
+    length: bool,
+    skipped: bool,
+    bad_part: bool,
+}
+
+impl Multipart {
+    /// A reader for parts separated by `boundary` (as the response's Content-Type gave it:
+    /// quotes and a wrongly included leading `--` are removed), images of at most
+    /// `max_image` bytes.
+    pub fn new(boundary: &str, max_image: usize) -> Self {
+        Multipart {
+            boundary: clean_boundary(boundary).as_bytes().to_vec(),
+            buf: Vec::new(),
+            start: 0,
+            end: 0,
+            base: 0,
+            cap: max_image.saturating_add(MAX_LINE * (MAX_HEADERS + 2)),
+            state: State::Boundary,
+            scanner: Scanner::new(max_image),
+            info: PartInfo::default(),
+            skipping: 0,
+            warned: Warned::default(),
+            stats: MultipartStats::default(),
+        }
+    }
+
+    /// The boundary in use (after a change, the new one).
+    pub fn boundary(&self) -> String {
+        String::from_utf8_lossy(&self.boundary).into_owned()
+    }
+
+    /// Room to read body bytes into; empty only if the buffer is full at its cap, which
+    /// [`next_part`](Self::next_part) never leaves it.
+    pub fn space(&mut self) -> &mut [u8] {
+        if self.start > 0 && (self.start == self.end || self.end == self.buf.len()) {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.base += self.start as u64;
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.end == self.buf.len() && self.buf.len() < self.cap {
+            let len = (self.buf.len() * 2).clamp(FIRST_BUF, self.cap);
+            self.buf.resize(len, 0);
+        }
+        &mut self.buf[self.end..]
+    }
+
+    /// `n` bytes were written at the start of [`space`](Self::space).
+    pub fn filled(&mut self, n: usize) {
+        self.end = (self.end + n).min(self.buf.len());
+    }
+
+    /// Appends `data`, calling `on_part` for each image completed on the way.
+    pub fn feed(
+        &mut self,
+        mut data: &[u8],
+        mut on_part: impl FnMut(Part<'_>),
+    ) -> Result<(), MultipartError> {
+        while !data.is_empty() {
+            let space = self.space();
+            if space.is_empty() {
+                return Err(self.stuck());
+            }
+            let n = space.len().min(data.len());
+            space[..n].copy_from_slice(&data[..n]);
+            self.filled(n);
+            data = &data[n..];
+            while let Some(part) = self.next_part()? {
+                on_part(part);
+            }
+        }
+        Ok(())
+    }
+
+    /// The next complete image, `None` while more bytes are needed.
+    pub fn next_part(&mut self) -> Result<Option<Part<'_>>, MultipartError> {
+        loop {
+            let progressed = match self.state {
+                State::Boundary => self.boundary_line()?,
+                State::Headers { count } => self.header_line(count),
+                State::Body => self.body_start(),
+                State::Image => match self.image()? {
+                    Scan::Done(range) => {
+                        let offset = self.base + range.start as u64;
+                        let info = std::mem::take(&mut self.info);
+                        return Ok(Some(Part { image: &self.buf[range], info, offset }));
+                    }
+                    Scan::More => false,
+                    Scan::Broken => true,
+                },
+            };
+            if !progressed {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// The error for a buffer full at its cap (which the caps above should make impossible).
+    pub fn stuck(&self) -> MultipartError {
+        MultipartError::Stuck { offset: self.base + self.start as u64, held: self.end - self.start }
+    }
+
+    fn data(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    /// The next line (without its CR LF) and the bytes it takes, or `None` if it is not all
+    /// here yet. A line over [`MAX_LINE`] comes back cut there (the caller treats it as junk).
+    fn line(&self) -> Option<(&[u8], usize)> {
+        let data = self.data();
+        let window = &data[..data.len().min(MAX_LINE)];
+        match window.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                let line = &window[..i];
+                Some((line.strip_suffix(b"\r").unwrap_or(line), i + 1))
+            }
+            None if window.len() == MAX_LINE => Some((window, MAX_LINE)),
+            None => None,
+        }
+    }
+
+    /// Expecting `--BOUNDARY`. Returns true if it moved on.
+    fn boundary_line(&mut self) -> Result<bool, MultipartError> {
+        let blank = self.data().iter().take_while(|b| b.is_ascii_whitespace()).count();
+        self.start += blank;
+        let data = self.data();
+        if data.len() < 2 {
+            return Ok(false);
+        }
+        if data.starts_with(&[0xff, 0xd8]) {
+            self.note_boundary_change("none");
+            self.begin_part(State::Image);
+            return Ok(true);
+        }
+        if !data.starts_with(b"--") {
+            return self.skip_junk();
+        }
+        let Some((line, used)) = self.line() else { return Ok(false) };
+        if used >= MAX_LINE {
+            self.bad_part(&format!("a boundary line over {MAX_LINE} bytes"));
+            return Ok(true);
+        }
+        let token = line[2..].trim_ascii_end();
+        let token = token.strip_suffix(b"--").unwrap_or(token); // the closing boundary
+        if token != self.boundary.as_slice() {
+            let new = String::from_utf8_lossy(token).into_owned();
+            self.note_boundary_change(&new);
+            self.boundary = token.to_vec();
+        }
+        self.start += used;
+        self.begin_part(State::Headers { count: 0 });
+        Ok(true)
+    }
+
+    fn begin_part(&mut self, state: State) {
+        self.info = PartInfo::default();
+        self.state = state;
+        self.scanner.reset();
+    }
+
+    fn note_boundary_change(&mut self, new: &str) {
+        self.stats.boundary_changes += 1;
+        if !std::mem::replace(&mut self.warned.boundary, true) {
+            let announced = String::from_utf8_lossy(&self.boundary).into_owned();
+            warn!(announced = %announced, found = %crate::rtsp::dump(new.as_bytes()), "multipart part with another boundary than the announced one (or none); following the parts as they come");
+        }
+    }
+
+    /// Skips to the next line starting with `--` or the next FF D8 (or keeps the last byte
+    /// if neither is here yet). Gives up after one image's cap of bytes.
+    fn skip_junk(&mut self) -> Result<bool, MultipartError> {
+        let data = self.data();
+        let next = (1..data.len()).find(|&i| {
+            (data[i] == 0xd8 && data[i - 1] == 0xff)
+                || (data[i - 1] == b'\n' && data[i] == b'-' && data.get(i + 1).is_none_or(|&b| b == b'-'))
+        });
+        let skip = match next {
+            Some(i) if data[i] == 0xd8 => i - 1,
+            Some(i) => i,
+            None => data.len() - 1,
+        };
+        if self.skipping == 0 && skip > 0 {
+            let offset = self.base + self.start as u64;
+            let dump = crate::rtsp::dump(&data[..skip.min(64)]);
+            if !std::mem::replace(&mut self.warned.skipped, true) {
+                warn!(offset, first = %dump, "skipping bytes between multipart parts");
+            } else {
+                debug!(offset, first = %dump, "skipping bytes between multipart parts");
+            }
+        }
+        self.start += skip;
+        self.skipping += skip;
+        self.stats.skipped_bytes += skip as u64;
+        if self.skipping > self.scanner.max_len() {
+            return Err(MultipartError::NoParts {
+                boundary: self.boundary(),
+                skipped: self.skipping,
+                offset: self.base + self.start as u64,
+                dump: crate::rtsp::dump(&self.data()[..self.data().len().min(64)]),
+            });
+        }
+        Ok(next.is_some())
+    }
+
+    /// One header line. Returns true if it moved on.
+    fn header_line(&mut self, count: usize) -> bool {
+        if self.data().starts_with(&[0xff, 0xd8]) {
+            // No blank line before the image (seen from some cameras).
+            self.state = State::Image;
+            return true;
+        }
+        let Some((line, used)) = self.line() else { return false };
+        if line.is_empty() {
+            self.start += used;
+            self.state = State::Body;
+            return true;
+        }
+        let parsed = std::str::from_utf8(line).ok().and_then(|l| l.split_once(':'));
+        match parsed {
+            Some((name, value)) if used < MAX_LINE && count < MAX_HEADERS => {
+                self.info.set(name.trim(), value.trim());
+                self.start += used;
+                self.state = State::Headers { count: count + 1 };
+            }
+            _ => {
+                let what = if used >= MAX_LINE {
+                    format!("a header line over {MAX_LINE} bytes")
+                } else if count >= MAX_HEADERS {
+                    format!("more than {MAX_HEADERS} header lines")
+                } else {
+                    format!("{} where a header line was expected", crate::rtsp::dump(&line[..line.len().min(64)]))
+                };
+                self.bad_part(&what);
+            }
+        }
+        true
+    }
+
+    /// After the blank line: the image must start here (after stray line ends).
+    fn body_start(&mut self) -> bool {
+        let blank = self.data().iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
+        self.start += blank;
+        let data = self.data();
+        if data.len() < 2 {
+            return false;
+        }
+        if data.starts_with(&[0xff, 0xd8]) {
+            self.state = State::Image;
+        } else {
+            let what = format!(
+                "a part of type {} starting {}, not a JPEG",
+                self.info.content_type.as_deref().unwrap_or("(none)"),
+                crate::rtsp::dump(&data[..data.len().min(32)])
+            );
+            self.bad_part(&what);
+        }
+        true
+    }
+
+    /// Counts and reports a part that is skipped, then looks for the next one.
+    fn bad_part(&mut self, what: &str) {
+        self.stats.bad_parts += 1;
+        let offset = self.base + self.start as u64;
+        if !std::mem::replace(&mut self.warned.bad_part, true) {
+            warn!(offset, "multipart part skipped: {what}");
+        } else {
+            debug!(offset, "multipart part skipped: {what}");
+        }
+        // Past the first byte, so that the search for the next part moves on.
+        self.start += 1.min(self.end - self.start);
+        self.state = State::Boundary;
+    }
+
+    /// Scans the image at `start`.
+    fn image(&mut self) -> Result<Scan, MultipartError> {
+        let offset = self.base + self.start as u64;
+        match self.scanner.scan(&self.buf[self.start..self.end]) {
+            Ok(None) => Ok(Scan::More),
+            Ok(Some(len)) => {
+                let range = self.start..self.start + len;
+                self.check_length(len, offset);
+                self.start += len;
+                self.state = State::Boundary;
+                self.skipping = 0;
+                self.stats.parts += 1;
+                Ok(Scan::Done(range))
+            }
+            Err(error @ ScanError::TooLong { .. }) => Err(MultipartError::TooLong { offset, error }),
+            Err(e) => {
+                self.bad_part(&format!("broken JPEG: {e}"));
+                Ok(Scan::Broken)
+            }
+        }
+    }
+
+    fn check_length(&mut self, len: usize, offset: u64) {
+        let Some(claimed) = self.info.content_length else { return };
+        if claimed == len as u64 {
+            return;
+        }
+        self.stats.length_mismatches += 1;
+        if !std::mem::replace(&mut self.warned.length, true) {
+            warn!(offset, content_length = claimed, jpeg_bytes = len, "multipart part's Content-Length differs from its JPEG's length; framing by the JPEG's markers");
+        }
+    }
+}
+
+impl PartInfo {
+    fn set(&mut self, name: &str, value: &str) {
+        if name.eq_ignore_ascii_case("content-type") {
+            self.content_type = Some(value.chars().take(64).collect());
+        } else if name.eq_ignore_ascii_case("content-length") {
+            self.content_length = value.parse().ok();
+        } else if name.eq_ignore_ascii_case("x-timestamp") {
+            self.timestamp_us = parse_seconds(value);
+        } else if name.eq_ignore_ascii_case("x-framecast-clock") {
+            self.clock = parse_clock(value);
+        }
+    }
+}
+
+/// `SECONDS[.FRACTION]` in µs (framecast, mjpg-streamer, µStreamer and the ESP32-CAM send six
+/// digits of fraction).
+pub fn parse_seconds(v: &str) -> Option<u64> {
+    let (s, frac) = v.split_once('.').unwrap_or((v, ""));
+    if s.is_empty() || s.len() > 12 || !s.bytes().all(|b| b.is_ascii_digit()) || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let mut us: u64 = s.parse::<u64>().ok()? * 1_000_000;
+    let mut scale = 100_000;
+    for d in frac.bytes().take(6) {
+        us += u64::from(d - b'0') * scale;
+        scale /= 10;
+    }
+    Some(us)
+}
+
+/// 32 hex digits, as [`crate::clock::clock_id`] in hex.
+pub fn parse_clock(v: &str) -> Option<[u8; 16]> {
+    let v = v.as_bytes();
+    if v.len() != 32 {
+        return None;
+    }
+    let mut id = [0u8; 16];
+    for (i, pair) in v.chunks(2).enumerate() {
+        id[i] = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(id)
+}
+
+/// The boundary as a Content-Type gives it, without quotes or a leading `--` (some cameras
+/// wrongly announce it with the dashes it is written with).
+pub fn clean_boundary(b: &str) -> &str {
+    let b = b.trim().trim_matches('"');
+    b.strip_prefix("--").unwrap_or(b)
+}
