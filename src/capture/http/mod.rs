@@ -560,3 +560,42 @@ impl FrameSource for Snapshot {
         Ok(true)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let t = Target::parse("http://admin:p%40ss@cam.local:8080/video?x=1").unwrap();
+        assert_eq!(t.name, "http://cam.local:8080/video?x=1");
+        assert_eq!(t.path, "/video?x=1");
+        assert_eq!((t.user.as_deref(), t.password.as_deref()), (Some("admin"), Some("p@ss")));
+        let t = Target::parse("HTTP://cam").unwrap();
+        assert_eq!((t.name.as_str(), t.user), ("http://cam/", None));
+        let e = Target::parse("https://u:secret@cam/x").unwrap_err().to_string();
+        assert!(e.starts_with("https://cam/x: https is not supported") && !e.contains("secret"), "{e}");
+        assert!(Target::parse("http:///x").unwrap_err().to_string().contains("no host"));
+    }
+
+    #[test]
+    fn content_types() {
+        let m = |b: &str| Some(Kind::Multipart(b.into()));
+        assert_eq!(Kind::of("multipart/x-mixed-replace;boundary=boundarydonotcross"), m("boundarydonotcross"));
+        assert_eq!(Kind::of("multipart/x-mixed-replace; boundary=\"--frame\""), m("frame"));
+        assert_eq!(Kind::of("Multipart/X-Mixed-Replace"), m(""));
+        assert_eq!(Kind::of("image/jpeg"), Some(Kind::Jpeg));
+        assert_eq!(Kind::of("text/html; charset=utf-8"), None);
+    }
+
+    #[test]
+    fn own_clock_timestamps_only() {
+        let ours = PartInfo { timestamp_us: Some(1_000), clock: Some(crate::clock::clock_id()), ..PartInfo::default() };
+        assert_eq!(capture_time(&ours, 5_000), 1_000);
+        let theirs = PartInfo { clock: Some([7; 16]), ..ours.clone() };
+        assert_eq!(capture_time(&theirs, 5_000), 5_000);
+        let no_clock = PartInfo { clock: None, ..ours.clone() };
+        assert_eq!(capture_time(&no_clock, 5_000), 5_000);
+        assert_eq!(capture_time(&ours, 500), 500, "a timestamp after arrival is not believed");
+    }
+}

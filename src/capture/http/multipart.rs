@@ -110,6 +110,8 @@ pub struct Multipart {
     info: PartInfo,
     /// Bytes skipped since the last part, to give up on a body that has none.
     skipping: usize,
+    /// The first bytes skipped, for the error if nothing else comes.
+    junk_head: Vec<u8>,
     warned: Warned,
     pub stats: MultipartStats,
 }
@@ -138,6 +140,7 @@ impl Multipart {
             scanner: Scanner::new(max_image),
             info: PartInfo::default(),
             skipping: 0,
+            junk_head: Vec::new(),
             warned: Warned::default(),
             stats: MultipartStats::default(),
         }
@@ -225,8 +228,7 @@ impl Multipart {
 
     /// The next line (without its CR LF) and the bytes it takes, or `None` if it is not all
     /// here yet. A line over [`MAX_LINE`] comes back cut there (the caller treats it as junk).
-    fn line(&self) -> Option<(&[u8], usize)> {
-        let data = self.data();
+    fn line(data: &[u8]) -> Option<(&[u8], usize)> {
         let window = &data[..data.len().min(MAX_LINE)];
         match window.iter().position(|&b| b == b'\n') {
             Some(i) => {
@@ -254,7 +256,7 @@ impl Multipart {
         if !data.starts_with(b"--") {
             return self.skip_junk();
         }
-        let Some((line, used)) = self.line() else { return Ok(false) };
+        let Some((line, used)) = Self::line(&self.buf[self.start..self.end]) else { return Ok(false) };
         if used >= MAX_LINE {
             self.bad_part(&format!("a boundary line over {MAX_LINE} bytes"));
             return Ok(true);
@@ -262,9 +264,9 @@ impl Multipart {
         let token = line[2..].trim_ascii_end();
         let token = token.strip_suffix(b"--").unwrap_or(token); // the closing boundary
         if token != self.boundary.as_slice() {
-            let new = String::from_utf8_lossy(token).into_owned();
-            self.note_boundary_change(&new);
-            self.boundary = token.to_vec();
+            let token = token.to_vec();
+            self.note_boundary_change(&String::from_utf8_lossy(&token));
+            self.boundary = token;
         }
         self.start += used;
         self.begin_part(State::Headers { count: 0 });
@@ -288,7 +290,7 @@ impl Multipart {
     /// Skips to the next line starting with `--` or the next FF D8 (or keeps the last byte
     /// if neither is here yet). Gives up after one image's cap of bytes.
     fn skip_junk(&mut self) -> Result<bool, MultipartError> {
-        let data = self.data();
+        let data = &self.buf[self.start..self.end];
         let next = (1..data.len()).find(|&i| {
             (data[i] == 0xd8 && data[i - 1] == 0xff)
                 || (data[i - 1] == b'\n' && data[i] == b'-' && data.get(i + 1).is_none_or(|&b| b == b'-'))
@@ -300,7 +302,9 @@ impl Multipart {
         };
         if self.skipping == 0 && skip > 0 {
             let offset = self.base + self.start as u64;
-            let dump = crate::rtsp::dump(&data[..skip.min(64)]);
+            self.junk_head.clear();
+            self.junk_head.extend_from_slice(&data[..skip.min(64)]);
+            let dump = crate::rtsp::dump(&self.junk_head);
             if !std::mem::replace(&mut self.warned.skipped, true) {
                 warn!(offset, first = %dump, "skipping bytes between multipart parts");
             } else {
@@ -315,7 +319,7 @@ impl Multipart {
                 boundary: self.boundary(),
                 skipped: self.skipping,
                 offset: self.base + self.start as u64,
-                dump: crate::rtsp::dump(&self.data()[..self.data().len().min(64)]),
+                dump: crate::rtsp::dump(&self.junk_head),
             });
         }
         Ok(next.is_some())
@@ -328,7 +332,7 @@ impl Multipart {
             self.state = State::Image;
             return true;
         }
-        let Some((line, used)) = self.line() else { return false };
+        let Some((line, used)) = Self::line(&self.buf[self.start..self.end]) else { return false };
         if line.is_empty() {
             self.start += used;
             self.state = State::Body;
@@ -354,6 +358,7 @@ impl Multipart {
         }
         true
     }
+
 
     /// After the blank line: the image must start here (after stray line ends).
     fn body_start(&mut self) -> bool {
@@ -472,4 +477,173 @@ pub fn parse_clock(v: &str) -> Option<[u8; 16]> {
 pub fn clean_boundary(b: &str) -> &str {
     let b = b.trim().trim_matches('"');
     b.strip_prefix("--").unwrap_or(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::Subsampling;
+
+    fn jpegs() -> Vec<Vec<u8>> {
+        (0..3).map(|i| crate::testutil::pattern_jpeg(64, 48, Subsampling::S420, 80, i).unwrap()).collect()
+    }
+
+    /// mjpg-streamer and µStreamer: `--B` first, each image followed by `\r\n--B\r\n`.
+    fn mjpg_streamer(images: &[Vec<u8>], b: &str) -> Vec<u8> {
+        let mut v = format!("--{b}\r\n").into_bytes();
+        for (i, img) in images.iter().enumerate() {
+            v.extend(format!("Content-Type: image/jpeg\r\nContent-Length: {}\r\nX-Timestamp: {i}.500000\r\n\r\n", img.len()).bytes());
+            v.extend(img);
+            v.extend(format!("\r\n--{b}\r\n").bytes());
+        }
+        v
+    }
+
+    /// The ESP32-CAM's CameraWebServer: `\r\n--B\r\n` before each part.
+    fn esp32(images: &[Vec<u8>]) -> Vec<u8> {
+        let mut v = Vec::new();
+        for img in images {
+            v.extend(b"\r\n--123456789000000000000987654321\r\n");
+            v.extend(format!("Content-Type: image/jpeg\r\nContent-Length: {}\r\nX-Timestamp: 4242.000123\r\n\r\n", img.len()).bytes());
+            v.extend(img);
+        }
+        v
+    }
+
+    /// Images as (length, first bytes hash-ish) for short assertion messages.
+    fn lens(v: &[Vec<u8>]) -> Vec<(usize, u64)> {
+        v.iter().map(|i| (i.len(), i.iter().fold(0u64, |h, &b| h.wrapping_mul(31).wrapping_add(u64::from(b))))).collect()
+    }
+
+    fn read_all(boundary: &str, data: &[u8], max: usize) -> (Vec<Vec<u8>>, MultipartStats) {
+        let mut m = Multipart::new(boundary, max);
+        let mut out = Vec::new();
+        m.feed(data, |p| out.push(p.image.to_vec())).unwrap();
+        (out, m.stats)
+    }
+
+    #[test]
+    fn every_split_point_gives_the_same_images() {
+        let imgs = jpegs();
+        for data in [mjpg_streamer(&imgs, "boundarydonotcross"), esp32(&imgs)] {
+            for split in 0..data.len() {
+                let mut m = Multipart::new("\"--123456789000000000000987654321\"", 1 << 20);
+                let mut out = Vec::new();
+                m.feed(&data[..split], |p| out.push(p.image.to_vec())).unwrap();
+                m.feed(&data[split..], |p| out.push(p.image.to_vec())).unwrap();
+                assert_eq!(lens(&out), lens(&imgs), "split at {split}");
+            }
+        }
+    }
+
+    #[test]
+    fn reads_part_headers() {
+        let imgs = jpegs();
+        let mut m = Multipart::new("boundarydonotcross", 1 << 20);
+        let mut infos = Vec::new();
+        let mut data = mjpg_streamer(&imgs[..1], "boundarydonotcross");
+        let at = data.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 2;
+        data.splice(at..at, b"X-Framecast-Clock: 000102030405060708090a0b0c0d0e0f\r\n".iter().copied());
+        m.feed(&data, |p| infos.push(p.info)).unwrap();
+        assert_eq!(infos.len(), 1);
+        assert_eq!(infos[0].content_length, Some(imgs[0].len() as u64));
+        assert_eq!(infos[0].timestamp_us, Some(500_000));
+        assert_eq!(infos[0].content_type.as_deref(), Some("image/jpeg"));
+        assert_eq!(m.stats.boundary_changes, 0);
+    }
+
+    #[test]
+    fn a_lying_content_length_loses_no_frame() {
+        let imgs = jpegs();
+        for claim in [10usize, 1 << 40] {
+            let mut data = Vec::new();
+            for img in &imgs {
+                data.extend(format!("--b\r\nContent-Length: {claim}\r\n\r\n").bytes());
+                data.extend(img);
+                data.extend(b"\r\n");
+            }
+            let (out, stats) = read_all("b", &data, 1 << 20);
+            assert_eq!(lens(&out), lens(&imgs), "Content-Length {claim}");
+            assert_eq!(stats.length_mismatches, 3);
+        }
+    }
+
+    #[test]
+    fn a_changed_or_missing_boundary_is_followed() {
+        let imgs = jpegs();
+        let (out, stats) = read_all("announced", &mjpg_streamer(&imgs, "other"), 1 << 20);
+        assert_eq!((lens(&out), stats.boundary_changes), (lens(&imgs), 1));
+        // No boundary at all: images back to back, as some cameras send them.
+        let (out, stats) = read_all("b", &imgs.concat(), 1 << 20);
+        assert_eq!(lens(&out), lens(&imgs));
+        assert_eq!(stats.boundary_changes, 3);
+    }
+
+    #[test]
+    fn skips_html_parts_broken_images_and_junk() {
+        let imgs = jpegs();
+        let mut data = b"--b\r\nContent-Type: text/html\r\n\r\n<html>oops</html>\r\n".to_vec();
+        data.extend(b"--b\r\n\r\n");
+        data.extend(&imgs[0]);
+        // A part cut short: the next part's boundary comes in the middle of its scan.
+        data.extend(b"\r\n--b\r\nContent-Type: image/jpeg\r\n\r\n");
+        data.extend(&imgs[1][..imgs[1].len() / 2]);
+        data.extend(b"\r\n--b\r\nContent-Type: image/jpeg\r\n\r\n");
+        data.extend(&imgs[1]);
+        data.extend(b"\r\nsome junk between parts\r\n--b\r\nNot a header line\r\n\r\n");
+        data.extend(&imgs[2]);
+        data.extend(b"\r\n--b\r\n\r\n");
+        data.extend(&imgs[2]);
+        let (out, stats) = read_all("b", &data, 1 << 20);
+        // The image after the bad header line is found by its FF D8.
+        assert_eq!(lens(&out), lens(&[imgs.clone(), vec![imgs[2].clone()]].concat()));
+        assert_eq!(stats.bad_parts, 3, "{stats:?}");
+        assert!(stats.skipped_bytes > 0);
+    }
+
+    #[test]
+    fn header_caps() {
+        let img = &jpegs()[0];
+        let mut data = format!("--b\r\nX-Long: {}\r\n\r\n", "a".repeat(MAX_LINE)).into_bytes();
+        data.extend(img);
+        data.extend(b"\r\n--b\r\n");
+        data.extend((0..=MAX_HEADERS).flat_map(|i| format!("X-H{i}: v\r\n").into_bytes()));
+        data.extend(b"\r\n");
+        data.extend(img);
+        data.extend(b"\r\n--b\r\n\r\n");
+        data.extend(img);
+        let (out, stats) = read_all("b", &data, 1 << 20);
+        // Each part with bad headers is skipped up to its image's FF D8, which is taken.
+        assert_eq!(lens(&out), lens(&[img.clone(), img.clone(), img.clone()]));
+        assert_eq!((stats.bad_parts, stats.boundary_changes), (2, 2));
+    }
+
+    #[test]
+    fn gives_up_on_a_body_without_parts_and_on_images_over_the_cap() {
+        let mut m = Multipart::new("b", 4096);
+        let err = m.feed(&b"<html><body>".repeat(1000), |_| {}).unwrap_err();
+        assert!(matches!(err, MultipartError::NoParts { .. }), "{err}");
+        assert!(err.to_string().contains("'--b'") && err.to_string().contains("\"<html><body>"), "{err}");
+        let img = &jpegs()[0];
+        let mut m = Multipart::new("b", img.len() - 1);
+        let mut data = b"--b\r\n\r\n".to_vec();
+        data.extend(img);
+        let err = m.feed(&data, |_| panic!("over the cap")).unwrap_err();
+        assert!(matches!(err, MultipartError::TooLong { offset: 7, .. }), "{err}");
+        // At the cap exactly, it passes.
+        assert_eq!(read_all("b", &data, img.len()).0.len(), 1);
+    }
+
+    #[test]
+    fn header_values() {
+        assert_eq!(parse_seconds("12.5"), Some(12_500_000));
+        assert_eq!(parse_seconds("4242.000123"), Some(4_242_000_123));
+        assert_eq!(parse_seconds("7"), Some(7_000_000));
+        assert_eq!(parse_seconds("-1.0"), None);
+        assert_eq!(parse_seconds("99999999999999999999"), None);
+        assert_eq!(parse_clock("000102030405060708090a0b0c0d0e0f").unwrap()[15], 15);
+        assert_eq!(parse_clock("0001"), None);
+        assert_eq!(clean_boundary("\"--frame\""), "frame");
+        assert_eq!(clean_boundary(" boundarydonotcross"), "boundarydonotcross");
+    }
 }
