@@ -217,7 +217,8 @@ fn collect_parts(port: u16, run_for: Duration) -> HashSet<Vec<u8>> {
         }
         while let Some(h) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buf[..h]).into_owned();
-            let len = head.lines().find_map(|l| l.strip_prefix("Content-Length: ")).and_then(|v| v.parse::<usize>().ok());
+            let len =
+                head.lines().find_map(|l| l.strip_prefix("Content-Length: ")).and_then(|v| v.parse::<usize>().ok());
             match len {
                 Some(len) if buf.len() >= h + 4 + len => {
                     out.insert(buf[h + 4..h + 4 + len].to_vec());
@@ -237,7 +238,8 @@ fn framecast_as_source(path: &str, extra: &[&str], kind: &str) {
     let _serial = common::serial();
     let cam_port = free_port();
     let cam_addr = format!("127.0.0.1:{cam_port}");
-    let _cam = Proc::spawn("camera", &["send", "--http", &cam_addr, "--size", "320x240", "--fps", "10", "--duration", "25"]);
+    let _cam =
+        Proc::spawn("camera", &["send", "--http", &cam_addr, "--size", "320x240", "--fps", "10", "--duration", "25"]);
     let url = format!("http://{cam_addr}{path}");
     let (r, port) = {
         // The first framecast may still be starting: the relay exits 1 until it answers.
@@ -265,7 +267,12 @@ fn framecast_as_source(path: &str, extra: &[&str], kind: &str) {
     let served = watcher.join().unwrap();
     assert!(served.len() >= 10, "the camera served {} frames", served.len());
     for (i, s) in snaps.iter().enumerate() {
-        assert!(served.contains(s), "relay snapshot {i} ({} bytes) is not a frame the camera served\n{}", s.len(), r.stderr());
+        assert!(
+            served.contains(s),
+            "relay snapshot {i} ({} bytes) is not a frame the camera served\n{}",
+            s.len(),
+            r.stderr()
+        );
     }
 }
 
@@ -299,7 +306,8 @@ fn expect_refused(url: &str, needles: &[&str]) -> String {
 
 #[test]
 fn bad_answers_at_first_open_exit_1_naming_status_and_url() {
-    let cam = answering("HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"cam\"\r\nContent-Length: 0\r\n\r\n");
+    let cam =
+        answering("HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"cam\"\r\nContent-Length: 0\r\n\r\n");
     expect_refused(&cam.url("/video"), &["/video: HTTP 401 Unauthorized", "wants credentials (Basic)", "USER:PASS@"]);
     let err = expect_refused(&cam.url("/video").replace("//", "//admin:hunter2@"), &["Basic credentials refused"]);
     assert!(!err.contains("hunter2") && !err.contains("admin:"), "credentials logged:\n{err}");
@@ -307,8 +315,12 @@ fn bad_answers_at_first_open_exit_1_naming_status_and_url() {
     expect_refused(&cam.url("/nope"), &["/nope: HTTP 404 Not Found", "is the path right", "\"not found\""]);
     let cam = answering("HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n");
     expect_refused(&cam.url("/x"), &["HTTP 500 Internal Server Error"]);
-    let cam = answering("HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 27\r\n\r\n<html><body>login</body>..");
-    expect_refused(&cam.url("/"), &["expected multipart/x-mixed-replace", "got Content-Type \"text/html\"", "<html><body>login"]);
+    let cam =
+        answering("HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 27\r\n\r\n<html><body>login</body>..");
+    expect_refused(
+        &cam.url("/"),
+        &["expected multipart/x-mixed-replace", "got Content-Type \"text/html\"", "<html><body>login"],
+    );
     expect_refused("https://user:pw@127.0.0.1:1/x", &["https://127.0.0.1:1/x: https is not supported", "socat"]);
     expect_refused(&format!("http://127.0.0.1:{}/x", free_port()), &["GET failed"]);
     // A multipart body with no parts at all: nothing before the stall timeout.
@@ -331,7 +343,10 @@ fn digest_credentials_from_the_url() {
             .and_then(|(_, v)| framecast::rtsp::parse_auth(v));
         let ok = auth.is_some_and(|a| framecast::rtsp::digest_matches(&a, "GET", "cam", "n0nce", "s3cret"));
         if ok {
-            let _ = sock.write_all(format!("HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: {}\r\n\r\n", jpeg.len()).as_bytes());
+            let _ = sock.write_all(
+                format!("HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: {}\r\n\r\n", jpeg.len())
+                    .as_bytes(),
+            );
             let _ = sock.write_all(&jpeg);
         } else {
             let _ = sock.write_all(b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Digest realm=\"cam\", nonce=\"n0nce\", qop=\"auth\"\r\nContent-Length: 0\r\n\r\n");
@@ -352,13 +367,16 @@ fn lying_lengths_changed_or_missing_boundaries_and_html_parts_lose_only_those_pa
         let mut bad = Vec::new();
         bad.extend(part(&before[0], 100, "")); // Content-Length too short
         bad.extend(part(&before[1], 50_000_000, "")); // too long, and over any cap
-        // Another boundary than announced, then a part with none, then an HTML part.
+                                                      // Another boundary than announced, then a part with none, then an HTML part.
         bad.extend(b"Content-Type: image/jpeg\r\n\r\n");
         bad.extend(&before[2]);
         bad.extend(b"\r\n--otherboundary\r\nContent-Type: image/jpeg\r\n\r\n");
         bad.extend(&before[0]);
         bad.extend(&before[1]);
-        bad.extend(format!("\r\n--{BOUNDARY}\r\nContent-Type: text/html\r\n\r\n<html>camera busy</html>\r\n--{BOUNDARY}\r\n").bytes());
+        bad.extend(
+            format!("\r\n--{BOUNDARY}\r\nContent-Type: text/html\r\n\r\n<html>camera busy</html>\r\n--{BOUNDARY}\r\n")
+                .bytes(),
+        );
         let _ = sock.write_all(&bad);
         loop_frames(sock, stop, &after_cam, |f| part(f, f.len(), ""));
     });

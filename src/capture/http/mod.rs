@@ -128,7 +128,8 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        let hex = b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok());
+        let hex =
+            b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok());
         match (b[i], hex) {
             (b'%', Some(v)) => {
                 out.push(v);
@@ -277,8 +278,12 @@ impl Client {
             .collect();
         let asked = if schemes.is_empty() { "no WWW-Authenticate".into() } else { schemes.join(", ") };
         match &self.auth {
-            None => format!(" (the camera wants credentials ({asked}): give them in the URL, http://USER:PASS@HOST/PATH)"),
-            Some(Auth::Basic) => format!(" (Basic credentials refused; the camera asks for {asked}; Basic and Digest are supported)"),
+            None => {
+                format!(" (the camera wants credentials ({asked}): give them in the URL, http://USER:PASS@HOST/PATH)")
+            }
+            Some(Auth::Basic) => {
+                format!(" (Basic credentials refused; the camera asks for {asked}; Basic and Digest are supported)")
+            }
             Some(Auth::Digest { .. }) => " (Digest credentials refused)".into(),
         }
     }
@@ -329,7 +334,8 @@ pub fn capture_time(info: &PartInfo, arrived_us: u64) -> u64 {
 
 /// Width and height from a JPEG's SOF.
 fn jpeg_size(jpeg: &[u8]) -> Result<(u32, u32), String> {
-    let h = crate::codec::restart::parse_header(jpeg).map_err(|e| format!("a JPEG without a usable frame header: {e}"))?;
+    let h =
+        crate::codec::restart::parse_header(jpeg).map_err(|e| format!("a JPEG without a usable frame header: {e}"))?;
     if h.width == 0 || h.height == 0 {
         return Err(format!("a JPEG of {}x{} pixels", h.width, h.height));
     }
@@ -347,7 +353,9 @@ fn set_jpeg(frame: &mut RawFrame, seq: u64, size: (u32, u32), capture_us: u64) {
 
 fn read_error(target: &str, e: std::io::Error, frames: u64) -> CaptureError {
     let timed_out = matches!(e.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock)
-        || e.get_ref().and_then(|x| x.downcast_ref::<ureq::Error>()).is_some_and(|x| matches!(x, ureq::Error::Timeout(_)));
+        || e.get_ref()
+            .and_then(|x| x.downcast_ref::<ureq::Error>())
+            .is_some_and(|x| matches!(x, ureq::Error::Timeout(_)));
     let what = if timed_out {
         format!("the camera stalled: no bytes for {STALL_TIMEOUT:?} (after {frames} frames)")
     } else {
@@ -398,7 +406,10 @@ impl MjpegStream {
         let bad = self.parts.stats.bad_parts;
         let mut unusable = 0;
         loop {
-            let part = self.parts.next_part().map_err(|e| CaptureError::Remote { name: self.name.clone(), what: e.to_string() })?;
+            let part = self
+                .parts
+                .next_part()
+                .map_err(|e| CaptureError::Remote { name: self.name.clone(), what: e.to_string() })?;
             if let Some(part) = part {
                 match jpeg_size(part.image) {
                     Ok(size) => {
@@ -417,7 +428,8 @@ impl MjpegStream {
             }
             let skipped = self.parts.stats.bad_parts - bad + unusable;
             if skipped > MAX_BAD_PARTS {
-                return Err(self.remote(format!("{skipped} parts in a row were not usable JPEG images (see the warnings above)")));
+                return Err(self
+                    .remote(format!("{skipped} parts in a row were not usable JPEG images (see the warnings above)")));
             }
             self.fill()?;
         }
@@ -520,15 +532,24 @@ impl Snapshot {
         let arrived = now_us();
         let target = &self.client.target;
         if let Err(e) = read {
-            let over = e.get_ref().and_then(|x| x.downcast_ref::<ureq::Error>()).is_some_and(|x| matches!(x, ureq::Error::BodyExceedsLimit(_)));
+            let over = e
+                .get_ref()
+                .and_then(|x| x.downcast_ref::<ureq::Error>())
+                .is_some_and(|x| matches!(x, ureq::Error::BodyExceedsLimit(_)));
             if over {
-                return Err(target.remote(format!("snapshot larger than {limit} bytes (a bigger --size raises the cap)")));
+                return Err(
+                    target.remote(format!("snapshot larger than {limit} bytes (a bigger --size raises the cap)"))
+                );
             }
             return Err(read_error(&target.name, e, self.seq));
         }
         let len = match Scanner::new(self.max).scan(out) {
             Ok(Some(len)) => len,
-            Ok(None) => return Err(target.remote(format!("snapshot of {} bytes ends before its JPEG end marker (FF D9)", out.len()))),
+            Ok(None) => {
+                return Err(
+                    target.remote(format!("snapshot of {} bytes ends before its JPEG end marker (FF D9)", out.len()))
+                )
+            }
             Err(e) => return Err(target.remote(format!("snapshot is not a JPEG: {e}"))),
         };
         out.truncate(len);

@@ -173,11 +173,7 @@ impl Multipart {
     }
 
     /// Appends `data`, calling `on_part` for each image completed on the way.
-    pub fn feed(
-        &mut self,
-        mut data: &[u8],
-        mut on_part: impl FnMut(Part<'_>),
-    ) -> Result<(), MultipartError> {
+    pub fn feed(&mut self, mut data: &[u8], mut on_part: impl FnMut(Part<'_>)) -> Result<(), MultipartError> {
         while !data.is_empty() {
             let space = self.space();
             if space.is_empty() {
@@ -359,7 +355,6 @@ impl Multipart {
         true
     }
 
-
     /// After the blank line: the image must start here (after stray line ends).
     fn body_start(&mut self) -> bool {
         let blank = self.data().iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
@@ -424,7 +419,12 @@ impl Multipart {
         }
         self.stats.length_mismatches += 1;
         if !std::mem::replace(&mut self.warned.length, true) {
-            warn!(offset, content_length = claimed, jpeg_bytes = len, "multipart part's Content-Length differs from its JPEG's length; framing by the JPEG's markers");
+            warn!(
+                offset,
+                content_length = claimed,
+                jpeg_bytes = len,
+                "multipart part's Content-Length differs from its JPEG's length; framing by the JPEG's markers"
+            );
         }
     }
 }
@@ -447,7 +447,11 @@ impl PartInfo {
 /// digits of fraction).
 pub fn parse_seconds(v: &str) -> Option<u64> {
     let (s, frac) = v.split_once('.').unwrap_or((v, ""));
-    if s.is_empty() || s.len() > 12 || !s.bytes().all(|b| b.is_ascii_digit()) || !frac.bytes().all(|b| b.is_ascii_digit()) {
+    if s.is_empty()
+        || s.len() > 12
+        || !s.bytes().all(|b| b.is_ascii_digit())
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+    {
         return None;
     }
     let mut us: u64 = s.parse::<u64>().ok()? * 1_000_000;
@@ -492,7 +496,10 @@ mod tests {
     fn mjpg_streamer(images: &[Vec<u8>], b: &str) -> Vec<u8> {
         let mut v = format!("--{b}\r\n").into_bytes();
         for (i, img) in images.iter().enumerate() {
-            v.extend(format!("Content-Type: image/jpeg\r\nContent-Length: {}\r\nX-Timestamp: {i}.500000\r\n\r\n", img.len()).bytes());
+            v.extend(
+                format!("Content-Type: image/jpeg\r\nContent-Length: {}\r\nX-Timestamp: {i}.500000\r\n\r\n", img.len())
+                    .bytes(),
+            );
             v.extend(img);
             v.extend(format!("\r\n--{b}\r\n").bytes());
         }
@@ -504,7 +511,13 @@ mod tests {
         let mut v = Vec::new();
         for img in images {
             v.extend(b"\r\n--123456789000000000000987654321\r\n");
-            v.extend(format!("Content-Type: image/jpeg\r\nContent-Length: {}\r\nX-Timestamp: 4242.000123\r\n\r\n", img.len()).bytes());
+            v.extend(
+                format!(
+                    "Content-Type: image/jpeg\r\nContent-Length: {}\r\nX-Timestamp: 4242.000123\r\n\r\n",
+                    img.len()
+                )
+                .bytes(),
+            );
             v.extend(img);
         }
         v
@@ -512,7 +525,9 @@ mod tests {
 
     /// Images as (length, first bytes hash-ish) for short assertion messages.
     fn lens(v: &[Vec<u8>]) -> Vec<(usize, u64)> {
-        v.iter().map(|i| (i.len(), i.iter().fold(0u64, |h, &b| h.wrapping_mul(31).wrapping_add(u64::from(b))))).collect()
+        v.iter()
+            .map(|i| (i.len(), i.iter().fold(0u64, |h, &b| h.wrapping_mul(31).wrapping_add(u64::from(b)))))
+            .collect()
     }
 
     fn read_all(boundary: &str, data: &[u8], max: usize) -> (Vec<Vec<u8>>, MultipartStats) {
