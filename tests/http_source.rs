@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -17,6 +17,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::http_client::http_get;
+use common::tools::require_tools;
 use common::{free_port, Proc};
 use framecast::format::Subsampling;
 use framecast::testutil::pattern_jpeg;
@@ -204,12 +205,13 @@ fn esp32_cam_stream_is_forwarded_unchanged() {
     assert!(!r.stderr().contains("WARN"), "{}", r.stderr());
 }
 
-/// Reads `/stream.mjpg` parts (framecast sends Content-Length) for `run_for`.
-fn collect_parts(port: u16, run_for: Duration) -> HashSet<Vec<u8>> {
+/// Reads `/stream.mjpg` parts (framecast sends Content-Length) for `run_for`: each JPEG and
+/// its `X-Timestamp`.
+fn collect_parts(port: u16, run_for: Duration) -> HashMap<Vec<u8>, String> {
     let mut s = common::connect_retry(port, Duration::from_secs(5));
     s.write_all(b"GET /stream.mjpg HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
-    let (mut buf, mut out, t0) = (Vec::new(), HashSet::new(), Instant::now());
+    let (mut buf, mut out, t0) = (Vec::new(), HashMap::new(), Instant::now());
     let mut chunk = vec![0u8; 1 << 16];
     while t0.elapsed() < run_for {
         if let Ok(n @ 1..) = s.read(&mut chunk) {
@@ -217,11 +219,11 @@ fn collect_parts(port: u16, run_for: Duration) -> HashSet<Vec<u8>> {
         }
         while let Some(h) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buf[..h]).into_owned();
-            let len =
-                head.lines().find_map(|l| l.strip_prefix("Content-Length: ")).and_then(|v| v.parse::<usize>().ok());
-            match len {
+            let field = |name: &str| head.lines().find_map(|l| l.strip_prefix(name)).map(str::to_string);
+            match field("Content-Length: ").and_then(|v| v.parse::<usize>().ok()) {
                 Some(len) if buf.len() >= h + 4 + len => {
-                    out.insert(buf[h + 4..h + 4 + len].to_vec());
+                    assert_eq!(field("X-Framecast-Clock: ").map(|c| c.len()), Some(32), "{head}");
+                    out.insert(buf[h + 4..h + 4 + len].to_vec(), field("X-Timestamp: ").unwrap_or_default());
                     buf.drain(..h + 4 + len);
                 }
                 Some(_) => break,
@@ -234,45 +236,35 @@ fn collect_parts(port: u16, run_for: Duration) -> HashSet<Vec<u8>> {
     out
 }
 
+/// A second framecast as the camera: the relay forwards its JPEGs unchanged, and (same host,
+/// same clock) with their capture times: the relay's `X-Timestamp` of a frame is the camera's.
 fn framecast_as_source(path: &str, extra: &[&str], kind: &str) {
     let _serial = common::serial();
     let cam_port = free_port();
     let cam_addr = format!("127.0.0.1:{cam_port}");
     let _cam =
         Proc::spawn("camera", &["send", "--http", &cam_addr, "--size", "320x240", "--fps", "10", "--duration", "25"]);
-    let url = format!("http://{cam_addr}{path}");
-    let (r, port) = {
-        // The first framecast may still be starting: the relay exits 1 until it answers.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            common::connect_retry(cam_port, Duration::from_secs(5));
-            let (mut r, port) = relay(&url, extra);
-            if r.wait_for_stderr("capturing", Duration::from_secs(6)) || Instant::now() > deadline {
-                break (r, port);
-            }
-            let _ = r.wait(Duration::from_secs(5));
-        }
-    };
+    common::connect_retry(cam_port, Duration::from_secs(5));
+    let (r, port) = relay(&format!("http://{cam_addr}{path}"), extra);
+    assert!(r.wait_for_stderr("capturing", Duration::from_secs(8)), "{}", r.stderr());
     assert!(r.stderr().contains(kind), "{}", r.stderr());
     // What the camera serves now, and the relay's snapshots meanwhile: each one of them.
     let watcher = thread::spawn(move || collect_parts(cam_port, Duration::from_secs(4)));
     thread::sleep(Duration::from_millis(1500));
-    let snaps: Vec<Vec<u8>> = (0..3)
+    let snaps: Vec<_> = (0..3)
         .map(|_| {
             let s = http_get(port, "/snapshot.jpg", Duration::from_secs(4));
             thread::sleep(Duration::from_millis(200));
-            s.body
+            s
         })
         .collect();
     let served = watcher.join().unwrap();
     assert!(served.len() >= 10, "the camera served {} frames", served.len());
     for (i, s) in snaps.iter().enumerate() {
-        assert!(
-            served.contains(s),
-            "relay snapshot {i} ({} bytes) is not a frame the camera served\n{}",
-            s.len(),
-            r.stderr()
-        );
+        let Some(stamp) = served.get(&s.body) else {
+            panic!("relay snapshot {i} ({} bytes) is not a frame the camera served\n{}", s.body.len(), r.stderr());
+        };
+        assert_eq!(s.header("X-Timestamp"), Some(stamp.as_str()), "the relay keeps the camera's capture time");
     }
 }
 
@@ -432,4 +424,49 @@ fn a_stall_a_500_and_a_close_mid_stream_reconnect() {
         assert!(err.contains(n), "expected {n:?} in:\n{err}");
     }
     assert!(cam.conns.load(Ordering::Relaxed) >= 4);
+}
+
+#[test]
+fn ffmpeg_serving_mpjpeg_over_http_is_forwarded_unchanged() {
+    if !require_tools("ffmpeg_serving_mpjpeg_over_http_is_forwarded_unchanged", &[("ffmpeg", "ffmpeg")]) {
+        return;
+    }
+    // ffmpeg as an HTTP camera: its mpjpeg muxer (boundary "ffmpeg", chunked) on one client.
+    let cam_port = free_port();
+    let url = format!("http://127.0.0.1:{cam_port}/stream");
+    let mut ffmpeg = std::process::Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-re", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=15"])
+        .args(["-t", "20", "-c:v", "mjpeg", "-q:v", "5", "-f", "mpjpeg"])
+        .args(["-content_type", "multipart/x-mixed-replace;boundary=ffmpeg", "-listen", "1", &url])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("start ffmpeg");
+    // ffmpeg serves one client, so no probe: the relay is retried while ffmpeg is not yet
+    // listening (the first open then fails with "connection refused").
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (r, port) = loop {
+        let (mut r, port) = relay(&url, &[]);
+        if r.wait_for_stderr("capturing", Duration::from_secs(5)) {
+            break (r, port);
+        }
+        assert!(Instant::now() < deadline, "the relay never got ffmpeg's stream:\n{}", r.stderr());
+        let _ = r.wait(Duration::from_secs(5));
+        thread::sleep(Duration::from_millis(100));
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut snap = Vec::new();
+    while Instant::now() < deadline {
+        let s = std::panic::catch_unwind(|| http_get(port, "/snapshot.jpg", Duration::from_secs(4)));
+        if let Some(s) = s.ok().filter(|s| s.status == 200) {
+            snap = s.body.clone();
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    let _ = ffmpeg.kill();
+    let _ = ffmpeg.wait();
+    // ffmpeg's encoder writes its name in a COM segment; framecast's re-encode would not.
+    assert!(snap.windows(4).any(|w| w == b"Lavc"), "not ffmpeg's JPEG ({} bytes)\n{}", snap.len(), r.stderr());
+    assert_eq!(common::http_client::jpeg_size(&snap), Some((320, 240)));
+    assert!(r.stderr().contains("multipart MJPEG stream"), "{}", r.stderr());
 }
