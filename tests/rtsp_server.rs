@@ -132,7 +132,11 @@ fn gst_rgb(url: &str, protocols: &str, n: u32, out: &Path) -> Vec<u8> {
         out.display()
     );
     let res = run_tool(Command::new("gst-launch-1.0").arg("-e").args(pipeline.split(' ')), TOOL_TIMEOUT);
-    assert!(res.status.success(), "gst-launch failed:\n{}\n{}", String::from_utf8_lossy(&res.stdout), res.stderr);
+    let stdout = String::from_utf8_lossy(&res.stdout);
+    // rtspsrc may fail to send its PAUSE after our TEARDOWN reply closed the session, and then
+    // exits 1 although the stream ended where identity ended it: that exit is not a failure.
+    let ended = stdout.contains("Got EOS from element \"pipeline0\"") && out.exists();
+    assert!(res.status.success() || ended, "gst-launch failed:\n{stdout}\n{}", res.stderr);
     std::fs::read(out).expect("gst output")
 }
 
