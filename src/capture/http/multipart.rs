@@ -45,12 +45,36 @@ pub enum MultipartError {
 /// What one part's headers said. Unknown headers are ignored.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PartInfo {
-    pub content_type: Option<String>,
+    pub content_type: Option<ShortText>,
     pub content_length: Option<u64>,
     /// `X-Timestamp`, in µs (seconds with a fraction on the wire, on the sender's clock).
     pub timestamp_us: Option<u64>,
     /// `X-Framecast-Clock`: which clock `X-Timestamp` is on (framecast's `/stream.mjpg`).
     pub clock: Option<[u8; 16]>,
+}
+
+/// The first 32 bytes of a header value (cut at a character boundary), kept without
+/// allocating: every part has a Content-Type.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShortText {
+    bytes: [u8; 32],
+    len: u8,
+}
+
+impl ShortText {
+    pub fn new(s: &str) -> Self {
+        let mut len = s.len().min(32);
+        while !s.is_char_boundary(len) {
+            len -= 1;
+        }
+        let mut bytes = [0; 32];
+        bytes[..len].copy_from_slice(&s.as_bytes()[..len]);
+        ShortText { bytes, len: len as u8 }
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
+    }
 }
 
 /// One image and its part's headers, borrowed from the reader until its next call.
@@ -368,7 +392,7 @@ impl Multipart {
         } else {
             let what = format!(
                 "a part of type {} starting {}, not a JPEG",
-                self.info.content_type.as_deref().unwrap_or("(none)"),
+                self.info.content_type.as_ref().map_or("(none)", ShortText::as_str),
                 crate::rtsp::dump(&data[..data.len().min(32)])
             );
             self.bad_part(&what);
@@ -432,7 +456,7 @@ impl Multipart {
 impl PartInfo {
     fn set(&mut self, name: &str, value: &str) {
         if name.eq_ignore_ascii_case("content-type") {
-            self.content_type = Some(value.chars().take(64).collect());
+            self.content_type = Some(ShortText::new(value));
         } else if name.eq_ignore_ascii_case("content-length") {
             self.content_length = value.parse().ok();
         } else if name.eq_ignore_ascii_case("x-timestamp") {
@@ -563,7 +587,12 @@ mod tests {
         assert_eq!(infos.len(), 1);
         assert_eq!(infos[0].content_length, Some(imgs[0].len() as u64));
         assert_eq!(infos[0].timestamp_us, Some(500_000));
-        assert_eq!(infos[0].content_type.as_deref(), Some("image/jpeg"));
+        assert_eq!(infos[0].content_type.as_ref().map(ShortText::as_str), Some("image/jpeg"));
+        assert_eq!(
+            ShortText::new("text/html; charset=utf-8; and a long tail").as_str(),
+            "text/html; charset=utf-8; and a "
+        );
+        assert_eq!(ShortText::new(&format!("{}\u{e9}", "a".repeat(31))).as_str(), "a".repeat(31));
         assert_eq!(m.stats.boundary_changes, 0);
     }
 
