@@ -136,6 +136,8 @@ pub struct Multipart {
     skipping: usize,
     /// The first bytes skipped, for the error if nothing else comes.
     junk_head: Vec<u8>,
+    /// In junk: whether the byte before `start` ended a line.
+    line_start: bool,
     warned: Warned,
     pub stats: MultipartStats,
 }
@@ -165,6 +167,7 @@ impl Multipart {
             info: PartInfo::default(),
             skipping: 0,
             junk_head: Vec::new(),
+            line_start: false,
             warned: Warned::default(),
             stats: MultipartStats::default(),
         }
@@ -262,8 +265,12 @@ impl Multipart {
 
     /// Expecting `--BOUNDARY`. Returns true if it moved on.
     fn boundary_line(&mut self) -> Result<bool, MultipartError> {
-        let blank = self.data().iter().take_while(|b| b.is_ascii_whitespace()).count();
-        self.start += blank;
+        if self.skipping == 0 {
+            // Between parts, not in junk: line ends and blanks before the boundary are fine.
+            // (In junk only `\n--` and FF D8 count, wherever the reads happened to end.)
+            let blank = self.data().iter().take_while(|b| b.is_ascii_whitespace()).count();
+            self.start += blank;
+        }
         let data = self.data();
         if data.len() < 2 {
             return Ok(false);
@@ -273,7 +280,8 @@ impl Multipart {
             self.begin_part(State::Image);
             return Ok(true);
         }
-        if !data.starts_with(b"--") {
+        // In junk, only a `--` that begins a line starts a part.
+        if !data.starts_with(b"--") || (self.skipping > 0 && !self.line_start) {
             return self.skip_junk();
         }
         let Some((line, used)) = Self::line(&self.buf[self.start..self.end]) else { return Ok(false) };
@@ -307,8 +315,10 @@ impl Multipart {
         }
     }
 
-    /// Skips to the next line starting with `--` or the next FF D8 (or keeps the last byte
-    /// if neither is here yet). Gives up after one image's cap of bytes.
+    /// Skips to the next line starting with `--` or the next FF D8, keeping a last FF that
+    /// could begin one when the next byte comes and noting whether a line begins where it
+    /// stopped, so that the result does not depend on where reads end. Gives up after one
+    /// image's cap of bytes.
     fn skip_junk(&mut self) -> Result<bool, MultipartError> {
         let data = &self.buf[self.start..self.end];
         let next = (1..data.len()).find(|&i| {
@@ -318,8 +328,10 @@ impl Multipart {
         let skip = match next {
             Some(i) if data[i] == 0xd8 => i - 1,
             Some(i) => i,
-            None => data.len() - 1,
+            None if data.last() == Some(&0xff) => data.len() - 1,
+            None => data.len(),
         };
+        self.line_start = skip > 0 && data[skip - 1] == b'\n';
         if self.skipping == 0 && skip > 0 {
             let offset = self.base + self.start as u64;
             self.junk_head.clear();
@@ -411,6 +423,7 @@ impl Multipart {
         }
         // Past the first byte, so that the search for the next part moves on.
         self.start += 1.min(self.end - self.start);
+        self.line_start = false;
         self.state = State::Boundary;
     }
 
@@ -689,5 +702,27 @@ mod tests {
         assert_eq!(parse_clock("0001"), None);
         assert_eq!(clean_boundary("\"--frame\""), "frame");
         assert_eq!(clean_boundary(" boundarydonotcross"), "boundarydonotcross");
+    }
+
+    /// Found by the fuzz target: a `--` in junk after a bad header line was taken for a
+    /// boundary when the bytes came one at a time (the junk skip kept its last byte and lost
+    /// whether a line began there), swallowing the FF D8 FF D9 that a whole read found.
+    #[test]
+    fn junk_is_skipped_the_same_however_it_is_split() {
+        let input = include_bytes!("testdata/multipart-fuzz-1.bin");
+        let data = &input[1..];
+        let run = |step: usize| {
+            let mut m = Multipart::new("b", 64 << 10);
+            let mut out = Vec::new();
+            for piece in data.chunks(step) {
+                m.feed(piece, |p| out.push((p.offset, p.image.len()))).unwrap();
+            }
+            out
+        };
+        let whole = run(data.len());
+        assert_eq!(whole, vec![(359, 4)]);
+        for step in 1..=64 {
+            assert_eq!(run(step), whole, "pieces of {step}");
+        }
     }
 }
