@@ -76,7 +76,7 @@ echo "== $(cargo fuzz --version), $(rustc ${FUZZ_TOOLCHAIN:++$FUZZ_TOOLCHAIN} --
 # may not allocate 64 MB at once, whatever an input claims; decode's inputs are up to 8 KiB.
 flags=(-timeout=10 -rss_limit_mb=2048 -print_final_stats=1)
 case "$target" in
-    jpeg | split | rtp_jpeg | rtsp_source | udp_media | mjpeg_split) flags+=(-malloc_limit_mb=64) ;;
+    jpeg | split | rtp_jpeg | rtsp_source | udp_media | mjpeg_split | multipart) flags+=(-malloc_limit_mb=64) ;;
     decode) flags+=(-max_len=8192) ;;
     # past the 8 KiB cap on a request's head
     rtsp_request) flags+=(-malloc_limit_mb=64 -max_len=16384) ;;

@@ -310,6 +310,12 @@ fn main() {
     }
 
     count += mjpeg_seeds(&out.join("mjpeg_split"));
+    let multipart_dir = out.join("multipart");
+    std::fs::create_dir_all(&multipart_dir).unwrap_or_else(|e| panic!("{}: {e}", multipart_dir.display()));
+    for (name, b) in multipart_seeds() {
+        write(&multipart_dir, name, &b);
+        count += 1;
+    }
 
     println!("wrote {count} seed inputs under {}", out.display());
 }
@@ -340,4 +346,32 @@ fn mjpeg_seeds(dir: &Path) -> usize {
         }
     }
     seeds.len() * 3
+/// multipart: a step byte (how the target splits the rest), then a body as mjpg-streamer,
+/// the ESP32-CAM and framecast send it, and the same with a lying Content-Length, another
+/// boundary and an HTML part.
+fn multipart_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let imgs: Vec<Vec<u8>> = (0..2).map(|i| jpeg(16, 16, Subsampling::S420, 50, i)).collect();
+    let part = |b: &str, len: usize, img: &[u8]| {
+        let mut v = format!("--{b}\r\nContent-Type: image/jpeg\r\nContent-Length: {len}\r\nX-Timestamp: 1.5\r\n\r\n").into_bytes();
+        v.extend_from_slice(img);
+        v.extend_from_slice(b"\r\n");
+        v
+    };
+    let body = |b: &str, lie: usize| imgs.iter().flat_map(|i| part(b, i.len() + lie, i)).collect::<Vec<u8>>();
+    let mut esp32 = Vec::new();
+    for img in &imgs {
+        esp32.extend_from_slice(b"\r\n--b\r\nContent-Type: image/jpeg\r\nContent-Length: 9\r\nX-Timestamp: 12.000345\r\n\r\n");
+        esp32.extend_from_slice(img);
+    }
+    let mut html = b"--b\r\nContent-Type: text/html\r\n\r\n<html>no</html>\r\n".to_vec();
+    html.extend(body("b", 0));
+    let with_step = |step: u8, v: Vec<u8>| [vec![step], v].concat();
+    vec![
+        ("mjpg-streamer", with_step(63, body("b", 0))),
+        ("esp32", with_step(7, esp32)),
+        ("lying-length", with_step(0, body("b", 100))),
+        ("other-boundary", with_step(1, body("other", 0))),
+        ("html-part", with_step(13, html)),
+        ("no-boundary", with_step(5, imgs.concat())),
+    ]
 }

@@ -121,7 +121,7 @@ impl Policy {
     fn retries(&self, e: &io::Error, started: Instant, delay: Duration) -> bool {
         let kind_ok =
             !self.only_refused || matches!(e.kind(), io::ErrorKind::ConnectionRefused | io::ErrorKind::TimedOut);
-        kind_ok && self.patience.map_or(true, |p| started.elapsed() + delay <= p)
+        kind_ok && self.patience.is_none_or(|p| started.elapsed() + delay <= p)
     }
 }
 

@@ -117,7 +117,7 @@ impl Decode {
         // `--frames`, also finds the last frame waiting for it.
         let count = self.count.fetch_add(1, Ordering::Relaxed) + 1;
         // --frames reached: decode no more (the view shows what is queued, then stops).
-        delivered && !self.limit.is_some_and(|n| count >= n)
+        delivered && self.limit.is_none_or(|n| count < n)
     }
 
     /// A frame with RTP packets missing: the previous frame, with the bands of rows that

@@ -240,7 +240,7 @@ impl Depacketizer {
             self.finish(a);
         }
         if let Some(d) = self.last_done {
-            let same_done = d.ts == ts && d.marker_seq.map_or(true, |m| seq <= m);
+            let same_done = d.ts == ts && d.marker_seq.is_none_or(|m| seq <= m);
             let older = newer(d.ts, ts) && d.ts.wrapping_sub(ts) < RESYNC;
             if same_done || older {
                 return false;

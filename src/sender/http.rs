@@ -398,6 +398,12 @@ fn timestamp(f: &Shared) -> String {
     format!("{}.{:06}", f.header.capture_us / 1_000_000, f.header.capture_us % 1_000_000)
 }
 
+/// `X-Framecast-Clock`: which clock `X-Timestamp` is on ([`crate::clock::clock_id`] in hex),
+/// so a framecast reading this stream on the same host can use the timestamp as it is.
+fn clock_hex() -> String {
+    crate::clock::clock_id().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn stream_mjpeg(stream: &mut TcpStream, peer: SocketAddr, ctx: &Ctx, head_only: bool, advance: bool) -> io::Result<()> {
     // A small send buffer: a client that reads slowly holds a frame or two in the kernel,
     // not seconds of video; its newest-wins slot drops the rest.
@@ -423,7 +429,8 @@ fn stream_mjpeg(stream: &mut TcpStream, peer: SocketAddr, ctx: &Ctx, head_only: 
     } else {
         format!("\r\n--{BOUNDARY}\r\n")
     };
-    let mut part = String::with_capacity(160);
+    let mut part = String::with_capacity(200);
+    let clock = clock_hex();
     loop {
         let f = match sub.rx.recv_timeout(POLL) {
             Ok(f) => f,
@@ -435,7 +442,8 @@ fn stream_mjpeg(stream: &mut TcpStream, peer: SocketAddr, ctx: &Ctx, head_only: 
         if !advance {
             let _ = write!(
                 part,
-                "Content-Type: image/jpeg\r\nContent-Length: {}\r\nX-Timestamp: {}\r\nX-Framecast-Seq: {}\r\n\r\n",
+                "Content-Type: image/jpeg\r\nContent-Length: {}\r\nX-Timestamp: {}\r\nX-Framecast-Seq: {}\r\n\
+                 X-Framecast-Clock: {clock}\r\n\r\n",
                 jpeg.len(),
                 timestamp(&f),
                 f.header.seq
@@ -466,7 +474,12 @@ fn snapshot(stream: &mut TcpStream, peer: SocketAddr, ctx: &Ctx, head_only: bool
     };
     match frame {
         Some(f) => {
-            let extra = format!("X-Timestamp: {}\r\nX-Framecast-Seq: {}\r\n", timestamp(&f), f.header.seq);
+            let extra = format!(
+                "X-Timestamp: {}\r\nX-Framecast-Seq: {}\r\nX-Framecast-Clock: {}\r\n",
+                timestamp(&f),
+                f.header.seq,
+                clock_hex()
+            );
             respond(stream, 200, "image/jpeg", f.jpeg.as_slice(), &extra, head_only)
         }
         None => respond(stream, 503, "text/plain", b"no frame yet\n", "Retry-After: 1\r\n", head_only),

@@ -61,7 +61,7 @@ impl FromStr for Target {
             return Err(format!("RTSP over TLS (rtsps://) is not supported; {SHAPE}"));
         }
         let t = client::Target::parse(s).map_err(|e| e.to_string())?;
-        if t.url.host_str().map_or(true, str::is_empty) {
+        if t.url.host_str().is_none_or(str::is_empty) {
             return Err(format!("no host in the URL; {SHAPE}"));
         }
         Ok(Target(t))

@@ -358,7 +358,7 @@ impl Viewer {
     }
 
     fn on_receipt(&mut self, r: &Receipt, at_us: u64) {
-        if self.ext_seq.map_or(true, |s| r.highest_seq > s) {
+        if self.ext_seq.is_none_or(|s| r.highest_seq > s) {
             debug!(claimed = r.highest_seq, sent = ?self.ext_seq, "ignored a receipt for packets never sent");
             self.feed.meter.update(|c| c.udp.ignored += 1);
             return;
@@ -398,7 +398,7 @@ impl Viewer {
     /// An acknowledgement of a shown frame: it and the frames before it are no longer in
     /// flight.
     fn on_ack(&mut self, seq: u64, at_us: u64) {
-        if self.newest_frame.map_or(true, |n| seq > n) {
+        if self.newest_frame.is_none_or(|n| seq > n) {
             debug!(seq, newest = ?self.newest_frame, "ignored an acknowledgement of a frame never sent");
             self.feed.meter.update(|c| c.udp.ignored += 1);
             return;

@@ -265,7 +265,7 @@ impl Assembler {
         }
         match self.frames.get(&f) {
             Some(p) => p.out.is_none(),
-            None => !self.newest_complete.is_some_and(|c| f < c),
+            None => self.newest_complete.is_none_or(|c| f >= c),
         }
     }
 
