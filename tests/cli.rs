@@ -43,7 +43,7 @@ fn bad_send_flags_name_the_flag_and_what_is_allowed() {
         (&["--quality", "101"], &["--quality", "1..=100"]),
         (&["--size", "0x0"], &["--size", "WIDTHxHEIGHT"]),
         (&["--size", "abc"], &["--size", "WIDTHxHEIGHT"]),
-        (&["--source", "webcam"], &["--source", "'test'", "'camera'", "FILE.y4m"]),
+        (&["--source", "webcam"], &["--source", "'test'", "'camera'", "'-' (standard input)", "http://"]),
         (&["--source", "/no/such.y4m"], &["--source", "/no/such.y4m", "no such file"]),
         (&["--size", "641x480"], &["--size 641x480", "even"]),
     ] {
