@@ -195,6 +195,7 @@ impl Capture {
         drop(std::mem::replace(&mut run.source, placeholder));
         match away.ride_out(self, error, &mut run.next_seq) {
             Some(s) => {
+                run.size = s.size();
                 run.source = s;
                 run.seq_offset = run.next_seq;
                 run.foreign_buffers = 64;
@@ -242,8 +243,8 @@ struct SourceAway {
 }
 
 impl SourceAway {
-    /// Sends no-signal frames and tries to reopen the source with backoff until it opens at
-    /// the stream's size (returned), or the run ends (`None`).
+    /// Sends no-signal frames (at the size the stream had) and tries to reopen the source with
+    /// backoff until it opens (returned), or the run ends (`None`).
     fn ride_out(&self, cap: &mut Capture, error: CaptureError, next_seq: &mut u64) -> Option<Box<dyn FrameSource>> {
         let lost = SourceLost::now();
         let since = lost.utc();
@@ -302,21 +303,24 @@ impl SourceAway {
         cap.deliver(card, self.lossless)
     }
 
-    /// One reopen attempt: the source at the stream's size, or what went wrong.
+    /// One reopen attempt: the source (at whatever size it now has), or what went wrong.
     fn try_open(&self, cap: &mut Capture, attempt: u64, lost: &SourceLost) -> Result<Box<dyn FrameSource>, String> {
         let (w, h) = self.size;
         match (cap.open_source)() {
-            Ok(s) if s.size() == (w, h) => {
+            Ok(s) => {
                 info!(
                     attempt,
                     lost_for_s = format!("{:.1}", lost.at.elapsed().as_secs_f64()),
                     source = %s.describe(),
                     "source reopened; streaming resumes"
                 );
+                if s.size() != (w, h) {
+                    // Every frame carries its size: viewers follow, as for a halved frame.
+                    info!(from = %format!("{w}x{h}"), to = %format!("{}x{}", s.size().0, s.size().1), "the source came back at another size");
+                }
                 cap.meter.update(|c| c.source_lost = None);
                 Ok(s)
             }
-            Ok(s) => Err(format!("it reopened at {}x{}, not the stream's {w}x{h}", s.size().0, s.size().1)),
             Err(e) => Err(e.to_string()),
         }
     }
@@ -332,6 +336,7 @@ mod tests {
 
     /// A 16x16 grey source whose luma is `fill`; fails after `frames` frames, or ends.
     struct Scripted {
+        side: u32,
         fill: u8,
         frames: u64,
         next: u64,
@@ -343,17 +348,18 @@ mod tests {
             format!("scripted {}", self.fill)
         }
         fn size(&self) -> (u32, u32) {
-            (16, 16)
+            (self.side, self.side)
         }
         fn next_frame(&mut self, frame: &mut RawFrame) -> Result<bool, CaptureError> {
             if self.next == self.frames {
                 return if self.then_fail { Err(CaptureError::Camera("unplugged".into())) } else { Ok(false) };
             }
-            let (cw, ch) = chroma_size(16, 16, Subsampling::S420);
+            let side = self.side as usize;
+            let (cw, ch) = chroma_size(self.side, self.side, Subsampling::S420);
             frame.data.clear();
-            frame.data.resize(256, self.fill);
-            frame.data.resize(256 + 2 * cw * ch, 128);
-            (frame.width, frame.height, frame.layout) = (16, 16, Layout::Yuv(Subsampling::S420));
+            frame.data.resize(side * side, self.fill);
+            frame.data.resize(side * side + 2 * cw * ch, 128);
+            (frame.width, frame.height, frame.layout) = (self.side, self.side, Layout::Yuv(Subsampling::S420));
             frame.seq = self.next;
             self.next += 1;
             Ok(true)
@@ -391,9 +397,10 @@ mod tests {
         let factory: SourceFactory = Box::new(move || {
             opens += 1;
             match opens {
-                1 => Ok(Box::new(Scripted { fill: 10, frames: 3, next: 0, then_fail: true }) as Box<dyn FrameSource>),
+                1 => Ok(Box::new(Scripted { side: 16, fill: 10, frames: 3, next: 0, then_fail: true })
+                    as Box<dyn FrameSource>),
                 2 | 3 => Err(CaptureError::Camera("busy".into())),
-                _ => Ok(Box::new(Scripted { fill: 200, frames: 5, next: 0, then_fail: false })),
+                _ => Ok(Box::new(Scripted { side: 16, fill: 200, frames: 5, next: 0, then_fail: false })),
             }
         });
         let recovery = Recovery {
@@ -425,11 +432,36 @@ mod tests {
     }
 
     #[test]
+    fn a_source_that_comes_back_at_another_size_is_taken_at_that_size() {
+        // A camera reconfigured while it was away: 16x16, lost, back at 32x32.
+        let mut opens = 0;
+        let factory: SourceFactory = Box::new(move || {
+            opens += 1;
+            let side = if opens == 1 { 16 } else { 32 };
+            Ok(Box::new(Scripted { side, fill: 10, frames: 2, next: 0, then_fail: opens == 1 }) as Box<dyn FrameSource>)
+        });
+        let recovery = Recovery {
+            first: Duration::from_millis(20),
+            cap: Duration::from_millis(40),
+            no_signal_every: Duration::from_millis(5),
+        };
+        let (cap, ends) = capture(factory, Limits::default(), recovery);
+        let t = thread::spawn(move || cap.run());
+        let got: Vec<(u32, bool)> = ends.rx.iter().map(|f| (f.width, f.no_signal)).collect();
+        t.join().unwrap().unwrap();
+        let frames: Vec<u32> = got.iter().filter(|g| !g.1).map(|g| g.0).collect();
+        assert_eq!(frames, [16, 16, 32, 32], "{got:?}");
+        assert!(got.iter().filter(|g| g.1).all(|g| g.0 == 16), "no-signal cards keep the size viewers had: {got:?}");
+        assert_eq!(ends.meter.summary().source_losses, 1);
+    }
+
+    #[test]
     fn a_source_that_stays_away_ends_capture_at_the_deadline_and_stays_reported_lost() {
         let mut first = true;
         let factory: SourceFactory = Box::new(move || {
             if std::mem::take(&mut first) {
-                Ok(Box::new(Scripted { fill: 1, frames: 2, next: 0, then_fail: true }) as Box<dyn FrameSource>)
+                Ok(Box::new(Scripted { side: 16, fill: 1, frames: 2, next: 0, then_fail: true })
+                    as Box<dyn FrameSource>)
             } else {
                 Err(CaptureError::Camera("unplugged".into()))
             }
@@ -462,7 +494,7 @@ mod tests {
             (16, 16)
         }
         fn next_frame(&mut self, frame: &mut RawFrame) -> Result<bool, CaptureError> {
-            Scripted { fill: 1, frames: 1, next: 0, then_fail: false }.next_frame(frame)?;
+            Scripted { side: 16, fill: 1, frames: 1, next: 0, then_fail: false }.next_frame(frame)?;
             frame.capture_us = 1234;
             Ok(true)
         }
