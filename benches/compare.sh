@@ -307,8 +307,10 @@ start_sender() {
     local sink=(tcpclientsink host=127.0.0.1 port="$port" sync=false)
     case $tool in
     framecast)
+        # --input-range full: the clip's samples are encoded as they are, as GStreamer's jpegenc
+        # does (framecast would otherwise stretch ffmpeg's limited-range YUV to JPEG's range).
         start "$dir/send" "$FRAMECAST" send --connect "127.0.0.1:$port" --source "$y4m" --fps "$fps" --quality "$QUALITY" \
-            --frames "$n" --stats-json "$dir/send.jsonl"
+            --input-range full --frames "$n" --stats-json "$dir/send.jsonl"
         ;;
     gstreamer-queue)
         start "$dir/send" gst-launch-1.0 -q "${raw[@]}" ! queue max-size-buffers=2 ! jpegenc quality="$QUALITY" ! \

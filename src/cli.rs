@@ -12,6 +12,7 @@ use tracing::warn;
 use crate::capture::camera::CameraSource;
 use crate::capture::fault::{self, Fault, FlakyOpener};
 use crate::capture::pattern::PatternSource;
+use crate::capture::range::InputRange;
 use crate::capture::raw::InputFormat;
 use crate::capture::y4m::Y4mSource;
 use crate::capture::{CaptureError, FrameSource, SourceSpec};
@@ -205,6 +206,12 @@ pub struct SourceArgs {
     /// frames need their format named, and --size.
     #[arg(long, value_enum, default_value_t = InputFormat::Auto, value_name = "FORMAT")]
     pub input_format: InputFormat,
+    /// The range of a Y4M file's or a pipe's YUV samples: 'limited' (video levels, Y 16-235:
+    /// ffmpeg's yuv420p, rpicam-vid) is stretched to JPEG's full 0-255, else pictures come out
+    /// washed out; 'auto' takes a Y4M header's XCOLORRANGE, else limited. RGB input is always
+    /// full range.
+    #[arg(long, value_enum, default_value_t = InputRange::Auto, value_name = "auto|full|limited")]
+    pub input_range: InputRange,
     /// Frame size WIDTHxHEIGHT [default: 1280x720; a Y4M file's own size]. Raw frames from a
     /// pipe need it; for MJPEG from a pipe or the network it only caps the bytes of an image
     /// (4 a pixel): images keep their own size (framecast does not scale).
@@ -638,6 +645,7 @@ impl SourceArgs {
                     size: self.size.map(|s| (s.width, s.height)),
                     looping: self.looping,
                     subsampling: sub,
+                    range: self.input_range,
                 };
                 Box::new(crate::capture::pipe::factory(spec))
             }
@@ -675,11 +683,12 @@ impl SourceArgs {
                 bail!("--subsampling {want} differs from the Y4M file's {}; omit --subsampling or convert the file (ffmpeg -pix_fmt)", src.subsampling());
             }
         }
+        let limited = self.input_range.limited(src.limited_range());
         // Opened once: a file that fails mid-stream ends the stream (never reopened).
         let (mut src, path) = (Some(src), path.to_path_buf());
         Ok(Box::new(move || {
             src.take()
-                .map(|s| Box::new(s) as Box<dyn FrameSource>)
+                .map(|s| crate::capture::range::wrap(s, limited))
                 .ok_or_else(|| CaptureError::File { path: path.clone(), what: "cannot be opened twice".into() })
         }))
     }

@@ -217,13 +217,15 @@ fn worst_psnr(parts: &[Part], reference: &[Vec<u8>]) -> f64 {
 }
 
 /// `ffmpeg -pix_fmt PIX -f FORMAT - | framecast send --source - ARGS`, 20 frames; the parts'
-/// worst PSNR against ffmpeg's RGB.
-fn pipe_psnr(ffmpeg_out: &[&str], args: &[&str], reference: &[Vec<u8>]) -> (f64, usize) {
+/// worst PSNR against ffmpeg's RGB. `full`: ffmpeg writes full-range YUV (else its default,
+/// limited range, which framecast stretches by default).
+fn pipe_psnr(ffmpeg_out: &[&str], args: &[&str], full: bool, reference: &[Vec<u8>]) -> (f64, usize) {
     let mut ffmpeg = Command::new("ffmpeg");
-    // Full range: framecast takes planar YCbCr as JPEG does (JFIF), and ffmpeg's YUV is
-    // limited range unless asked.
-    let full = ["-vf", "scale=out_range=full"];
-    ffmpeg.arg("-re").args(testsrc()).args(["-frames:v", "20"]).args(full).args(ffmpeg_out).arg("-");
+    ffmpeg.arg("-re").args(testsrc()).args(["-frames:v", "20"]);
+    if full {
+        ffmpeg.args(["-vf", "scale=out_range=full"]);
+    }
+    ffmpeg.args(ffmpeg_out).arg("-");
     let (mut send, port, _producer) = pipeline(&mut ffmpeg, args);
     let parts = watch(port, EXIT);
     send.expect_success(EXIT);
@@ -238,36 +240,46 @@ fn y4m_and_raw_frames_from_ffmpeg_match_the_source() {
     }
     let _g = serial();
     let size = format!("{W}x{H}");
-    // (ffmpeg output, framecast flags, lowest PSNR in dB at quality 90). 4:2:0 and 4:2:2
-    // sources lose colour detail before framecast sees them (26.8 and 27.2 dB measured on
-    // testsrc2); rgb24/bgr24 at 4:4:4 keep it (41.4 dB). Swapped chroma (nv21 read as nv12)
-    // or channels (rgb24 read as bgr24) measured 4 dB, limited-range YUV read as full 22 dB.
-    let cases: [(&[&str], Vec<&str>, f64); 6] = [
-        (&["-pix_fmt", "yuv420p", "-f", "yuv4mpegpipe"], vec![], 25.0),
-        (&["-pix_fmt", "yuv420p", "-f", "rawvideo"], vec!["--input-format", "i420", "--size", &size], 25.0),
-        (&["-pix_fmt", "nv12", "-f", "rawvideo"], vec!["--input-format", "nv12", "--size", &size], 25.0),
+    // (ffmpeg output, framecast flags, ffmpeg writes full range, lowest PSNR in dB at quality
+    // 90). 4:2:0 and 4:2:2 sources lose colour detail before framecast sees them (26.8 and
+    // 27.2 dB measured on testsrc2); rgb24/bgr24 at 4:4:4 keep it (41.4 dB). Swapped chroma
+    // (nv21 read as nv12) or channels (rgb24 read as bgr24) measured 4 dB, limited-range YUV
+    // read as full (not stretched) 22 dB: ffmpeg's default YUV is limited range, which
+    // `--input-range auto` stretches; nv12 is sent full range with `--input-range full`.
+    let cases: [(&[&str], Vec<&str>, bool, f64); 6] = [
+        (&["-pix_fmt", "yuv420p", "-f", "yuv4mpegpipe"], vec![], false, 25.0),
+        (&["-pix_fmt", "yuv420p", "-f", "rawvideo"], vec!["--input-format", "i420", "--size", &size], false, 25.0),
+        (
+            &["-pix_fmt", "nv12", "-f", "rawvideo"],
+            vec!["--input-format", "nv12", "--size", &size, "--input-range", "full"],
+            true,
+            25.0,
+        ),
         (
             &["-pix_fmt", "yuyv422", "-f", "rawvideo"],
             vec!["--input-format", "yuyv", "--size", &size, "--subsampling", "422"],
+            false,
             25.0,
         ),
         (
             &["-pix_fmt", "rgb24", "-f", "rawvideo"],
             vec!["--input-format", "rgb24", "--size", &size, "--subsampling", "444"],
+            false,
             38.0,
         ),
         (
             &["-pix_fmt", "bgr24", "-f", "rawvideo"],
             vec!["--input-format", "bgr24", "--size", &size, "--subsampling", "444"],
+            false,
             38.0,
         ),
     ];
     let reference = reference_rgb(20);
     let mut report = Vec::new();
-    for (out, mut args, min) in cases {
+    for (out, mut args, full, min) in cases {
         args.extend(["--quality", "90"]);
-        let (db, n) = pipe_psnr(out, &args, &reference);
-        report.push(format!("{out:?}: {n} frames, worst {db:.1} dB (want >= {min})"));
+        let (db, n) = pipe_psnr(out, &args, full, &reference);
+        report.push(format!("{out:?} {args:?}: {n} frames, worst {db:.1} dB (want >= {min})"));
         assert!(db >= min, "{}", report.join("\n"));
     }
     eprintln!("{}", report.join("\n"));

@@ -11,6 +11,7 @@ pub mod mjpeg;
 pub mod nosignal;
 pub mod pattern;
 pub mod pipe;
+pub mod range;
 pub mod raw;
 pub mod rtsp;
 pub mod scale;

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use super::mjpeg::{preview, MjpegReader, ScanError};
+use super::range::{self, InputRange};
 use super::raw::{InputFormat, RawSource};
 use super::y4m::Y4mSource;
 use super::{max_image_bytes, CaptureError, FrameSource, Layout, RawFrame};
@@ -44,6 +45,8 @@ pub struct PipeSpec {
     pub looping: bool,
     /// `--subsampling`: the planar layout raw RGB and YUYV frames are converted to.
     pub subsampling: Subsampling,
+    /// `--input-range`: whether Y4M and raw YUV samples are stretched from video range.
+    pub range: InputRange,
 }
 
 /// How long a reopen waits for a FIFO's new writer before the capture thread gets control
@@ -88,10 +91,15 @@ fn open_with(spec: &PipeSpec, wait: Option<Duration>) -> Result<Box<dyn FrameSou
                 warn!(size = ?s, y4m = ?y4m.size(), "--size does not apply to Y4M: the header's size is used");
             }
             let (w, h) = y4m.size();
-            info!(width = w, height = h, planar = %y4m.subsampling(), "pipe source: Y4M from {name}");
-            Ok(Box::new(Y4mPipe { y4m, origin, frames: 0 }))
+            let limited = spec.range.limited(y4m.limited_range());
+            info!(width = w, height = h, planar = %y4m.subsampling(), limited_range = limited, "pipe source: Y4M from {name}");
+            Ok(range::wrap(Y4mPipe { y4m, origin, frames: 0 }, limited))
         }
-        f => Ok(Box::new(RawSource::new(input, f, spec.size, spec.subsampling)?)),
+        f => {
+            // RGB becomes full-range YCbCr in libjpeg-turbo: only YUV input is stretched.
+            let limited = !matches!(f, InputFormat::Rgb24 | InputFormat::Bgr24) && spec.range.limited(None);
+            Ok(range::wrap(RawSource::new(input, f, spec.size, spec.subsampling)?, limited))
+        }
     }
 }
 
@@ -527,7 +535,14 @@ mod tests {
     use crate::testutil::pattern_jpeg;
 
     fn spec(path: &Path, format: InputFormat, looping: bool) -> PipeSpec {
-        PipeSpec { path: Some(path.to_owned()), format, size: None, looping, subsampling: Subsampling::S420 }
+        PipeSpec {
+            path: Some(path.to_owned()),
+            format,
+            size: None,
+            looping,
+            subsampling: Subsampling::S420,
+            range: InputRange::Full,
+        }
     }
 
     fn temp(name: &str, bytes: &[u8]) -> PathBuf {

@@ -35,6 +35,7 @@ pub struct Y4mSource<R = File> {
     fps: f64,
     /// A frame cut off by the end of the input is an error (a pipe), not the end (a file).
     strict: bool,
+    limited: Option<bool>,
 }
 
 fn file_err(path: &Path, what: impl Into<String>) -> CaptureError {
@@ -55,6 +56,8 @@ struct Header {
     height: u32,
     sub: Subsampling,
     fps: f64,
+    /// `XCOLORRANGE=LIMITED` (true) or `=FULL` (false), if the header says.
+    limited: Option<bool>,
 }
 
 /// Parses `YUV4MPEG2 W.. H.. [F..] [C..] [I..] [A..] [X..]` (without the newline).
@@ -64,7 +67,7 @@ fn parse_header(line: &[u8]) -> Result<Header, String> {
     if fields.next() != Some("YUV4MPEG2") {
         return Err("the file does not start with 'YUV4MPEG2'".into());
     }
-    let (mut width, mut height, mut fps, mut colour) = (None, None, 0.0, "420jpeg");
+    let (mut width, mut height, mut fps, mut colour, mut limited) = (None, None, 0.0, "420jpeg", None);
     for f in fields {
         let (key, val) = f.split_at(1);
         match key {
@@ -77,6 +80,8 @@ fn parse_header(line: &[u8]) -> Result<Header, String> {
                 fps = if d > 0 { f64::from(n) / f64::from(d) } else { 0.0 };
             }
             "C" => colour = val,
+            "X" if val.eq_ignore_ascii_case("COLORRANGE=LIMITED") => limited = Some(true),
+            "X" if val.eq_ignore_ascii_case("COLORRANGE=FULL") => limited = Some(false),
             // Interlacing, pixel aspect and extensions do not change how frames are read.
             _ => {}
         }
@@ -109,7 +114,7 @@ fn parse_header(line: &[u8]) -> Result<Header, String> {
     if (even_w && width % 2 == 1) || (sub == Subsampling::S420 && height % 2 == 1) {
         return Err(format!("size {width}x{height} with {sub} chroma: expected even dimensions"));
     }
-    Ok(Header { width, height, sub, fps })
+    Ok(Header { width, height, sub, fps, limited })
 }
 
 impl Y4mSource<File> {
@@ -136,7 +141,7 @@ impl<R: Read + Seek> Y4mSource<R> {
                 "expected a 'YUV4MPEG2 W.. H.. F.. C420' header and 8-bit 4:2:0, 4:2:2, 4:4:4 or mono frames";
             file_err(path, format!("not a usable Y4M file ({what}); {expected}"))
         })?;
-        let Header { width, height, sub, fps } = header;
+        let Header { width, height, sub, fps, limited } = header;
         Ok(Y4mSource {
             path: path.to_owned(),
             reader,
@@ -149,7 +154,13 @@ impl<R: Read + Seek> Y4mSource<R> {
             next: 0,
             fps,
             strict,
+            limited,
         })
+    }
+
+    /// The header's `XCOLORRANGE`: `Some(true)` limited, `Some(false)` full, `None` unsaid.
+    pub fn limited_range(&self) -> Option<bool> {
+        self.limited
     }
 
     /// The file's chroma subsampling.
@@ -285,6 +296,9 @@ mod tests {
         let h = parse_header(b"YUV4MPEG2 W1280 H720 F30000:1001 Ip A1:1 C420mpeg2 XYSCSS=420MPEG2").unwrap();
         assert_eq!((h.width, h.height, h.sub), (1280, 720, Subsampling::S420));
         assert!((h.fps - 29.97).abs() < 0.01);
+        assert_eq!(h.limited, None);
+        assert_eq!(parse_header(b"YUV4MPEG2 W2 H2 XCOLORRANGE=LIMITED").unwrap().limited, Some(true));
+        assert_eq!(parse_header(b"YUV4MPEG2 W2 H2 XCOLORRANGE=FULL C420jpeg").unwrap().limited, Some(false));
         let h = parse_header(b"YUV4MPEG2 W6 H5 C444").unwrap();
         assert_eq!((h.sub, h.fps), (Subsampling::S444, 0.0));
         assert_eq!(parse_header(b"YUV4MPEG2 W4 H2").unwrap().sub, Subsampling::S420, "C420jpeg is the default");
