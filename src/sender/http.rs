@@ -462,8 +462,14 @@ fn stream_mjpeg(stream: &mut TcpStream, peer: SocketAddr, ctx: &Ctx, head_only: 
     }
 }
 
+/// The oldest frame `/snapshot.jpg` serves as it is; an older one (encoding pauses while
+/// nobody streams) wakes the encoder for the next captured frame instead.
+const SNAPSHOT_MAX_AGE_US: u64 = 200_000;
+
 fn snapshot(stream: &mut TcpStream, peer: SocketAddr, ctx: &Ctx, head_only: bool) -> io::Result<()> {
-    let fresh = |f: &Shared| now_us().saturating_sub(f.header.capture_us) < 1_000_000;
+    // Younger than SNAPSHOT_MAX_AGE: a poller (another framecast's `--source .../snapshot.jpg`,
+    // Home Assistant) gets a picture at most that old, and repeats only when it polls faster.
+    let fresh = |f: &Shared| now_us().saturating_sub(f.header.capture_us) < SNAPSHOT_MAX_AGE_US;
     let frame = match ctx.feed.hub.latest().filter(fresh) {
         Some(f) => Some(f),
         None => {
