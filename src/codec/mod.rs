@@ -325,7 +325,9 @@ impl Encoder {
         let header = dec.read_header(&frame.data)?;
         check_size((header.width, header.height), frame.width as usize, frame.height as usize)?;
         let sub = from_subsamp(header.subsamp).unwrap_or(Subsampling::S420);
-        let len = yuv_len(header.width as u32, header.height as u32, sub);
+        // libjpeg-turbo's planes: at an odd width or height with subsampled chroma the luma
+        // plane is padded to whole chroma samples, so this can exceed `yuv_len`.
+        let len = turbojpeg::yuv_pixels_len(header.width, 1, header.height, to_subsamp(sub))?;
         self.yuv.resize(len, 0);
         dec.decompress_to_yuv(
             &frame.data,
@@ -621,6 +623,37 @@ mod tests {
             Encoder::new(20, Subsampling::S420, false).unwrap().encode(&cam, &mut fwd),
             Err(CodecError::SizeMismatch { .. })
         ));
+    }
+
+    #[test]
+    fn odd_sized_jpeg_sources_reencode_at_every_subsampling() {
+        // libjpeg-turbo pads the planes of an odd-sized subsampled image: a camera's or a
+        // pipe's 333x211 MJPEG once made the encoder panic when re-encoded.
+        for (w, h) in [(333usize, 211usize), (1, 1), (17, 2)] {
+            let rgb: Vec<u8> = (0..w * h * 3).map(|i| (i * 7 % 251) as u8).collect();
+            for subsamp in [turbojpeg::Subsamp::Sub2x2, turbojpeg::Subsamp::Sub2x1, turbojpeg::Subsamp::None] {
+                let image = turbojpeg::Image {
+                    pixels: &rgb[..],
+                    width: w,
+                    pitch: w * 3,
+                    height: h,
+                    format: turbojpeg::PixelFormat::RGB,
+                };
+                let jpeg = turbojpeg::compress(image, 85, subsamp).unwrap();
+                let cam = RawFrame {
+                    layout: Layout::Jpeg,
+                    data: jpeg.to_vec(),
+                    width: w as u32,
+                    height: h as u32,
+                    ..RawFrame::empty()
+                };
+                let mut re = JpegBuf::default();
+                let info = Encoder::new(50, Subsampling::S420, true).unwrap().encode(&cam, &mut re).unwrap();
+                assert!(!info.passthrough, "{w}x{h} {subsamp:?}");
+                let header = turbojpeg::read_header(re.as_slice()).unwrap();
+                assert_eq!((header.width, header.height), (w, h), "{subsamp:?}");
+            }
+        }
     }
 
     #[test]
