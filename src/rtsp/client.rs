@@ -85,6 +85,9 @@ pub struct Target {
 impl Target {
     pub fn parse(s: &str) -> Result<Self, ClientError> {
         let bad = |why: &str| ClientError::Url { url: without_password(s), why: why.to_string() };
+        if let Some(why) = misplaced_userinfo(s) {
+            return Err(bad(&why));
+        }
         let mut url = Url::parse(s).map_err(|e| bad(&e.to_string()))?;
         if url.scheme() != "rtsp" {
             return Err(bad("the scheme is not rtsp"));
@@ -123,15 +126,29 @@ fn shown_cseq(got: Option<&str>) -> String {
 }
 
 /// A URL as it may be shown in an error or a log: the password (between the user's `:` and
-/// the `@` before the host) replaced by `***`. Works on text that does not parse as a URL.
+/// the `@` before the host) replaced by `***`. Works on text that does not parse as a URL, and
+/// takes the last `@` as the end of the user info even past a `/`, `?` or `#` (a password
+/// pasted without percent-encoding), so no part of such a password is shown either.
 pub fn without_password(s: &str) -> String {
     let start = s.find("://").map_or(0, |i| i + 3);
-    let authority_end = s[start..].find(['/', '?', '#']).map_or(s.len(), |i| start + i);
-    let Some(at) = s[start..authority_end].rfind('@').map(|i| start + i) else { return s.to_string() };
+    let Some(at) = s[start..].rfind('@').map(|i| start + i) else { return s.to_string() };
     match s[start..at].find(':') {
         Some(colon) => format!("{}***{}", &s[..start + colon + 1], &s[at..]),
         None => s.to_string(),
     }
+}
+
+/// Whether a `/`, `?` or `#` comes before the URL's last `@`: a user name or password with
+/// one of them not percent-encoded (or an `@` in the path), which would otherwise be read as
+/// the end of the host and show part of the password as a host or port.
+pub fn misplaced_userinfo(s: &str) -> Option<String> {
+    let start = s.find("://").map_or(0, |i| i + 3);
+    let at = s[start..].rfind('@')?;
+    s[start..start + at].contains(['/', '?', '#']).then(|| {
+        "a '/', '?' or '#' comes before the '@': percent-encode them in the user name or password \
+         (%2F, %3F, %23), or an '@' in the path as %40"
+            .to_string()
+    })
 }
 
 /// `%XX` escapes in a URL's user or password.
@@ -716,6 +733,11 @@ mod tests {
         assert_eq!(without_password("rtsp://cam/a@b:c"), "rtsp://cam/a@b:c");
         assert_eq!(without_password("rtsp://u@cam/"), "rtsp://u@cam/");
         assert_eq!(without_password("u:p@cam"), "u:***@cam");
+        // Passwords pasted with '/', '?' or '#' in them: refused, and no part of them shown.
+        for url in ["rtsp://al:s3/cret@cam/x", "rtsp://al:s3#cret@cam:554/x", "rtsp://al:s3?cret@cam"] {
+            let e = Target::parse(url).unwrap_err().to_string();
+            assert!(!e.contains("s3") && !e.contains("cret") && e.contains("percent-encode"), "{url}: {e}");
+        }
         let t = Target::parse("rtsp://al:s3cret@cam/x").unwrap();
         assert!(!format!("{t:?}").contains("s3cret"), "{t:?}");
     }

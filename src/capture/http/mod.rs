@@ -84,6 +84,9 @@ impl Target {
             }
             return Err(bad(&shown, "expected an http:// URL".into()));
         };
+        if let Some(why) = crate::rtsp::client::misplaced_userinfo(url) {
+            return Err(bad(&strip_userinfo(url), why));
+        }
         let auth_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
         let (authority, path) = rest.split_at(auth_end);
         let (userinfo, host) = match authority.rfind('@') {
@@ -114,11 +117,9 @@ impl Target {
 /// The URL with any `user:pass@` removed, for messages about a URL that did not parse.
 fn strip_userinfo(url: &str) -> String {
     match url.split_once("://") {
-        Some((scheme, rest)) => {
-            let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-            let host = rest[..end].rsplit('@').next().unwrap_or_default();
-            format!("{scheme}://{host}{}", &rest[end..])
-        }
+        // The last '@' anywhere ends the user info: a password pasted with a '/' in it is
+        // not shown in part.
+        Some((scheme, rest)) => format!("{scheme}://{}", rest.rsplit('@').next().unwrap_or_default()),
         None => url.to_string(),
     }
 }
@@ -588,6 +589,10 @@ mod tests {
 
     #[test]
     fn urls() {
+        for url in ["http://al:s3/cret@cam/x", "http://al:s3?cret@cam", "http://al:s3#cret@cam:81/x"] {
+            let e = Target::parse(url).unwrap_err().to_string();
+            assert!(!e.contains("s3") && !e.contains("cret") && e.contains("percent-encode"), "{url}: {e}");
+        }
         let t = Target::parse("http://admin:p%40ss@cam.local:8080/video?x=1").unwrap();
         assert_eq!(t.name, "http://cam.local:8080/video?x=1");
         assert_eq!(t.path, "/video?x=1");
