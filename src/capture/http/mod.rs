@@ -16,13 +16,13 @@
 pub mod multipart;
 
 use std::io::Read;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
 use self::multipart::{Multipart, PartInfo};
 use super::mjpeg::Scanner;
-use super::{CaptureError, FrameSource, Layout, RawFrame};
+use super::{interrupted, CaptureError, FrameSource, Layout, RawFrame};
 use crate::clock::now_us;
 use crate::rtsp::{basic_authorization, digest_response, dump, parse_auth, AuthParams, DigestInput};
 
@@ -33,6 +33,10 @@ pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one read may wait for bytes: a camera that stalls this long (mid-part or between
 /// parts) ends the session, and the capture thread reconnects.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long one part of a multipart stream may take from its first byte to its end: a camera
+/// that trickles bytes (each read within [`STALL_TIMEOUT`]) but never finishes the image ends
+/// the session as stalled.
+pub const PART_TIMEOUT: Duration = Duration::from_secs(10);
 /// Parts in a row that are skipped (not JPEG, broken, no size) before the session is given up.
 pub const MAX_BAD_PARTS: u64 = 30;
 
@@ -375,6 +379,8 @@ struct MjpegStream {
     seq: u64,
     /// When the last read returned: the arrival time of every part it completed.
     read_us: u64,
+    /// When the part being read began to arrive (see [`PART_TIMEOUT`]).
+    part_since: Option<Instant>,
     warned_size: bool,
 }
 
@@ -392,6 +398,7 @@ impl MjpegStream {
             first: None,
             seq: 0,
             read_us: now_us(),
+            part_since: None,
             warned_size: false,
         };
         let mut data = Vec::new();
@@ -413,6 +420,7 @@ impl MjpegStream {
             if let Some(part) = part {
                 match jpeg_size(part.image) {
                     Ok(size) => {
+                        self.part_since = None;
                         out.clear();
                         out.extend_from_slice(part.image);
                         return Ok((size, capture_time(&part.info, self.read_us)));
@@ -435,9 +443,20 @@ impl MjpegStream {
         }
     }
 
-    /// One read from the socket into the multipart reader.
+    /// One read from the socket into the multipart reader; fails instead once the capture
+    /// thread is interrupted, or the part being read is older than [`PART_TIMEOUT`].
     fn fill(&mut self) -> Result<(), CaptureError> {
         let frames = self.parts.stats.parts;
+        if interrupted() {
+            return Err(self.remote("stopped while reading the stream".into()));
+        }
+        if !self.parts.in_part() {
+            self.part_since = None;
+        } else if self.part_since.get_or_insert_with(Instant::now).elapsed() > PART_TIMEOUT {
+            return Err(self.remote(format!(
+                "the camera stalled: a part not complete {PART_TIMEOUT:?} after it began (after {frames} frames)"
+            )));
+        }
         let space = self.parts.space();
         if space.is_empty() {
             let e = self.parts.stuck();
