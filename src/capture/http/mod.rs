@@ -368,6 +368,34 @@ fn read_error(target: &str, e: std::io::Error, frames: u64) -> CaptureError {
     CaptureError::Remote { name: target.to_string(), what }
 }
 
+/// Why a [`Bounded`] read gave up.
+#[derive(Debug, thiserror::Error)]
+enum Overdue {
+    #[error("stopped while reading the snapshot")]
+    Stopped,
+    #[error("a snapshot not complete {PART_TIMEOUT:?} after it was asked for")]
+    Late,
+}
+
+/// A snapshot's body, read until `until` at the latest (each read is bounded by
+/// [`STALL_TIMEOUT`]), and not past a stop ([`interrupted`]).
+struct Bounded<R> {
+    inner: R,
+    until: Instant,
+}
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if interrupted() {
+            return Err(std::io::Error::other(Overdue::Stopped));
+        }
+        if Instant::now() >= self.until {
+            return Err(std::io::Error::other(Overdue::Late));
+        }
+        self.inner.read(buf)
+    }
+}
+
 /// A multipart MJPEG stream: frames as the camera sends them.
 struct MjpegStream {
     name: String,
@@ -547,10 +575,14 @@ impl Snapshot {
         };
         out.clear();
         let limit = self.max as u64;
-        let read = resp.into_body().into_with_config().limit(limit).reader().read_to_end(out);
+        let body = resp.into_body().into_with_config().limit(limit).reader();
+        let read = Bounded { inner: body, until: Instant::now() + PART_TIMEOUT }.read_to_end(out);
         let arrived = now_us();
         let target = &self.client.target;
         if let Err(e) = read {
+            if e.kind() == std::io::ErrorKind::Other && e.get_ref().is_some_and(|x| x.is::<Overdue>()) {
+                return Err(target.remote(format!("the camera stalled: {e} (after {} frames)", self.seq)));
+            }
             let over = e
                 .get_ref()
                 .and_then(|x| x.downcast_ref::<ureq::Error>())
@@ -604,6 +636,23 @@ impl FrameSource for Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_trickling_snapshot_body_is_given_up_at_its_deadline() {
+        struct Trickle;
+        impl Read for Trickle {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                std::thread::sleep(Duration::from_millis(10));
+                buf[0] = 0;
+                Ok(1)
+            }
+        }
+        let mut out = Vec::new();
+        let until = Instant::now() + Duration::from_millis(100);
+        let e = Bounded { inner: Trickle, until }.read_to_end(&mut out).unwrap_err();
+        assert!(e.to_string().contains("not complete"), "{e}");
+        assert!((5..=11).contains(&out.len()), "{} bytes", out.len());
+    }
 
     #[test]
     fn urls() {
