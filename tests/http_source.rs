@@ -427,6 +427,51 @@ fn a_stall_a_500_and_a_close_mid_stream_reconnect() {
 }
 
 #[test]
+fn a_camera_trickling_one_part_is_lost_and_one_that_never_answers_stops_cleanly() {
+    let (before, after) = (frames(80, 1), frames(90, 4));
+    let after_cam = after.clone();
+    let cam = Camera::start(move |n, _, sock, stop| match n {
+        0 => {
+            // One frame, then a part cut inside its image, then one byte a second: every read
+            // is within the stall timeout, but the part never ends.
+            let _ = sock.write_all(mjpg_streamer_head().as_bytes());
+            let f = &before[0];
+            let _ = sock.write_all(&part(f, f.len(), ""));
+            let _ = sock.write_all(&part(f, f.len(), "")[..f.len() - 100]);
+            for _ in 0..30 {
+                if stop.load(Ordering::Relaxed) || sock.write_all(&[0]).is_err() {
+                    return;
+                }
+                thread::sleep(Duration::from_secs(1));
+            }
+        }
+        _ => {
+            let _ = sock.write_all(mjpg_streamer_head().as_bytes());
+            loop_frames(sock, stop, &after_cam, |f| part(f, f.len(), ""));
+        }
+    });
+    let (r, port) = relay(&cam.url("/"), &[]);
+    let stalled = "the camera stalled: a part not complete 10s after it began (after 1 frames)";
+    assert!(r.wait_for_stderr(stalled, Duration::from_secs(16)), "{}", r.stderr());
+    assert!(r.elapsed() < Duration::from_secs(15), "lost after {:?}", r.elapsed());
+    assert!(relay_shows(port, &set(&after), Duration::from_secs(8)), "{}", r.stderr());
+
+    // A camera that takes the connection and never answers: --duration still ends the run,
+    // with status 0 (at the latest when the response timeout ends the attempt).
+    let silent = Camera::start(|_, _, _, stop| {
+        while !stop.load(Ordering::Relaxed) {
+            thread::sleep(Duration::from_millis(50));
+        }
+    });
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut r = Proc::spawn("relay", &["send", "--source", &silent.url("/"), "--http", &addr, "--duration", "1"]);
+    let took = r.expect_success(Duration::from_secs(10));
+    assert!(took < Duration::from_secs(8), "took {took:?}");
+    assert!(r.stderr().contains("stopped before the source opened"), "{}", r.stderr());
+}
+
+#[test]
 fn ffmpeg_serving_mpjpeg_over_http_is_forwarded_unchanged() {
     if !require_tools("ffmpeg_serving_mpjpeg_over_http_is_forwarded_unchanged", &[("ffmpeg", "ffmpeg")]) {
         return;

@@ -539,3 +539,64 @@ fn mjpeg_changing_size_is_forwarded_at_its_new_size_and_the_viewer_copes() {
     assert!(sizes.contains(&(64, 48)) && sizes.contains(&(32, 16)), "the viewer showed sizes {sizes:?}");
     assert!(sizes.last() == Some(&(32, 16)), "the viewer showed sizes {sizes:?}");
 }
+
+/// Runs `framecast send --source - ARGS` on a pipe that gets `input` and then stays open and
+/// silent (a producer that hangs); with `sigint_after`, sends SIGINT then. Returns how it
+/// ended, its log, and how long it took (from the start, or from the SIGINT).
+fn send_on_silent_stdin(input: &[u8], args: &[&str], sigint_after: Option<Duration>) -> (ExitStatus, String, Duration) {
+    let (read, mut write) = os_pipe();
+    write.write_all(input).expect("write the input");
+    let mut child = Command::new(BIN)
+        .args(["send", "--source", "-", "--http", "127.0.0.1:0"])
+        .args(args)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::from(read))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start framecast");
+    let mut err = child.stderr.take().expect("piped stderr");
+    let reader = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let mut from = Instant::now();
+    if let Some(after) = sigint_after {
+        thread::sleep(after);
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+        from = Instant::now();
+    }
+    let limit = Duration::from_secs(10);
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        if from.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("framecast {args:?} on a silent pipe still running after {limit:?}; killed");
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    let took = from.elapsed();
+    drop(write);
+    (status, reader.join().unwrap_or_default(), took)
+}
+
+#[test]
+fn a_silent_pipe_honours_duration_and_ctrl_c() {
+    let _g = serial();
+    // One image, then nothing: --duration 1 still ends the run, cleanly, with a summary.
+    let (status, log, took) = send_on_silent_stdin(&jpeg(64, 48, 0), &["--duration", "1"], None);
+    assert!(status.success(), "{status}\n{log}");
+    assert!(took < Duration::from_secs(4), "took {took:?}\n{log}");
+    assert!(log.contains("sender summary"), "{log}");
+    // Nothing at all (the format is never recognised): Ctrl-C ends it at once, with status 0.
+    let (status, log, took) = send_on_silent_stdin(&[], &[], Some(Duration::from_millis(500)));
+    assert!(status.success(), "{status}\n{log}");
+    assert!(took < Duration::from_secs(2), "took {took:?} after SIGINT\n{log}");
+    assert!(log.contains("stopped before the source opened") && log.contains("sender summary"), "{log}");
+}

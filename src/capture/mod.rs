@@ -17,7 +17,11 @@ pub mod rtsp;
 pub mod scale;
 pub mod y4m;
 
+use std::cell::RefCell;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
 
 use crate::format::Subsampling;
 
@@ -128,6 +132,39 @@ pub trait FrameSource {
     fn next_frame(&mut self, frame: &mut RawFrame) -> Result<bool, CaptureError>;
 }
 
+/// Why the thread running a source should give up a blocking wait: the stop flags (Ctrl-C,
+/// the pipeline's own end) and the `--duration` deadline. The capture thread sets it (with
+/// [`set_interrupt`]) before it opens a source or asks for a frame; sources run on that thread
+/// and look at it with [`interrupted`] between bounded waits (a pipe's polls, an HTTP
+/// camera's reads), so that a silent source cannot hold the run past a stop.
+#[derive(Clone, Debug, Default)]
+pub struct Interrupt {
+    pub stops: Vec<Arc<AtomicBool>>,
+    pub deadline: Option<Instant>,
+}
+
+impl Interrupt {
+    /// True once a stop flag is set or the deadline has passed.
+    pub fn due(&self) -> bool {
+        self.stops.iter().any(|s| s.load(Ordering::Relaxed)) || self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+}
+
+thread_local! {
+    static INTERRUPT: RefCell<Interrupt> = RefCell::new(Interrupt::default());
+}
+
+/// Sets this thread's [`Interrupt`] (the capture thread's stop flags and deadline).
+pub fn set_interrupt(interrupt: Interrupt) {
+    INTERRUPT.with(|i| *i.borrow_mut() = interrupt);
+}
+
+/// True if the thread's [`Interrupt`] is due: a source should stop waiting and fail (the
+/// capture thread then ends cleanly). Always false on a thread that set none.
+pub fn interrupted() -> bool {
+    INTERRUPT.with(|i| i.borrow().due())
+}
+
 /// The `--source` flag, parsed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SourceSpec {
@@ -213,5 +250,19 @@ mod tests {
         assert_eq!(yuv_len(640, 480, Subsampling::S444), 640 * 480 * 3);
         assert_eq!(yuv_len(640, 480, Subsampling::Gray), 640 * 480);
         assert_eq!(chroma_size(5, 3, Subsampling::S420), (3, 2));
+    }
+
+    #[test]
+    fn the_interrupt_is_per_thread_and_follows_its_flags_and_deadline() {
+        let stop = Arc::new(AtomicBool::new(false));
+        set_interrupt(Interrupt { stops: vec![stop.clone()], deadline: None });
+        assert!(!interrupted());
+        stop.store(true, Ordering::Relaxed);
+        assert!(interrupted());
+        assert!(!std::thread::spawn(interrupted).join().unwrap(), "another thread is not interrupted");
+        set_interrupt(Interrupt { stops: Vec::new(), deadline: Some(Instant::now()) });
+        assert!(interrupted());
+        set_interrupt(Interrupt::default());
+        assert!(!interrupted());
     }
 }

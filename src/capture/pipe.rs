@@ -121,7 +121,7 @@ fn sniff(input: &mut Input) -> Result<InputFormat, CaptureError> {
         if !maybe {
             break None;
         }
-        match input.file.read(&mut head[n..]) {
+        match input.read_file(&mut head[n..]) {
             Ok(0) => break None,
             Ok(k) => n += k,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -273,8 +273,46 @@ impl Read for Input {
             self.at += n;
             return Ok(n);
         }
-        self.file.read(buf)
+        self.read_file(buf)
     }
+}
+
+/// How long a read of a live input waits for bytes before it looks at the capture thread's
+/// stop flags and deadline again.
+pub const POLL_STEP: Duration = Duration::from_millis(100);
+
+/// The error a read of a live input returns once the capture thread is interrupted.
+const STOPPED: &str = "stopped while waiting for input";
+
+impl Input {
+    /// Reads from the file; a live input (pipe, FIFO, device) through `poll(2)` in
+    /// [`POLL_STEP`]s, failing once [`super::interrupted`] says the run is over, so that a
+    /// silent producer cannot hold it.
+    fn read_file(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.origin.regular() {
+            return self.file.read(buf);
+        }
+        loop {
+            if super::interrupted() {
+                return Err(io::Error::other(STOPPED));
+            }
+            if readable(&self.file, POLL_STEP)? {
+                return self.file.read(buf);
+            }
+        }
+    }
+}
+
+/// Waits at most `wait` for `file` to have bytes to read (or its end, or an error).
+fn readable(file: &File, wait: Duration) -> io::Result<bool> {
+    let mut pfd = libc::pollfd { fd: file.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd for the duration of the call.
+    let n = unsafe { libc::poll(&mut pfd, 1, wait.as_millis().min(i32::MAX as u128) as libc::c_int) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::Interrupted { Ok(false) } else { Err(e) };
+    }
+    Ok(n > 0)
 }
 
 impl Seek for Input {
@@ -324,31 +362,25 @@ fn open_path(path: &Path, wait: Option<Duration>) -> Result<File, CaptureError> 
     Ok(file)
 }
 
-/// Waits until the FIFO has bytes to read or its writer has come and gone.
+/// Waits until the FIFO has bytes to read or its writer has come and gone, in [`POLL_STEP`]s
+/// that look at [`super::interrupted`].
 fn wait_for_writer(file: &File, wait: Option<Duration>) -> Result<(), String> {
     let start = Instant::now();
     let mut told = false;
     loop {
-        let left = match wait {
-            Some(w) => w.saturating_sub(start.elapsed()),
-            None => Duration::from_secs(1),
-        };
-        let mut pfd = libc::pollfd { fd: file.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-        // SAFETY: one valid pollfd for the duration of the call.
-        let n = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(1000) as libc::c_int) };
-        if n > 0 {
-            return Ok(());
+        if super::interrupted() {
+            return Err("stopped while waiting for a writer to open the FIFO".into());
         }
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(format!("cannot poll the FIFO: {e}"));
-            }
+        let left = wait.map_or(POLL_STEP, |w| w.saturating_sub(start.elapsed()));
+        match readable(file, left.min(POLL_STEP)) {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => return Err(format!("cannot poll the FIFO: {e}")),
         }
         if wait.is_some_and(|w| start.elapsed() >= w) {
             return Err("no writer has opened the FIFO yet".into());
         }
-        if wait.is_none() && !told {
+        if wait.is_none() && !told && start.elapsed() >= Duration::from_secs(1) {
             info!("waiting for a writer to open the FIFO");
             told = true;
         }
@@ -551,6 +583,48 @@ mod tests {
         let p = dir.join(name);
         std::fs::write(&p, bytes).unwrap();
         p
+    }
+
+    fn fifo(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("fc-pipe-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join(name);
+        let _ = std::fs::remove_file(&p);
+        let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo {}", p.display());
+        p
+    }
+
+    #[test]
+    fn a_fifo_without_a_writer_and_a_silent_one_give_up_when_interrupted() {
+        use super::super::{set_interrupt, Interrupt};
+        let p = fifo("silent");
+        let soon = |ms| Interrupt { stops: Vec::new(), deadline: Some(Instant::now() + Duration::from_millis(ms)) };
+        // No writer at all: the first open (which waits for ever) gives up at the deadline.
+        set_interrupt(soon(300));
+        let t = Instant::now();
+        assert!(open(&spec(&p, InputFormat::Auto, false)).is_err());
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        // A writer that sends one image and then nothing: the frame read gives up.
+        let jpeg = pattern_jpeg(32, 16, Subsampling::S420, 80, 0).unwrap();
+        let writer = {
+            let p = p.clone();
+            std::thread::spawn(move || {
+                let mut w = OpenOptions::new().write(true).open(&p).unwrap();
+                std::io::Write::write_all(&mut w, &jpeg).unwrap();
+                std::thread::sleep(Duration::from_secs(3));
+            })
+        };
+        set_interrupt(soon(1000));
+        let mut src = open(&spec(&p, InputFormat::Auto, false)).unwrap();
+        let mut frame = RawFrame::empty();
+        assert!(src.next_frame(&mut frame).unwrap(), "the first image");
+        let t = Instant::now();
+        assert!(src.next_frame(&mut frame).is_err(), "a silent writer ends the read once interrupted");
+        assert!(t.elapsed() < Duration::from_millis(1500), "{:?}", t.elapsed());
+        set_interrupt(Interrupt::default());
+        writer.join().unwrap();
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crossbeam_channel::Sender;
 use tracing::{info, warn};
 
 use super::{SourceFactory, POLL};
-use crate::capture::{nosignal, CaptureError, FrameSource, Layout, RawFrame};
+use crate::capture::{interrupted, nosignal, set_interrupt, CaptureError, FrameSource, Interrupt, Layout, RawFrame};
 use crate::chan::{LatestSender, Pool};
 use crate::clock::now_us;
 use crate::format::Subsampling;
@@ -35,12 +35,16 @@ pub(super) struct Recovery {
     pub first: Duration,
     pub cap: Duration,
     pub no_signal_every: Duration,
+    /// A source lost again within this long of coming back carries on the backoff where it
+    /// was, instead of starting again from `first` (a flapping camera is not hammered).
+    pub stable_after: Duration,
 }
 
 pub(super) const RECOVERY: Recovery = Recovery {
     first: Duration::from_millis(100),
     cap: Duration::from_secs(5),
     no_signal_every: Duration::from_secs(1),
+    stable_after: Duration::from_secs(10),
 };
 
 /// When capture ends by itself: `--fps` pacing (0: as fast as possible), `--frames`,
@@ -63,8 +67,9 @@ pub(super) struct SourceInfo {
 /// Everything the capture thread owns.
 pub(super) struct Capture {
     pub open_source: SourceFactory,
-    /// The opened source's size and pacing, or why it would not open; sent once.
-    pub info_tx: Sender<Result<SourceInfo, CaptureError>>,
+    /// The opened source's size and pacing, or why it would not open; sent once. `None`: a
+    /// stop or the deadline came before the source opened (a clean end).
+    pub info_tx: Sender<Result<Option<SourceInfo>, CaptureError>>,
     pub tx: LatestSender<RawFrame>,
     pub pool: Pool<RawFrame>,
     pub meter: Meter,
@@ -74,6 +79,9 @@ pub(super) struct Capture {
     /// For the no-signal cards.
     pub subsampling: Subsampling,
     pub recovery: Recovery,
+    /// The reopen backoff, and when the source last came back: kept across losses that come
+    /// soon after a reopen (see [`Recovery::stable_after`]).
+    pub backoff: Option<(Backoff, Instant)>,
 }
 
 /// Where a run of the capture loop stands.
@@ -98,8 +106,18 @@ struct Run {
 impl Capture {
     /// Runs until the source ends, a limit is reached, or a stop is requested.
     pub fn run(mut self) -> anyhow::Result<()> {
+        let Limits { fps, duration, .. } = self.limits;
+        // Sources wait in bounded steps and give up once a stop or `--duration` comes, the
+        // first open too (a FIFO without a writer, a silent pipe, a camera that does not answer).
+        let stops = self.stops.to_vec();
+        set_interrupt(Interrupt { stops: stops.clone(), deadline: duration.map(|d| Instant::now() + d) });
         let source = match (self.open_source)() {
             Ok(s) => s,
+            Err(e) if interrupted() => {
+                info!(error = %e, "stopped before the source opened; capture ends");
+                let _ = self.info_tx.send(Ok(None));
+                return Ok(());
+            }
             Err(e) => {
                 let _ = self.info_tx.send(Err(e));
                 return Ok(());
@@ -107,12 +125,12 @@ impl Capture {
         };
         let (width, height) = source.size();
         info!(source = %source.describe(), "capturing");
-        if self.info_tx.send(Ok(SourceInfo { width, height, self_paced: source.self_paced() })).is_err() {
+        if self.info_tx.send(Ok(Some(SourceInfo { width, height, self_paced: source.self_paced() }))).is_err() {
             return Ok(());
         }
-        let Limits { fps, duration, .. } = self.limits;
         let period = (fps > 0 && !source.self_paced()).then(|| Duration::from_secs_f64(1.0 / f64::from(fps)));
         let started = Instant::now();
+        set_interrupt(Interrupt { stops, deadline: duration.map(|d| started + d) });
         let mut run = Run {
             lossless: period.is_none() && !source.self_paced(),
             source,
@@ -159,6 +177,11 @@ impl Capture {
             Ok(true) => {}
             Ok(false) => {
                 info!(frames = run.count, "source ended");
+                return Ok(false);
+            }
+            // The source gave up waiting because of a stop or the deadline: a clean end.
+            Err(e) if interrupted() => {
+                info!(frames = run.count, error = %e, "stop requested or duration reached while waiting for the source; capture ends");
                 return Ok(false);
             }
             // A file that cannot be read stays unreadable: that ends the stream.
@@ -254,7 +277,11 @@ impl SourceAway {
             c.source_lost = Some(lost);
         });
         let recovery = cap.recovery;
-        let mut backoff = Backoff::new(recovery.first, recovery.cap);
+        // A source lost again soon after it came back carries on the backoff.
+        let mut backoff = match cap.backoff.take() {
+            Some((b, back)) if back.elapsed() < recovery.stable_after => b,
+            _ => Backoff::new(recovery.first, recovery.cap),
+        };
         let mut next_open = Instant::now() + backoff.next_delay();
         let mut next_card = Instant::now();
         let mut attempt = 0u64;
@@ -277,7 +304,10 @@ impl SourceAway {
             if now >= next_open {
                 attempt += 1;
                 match self.try_open(cap, attempt, &lost) {
-                    Ok(s) => return Some(s),
+                    Ok(s) => {
+                        cap.backoff = Some((backoff, Instant::now()));
+                        return Some(s);
+                    }
                     Err(problem) => {
                         let d = backoff.next_delay();
                         info!(attempt, error = %problem, retry_in_ms = d.as_millis() as u64, "cannot reopen the source");
@@ -380,12 +410,13 @@ mod tests {
             limits,
             subsampling: Subsampling::S420,
             recovery,
+            backoff: None,
         };
         (cap, RxEnds { info_rx, rx, meter })
     }
 
     struct RxEnds {
-        info_rx: crossbeam_channel::Receiver<Result<SourceInfo, CaptureError>>,
+        info_rx: crossbeam_channel::Receiver<Result<Option<SourceInfo>, CaptureError>>,
         rx: crate::chan::LatestReceiver<RawFrame>,
         meter: Meter,
     }
@@ -407,10 +438,11 @@ mod tests {
             first: Duration::from_millis(20),
             cap: Duration::from_millis(40),
             no_signal_every: Duration::from_millis(25),
+            stable_after: Duration::from_secs(10),
         };
         let (cap, ends) = capture(factory, Limits::default(), recovery);
         let t = thread::spawn(move || cap.run());
-        assert!(matches!(ends.info_rx.recv().unwrap(), Ok(SourceInfo { width: 16, height: 16, .. })));
+        assert!(matches!(ends.info_rx.recv().unwrap(), Ok(Some(SourceInfo { width: 16, height: 16, .. }))));
         // fps 0 and a source that is not live: every frame is delivered (no drops).
         let got: Vec<(u64, u8, u64)> = ends.rx.iter().map(|f| (f.seq, f.data[0], f.capture_us)).collect();
         t.join().unwrap().unwrap();
@@ -444,6 +476,7 @@ mod tests {
             first: Duration::from_millis(20),
             cap: Duration::from_millis(40),
             no_signal_every: Duration::from_millis(5),
+            stable_after: Duration::from_secs(10),
         };
         let (cap, ends) = capture(factory, Limits::default(), recovery);
         let t = thread::spawn(move || cap.run());
@@ -470,6 +503,7 @@ mod tests {
             first: Duration::from_millis(10),
             cap: Duration::from_millis(20),
             no_signal_every: Duration::from_millis(30),
+            stable_after: Duration::from_secs(10),
         };
         let limits = Limits { duration: Some(Duration::from_millis(300)), ..Limits::default() };
         let (cap, ends) = capture(factory, limits, recovery);
@@ -509,5 +543,81 @@ mod tests {
         let stamps: Vec<u64> = ends.rx.iter().map(|f| f.capture_us).collect();
         t.join().unwrap().unwrap();
         assert_eq!(stamps, vec![1234; 3]);
+    }
+    /// A source that waits for ever (a silent pipe, a camera that does not answer) until
+    /// the capture thread's interrupt is due, as the real sources do; then fails.
+    fn wait_for_interrupt() -> CaptureError {
+        while !interrupted() {
+            thread::sleep(Duration::from_millis(5));
+        }
+        CaptureError::File { path: "silent".into(), what: "stopped while waiting for input".into() }
+    }
+
+    struct Silent;
+
+    impl FrameSource for Silent {
+        fn describe(&self) -> String {
+            "silent".into()
+        }
+        fn size(&self) -> (u32, u32) {
+            (16, 16)
+        }
+        fn next_frame(&mut self, _: &mut RawFrame) -> Result<bool, CaptureError> {
+            Err(wait_for_interrupt())
+        }
+    }
+
+    #[test]
+    fn a_source_that_never_opens_ends_cleanly_at_the_deadline() {
+        let factory: SourceFactory = Box::new(|| Err(wait_for_interrupt()));
+        let limits = Limits { duration: Some(Duration::from_millis(200)), ..Limits::default() };
+        let (cap, ends) = capture(factory, limits, RECOVERY);
+        let t = Instant::now();
+        let h = thread::spawn(move || cap.run());
+        assert!(matches!(ends.info_rx.recv().unwrap(), Ok(None)));
+        h.join().unwrap().unwrap();
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    }
+
+    #[test]
+    fn a_silent_source_ends_cleanly_on_a_stop_mid_stream() {
+        let factory: SourceFactory = Box::new(|| Ok(Box::new(Silent) as Box<dyn FrameSource>));
+        let (cap, ends) = capture(factory, Limits::default(), RECOVERY);
+        let stop = cap.stops[0].clone();
+        let h = thread::spawn(move || cap.run());
+        assert!(matches!(ends.info_rx.recv().unwrap(), Ok(Some(_))));
+        thread::sleep(Duration::from_millis(100));
+        stop.store(true, Ordering::Relaxed);
+        // A file error that comes of the stop is no failure.
+        h.join().unwrap().unwrap();
+        assert_eq!(ends.rx.iter().count(), 0);
+        assert_eq!(ends.meter.summary().source_losses, 0);
+    }
+
+    #[test]
+    fn a_flapping_source_carries_on_its_backoff() {
+        // Every open gives one frame and then fails: with the backoff starting over at each
+        // loss it would be reopened every 20 ms, about 50 times in a second.
+        let opens = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = opens.clone();
+        let factory: SourceFactory = Box::new(move || {
+            counter.fetch_add(1, Ordering::Relaxed);
+            Ok(Box::new(Scripted { side: 16, fill: 10, frames: 1, next: 0, then_fail: true }) as Box<dyn FrameSource>)
+        });
+        let recovery = Recovery {
+            first: Duration::from_millis(20),
+            cap: Duration::from_millis(320),
+            no_signal_every: Duration::from_millis(50),
+            stable_after: Duration::from_secs(10),
+        };
+        let limits = Limits { duration: Some(Duration::from_secs(1)), ..Limits::default() };
+        let (cap, ends) = capture(factory, limits, recovery);
+        let h = thread::spawn(move || cap.run());
+        let _ = ends.rx.iter().count();
+        h.join().unwrap().unwrap();
+        // 20 + 40 + 80 + 160 + 320 + 320 ms: about 6 reopens.
+        let n = opens.load(Ordering::Relaxed);
+        assert!((3..=9).contains(&n), "{n} opens in a second");
+        assert_eq!(ends.meter.summary().source_losses, n);
     }
 }

@@ -179,7 +179,7 @@ pub fn run(mut cfg: SendConfig, open_source: SourceFactory, stop: Arc<AtomicBool
     let finish = Arc::new(AtomicBool::new(false));
     let raw_pool: Pool<RawFrame> = Pool::new(4);
     let (raw_tx, raw_rx) = latest::<RawFrame>(1);
-    let (info_tx, info_rx) = bounded::<Result<SourceInfo, CaptureError>>(1);
+    let (info_tx, info_rx) = bounded::<Result<Option<SourceInfo>, CaptureError>>(1);
     let capture = Capture {
         open_source,
         info_tx,
@@ -190,9 +190,17 @@ pub fn run(mut cfg: SendConfig, open_source: SourceFactory, stop: Arc<AtomicBool
         limits: Limits { fps: cfg.fps, frames: cfg.frames, duration: cfg.duration },
         subsampling: cfg.subsampling,
         recovery: RECOVERY,
+        backoff: None,
     };
     let capture = stage::spawn("capture", move || capture.run())?;
     let (info, capture) = source_info(&info_rx, capture)?;
+    let Some(info) = info else {
+        // Stopped (Ctrl-C, --duration) before the source opened: a clean end, with a summary.
+        join(capture, "capture").context("sender capture stage failed")?;
+        let summary = meter.summary();
+        tracing::info!(target: "framecast::stats", "{}", summary.summary_text());
+        return Ok(summary);
+    };
     let up = Upstream { raw_rx, raw_pool, hub, meter, stop, finish };
     let (encode, feed) = start_encode(&cfg, &info, up)?;
     let (done_tx, done_rx) = bounded::<()>(0);
@@ -250,9 +258,9 @@ fn transports(cfg: &mut SendConfig, hub: &Hub, meter: &Meter) -> Vec<Box<dyn Tra
 
 /// Waits for the capture thread to open the source.
 fn source_info(
-    info_rx: &Receiver<Result<SourceInfo, CaptureError>>,
+    info_rx: &Receiver<Result<Option<SourceInfo>, CaptureError>>,
     capture: Stage,
-) -> anyhow::Result<(SourceInfo, Stage)> {
+) -> anyhow::Result<(Option<SourceInfo>, Stage)> {
     match info_rx.recv() {
         Ok(Ok(info)) => Ok((info, capture)),
         Ok(Err(e)) => {

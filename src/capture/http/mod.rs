@@ -16,13 +16,13 @@
 pub mod multipart;
 
 use std::io::Read;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
 use self::multipart::{Multipart, PartInfo};
 use super::mjpeg::Scanner;
-use super::{CaptureError, FrameSource, Layout, RawFrame};
+use super::{interrupted, CaptureError, FrameSource, Layout, RawFrame};
 use crate::clock::now_us;
 use crate::rtsp::{basic_authorization, digest_response, dump, parse_auth, AuthParams, DigestInput};
 
@@ -33,6 +33,10 @@ pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one read may wait for bytes: a camera that stalls this long (mid-part or between
 /// parts) ends the session, and the capture thread reconnects.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long one part of a multipart stream may take from its first byte to its end: a camera
+/// that trickles bytes (each read within [`STALL_TIMEOUT`]) but never finishes the image ends
+/// the session as stalled.
+pub const PART_TIMEOUT: Duration = Duration::from_secs(10);
 /// Parts in a row that are skipped (not JPEG, broken, no size) before the session is given up.
 pub const MAX_BAD_PARTS: u64 = 30;
 
@@ -365,6 +369,34 @@ fn read_error(target: &str, e: std::io::Error, frames: u64) -> CaptureError {
     CaptureError::Remote { name: target.to_string(), what }
 }
 
+/// Why a [`Bounded`] read gave up.
+#[derive(Debug, thiserror::Error)]
+enum Overdue {
+    #[error("stopped while reading the snapshot")]
+    Stopped,
+    #[error("a snapshot not complete {PART_TIMEOUT:?} after it was asked for")]
+    Late,
+}
+
+/// A snapshot's body, read until `until` at the latest (each read is bounded by
+/// [`STALL_TIMEOUT`]), and not past a stop ([`interrupted`]).
+struct Bounded<R> {
+    inner: R,
+    until: Instant,
+}
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if interrupted() {
+            return Err(std::io::Error::other(Overdue::Stopped));
+        }
+        if Instant::now() >= self.until {
+            return Err(std::io::Error::other(Overdue::Late));
+        }
+        self.inner.read(buf)
+    }
+}
+
 /// A multipart MJPEG stream: frames as the camera sends them.
 struct MjpegStream {
     name: String,
@@ -376,6 +408,8 @@ struct MjpegStream {
     seq: u64,
     /// When the last read returned: the arrival time of every part it completed.
     read_us: u64,
+    /// When the part being read began to arrive (see [`PART_TIMEOUT`]).
+    part_since: Option<Instant>,
     warned_size: bool,
 }
 
@@ -393,6 +427,7 @@ impl MjpegStream {
             first: None,
             seq: 0,
             read_us: now_us(),
+            part_since: None,
             warned_size: false,
         };
         let mut data = Vec::new();
@@ -414,6 +449,7 @@ impl MjpegStream {
             if let Some(part) = part {
                 match jpeg_size(part.image) {
                     Ok(size) => {
+                        self.part_since = None;
                         out.clear();
                         out.extend_from_slice(part.image);
                         return Ok((size, capture_time(&part.info, self.read_us)));
@@ -436,9 +472,20 @@ impl MjpegStream {
         }
     }
 
-    /// One read from the socket into the multipart reader.
+    /// One read from the socket into the multipart reader; fails instead once the capture
+    /// thread is interrupted, or the part being read is older than [`PART_TIMEOUT`].
     fn fill(&mut self) -> Result<(), CaptureError> {
         let frames = self.parts.stats.parts;
+        if interrupted() {
+            return Err(self.remote("stopped while reading the stream".into()));
+        }
+        if !self.parts.in_part() {
+            self.part_since = None;
+        } else if self.part_since.get_or_insert_with(Instant::now).elapsed() > PART_TIMEOUT {
+            return Err(self.remote(format!(
+                "the camera stalled: a part not complete {PART_TIMEOUT:?} after it began (after {frames} frames)"
+            )));
+        }
         let space = self.parts.space();
         if space.is_empty() {
             let e = self.parts.stuck();
@@ -529,10 +576,14 @@ impl Snapshot {
         };
         out.clear();
         let limit = self.max as u64;
-        let read = resp.into_body().into_with_config().limit(limit).reader().read_to_end(out);
+        let body = resp.into_body().into_with_config().limit(limit).reader();
+        let read = Bounded { inner: body, until: Instant::now() + PART_TIMEOUT }.read_to_end(out);
         let arrived = now_us();
         let target = &self.client.target;
         if let Err(e) = read {
+            if e.kind() == std::io::ErrorKind::Other && e.get_ref().is_some_and(|x| x.is::<Overdue>()) {
+                return Err(target.remote(format!("the camera stalled: {e} (after {} frames)", self.seq)));
+            }
             let over = e
                 .get_ref()
                 .and_then(|x| x.downcast_ref::<ureq::Error>())
@@ -586,6 +637,23 @@ impl FrameSource for Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_trickling_snapshot_body_is_given_up_at_its_deadline() {
+        struct Trickle;
+        impl Read for Trickle {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                std::thread::sleep(Duration::from_millis(10));
+                buf[0] = 0;
+                Ok(1)
+            }
+        }
+        let mut out = Vec::new();
+        let until = Instant::now() + Duration::from_millis(100);
+        let e = Bounded { inner: Trickle, until }.read_to_end(&mut out).unwrap_err();
+        assert!(e.to_string().contains("not complete"), "{e}");
+        assert!((5..=11).contains(&out.len()), "{} bytes", out.len());
+    }
 
     #[test]
     fn urls() {

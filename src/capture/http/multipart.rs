@@ -173,6 +173,12 @@ impl Multipart {
         }
     }
 
+    /// True while inside a part (its headers or its image), between a boundary line and the
+    /// part's end.
+    pub fn in_part(&self) -> bool {
+        self.state != State::Boundary
+    }
+
     /// The boundary in use (after a change, the new one).
     pub fn boundary(&self) -> String {
         String::from_utf8_lossy(&self.boundary).into_owned()
