@@ -42,7 +42,7 @@ const WINDOW_US: u64 = 1_000_000;
 /// Frames at a new quality before its size is trusted for the next decision.
 const SETTLE_FRAMES: u32 = 3;
 /// A latency cut stops counting as where trouble starts after this long without another, µs.
-const TROUBLE_MEMORY_US: u64 = 4_000_000;
+const TROUBLE_MEMORY_US: u64 = 2_000_000;
 /// Sizes remembered per quality are forgotten after this long, µs (the scene may change).
 const SIZE_MEMORY_US: u64 = 10_000_000;
 
@@ -417,7 +417,7 @@ impl Controller {
                 });
                 self.last_decrease = now;
             }
-        } else if lat < budget * 6 / 10 {
+        } else if lat < budget * 7 / 10 {
             let ceiling = self.predicted_kbps(self.ceiling, false, f64::from(self.cfg.fps));
             if now >= self.last_decrease + TROUBLE_MEMORY_US {
                 // Trouble long past (a loss episode's delivery rate, a moment's congestion) no
