@@ -342,8 +342,12 @@ impl Controller {
         let latency_p95 = p95(self.acked.iter().filter(|a| a.0 >= recent).filter_map(|a| a.2))
             .or_else(|| p95(self.acked.iter().filter_map(|a| a.2)))
             // A stream down to a few frames a second still has a latency: without one the rate
-            // held there (1280x720 stayed at 2.5 fps after a loss episode).
-            .or_else(|| self.acked.iter().filter_map(|a| a.2).max());
+            // held there (1280x720 stayed at 2.5 fps after a loss episode). Too few samples to
+            // cut on, though (each cut leaves fewer): they may only let the rate grow.
+            .or_else(|| {
+                let grow_below = self.cfg.max_latency_ms.map_or(0, |ms| u64::from(ms) * 1000 * 7 / 10);
+                self.acked.iter().filter_map(|a| a.2).max().filter(|&l| l < grow_below)
+            });
         let congestion = self.congested.len();
         let cap = self.link_cap(now);
         let rate = self.allowed_rate(now, delivered_kbps, latency_p95, congestion).map(|r| r.min(cap));
