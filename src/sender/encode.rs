@@ -44,8 +44,10 @@ pub enum Feedback {
     NewLink,
     /// A viewer's writer has this many frames unacknowledged after its latest write.
     InFlight(usize),
-    /// Frames of `bytes` (the oldest captured at `capture_us`) were acknowledged at `at_us`.
-    Acked { at_us: u64, bytes: u64, capture_us: u64 },
+    /// Frames of `bytes` (the oldest captured at `capture_us`) were acknowledged at `at_us`;
+    /// `waited_for_loss`: the frame's packets were asked for again (UDP), so its latency is the
+    /// loss recovery's, not the link's.
+    Acked { at_us: u64, bytes: u64, capture_us: u64, waited_for_loss: bool },
     /// A UDP viewer's rate control paces at `bps` (its estimate of the link) since `at_us`.
     LinkRate { at_us: u64, bps: u64 },
 }
@@ -156,7 +158,9 @@ impl Encode {
             match f {
                 Feedback::NewLink => c.on_new_link(),
                 Feedback::InFlight(n) => c.on_in_flight(n),
-                Feedback::Acked { at_us, bytes, capture_us } => c.on_acked(at_us, bytes, capture_us),
+                Feedback::Acked { at_us, bytes, capture_us, waited_for_loss } => {
+                    c.on_acked(at_us, bytes, capture_us, waited_for_loss)
+                }
                 Feedback::LinkRate { at_us, bps } => c.on_link_rate(at_us, bps),
             }
         }

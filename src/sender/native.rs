@@ -437,7 +437,7 @@ impl Viewer<'_> {
             self.feed.meter.update(|c| {
                 let _ = c.ack_rtt.record(at_us.saturating_sub(s.send_us).max(1));
             });
-            self.feed.feedback(Feedback::Acked { at_us, bytes, capture_us: s.capture_us });
+            self.feed.feedback(Feedback::Acked { at_us, bytes, capture_us: s.capture_us, waited_for_loss: false });
         }
     }
 

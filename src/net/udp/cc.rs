@@ -15,7 +15,8 @@
 //!   [`DELIVERY_WINDOW_US`], timed as the receipts arrived here.
 //! - **RTT** from each receipt: the send time of its `highest_seq` (a bounded ring of what
 //!   was sent) to its arrival, less the time the receiver held it; **min RTT** over
-//!   [`MIN_RTT_WINDOW_US`]; queueing delay = smoothed RTT − min RTT.
+//!   [`MIN_RTT_WINDOW_US`]; queueing delay = standing RTT (the lowest over
+//!   [`STANDING_WINDOW_US`]) − min RTT, so that a frame's own burst is not read as a queue.
 //! - **Delay**: above [`QUEUE_DELAY_US`] (or half the latency budget if smaller) the rate
 //!   drops to [`BETA`] × delivered, at most once per RTT. That is the only fast decrease, and
 //!   it fires long before a router queue overflows: the flow backs off on delay, not on loss.
@@ -120,9 +121,11 @@ pub const APP_LIMITED: f64 = 0.7;
 /// A delay decrease leaves the rate at least this share of the capacity seen: a queue that
 /// another flow keeps full (a TCP download) does not drive the stream to its floor.
 pub const MIN_SHARE: f64 = 1.0 / 3.0;
+/// The window of the standing RTT (the queueing delay's): a few frames.
+pub const STANDING_WINDOW_US: u64 = 60_000;
 /// The window of the min RTT.
 pub const MIN_RTT_WINDOW_US: u64 = 10_000_000;
-/// Queueing delay (smoothed RTT − min RTT) above which the rate drops.
+/// Queueing delay (standing RTT − min RTT) above which the rate drops.
 pub const QUEUE_DELAY_US: u64 = 25_000;
 /// The most the threshold climbs to under a queue another flow keeps full.
 pub const MAX_QUEUE_DELAY_US: u64 = 150_000;
@@ -174,7 +177,7 @@ pub struct LinkEstimate {
     /// The rate to pace packets at ([`PACE_FACTOR`] × `rate_bps`, at most the maximum):
     /// the average stays at `rate_bps` because no more than that is sent.
     pub pace_bps: u64,
-    /// Smoothed RTT − min RTT.
+    /// Standing RTT − min RTT.
     pub queue_delay_us: Option<u64>,
     /// Bytes sent after the newest packet the last receipt names.
     pub in_flight_bytes: u64,
@@ -212,6 +215,8 @@ pub struct RateControl {
     srtt: Option<f64>,
     /// Sliding-window minimum: (time, rtt), rtts increasing.
     min_rtt: VecDeque<(u64, u64)>,
+    /// The same over [`STANDING_WINDOW_US`]: the standing RTT.
+    standing: VecDeque<(u64, u64)>,
     budget_us: Option<u64>,
     /// The queueing delay above which the rate drops (µs), see [`RateControl::adapt_threshold`].
     threshold: f64,
@@ -241,6 +246,7 @@ impl RateControl {
             app_limited: false,
             srtt: None,
             min_rtt: VecDeque::new(),
+            standing: VecDeque::new(),
             budget_us: None,
             threshold: QUEUE_DELAY_US as f64,
             last_decrease: None,
@@ -303,6 +309,13 @@ impl RateControl {
             self.min_rtt.pop_back();
         }
         self.min_rtt.push_back((now_us, rtt));
+        while self.standing.back().is_some_and(|&(_, v)| v >= rtt) {
+            self.standing.pop_back();
+        }
+        self.standing.push_back((now_us, rtt));
+        while self.standing.front().is_some_and(|&(t, _)| t + STANDING_WINDOW_US < now_us) {
+            self.standing.pop_front();
+        }
         while self.min_rtt.front().is_some_and(|&(t, _)| t + MIN_RTT_WINDOW_US < now_us) {
             self.min_rtt.pop_front();
         }
@@ -416,9 +429,16 @@ impl RateControl {
         self.threshold = t.clamp(self.base_threshold_us(), self.max_threshold_us());
     }
 
+    /// The standing RTT (the lowest of the last [`STANDING_WINDOW_US`], as Copa takes it)
+    /// less the min RTT. Not the smoothed RTT: a frame paced out faster than the link queues
+    /// its own tail for a moment (at 1280x720, 20 KB frames at twice a 4 Mbit/s rate into 5
+    /// Mbit/s: ~12 ms at the tail), and the smoothed RTT of those samples held growth for good
+    /// on a clean link. A queue that stands delays every packet, a frame's first ones too.
     fn queue_delay(&self) -> Option<f64> {
         let min = self.min_rtt.front()?.1 as f64;
-        Some((self.srtt? - min).max(0.0))
+        self.srtt?;
+        let standing = self.standing.front()?.1 as f64;
+        Some((standing - min).max(0.0))
     }
 
     /// Decrease, hold or grow, from the queueing delay.
@@ -482,6 +502,15 @@ impl RateControl {
         self.rate = grown.min(cap.max(self.rate));
     }
 
+    /// [`PACE_FACTOR`] × the rate, the rate counted at most [`DELIVERED_CAP`] × the capacity
+    /// seen: an app-limited stream's rate may stand far above what the link showed (up to
+    /// [`FAST_DELIVERED_CAP`] × it), and pacing at twice that sent 20 KB frames into a 16 KB
+    /// router queue at 18 Mbit/s.
+    fn pace_bps(&self) -> u64 {
+        let shown = self.capacity_seen().filter(|c| *c > 0.0).map_or(self.rate, |c| self.rate.min(DELIVERED_CAP * c));
+        (shown * PACE_FACTOR).min(self.max.max(self.rate)) as u64
+    }
+
     pub fn estimate(&self) -> LinkEstimate {
         LinkEstimate {
             rate_bps: self.rate as u64,
@@ -489,7 +518,7 @@ impl RateControl {
             rtt_us: self.srtt.map(|s| s as u64),
             min_rtt_us: self.min_rtt.front().map(|&(_, v)| v),
             loss_bp: self.receipts.back().map_or(0, |(_, r)| r.loss_bp),
-            pace_bps: (self.rate * PACE_FACTOR).min(self.max.max(self.rate)) as u64,
+            pace_bps: self.pace_bps(),
             queue_delay_us: self.queue_delay().map(|q| q as u64),
             in_flight_bytes: self.in_flight,
             residual_loss_bp: (self.residual_loss * 10_000.0).round() as u16,

@@ -121,6 +121,9 @@ pub(super) struct Viewer {
     loss_bp: u16,
     last_receipt: Option<Receipt>,
     announced: (u32, u32),
+    /// When the latest NACK arrived: a frame sent before it and acknowledged after it may
+    /// have waited for a retransmission (see [`Feedback::Acked`]).
+    last_nack_us: Option<u64>,
 }
 
 impl Viewer {
@@ -158,6 +161,7 @@ impl Viewer {
             loss_bp: 0,
             last_receipt: None,
             announced: (0, 0),
+            last_nack_us: None,
             feed,
         }
     }
@@ -351,6 +355,9 @@ impl Viewer {
     /// Queues what a NACK asks for and the store still holds (at most once per round trip per
     /// packet, at most [`MAX_RETX`] waiting).
     fn on_nack(&mut self, runs: &[(u16, u16)]) {
+        if !runs.is_empty() {
+            self.last_nack_us = Some(now_us());
+        }
         let rtt = self.rate.estimate().rtt_us.unwrap_or(DEFAULT_RTT_US);
         let room = MAX_RETX.saturating_sub(self.retx.len());
         let packets = self.out.retransmit(runs, now_us(), rtt);
@@ -415,7 +422,8 @@ impl Viewer {
             self.feed.meter.update(|c| {
                 let _ = c.ack_rtt.record(at_us.saturating_sub(s.send_us).max(1));
             });
-            self.feed.feedback(Feedback::Acked { at_us, bytes, capture_us: s.capture_us });
+            let waited_for_loss = self.last_nack_us.is_some_and(|t| t >= s.send_us);
+            self.feed.feedback(Feedback::Acked { at_us, bytes, capture_us: s.capture_us, waited_for_loss });
         }
     }
 }
