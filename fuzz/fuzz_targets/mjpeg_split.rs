@@ -11,22 +11,9 @@
 
 #![no_main]
 
-use std::io::Read;
-
 use framecast::capture::mjpeg::{MjpegReader, ScanError, Scanner};
+use framecast::testutil::Script;
 use libfuzzer_sys::fuzz_target;
-
-/// Hands out at most `step` bytes per read.
-struct Pieces<'a>(&'a [u8], usize);
-
-impl Read for Pieces<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.1.min(buf.len()).min(self.0.len());
-        buf[..n].copy_from_slice(&self.0[..n]);
-        self.0 = &self.0[n..];
-        Ok(n)
-    }
-}
 
 /// An error's kind and offset or length (its message quotes as many bytes as were buffered).
 fn key(e: &ScanError) -> (u8, usize) {
@@ -40,7 +27,7 @@ fn key(e: &ScanError) -> (u8, usize) {
 }
 
 fn read_all(stream: &[u8], step: usize, cap: usize) -> (Vec<Vec<u8>>, Option<(u8, usize)>) {
-    let mut r = MjpegReader::new(Pieces(stream, step), &[], cap);
+    let mut r = MjpegReader::new(Script::whole(stream).max_read(step), &[], cap);
     let mut images = Vec::new();
     let mut out = Vec::new();
     loop {

@@ -341,6 +341,7 @@ impl<R: Read> MjpegReader<R> {
 mod tests {
     use super::*;
     use crate::format::Subsampling;
+    use crate::testutil::Script;
 
     /// A JPEG-shaped image: SOI, the given segments, SOS, `scan` as entropy-coded data, EOI.
     fn image(segments: &[(u8, &[u8])], scan: &[u8]) -> Vec<u8> {
@@ -498,19 +499,8 @@ mod tests {
         assert!(err(&[0xFF, 0xD8, 0xFF, 0xE0, 0, 1]).contains("byte 4 of the image: segment FF E0 has length 1"));
     }
 
-    /// A reader handing out `step` bytes per read.
-    struct Pieces<'a>(&'a [u8], usize);
-    impl Read for Pieces<'_> {
-        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-            let n = self.1.min(buf.len()).min(self.0.len());
-            buf[..n].copy_from_slice(&self.0[..n]);
-            self.0 = &self.0[n..];
-            Ok(n)
-        }
-    }
-
     fn read_all(data: &[u8], prefix: usize, step: usize, max: usize) -> (Vec<Vec<u8>>, Option<ScanError>) {
-        let mut r = MjpegReader::new(Pieces(&data[prefix..], step), &data[..prefix], max);
+        let mut r = MjpegReader::new(Script::whole(&data[prefix..]).max_read(step), &data[..prefix], max);
         let mut images = Vec::new();
         let mut out = Vec::new();
         loop {

@@ -151,8 +151,8 @@ pub fn misplaced_userinfo(s: &str) -> Option<String> {
     })
 }
 
-/// `%XX` escapes in a URL's user or password.
-fn percent_decode(s: &str) -> String {
+/// `%XX` escapes in a URL's user or password (the RTSP and HTTP sources' URLs alike).
+pub(crate) fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

@@ -24,6 +24,7 @@ use self::multipart::{Multipart, PartInfo};
 use super::mjpeg::Scanner;
 use super::{interrupted, CaptureError, FrameSource, Layout, RawFrame};
 use crate::clock::now_us;
+use crate::rtsp::client::percent_decode;
 use crate::rtsp::{basic_authorization, digest_response, dump, parse_auth, AuthParams, DigestInput};
 
 /// How long a TCP connect may take.
@@ -126,27 +127,6 @@ fn strip_userinfo(url: &str) -> String {
         Some((scheme, rest)) => format!("{scheme}://{}", rest.rsplit('@').next().unwrap_or_default()),
         None => url.to_string(),
     }
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex =
-            b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (b[i], hex) {
-            (b'%', Some(v)) => {
-                out.push(v);
-                i += 3;
-            }
-            (c, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// What the response carries.
