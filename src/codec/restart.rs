@@ -290,6 +290,12 @@ pub enum Split {
 /// or whose interval is not a whole number of MCU rows, or that is not a single baseline
 /// scan, is [`Split::Serial`]; markers out of sequence or in the wrong number are errors.
 pub fn split(jpeg: &[u8], max_pieces: usize) -> Result<Split, RestartError> {
+    split_shared(jpeg, &vec![1.0; max_pieces.max(1)])
+}
+
+/// [`split`] into at most `shares.len()` pieces, piece `i` about `shares[i]` of the
+/// intervals ([`apportion`]).
+pub fn split_shared(jpeg: &[u8], shares: &[f32]) -> Result<Split, RestartError> {
     let header = parse_header(jpeg)?;
     if let Some(why) = header.serial {
         return Ok(Split::Serial(why));
@@ -303,17 +309,44 @@ pub fn split(jpeg: &[u8], max_pieces: usize) -> Result<Split, RestartError> {
     let intervals = intervals(jpeg, &header)?;
     let rows_per = u64::from(header.interval) / header.mcus_per_row() * u64::from(header.mcu_h);
     let rows_per_interval = usize::try_from(rows_per).unwrap_or(usize::MAX);
-    let n = intervals.len();
-    let k = max_pieces.clamp(1, n);
-    let mut p = Pieces { header, intervals, pieces: Vec::with_capacity(k), rows_per_interval };
-    let mut first = 0;
-    for i in 0..k {
-        let end = first + (n - first) / (k - i);
-        let rows = p.rows(&(first..end));
-        p.pieces.push(Piece { first_row: rows.start, rows: rows.len(), intervals: first..end });
-        first = end;
+    let runs = apportion(intervals.len(), shares);
+    let mut p = Pieces { header, intervals, pieces: Vec::with_capacity(runs.len()), rows_per_interval };
+    for run in runs {
+        let rows = p.rows(&run);
+        p.pieces.push(Piece { first_row: rows.start, rows: rows.len(), intervals: run });
     }
     Ok(Split::Pieces(p))
+}
+
+/// Cuts `n` items into `min(shares.len(), n)` (at least one) contiguous runs of at least one
+/// item each, run `i` about `shares[i]` of the whole (relative weights; equal weights give
+/// runs of `n / k` rounded down, the longer ones last). Shares that are not positive
+/// finite numbers count as equal ones.
+pub fn apportion(n: usize, shares: &[f32]) -> Vec<Range<usize>> {
+    let k = shares.len().clamp(1, n.max(1));
+    let ok = |x: f32| x.is_finite() && x > 0.0;
+    let weights: Vec<f64> = if shares.len() == k && shares.iter().all(|&x| ok(x)) {
+        shares.iter().map(|&x| f64::from(x)).collect()
+    } else {
+        vec![1.0; k]
+    };
+    let total: f64 = weights.iter().sum();
+    let mut runs = Vec::with_capacity(k);
+    let (mut first, mut cum) = (0usize, 0.0f64);
+    for (i, w) in weights.iter().enumerate() {
+        cum += w;
+        let left = k - i - 1;
+        let end = if left == 0 {
+            n
+        } else {
+            // The same rounding as integer n * i / k when the weights are equal.
+            let at = (n as f64 * cum / total + 1e-9).floor() as usize;
+            at.clamp((first + 1).min(n), n.saturating_sub(left).max(first))
+        };
+        runs.push(first..end);
+        first = end;
+    }
+    runs
 }
 
 /// Writes piece `i` of `p` (split from `jpeg`) into `out` as a standalone JPEG: the headers
@@ -562,11 +595,49 @@ mod tests {
         assert_eq!(stitch(&[], &mut out), Err(RestartError::NoBands));
     }
 
+    /// Equal shares cut as `n * i / k` rounded down (the longer runs last); other shares in
+    /// proportion; every run at least one item; bad shares count as equal.
+    #[test]
+    fn apportion_cuts_in_proportion_with_at_least_one_each() {
+        for n in 0..60usize {
+            for k in 1..20usize {
+                let runs = apportion(n, &vec![1.0; k]);
+                let kk = k.clamp(1, n.max(1));
+                let ends: Vec<usize> = runs.iter().map(|r| r.end).collect();
+                let want: Vec<usize> = (1..=kk).map(|i| n * i / kk).collect();
+                assert_eq!(ends, want, "n {n} k {k}");
+            }
+        }
+        let len = |runs: Vec<Range<usize>>| runs.iter().map(|r| r.len()).collect::<Vec<_>>();
+        assert_eq!(len(apportion(68, &[1.0, 3.0])), vec![17, 51]);
+        assert_eq!(len(apportion(68, &[0.6, 0.4])), vec![40, 28]);
+        assert_eq!(len(apportion(10, &[1000.0, 1.0, 1.0])), vec![8, 1, 1], "at least one each");
+        assert_eq!(len(apportion(10, &[1.0, 1.0, 1000.0])), vec![1, 1, 8]);
+        assert_eq!(len(apportion(2, &[1.0, 1.0, 1.0])), vec![1, 1], "no more runs than items");
+        assert_eq!(len(apportion(9, &[f32::NAN, 1.0, -1.0])), vec![3, 3, 3]);
+        assert_eq!(len(apportion(9, &[f32::INFINITY, 1.0, 0.0])), vec![3, 3, 3]);
+        assert_eq!(apportion(0, &[]), vec![0..0]);
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
         #[test]
         fn split_never_panics(data in proptest::collection::vec(any::<u8>(), 0..600), k in 0usize..20) {
             let _ = split(&data, k);
+        }
+
+        #[test]
+        fn apportion_covers_every_item_in_order(n in 0usize..5000, shares in proptest::collection::vec(any::<f32>(), 0..17)) {
+            let runs = apportion(n, &shares);
+            prop_assert_eq!(runs.len(), shares.len().clamp(1, n.max(1)));
+            prop_assert_eq!(runs[0].start, 0);
+            prop_assert_eq!(runs[runs.len() - 1].end, n);
+            for w in runs.windows(2) {
+                prop_assert_eq!(w[0].end, w[1].start);
+            }
+            if n > 0 {
+                prop_assert!(runs.iter().all(|r| !r.is_empty()), "{:?}", runs);
+            }
         }
 
         #[test]

@@ -1,14 +1,17 @@
 //! Slices on threads: a pool of persistent workers, each owning its own libjpeg-turbo handle,
 //! that encode the horizontal bands of one frame (joined by [`restart::stitch`]) or decode
 //! the pieces of one JPEG (cut by [`restart::split`]) straight into the rows of the caller's
-//! buffer. The calling thread does one band or piece itself and waits for the others.
+//! buffer. The calling thread does one band or piece itself, then any a worker has not
+//! started yet, and waits for the others.
 //!
 //! A job borrows the caller's frame and buffers through raw pointers: [`Pool::run`] returns
-//! only once every job it handed out has finished (also when the caller's own part panics),
-//! so the borrowed data outlives every use.
+//! only once every job it handed out has finished or been taken back from its slot unstarted
+//! (also when the caller's own part panics), so the borrowed data outlives every use.
 
 use std::ffi::c_int;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 use turbojpeg::raw;
@@ -27,20 +30,68 @@ pub fn thread_cpu_us() -> u64 {
     (ts.tv_sec as u64).saturating_mul(1_000_000).saturating_add(ts.tv_nsec as u64 / 1000)
 }
 
+fn micros(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
 /// A job for one worker: a function of the worker's own state.
 type Job<S> = Box<dyn FnOnce(&mut S) -> Result<(), CodecError> + Send>;
 
+/// What a worker sends back for a slot: the job's result, CPU microseconds and wall
+/// microseconds (`Ok`, 0 and `None` for a slot found empty).
+type Done = (Result<(), CodecError>, u64, Option<u64>);
+
+/// What [`Pool::run`] measured: the workers' CPU microseconds, and the wall microseconds of
+/// each job on its worker, the caller's own part last (`None` for a job taken back).
+pub(super) struct Ran {
+    pub cpu_us: u64,
+    pub wall_us: Vec<Option<u64>>,
+}
+
+/// A job handed to a worker, which the caller takes back if the worker has not started it
+/// by the time the caller's own part is done.
+type Slot<S> = Arc<Mutex<Option<Job<S>>>>;
+
+fn take<S>(slot: &Slot<S>) -> Option<Job<S>> {
+    // Nothing panics while the lock is held; a poisoned lock still holds a valid Option.
+    slot.lock().unwrap_or_else(|e| e.into_inner()).take()
+}
+
 struct Worker<S> {
-    jobs: Option<Sender<Job<S>>>,
-    /// Each job's result and the CPU time it took.
-    done: Receiver<(Result<(), CodecError>, u64)>,
+    jobs: Option<Sender<Slot<S>>>,
+    /// Each slot's result and the CPU and wall time its job took.
+    done: Receiver<Done>,
+    /// Slots taken back whose (empty) result this worker has yet to send.
+    owed: usize,
     thread: Option<JoinHandle<()>>,
 }
 
+impl<S> Worker<S> {
+    /// Collects the results owed for slots taken back; false if the worker is gone.
+    fn settle(&mut self) -> bool {
+        while self.owed > 0 {
+            if self.done.recv().is_err() {
+                return false;
+            }
+            self.owed -= 1;
+        }
+        true
+    }
+}
+
 /// Persistent worker threads, one per state; they end when the pool is dropped.
+///
+/// Work-conserving: the caller hands out its jobs, does its own part, then takes back and
+/// runs itself every job whose worker has not started it (a worker that the busy machine
+/// has not scheduled yet, e.g. with `--fps 0` and both ends on two cores), so a frame never
+/// waits for a thread that was given no CPU: at worst it is coded serially, as with one
+/// thread.
 pub(super) struct Pool<S> {
     workers: Vec<Worker<S>>,
     steer: Steer,
+    /// Held by a test to keep the workers from starting a job.
+    #[cfg(test)]
+    gate: Arc<Mutex<()>>,
 }
 
 impl<S: Send + 'static> Pool<S> {
@@ -48,56 +99,95 @@ impl<S: Send + 'static> Pool<S> {
     pub(super) fn new(name: &str, states: Vec<S>) -> Result<Self, CodecError> {
         let mut workers = Vec::with_capacity(states.len());
         let mut tids = Vec::with_capacity(states.len());
+        #[cfg(test)]
+        let gate = Arc::new(Mutex::new(()));
         for (i, mut state) in states.into_iter().enumerate() {
-            let (job_tx, job_rx) = bounded::<Job<S>>(1);
+            #[cfg(test)]
+            let gate = gate.clone();
+            let (job_tx, job_rx) = bounded::<Slot<S>>(1);
             let (done_tx, done_rx) = bounded(1);
             let (tid_tx, tid_rx) = bounded(1);
             let thread = std::thread::Builder::new()
                 .name(format!("{name}-{}", i + 1))
                 .spawn(move || {
                     let _ = tid_tx.send(Steer::this_thread());
-                    for job in job_rx {
-                        let t0 = thread_cpu_us();
-                        let res = job(&mut state);
-                        if done_tx.send((res, thread_cpu_us().saturating_sub(t0))).is_err() {
+                    for slot in job_rx {
+                        #[cfg(test)]
+                        drop(gate.lock());
+                        let done = match take(&slot) {
+                            Some(job) => {
+                                let (t0, w0) = (thread_cpu_us(), Instant::now());
+                                let res = job(&mut state);
+                                (res, thread_cpu_us().saturating_sub(t0), Some(micros(w0)))
+                            }
+                            None => (Ok(()), 0, None),
+                        };
+                        if done_tx.send(done).is_err() {
                             break;
                         }
                     }
                 })
                 .map_err(CodecError::Thread)?;
             tids.push(tid_rx.recv().ok().flatten());
-            workers.push(Worker { jobs: Some(job_tx), done: done_rx, thread: Some(thread) });
+            workers.push(Worker { jobs: Some(job_tx), done: done_rx, owed: 0, thread: Some(thread) });
         }
-        Ok(Pool { workers, steer: Steer::new(tids) })
+        Ok(Pool {
+            workers,
+            steer: Steer::new(tids),
+            #[cfg(test)]
+            gate,
+        })
     }
 
     pub(super) fn len(&self) -> usize {
         self.workers.len()
     }
 
-    /// Runs `jobs[i]` on worker `i` and `own` on the calling thread, and returns once every
-    /// job handed out has finished: `own`'s error or else the first worker's, and the CPU
-    /// time the workers spent.
-    fn run(&mut self, jobs: Vec<Job<S>>, own: impl FnOnce() -> Result<(), CodecError>) -> Result<u64, CodecError> {
+    /// Hands `jobs[i]` to worker `i`, runs `own` on the calling thread with `state`, then
+    /// runs there too (with `state`) every job no worker has started, and returns once every
+    /// job has finished or been taken back: `own`'s error or else the first job's, and the
+    /// CPU time the workers spent.
+    fn run(
+        &mut self,
+        state: &mut S,
+        jobs: Vec<Job<S>>,
+        own: impl FnOnce(&mut S) -> Result<(), CodecError>,
+    ) -> Result<Ran, CodecError> {
         self.steer.away_from_here();
-        let mut wait = Wait { workers: &self.workers, sent: 0, cpu_us: 0, err: None };
-        for (w, job) in self.workers.iter().zip(jobs) {
-            let sent = match &w.jobs {
-                Some(tx) => tx.send(job).is_ok(),
-                None => false,
-            };
+        let mut wait =
+            Wait { workers: &mut self.workers, slots: Vec::new(), cpu_us: 0, wall_us: Vec::new(), err: None };
+        for (i, job) in jobs.into_iter().enumerate() {
+            let Some(w) = wait.workers.get_mut(i) else { break };
+            let slot: Slot<S> = Arc::new(Mutex::new(Some(job)));
+            let sent = w.settle() && w.jobs.as_ref().is_some_and(|tx| tx.send(slot.clone()).is_ok());
             if !sent {
                 wait.err.get_or_insert(CodecError::WorkerGone);
                 break;
             }
-            wait.sent += 1;
+            wait.slots.push(slot);
         }
-        let own_res = own();
+        let w0 = Instant::now();
+        let own_res = own(state);
+        let own_wall = micros(w0);
+        if own_res.is_ok() {
+            for i in 0..wait.slots.len() {
+                if let Some(job) = take(&wait.slots[i]) {
+                    wait.workers[i].owed += 1;
+                    if let Err(e) = job(state) {
+                        wait.err.get_or_insert(e);
+                    }
+                }
+            }
+        }
         wait.finish();
         own_res?;
         match wait.err.take() {
             Some(e) => Err(e),
-            None => Ok(wait.cpu_us),
+            None => {
+                let mut wall_us = std::mem::take(&mut wait.wall_us);
+                wall_us.push(Some(own_wall));
+                Ok(Ran { cpu_us: wait.cpu_us, wall_us })
+            }
         }
     }
 }
@@ -228,31 +318,45 @@ mod linux_steer {
     }
 }
 
-/// Waits for the jobs handed out, also when dropped during a panic.
+/// Waits for the jobs handed out, also when dropped during a panic (a job not started by
+/// then is taken back and dropped, never run).
 struct Wait<'a, S> {
-    workers: &'a [Worker<S>],
-    sent: usize,
+    workers: &'a mut [Worker<S>],
+    slots: Vec<Slot<S>>,
     cpu_us: u64,
+    /// Each slot's wall time on its worker, in order.
+    wall_us: Vec<Option<u64>>,
     err: Option<CodecError>,
 }
 
 impl<S> Wait<'_, S> {
     fn finish(&mut self) {
-        for w in &self.workers[..self.sent] {
+        for (w, slot) in self.workers.iter_mut().zip(self.slots.drain(..)) {
+            if take(&slot).is_some() {
+                w.owed += 1;
+                self.wall_us.push(None);
+                continue;
+            }
+            if w.owed > 0 {
+                // Taken back by the caller: the worker's result is collected later.
+                self.wall_us.push(None);
+                continue;
+            }
             match w.done.recv() {
-                Ok((res, cpu)) => {
+                Ok((res, cpu, wall)) => {
                     self.cpu_us += cpu;
+                    self.wall_us.push(wall);
                     if let Err(e) = res {
                         self.err.get_or_insert(e);
                     }
                 }
                 // The worker panicked: its job is over.
                 Err(_) => {
+                    self.wall_us.push(None);
                     self.err.get_or_insert(CodecError::WorkerGone);
                 }
             }
         }
-        self.sent = 0;
     }
 }
 
@@ -361,18 +465,117 @@ impl EncWorker {
 /// The pixel rows of each band: whole restart intervals of `restart_rows` MCU rows, as
 /// equal as they come, at most `threads` bands (the last band possibly shorter).
 pub fn band_rows(height: usize, sub: Subsampling, restart_rows: u16, threads: usize) -> Vec<usize> {
+    band_rows_shared(height, sub, restart_rows, &vec![1.0; threads.max(1)])
+}
+
+/// [`band_rows`] with band `i` about `shares[i]` of the intervals ([`restart::apportion`]).
+pub fn band_rows_shared(height: usize, sub: Subsampling, restart_rows: u16, shares: &[f32]) -> Vec<usize> {
     let mcu_h = if sub == Subsampling::S420 { 16 } else { 8 };
     let step = mcu_h * usize::from(restart_rows.max(1));
     let intervals = height.div_ceil(step).max(1);
-    let k = threads.clamp(1, intervals);
-    let mut rows = Vec::with_capacity(k);
-    let mut first = 0;
-    for i in 0..k {
-        let end = first + (intervals - first) / (k - i);
-        rows.push((end * step).min(height) - (first * step).min(height));
-        first = end;
+    restart::apportion(intervals, shares)
+        .into_iter()
+        .map(|r| (r.end * step).min(height) - (r.start * step).min(height))
+        .collect()
+}
+
+/// Whether coding frames on the pool pays now: the speedup of the last sliced frames (the
+/// CPU time every thread spent over the wall time), and a run of frames coded serially after
+/// it did not.
+///
+/// When the cores are busy with other work (`--fps 0` with both ends on one machine fills
+/// them), the workers get no core of their own: a sliced frame then takes as long as a
+/// serial one and costs more CPU (measured on this project's 2-core VM, `benches/slices.sh`,
+/// 1080p at `--fps 0`: speedup 0.96 when encoding, 1.1 when decoding, and 10 % fewer frames
+/// a second than one thread; at a live 30 fps it is 1.7 on both sides). So when the median
+/// speedup of [`Gain::WINDOW`] sliced frames is below [`Gain::MIN_SPEEDUP`], the next
+/// [`Gain::SERIAL_FRAMES`] frames are coded on the calling thread alone (still with the same
+/// restart markers), then slices are tried again.
+#[derive(Debug, Default)]
+pub(super) struct Gain {
+    speedups: Vec<f32>,
+    serial_left: u32,
+}
+
+impl Gain {
+    /// Sliced frames the speedup is judged on.
+    pub(super) const WINDOW: usize = 8;
+    /// The least speedup that keeps frames sliced.
+    pub(super) const MIN_SPEEDUP: f32 = 1.25;
+    /// Frames coded serially after slices did not pay.
+    pub(super) const SERIAL_FRAMES: u32 = 90;
+
+    /// Whether to slice the next frame (counts a serial one off otherwise).
+    pub(super) fn slice_next(&mut self) -> bool {
+        if self.serial_left == 0 {
+            return true;
+        }
+        self.serial_left -= 1;
+        false
     }
-    rows
+
+    /// A sliced frame took `wall_us`, and `cpu_us` on all its threads.
+    pub(super) fn record(&mut self, wall_us: u64, cpu_us: u64, what: &str) {
+        self.speedups.push(cpu_us as f32 / wall_us.max(1) as f32);
+        if self.speedups.len() < Self::WINDOW {
+            return;
+        }
+        self.speedups.sort_by(f32::total_cmp);
+        let median = self.speedups[Self::WINDOW / 2];
+        self.speedups.clear();
+        if median < Self::MIN_SPEEDUP {
+            self.serial_left = Self::SERIAL_FRAMES;
+            tracing::debug!(
+                speedup = median,
+                "slices do not pay now (the cores are busy): {what} the next {} frames on one thread",
+                Self::SERIAL_FRAMES
+            );
+        }
+    }
+}
+
+/// How to share a frame's rows between the threads: each thread's speed (rows per wall
+/// microsecond, moved halfway to each new measurement), the shares in proportion.
+///
+/// The cores of a machine are not always equally fast for this work: on this project's
+/// 2-core VM one core was often 1.5x slower than the other for seconds at a time (another
+/// tenant on its host core), and on any machine another process can take part of a core.
+/// With equal bands the frame then waits for the slow thread while the fast one idles
+/// (measured at 4K, paced at 30 fps: bands of 4.4-5.5 ms beside bands of 6-10 ms). A
+/// thread's share never falls below a quarter of an equal one, so that a slow spell is
+/// measured again.
+#[derive(Debug, Default)]
+pub(super) struct Balance {
+    speeds: Vec<Option<f32>>,
+}
+
+impl Balance {
+    /// The shares of `k` threads (workers first, the caller last, as [`Pool::run`] orders
+    /// them).
+    pub(super) fn shares(&mut self, k: usize) -> Vec<f32> {
+        if self.speeds.len() != k {
+            self.speeds = vec![None; k];
+        }
+        if self.speeds.iter().any(Option::is_none) {
+            return vec![1.0; k];
+        }
+        let total: f32 = self.speeds.iter().flatten().sum();
+        let floor = 0.25 / k as f32;
+        self.speeds.iter().flatten().map(|v| (v / total).max(floor)).collect()
+    }
+
+    /// Thread `i` coded `rows[i]` rows in `wall_us[i]` (`None`: not measured).
+    /// Nothing is recorded unless there is one of each for every thread.
+    pub(super) fn record(&mut self, rows: &[usize], wall_us: &[Option<u64>]) {
+        if rows.len() != self.speeds.len() || wall_us.len() != rows.len() {
+            return;
+        }
+        for ((speed, &rows), wall) in self.speeds.iter_mut().zip(rows).zip(wall_us) {
+            let Some(us) = wall.filter(|&us| us > 0 && rows > 0) else { continue };
+            let v = rows as f32 / us as f32;
+            *speed = Some(speed.map_or(v, |old| (old + v) / 2.0));
+        }
+    }
 }
 
 /// Encodes a planar frame as bands on a pool and stitches them.
@@ -380,12 +583,20 @@ pub(super) struct SliceEncoder {
     own: EncWorker,
     pool: Pool<EncWorker>,
     bands: Vec<JpegBuf>,
+    gain: Gain,
+    balance: Balance,
 }
 
 impl SliceEncoder {
     pub(super) fn new(threads: usize) -> Result<Self, CodecError> {
         let states = (1..threads).map(|_| EncWorker::new()).collect::<Result<Vec<_>, _>>()?;
-        Ok(SliceEncoder { own: EncWorker::new()?, pool: Pool::new("enc-slice", states)?, bands: Vec::new() })
+        Ok(SliceEncoder {
+            own: EncWorker::new()?,
+            pool: Pool::new("enc-slice", states)?,
+            bands: Vec::new(),
+            gain: Gain::default(),
+            balance: Balance::default(),
+        })
     }
 
     pub(super) fn threads(&self) -> usize {
@@ -401,7 +612,16 @@ impl SliceEncoder {
         p: Params,
         out: &mut JpegBuf,
     ) -> Result<u64, CodecError> {
-        let bands = plan_bands(data, width, height, p, self.threads())?;
+        if !self.gain.slice_next() {
+            let band = plan_bands(data, width, height, p, &[1.0])?;
+            let band = band.first().ok_or(CodecError::WorkerGone)?;
+            // SAFETY: `band` points into `data`, borrowed for the call.
+            unsafe { self.own.compress(p, band, out) }?;
+            return Ok(0);
+        }
+        let (t0, cpu0) = (Instant::now(), thread_cpu_us());
+        let shares = self.balance.shares(self.threads());
+        let bands = plan_bands(data, width, height, p, &shares)?;
         self.bands.resize_with(bands.len(), JpegBuf::default);
         let (own_band, rest) = bands.split_last().ok_or(CodecError::WorkerGone)?;
         let (own_out, rest_out) = self.bands.split_last_mut().ok_or(CodecError::WorkerGone)?;
@@ -417,16 +637,20 @@ impl SliceEncoder {
             .collect();
         let own = &mut self.own;
         // SAFETY: as for the jobs, on this thread.
-        let cpu = self.pool.run(jobs, || unsafe { own.compress(p, own_band, own_out) })?;
+        let ran = self.pool.run(own, jobs, |own| unsafe { own.compress(p, own_band, own_out) })?;
         let slices: Vec<&[u8]> = self.bands.iter().map(JpegBuf::as_slice).collect();
         restart::stitch(&slices, &mut out.data)?;
         out.len = out.data.len();
-        Ok(cpu)
+        let rows: Vec<usize> = bands.iter().map(|b| b.rows).collect();
+        self.balance.record(&rows, &ran.wall_us);
+        let own_cpu = thread_cpu_us().saturating_sub(cpu0);
+        self.gain.record(micros(t0), own_cpu + ran.cpu_us, "encoding");
+        Ok(ran.cpu_us)
     }
 }
 
 /// The bands of a planar frame, pointing into `data`.
-fn plan_bands(data: &[u8], width: usize, height: usize, p: Params, threads: usize) -> Result<Vec<Band>, CodecError> {
+fn plan_bands(data: &[u8], width: usize, height: usize, p: Params, shares: &[f32]) -> Result<Vec<Band>, CodecError> {
     let sub = p.subsampling;
     let (cw, ch) = crate::capture::chroma_size(width as u32, height as u32, sub);
     let want = width * height + 2 * cw * ch;
@@ -439,7 +663,7 @@ fn plan_bands(data: &[u8], width: usize, height: usize, p: Params, threads: usiz
     let strides = [c_dim(width, "width")?, c_dim(cw, "width")?, c_dim(cw, "width")?];
     let mut y0 = 0;
     let mut bands = Vec::new();
-    for rows in band_rows(height, sub, p.restart_rows, threads) {
+    for rows in band_rows_shared(height, sub, p.restart_rows, shares) {
         let at = |off: usize| Shared(base.wrapping_add(off));
         let y = at(y0 * width);
         let planes = if sub == Subsampling::Gray {
@@ -517,19 +741,29 @@ impl DecWorker {
 pub(super) struct SliceDecoder {
     own: DecWorker,
     pool: Pool<DecWorker>,
+    gain: Gain,
+    balance: Balance,
 }
 
 impl SliceDecoder {
     pub(super) fn new(threads: usize, speed: Speed) -> Result<Self, CodecError> {
         let states = (1..threads).map(|_| DecWorker::new(speed)).collect::<Result<Vec<_>, _>>()?;
-        Ok(SliceDecoder { own: DecWorker::new(speed)?, pool: Pool::new("dec-slice", states)? })
+        Ok(SliceDecoder {
+            own: DecWorker::new(speed)?,
+            pool: Pool::new("dec-slice", states)?,
+            gain: Gain::default(),
+            balance: Balance::default(),
+        })
     }
 
     /// Splits `jpeg` and decodes its pieces into `out` (already `width * height` pixels, the
     /// JPEG's size checked by the caller). Returns `None` if the JPEG must be decoded
-    /// serially, else the workers' CPU time.
+    /// serially (it cannot be split, or slices do not pay now: [`Gain`]; its restart
+    /// markers are checked either way), else the workers' CPU time.
     pub(super) fn decode(&mut self, jpeg: &[u8], width: usize, out: &mut [u32]) -> Result<Option<u64>, CodecError> {
-        let split = match restart::split(jpeg, self.pool.len() + 1) {
+        let (t0, cpu0) = (Instant::now(), thread_cpu_us());
+        let shares = self.balance.shares(self.pool.len() + 1);
+        let split = match restart::split_shared(jpeg, &shares) {
             Err(e) if e.in_header() => return Ok(None),
             r => r?,
         };
@@ -537,6 +771,9 @@ impl SliceDecoder {
             Split::Pieces(p) if p.pieces.len() > 1 && usize::from(p.header.width) == width => p,
             _ => return Ok(None),
         };
+        if !self.gain.slice_next() {
+            return Ok(None);
+        }
         let pitch = width * 4;
         let px: &mut [u8] = bytemuck::cast_slice_mut(out);
         let mut rest = px;
@@ -572,7 +809,12 @@ impl SliceDecoder {
             .collect();
         let own = &mut self.own;
         let last = p.pieces.len() - 1;
-        self.pool.run(jobs, || own.decode(jpeg, &p, last, own_part)).map(Some)
+        let ran = self.pool.run(own, jobs, |own| own.decode(jpeg, &p, last, own_part))?;
+        let rows: Vec<usize> = p.pieces.iter().map(|x| x.rows).collect();
+        self.balance.record(&rows, &ran.wall_us);
+        let own_cpu = thread_cpu_us().saturating_sub(cpu0);
+        self.gain.record(micros(t0), own_cpu + ran.cpu_us, "decoding");
+        Ok(Some(ran.cpu_us))
     }
 }
 
@@ -788,7 +1030,7 @@ mod tests {
         let state = pool.steer.linux.as_ref().expect("one worker beside the caller is steered");
         let tid = state.tids[0];
         let jobs: Vec<Job<u32>> = vec![Box::new(|_: &mut u32| Ok(()))];
-        pool.run(jobs, || Ok(())).unwrap();
+        pool.run(&mut 0, jobs, |_| Ok(())).unwrap();
         let from = pool.steer.linux.as_ref().and_then(|s| s.away_from).expect("steered");
         let mut want = usable;
         // SAFETY: `from` came from sched_getcpu, within the set's size.
@@ -805,7 +1047,7 @@ mod tests {
             let mut pool = Pool::new("test", vec![0u32]).unwrap();
             assert!(pool.steer.linux.is_none(), "no CPU to keep a worker on");
             let jobs: Vec<Job<u32>> = vec![Box::new(|_: &mut u32| Ok(()))];
-            pool.run(jobs, || Ok(())).unwrap();
+            pool.run(&mut 0, jobs, |_| Ok(())).unwrap();
         })
         .join()
         .unwrap();
@@ -830,13 +1072,127 @@ mod tests {
                 }) as Job<u32>
             })
             .collect();
-        let res = pool.run(jobs, || Ok(()));
+        let res = pool.run(&mut 0, jobs, |_| Ok(()));
         assert!(matches!(res, Err(CodecError::WorkerGone)));
         assert_eq!(counter.load(std::sync::atomic::Ordering::SeqCst), 3, "run returned after every job");
-        let jobs: Vec<Job<u32>> = vec![Box::new(|_: &mut u32| panic!("a worker panics"))];
-        assert!(matches!(pool.run(jobs, || Ok(())), Err(CodecError::WorkerGone)));
+        // A worker that panics (the caller waits until it has started, so as not to take the
+        // job back).
+        let started = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s2 = started.clone();
+        let jobs: Vec<Job<u32>> = vec![Box::new(move |_: &mut u32| {
+            s2.store(true, std::sync::atomic::Ordering::SeqCst);
+            panic!("a worker panics")
+        })];
+        let res = pool.run(&mut 0, jobs, |_| {
+            while !started.load(std::sync::atomic::Ordering::SeqCst) {
+                std::thread::yield_now();
+            }
+            Ok(())
+        });
+        assert!(matches!(res, Err(CodecError::WorkerGone)));
         let jobs: Vec<Job<u32>> = vec![Box::new(|_: &mut u32| Ok(()))];
-        assert!(pool.run(jobs, || Ok(())).is_err(), "the panicked worker is gone");
+        assert!(pool.run(&mut 0, jobs, |_| Ok(())).is_err(), "the panicked worker is gone");
+    }
+
+    /// Frames are sliced while the median speedup of the last 8 sliced frames is at least
+    /// 1.25; below it, 90 frames are coded serially, then slices are tried again. One slow
+    /// frame among fast ones changes nothing.
+    #[test]
+    fn slices_stop_for_a_while_when_they_do_not_pay() {
+        let mut g = Gain::default();
+        let window = |g: &mut Gain, speedups: &[f32]| {
+            for &x in speedups {
+                assert!(g.slice_next(), "sliced while judging");
+                g.record(1000, (x * 1000.0) as u64, "test");
+            }
+        };
+        window(&mut g, &[1.7, 1.8, 0.5, 1.7, 1.6, 1.9, 1.7, 1.7]);
+        window(&mut g, &[1.3; 8]);
+        assert_eq!(g.serial_left, 0, "1.3x pays");
+        window(&mut g, &[1.0, 0.9, 1.1, 1.0, 1.9, 1.0, 1.2, 1.9]);
+        let serial = (0..200).take_while(|_| !g.slice_next()).count();
+        assert_eq!(serial, Gain::SERIAL_FRAMES as usize, "serial frames after slices did not pay");
+        // Tried again: a window of its own decides.
+        window(&mut g, &[1.8; 7]);
+        assert!(g.slice_next());
+        g.record(1000, 1800, "test");
+        assert!(g.slice_next());
+        // A wall time of 0 (a clock too coarse) does not divide by zero.
+        g.record(0, 0, "test");
+    }
+
+    /// Equal shares until every thread was measured; then in proportion to each thread's
+    /// rows per microsecond (moved halfway to each measurement), never below a quarter of an
+    /// equal share; the bands follow the shares.
+    #[test]
+    fn a_slow_thread_gets_fewer_rows() {
+        let mut b = Balance::default();
+        assert_eq!(b.shares(2), vec![1.0, 1.0]);
+        b.record(&[544, 536], &[Some(4000), None]);
+        assert_eq!(b.shares(2), vec![1.0, 1.0], "the caller not measured yet");
+        // The worker took twice as long per row as the caller.
+        b.record(&[544, 536], &[Some(4000), Some(2000)]);
+        let s = b.shares(2);
+        assert!((s[0] - 0.3333).abs() < 0.01 && (s[1] - 0.6667).abs() < 0.01, "{s:?}");
+        let rows = band_rows_shared(1080, Subsampling::S420, 1, &s);
+        assert_eq!(rows, vec![352, 728]);
+        // Equally fast again: halfway there at once.
+        b.record(&[352, 728], &[Some(1000), Some(2000)]);
+        let s = b.shares(2);
+        assert!(s[0] > 0.4 && s[0] < 0.5, "{s:?}");
+        // A thread that stalls keeps a quarter of an equal share, so it is measured again.
+        for _ in 0..20 {
+            b.record(&[100, 980], &[Some(1_000_000), Some(1000)]);
+        }
+        assert_eq!(b.shares(2)[0], 0.125);
+        // Other lengths, or a new thread count, change nothing / start over.
+        b.record(&[1], &[Some(1)]);
+        assert_eq!(b.shares(2)[0], 0.125);
+        assert_eq!(b.shares(3), vec![1.0, 1.0, 1.0]);
+    }
+
+    /// A job its worker has not started when the caller's own part is done is run by the
+    /// caller (with the caller's state), and the pool goes on with the worker afterwards.
+    #[test]
+    fn jobs_no_worker_started_are_taken_back() {
+        let mut pool = Pool::new("test", vec![0u32, 0]).unwrap();
+        let ran_on = |log: &std::sync::Arc<Mutex<Vec<(usize, std::thread::ThreadId)>>>, i: usize| {
+            let log = log.clone();
+            Box::new(move |s: &mut u32| {
+                *s += 1;
+                log.lock().unwrap().push((i, std::thread::current().id()));
+                Ok(())
+            }) as Job<u32>
+        };
+        let me = std::thread::current().id();
+        let log = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let mut own = 0u32;
+        {
+            let gate = pool.gate.clone();
+            let _held = gate.lock().unwrap();
+            let jobs = vec![ran_on(&log, 0), ran_on(&log, 1)];
+            pool.run(&mut own, jobs, |s| {
+                *s += 1;
+                Ok(())
+            })
+            .unwrap();
+        }
+        assert_eq!(own, 3, "the caller ran its part and both jobs, with its own state");
+        assert_eq!(*log.lock().unwrap(), vec![(0, me), (1, me)]);
+        // The workers are still there: with the gate open they run the next jobs, the
+        // caller waiting for both to start.
+        log.lock().unwrap().clear();
+        let jobs = vec![ran_on(&log, 0), ran_on(&log, 1)];
+        let log2 = log.clone();
+        pool.run(&mut own, jobs, |_| {
+            while log2.lock().unwrap().len() < 2 {
+                std::thread::yield_now();
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert!(log.lock().unwrap().iter().all(|&(_, t)| t != me), "both ran on workers");
+        assert_eq!(own, 3);
     }
 }
 
@@ -868,7 +1224,8 @@ mod measure {
     }
 
     /// The same frames at a live 30 fps (33 ms idle between frames, as in a stream): the
-    /// workers sleep between frames, so each frame pays for waking them.
+    /// workers sleep between frames and must be woken on another core (see [`Steer`]), and
+    /// the frame is no longer in the caches.
     #[test]
     #[ignore]
     fn paced_encode_and_decode_at_30_fps() {
