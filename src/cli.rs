@@ -238,7 +238,9 @@ pub struct SourceArgs {
     ///
     /// Measured on 2 cores under load, median wall ms per frame on 1 -> 2 threads: 640x480
     /// 0.34 -> 0.30, 1280x720 1.10 -> 0.79, 1920x1080 2.42 -> 1.82. Below 1280x720 a second
-    /// thread saves about 0.1 ms or less, for 0.6 % more bytes (restart markers).
+    /// thread saves about 0.1 ms or less, for 0.6 % more bytes (restart markers). While
+    /// slices give less than 1.25x (the cores are busy with other work), frames are encoded
+    /// on one thread for a while, with the same restart markers.
     #[arg(long, value_name = "N|auto", default_value = "auto")]
     pub encode_threads: CodecThreads,
 }
@@ -259,7 +261,9 @@ pub struct DecodeArgs {
     /// most one per 128 rows. See README "Slices".
     ///
     /// Measured on 2 cores under load, median wall ms per frame on 1 -> 2 threads: 640x480
-    /// 0.33 -> 0.29, 1280x720 1.05 -> 0.79, 1920x1080 2.50 -> 1.67.
+    /// 0.33 -> 0.29, 1280x720 1.05 -> 0.79, 1920x1080 2.50 -> 1.67. While slices give less
+    /// than 1.25x (the cores are busy with other work), JPEGs are decoded on one thread for a
+    /// while.
     #[arg(long, value_name = "N|auto", default_value = "auto")]
     pub decode_threads: CodecThreads,
 }

@@ -346,6 +346,8 @@ fn mjpeg_seeds(dir: &Path) -> usize {
         }
     }
     seeds.len() * 3
+}
+
 /// multipart: a step byte (how the target splits the rest), then a body as mjpg-streamer,
 /// the ESP32-CAM and framecast send it, and the same with a lying Content-Length, another
 /// boundary and an HTML part.

@@ -1,5 +1,7 @@
-//! Arbitrary bytes through `codec::restart::split`, the receiver's cutting of a JPEG at its
-//! restart markers, and the parallel decoder that uses it.
+//! Arbitrary bytes through `codec::restart::split_shared`, the receiver's cutting of a JPEG
+//! at its restart markers into pieces of given shares, and the parallel decoder that uses it.
+//! The first byte gives the number of pieces (mod 17) and, above that, a pattern of unequal
+//! shares (0: all equal, as `split` cuts); the JPEG follows.
 //!
 //! Checks, besides "never panics": the pieces of a split cover the image's rows in order,
 //! each a whole number of restart intervals; every piece written out is a JPEG whose own
@@ -18,7 +20,9 @@ const H: usize = 48;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&k, jpeg)) = data.split_first() else { return };
-    if let Ok(Split::Pieces(p)) = restart::split(jpeg, usize::from(k % 17)) {
+    let pattern = usize::from(k / 17);
+    let shares: Vec<f32> = (0..usize::from(k % 17)).map(|i| (1 + pattern * (i + 1) * 7 % 13) as f32).collect();
+    if let Ok(Split::Pieces(p)) = restart::split_shared(jpeg, &shares) {
         let mut row = 0;
         let mut next = 0;
         let mut out = Vec::new();
