@@ -909,6 +909,13 @@ pub struct NetsimArgs {
     #[arg(long, value_name = "PHASES", help_heading = "Loss", conflicts_with = "loss",
           value_parser = parse_phases)]
     pub loss_schedule: Option<Phases>,
+    /// Seed of the link's jitter and loss draws (--udp and --packet-link): the same seed and
+    /// loss flags give the same outage timeline on the link's clock, so that two runs (TCP
+    /// and UDP, say) face the same outages; per-packet loss also depends on the packets
+    /// sent. Default: a new seed each run, logged at start. With --packet-link and
+    /// --outage, the outages drawn are logged when the link stops.
+    #[arg(long, value_name = "N", help_heading = "Loss")]
+    pub seed: Option<u64>,
 }
 
 /// `--loss-schedule`'s phases (a newtype, so that clap takes the value as one list).
@@ -941,7 +948,9 @@ impl NetsimArgs {
         let loss = self.loss_params()?;
         if self.packet_link {
             let (ns, addr) = (self.ns.as_deref(), self.addr.as_deref());
-            return Ok(NetsimConfig::PacketLink(PacketLinkConfig::new(ns, addr, link, loss)?));
+            let mut c = PacketLinkConfig::new(ns, addr, link, loss)?;
+            c.seed = self.seed.unwrap_or(c.seed);
+            return Ok(NetsimConfig::PacketLink(c));
         }
         if self.ns.is_some() || self.addr.is_some() {
             bail!("--ns and --addr go with --packet-link");
@@ -952,7 +961,9 @@ impl NetsimArgs {
         };
         let forward_addrs = resolve(&forward)?;
         if self.udp {
-            return Ok(NetsimConfig::Udp(UdpConfig::bind(listen, forward, forward_addrs[0], link, loss)?));
+            let mut c = UdpConfig::bind(listen, forward, forward_addrs[0], link, loss)?;
+            c.seed = self.seed.unwrap_or(c.seed);
+            return Ok(NetsimConfig::Udp(c));
         }
         if !loss.is_none() {
             bail!("--loss, --outage and --loss-schedule need --udp or --packet-link: the TCP relay carries byte streams and cannot lose a packet");

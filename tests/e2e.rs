@@ -3,17 +3,21 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::TcpStream;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{connect_retry, free_port, read_until_closed, scratch_dir, summary, try_read_until_closed, Proc};
+use common::{
+    connect_retry, free_port, read_until_closed, scratch_dir, stats_lines, summary, try_read_until_closed, Proc,
+};
 use framecast::capture::pattern::TestPattern;
 use framecast::clock::clock_id;
 use framecast::format::Subsampling;
 use framecast::net::proto::HELLO_LEN;
 use framecast::net::{Event, Hello, Message, MessageReader, MessageWriter, Role, StreamInfo};
-use framecast::stats::{DropCause, Side};
+use framecast::stats::{DropCause, RecordType, Side};
 use framecast::testutil::{live_header, pattern_jpeg, psnr};
 use framecast::view::read_ppm;
 
@@ -21,51 +25,28 @@ const EXIT: Duration = Duration::from_secs(20);
 
 /// send --connect -> recv --listen, 120 frames of 640x480: all arrive in order, none dropped,
 /// latency is measured on the shared clock, and the dumped frames match the test pattern.
+///
+/// Newest-frame-wins is right for a live stream: when the whole machine stalls (seen in CI
+/// with two test lanes: loopback ack RTT 200 ms), the sender drops frames for congestion or
+/// the viewer skips one behind a busy decoder, and the viewer then never gets its 120. Such a
+/// run, and only such a run (every drop of a load cause, named in the stats), is repeated, at
+/// most twice; any other shortfall fails at once, and so does a third disturbed run.
 #[test]
 fn stream_120_frames_with_stats_and_dumps() {
     let _serial = common::serial();
     let t0 = Instant::now();
     let dir = scratch_dir("e2e-120");
-    let dumps = dir.join("dumps");
-    let (r_json, s_json) = (dir.join("R.jsonl"), dir.join("S.jsonl"));
-    let addr = format!("127.0.0.1:{}", free_port());
-    let mut recv = Proc::spawn(
-        "recv",
-        &[
-            "recv",
-            "--listen",
-            &addr,
-            "--headless",
-            "--frames",
-            "120",
-            "--stats-json",
-            r_json.to_str().unwrap(),
-            "--dump-dir",
-            dumps.to_str().unwrap(),
-            "--dump-every",
-            "10",
-        ],
-    );
-    let mut send = Proc::spawn(
-        "send",
-        &[
-            "send",
-            "--connect",
-            &addr,
-            "--once",
-            "--size",
-            "640x480",
-            "--frames",
-            "120",
-            "--stats-json",
-            s_json.to_str().unwrap(),
-        ],
-    );
-    // The sender exits once the receiver has its 120 frames and closes; the receiver must be
-    // done by then (if a frame was dropped it would wait for more, so do not wait long).
-    send.expect_success(EXIT);
-    recv.expect_success(Duration::from_secs(5));
-
+    let mut disturbed = Vec::new();
+    let (r_json, s_json, dumps, recv) = loop {
+        match stream_120(&dir.join(format!("{}", disturbed.len() + 1))) {
+            Ok(run) => break run,
+            Err(why) if disturbed.len() < 2 => {
+                eprintln!("run {} disturbed by load ({why}); running it again", disturbed.len() + 1);
+                disturbed.push(why);
+            }
+            Err(why) => panic!("three runs disturbed by load: {disturbed:?}, {why}"),
+        }
+    };
     let r = summary(&r_json);
     assert_eq!(r.role, Side::Receiver);
     assert_eq!(r.frames, 120, "receiver frames");
@@ -105,6 +86,76 @@ fn stream_120_frames_with_stats_and_dumps() {
     }
     let min = values.iter().copied().fold(f64::INFINITY, f64::min);
     eprintln!("PSNR min {min:.2} dB over {} frames; test took {:.2} s", values.len(), t0.elapsed().as_secs_f64());
+}
+
+/// One run of `stream_120_frames_with_stats_and_dumps` in `dir`: the receiver's and sender's
+/// stats files, the dump directory and the receiver (exited 0); or, when the receiver did not
+/// get its 120 frames and every drop in either side's stats has a load cause (congestion,
+/// decoder_busy), why. Any other failure panics.
+fn stream_120(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf, Proc), String> {
+    std::fs::create_dir_all(dir).unwrap();
+    let dumps = dir.join("dumps");
+    let (r_json, s_json) = (dir.join("R.jsonl"), dir.join("S.jsonl"));
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut recv = Proc::spawn(
+        "recv",
+        &[
+            "recv",
+            "--listen",
+            &addr,
+            "--headless",
+            "--frames",
+            "120",
+            "--stats-json",
+            r_json.to_str().unwrap(),
+            "--dump-dir",
+            dumps.to_str().unwrap(),
+            "--dump-every",
+            "10",
+        ],
+    );
+    let mut send = Proc::spawn(
+        "send",
+        &[
+            "send",
+            "--connect",
+            &addr,
+            "--once",
+            "--size",
+            "640x480",
+            "--frames",
+            "120",
+            "--stats-json",
+            s_json.to_str().unwrap(),
+        ],
+    );
+    // The sender exits once the receiver has its 120 frames and closes; the receiver must be
+    // done by then (if a frame was dropped it would wait for more, so do not wait long).
+    send.expect_success(EXIT);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while recv.is_running() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if recv.is_running() {
+        let mut drops: BTreeMap<String, u64> = BTreeMap::new();
+        for path in [&s_json, &r_json] {
+            for line in stats_lines(path) {
+                if line.kind == RecordType::Summary {
+                    continue;
+                }
+                for (cause, n) in line.drops {
+                    *drops.entry(cause).or_default() += n;
+                }
+            }
+        }
+        drops.extend(summary(&s_json).drops);
+        let load = !drops.is_empty() && drops.keys().all(|c| c == "congestion" || c == "decoder_busy");
+        if load {
+            return Err(format!("drops {drops:?}"));
+        }
+    }
+    recv.expect_success(Duration::from_secs(1));
+    Ok((r_json, s_json, dumps, recv))
 }
 
 /// A listening sender serves one viewer after another.

@@ -227,6 +227,8 @@ pub struct LossModel {
     bad: bool,
     /// The current or next outage: [start, end).
     outage: (Duration, Duration),
+    /// The outages the timeline has moved past (at most [`LossModel::KEEP_OUTAGES`]).
+    past: Vec<(Duration, Duration)>,
     rng: SplitMix64,
 }
 
@@ -236,6 +238,7 @@ impl LossModel {
             params: params.clone(),
             bad: false,
             outage: (Duration::MAX, Duration::MAX),
+            past: Vec::new(),
             rng: SplitMix64(seed ^ 0x5DEE_CE66_D1CE_4E5B),
         };
         if let Some(o) = params.outage {
@@ -264,10 +267,27 @@ impl LossModel {
     pub fn in_outage(&mut self, t: Duration) -> bool {
         let Some(o) = self.params.outage else { return false };
         while t >= self.outage.1 {
+            if self.past.len() < Self::KEEP_OUTAGES {
+                self.past.push(self.outage);
+            }
             let start = self.outage.1 + self.exp(o.mean.mul_f64((1.0 - o.share) / o.share));
             self.outage = (start, start + self.exp(o.mean));
         }
         t >= self.outage.0
+    }
+
+    /// The most past outages [`LossModel::outages`] keeps (a day at one a second).
+    pub const KEEP_OUTAGES: usize = 86_400;
+
+    /// The outages, [start, end), that began before `t` (the last the timeline reached):
+    /// the ones it moved past and the current one. The same seed and parameters give the same
+    /// timeline whatever the traffic, so that two runs can face the same outages.
+    pub fn outages(&self, t: Duration) -> Vec<(Duration, Duration)> {
+        let mut v = self.past.clone();
+        if self.params.outage.is_some() && self.outage.0 < t {
+            v.push(self.outage);
+        }
+        v
     }
 
     /// An exponentially distributed duration of mean `mean`.
@@ -372,6 +392,11 @@ impl<T> PacketLink<T> {
             return Some((tag, data));
         }
         None
+    }
+
+    /// The outages of the loss model that began before `t` ([`LossModel::outages`]).
+    pub fn outages(&self, t: Duration) -> Vec<(Duration, Duration)> {
+        self.loss.outages(t)
     }
 
     /// When the link next has work (a serialisation start or a delivery); None when idle.
@@ -586,6 +611,36 @@ mod tests {
         assert!((run_ms - 50.0).abs() < 6.0, "mean outage {run_ms} ms over {} outages", runs.len());
         // Exponential: some are short, some long.
         assert!(runs.iter().any(|r| *r < 10) && runs.iter().any(|r| *r > 150), "{runs:?}");
+    }
+
+    /// The outage timeline depends on the seed and the parameters only: a link with a packet
+    /// a millisecond and one with a packet every 37 ms list the same outages, and every
+    /// packet inside one of them was lost. Another seed draws others.
+    #[test]
+    fn the_same_seed_draws_the_same_outages_whatever_the_traffic() {
+        let params = LossParams { outage: Some(Outage { mean: 50 * MS, share: 0.02 }), ..Default::default() };
+        let (mut busy, mut sparse) = (LossModel::new(&params, 42), LossModel::new(&params, 42));
+        let lost = losses(&mut busy, 60_000, MS);
+        losses(&mut sparse, 60_000 / 37, 37 * MS);
+        let end = 60_000 * MS;
+        let (a, b) = (busy.outages(end), sparse.outages(end));
+        assert!(a.len() > 5, "{a:?}");
+        // The sparse link's last packet came a little before the busy one's.
+        assert_eq!(a[..b.len()], b[..], "the same timeline");
+        assert!(a.len() - b.len() <= 1);
+        for (s, e) in &a {
+            // Packets at whole milliseconds i with start <= i < end.
+            let ms = |d: &Duration| (d.as_nanos().div_ceil(1_000_000) as usize).min(lost.len());
+            let (s, e) = (ms(s), ms(e));
+            assert!(lost[s..e].iter().all(|&l| l), "a packet crossed the outage {s}..{e} ms");
+        }
+        let mut other = LossModel::new(&params, 43);
+        losses(&mut other, 60_000, MS);
+        assert_ne!(other.outages(end), a);
+        // No outages asked: none listed.
+        let mut none = LossModel::new(&LossParams { loss: 0.1, ..Default::default() }, 42);
+        losses(&mut none, 1000, MS);
+        assert!(none.outages(end).is_empty());
     }
 
     #[test]

@@ -27,7 +27,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use tracing::{debug, info, warn};
@@ -49,6 +49,8 @@ pub struct PacketLinkConfig {
     pub addr: [Ipv4Addr; 2],
     pub link: LinkParams,
     pub loss: LossParams,
+    /// Seed of both directions' jitter and loss (`--seed`; else a new one each run).
+    pub seed: u64,
 }
 
 impl PacketLinkConfig {
@@ -77,7 +79,7 @@ impl PacketLinkConfig {
         if addr[0] == addr[1] {
             bail!("--addr: the two addresses must differ, got {} twice", addr[0]);
         }
-        Ok(PacketLinkConfig { ns, addr, link, loss })
+        Ok(PacketLinkConfig { ns, addr, link, loss, seed: super::seed() })
     }
 }
 
@@ -126,15 +128,20 @@ pub fn run(cfg: PacketLinkConfig, stop: &'static AtomicBool) -> anyhow::Result<(
         jitter_ms = cfg.link.jitter.as_secs_f64() * 1e3,
         queue_bytes = cfg.link.queue_bytes,
         loss = %cfg.loss,
+        seed = cfg.seed,
         "netsim packet link up"
     );
     let mut out = io::stdout().lock();
     writeln!(out, "READY")?;
     out.flush()?;
     drop(out);
-    let counts = pump_both(tuns, &cfg, stop)?;
-    log_counts("netsim packet link stopped", "a-to-b", &counts[0]);
-    log_counts("netsim packet link stopped", "b-to-a", &counts[1]);
+    let ended = pump_both(tuns, &cfg, stop)?;
+    for (dir, (counts, outages)) in ["a-to-b", "b-to-a"].into_iter().zip(&ended.links) {
+        log_counts("netsim packet link stopped", dir, counts);
+        if cfg.loss.outage.is_some() {
+            log_outages(dir, ended.epoch_unix, outages);
+        }
+    }
     drop(namespaces);
     Ok(())
 }
@@ -214,12 +221,40 @@ fn open_tun(name: &str) -> anyhow::Result<File> {
     Ok(file)
 }
 
-/// Runs both directions on their own threads until `stop` is set or one fails; their counts.
-fn pump_both(tuns: [File; 2], cfg: &PacketLinkConfig, stop: &'static AtomicBool) -> anyhow::Result<[LinkCounts; 2]> {
+/// What the two directions did: each one's counts and outages ([start, end) on the link's
+/// clock), and when that clock started, in seconds since the Unix epoch.
+struct Ended {
+    links: [(LinkCounts, Vec<(Duration, Duration)>); 2],
+    epoch_unix: f64,
+}
+
+/// Logs the outages of one direction on one line, as `START_MS+LENGTH_MS` on the link's
+/// clock (`epoch_unix`: its start in seconds since the Unix epoch), for benches that set a
+/// run's freezes beside the outages the link drew.
+fn log_outages(dir: &str, epoch_unix: f64, outages: &[(Duration, Duration)]) {
+    let list: Vec<String> = outages
+        .iter()
+        .map(|(s, e)| format!("{:.1}+{:.1}", s.as_secs_f64() * 1e3, (*e - *s).as_secs_f64() * 1e3))
+        .collect();
+    let longest = outages.iter().map(|(s, e)| *e - *s).max().unwrap_or_default();
+    info!(
+        dir,
+        epoch_unix = format_args!("{epoch_unix:.6}"),
+        count = outages.len(),
+        longest_ms = format_args!("{:.1}", longest.as_secs_f64() * 1e3),
+        outages = %list.join(","),
+        "netsim packet link outages"
+    );
+}
+
+/// Runs both directions on their own threads until `stop` is set or one fails.
+fn pump_both(tuns: [File; 2], cfg: &PacketLinkConfig, stop: &'static AtomicBool) -> anyhow::Result<Ended> {
     let [a, b] = tuns.map(Arc::new);
     let failed = Arc::new(AtomicBool::new(false));
     let epoch = Instant::now();
-    let seed = super::seed();
+    let epoch_unix =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+    let seed = cfg.seed;
     let mut handles = Vec::new();
     for (name, src, dst, seed) in [("a-to-b", &a, &b, seed), ("b-to-a", &b, &a, !seed)] {
         let mut pump = Pump {
@@ -236,7 +271,7 @@ fn pump_both(tuns: [File; 2], cfg: &PacketLinkConfig, stop: &'static AtomicBool)
             if r.is_err() {
                 flag.store(true, Ordering::SeqCst);
             }
-            r.map(|()| pump.link.counts)
+            r.map(|()| (pump.link.counts, pump.link.outages(pump.epoch.elapsed())))
         });
         match h {
             Ok(h) => handles.push(h),
@@ -247,11 +282,11 @@ fn pump_both(tuns: [File; 2], cfg: &PacketLinkConfig, stop: &'static AtomicBool)
             }
         }
     }
-    let mut counts = [LinkCounts::default(); 2];
+    let mut links = [(LinkCounts::default(), Vec::new()), (LinkCounts::default(), Vec::new())];
     for (i, h) in handles.into_iter().enumerate() {
-        counts[i] = h.join().map_err(|_| anyhow::anyhow!("a link thread panicked; look for the panic message"))??;
+        links[i] = h.join().map_err(|_| anyhow::anyhow!("a link thread panicked; look for the panic message"))??;
     }
-    Ok(counts)
+    Ok(Ended { links, epoch_unix })
 }
 
 /// One direction: packets read from `src` go through `link` and are written to `dst`.

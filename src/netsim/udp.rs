@@ -47,6 +47,8 @@ pub struct UdpConfig {
     pub forward_addr: SocketAddr,
     pub link: LinkParams,
     pub loss: LossParams,
+    /// Seed of both directions' jitter and loss (`--seed`; else a new one each run).
+    pub seed: u64,
 }
 
 impl UdpConfig {
@@ -59,7 +61,7 @@ impl UdpConfig {
         loss: LossParams,
     ) -> anyhow::Result<Self> {
         let socket = UdpSocket::bind(listen).with_context(|| format!("--listen {listen}: cannot bind UDP"))?;
-        Ok(UdpConfig { socket, forward, forward_addr, link, loss })
+        Ok(UdpConfig { socket, forward, forward_addr, link, loss, seed: super::seed() })
     }
 }
 
@@ -97,6 +99,7 @@ pub fn run(cfg: UdpConfig, stop: &AtomicBool) -> anyhow::Result<()> {
         jitter_ms = cfg.link.jitter.as_secs_f64() * 1e3,
         queue_bytes = cfg.link.queue_bytes,
         loss = %cfg.loss,
+        seed = cfg.seed,
         "netsim udp relay listening"
     );
     let mut relay = Relay::new(cfg)?;
@@ -117,7 +120,7 @@ impl Relay {
     fn new(cfg: UdpConfig) -> io::Result<Self> {
         cfg.socket.set_nonblocking(true)?;
         let _ = socket2::SockRef::from(&cfg.socket).set_recv_buffer_size(SOCKET_BUF);
-        let seed = super::seed();
+        let seed = cfg.seed;
         Ok(Relay {
             listen: cfg.socket,
             forward_addr: cfg.forward_addr,
