@@ -1298,3 +1298,305 @@ mod measure {
         }
     }
 }
+
+/// Review 12: unequal shares, take-back under panics and errors.
+#[cfg(test)]
+mod review12 {
+    use super::*;
+    use crate::codec::{Decoder, Encoder};
+    use crate::testutil::pattern_frame;
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    const SUBS: [Subsampling; 4] = [Subsampling::S420, Subsampling::S422, Subsampling::S444, Subsampling::Gray];
+
+    fn noisy(w: u32, h: u32, sub: Subsampling) -> RawFrameData {
+        let mut f = pattern_frame(w, h, sub, 0);
+        let mut x = 0x2545_f491_u32;
+        let mut prev = 128u8;
+        for b in &mut f.data {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            prev = prev.wrapping_add((x % 9) as u8).wrapping_sub(4);
+            *b = prev;
+        }
+        f
+    }
+    type RawFrameData = crate::capture::RawFrame;
+
+    const SHARES: &[&[f32]] = &[
+        &[1000.0, 1.0],
+        &[1.0, 1000.0],
+        &[1000.0, 1.0, 1.0],
+        &[1.0, 1.0, 1000.0],
+        &[1.0, 1000.0, 1.0],
+        &[0.3, 0.1, 5.0, 1.0],
+        &[1.0; 16],
+        &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0, 16.0],
+        &[f32::NAN, 1.0],
+        &[f32::INFINITY, 1.0, 1.0],
+    ];
+
+    /// A sliced encode with any shares is the serial encode with the same restart rows, byte
+    /// for byte (so a standard JPEG with RST markers numbered on across bands).
+    #[test]
+    fn sliced_encode_with_unequal_shares_equals_serial_encode() {
+        for sub in SUBS {
+            for (w, h) in [(166u32, 230u32), (64, 17), (65, 18), (48, 8), (2, 2), (320, 1), (64, 2000)] {
+                if sub != Subsampling::S444 && sub != Subsampling::Gray && (w % 2 == 1 || h % 2 == 1) {
+                    continue; // the pattern renders no odd subsampled frame
+                }
+                let f = noisy(w, h, sub);
+                for rr in [1u16, 2, 3] {
+                    let mut one = Encoder::new(75, sub, false).unwrap();
+                    one.set_restart_rows(rr).unwrap();
+                    let mut want = JpegBuf::default();
+                    one.encode(&f, &mut want).unwrap();
+                    for shares in SHARES {
+                        let mut se = SliceEncoder::new(shares.len()).unwrap();
+                        se.balance.speeds = shares.iter().map(|&s| Some(s)).collect();
+                        let p = Params { quality: 75, subsampling: sub, fast_dct: false, restart_rows: rr };
+                        let mut out = JpegBuf::default();
+                        se.compress(&f.data, (w as usize, h as usize), p, &mut out).unwrap();
+                        assert!(
+                            out.as_slice() == want.as_slice(),
+                            "{sub} {w}x{h} restart {rr} shares {shares:?}: sliced encode differs from serial"
+                        );
+                        let hd = restart::parse_header(out.as_slice()).unwrap();
+                        restart::intervals(out.as_slice(), &hd).unwrap();
+                    }
+                }
+            }
+        }
+    }
+
+    /// A JPEG split with any shares (bypassing Balance's floor) decodes piece by piece to the
+    /// serial decode's pixels.
+    #[test]
+    fn pieces_cut_with_unequal_shares_decode_like_serial() {
+        for sub in SUBS {
+            for (w, h) in [(166u32, 230u32), (64, 33), (64, 34), (48, 16), (2, 2), (64, 2000)] {
+                for rr in [1u16, 2] {
+                    if sub != Subsampling::S444 && sub != Subsampling::Gray && (w % 2 == 1 || h % 2 == 1) {
+                        continue;
+                    }
+                    let f = noisy(w, h, sub);
+                    let mut one = Encoder::new(75, sub, false).unwrap();
+                    one.set_restart_rows(rr).unwrap();
+                    let mut jpeg = JpegBuf::default();
+                    one.encode(&f, &mut jpeg).unwrap();
+                    let jpeg = jpeg.as_slice().to_vec();
+                    let (w, h) = (w as usize, h as usize);
+                    for speed in [Speed::default(), Speed { fast_dct: false, fast_upsample: true }] {
+                        let mut serial = Vec::new();
+                        Decoder::with_speed(speed).unwrap().decode(&jpeg, w, h, &mut serial).unwrap();
+                        let serial: Vec<u8> = bytemuck::cast_slice(&serial).to_vec();
+                        for shares in SHARES {
+                            let Split::Pieces(p) = restart::split_shared(&jpeg, shares).unwrap() else {
+                                panic!("serial")
+                            };
+                            let mut px = vec![0u8; w * h * 4];
+                            let mut dw = DecWorker::new(speed).unwrap();
+                            for (i, piece) in p.pieces.iter().enumerate() {
+                                let at = piece.first_row * w * 4;
+                                dw.decode(&jpeg, &p, i, &mut px[at..at + piece.rows * w * 4]).unwrap();
+                            }
+                            assert!(px == serial, "{sub} {w}x{h} rr {rr} {speed:?} shares {shares:?}");
+                            // And through SliceDecoder with Balance's shares.
+                            let mut sd = SliceDecoder::new(shares.len(), speed).unwrap();
+                            sd.balance.speeds = shares.iter().map(|&s| Some(s)).collect();
+                            let mut out = vec![0u32; w * h];
+                            let r = sd.decode(&jpeg, w, &mut out).unwrap();
+                            if r.is_some() {
+                                assert!(
+                                    bytemuck::cast_slice::<u32, u8>(&out) == &serial[..],
+                                    "{sub} {w}x{h} {shares:?}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn counting(c: &Arc<AtomicUsize>) -> Job<u32> {
+        let c = c.clone();
+        Box::new(move |_| {
+            c.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        })
+    }
+
+    /// A taken-back job that panics on the caller: run unwinds, the other unstarted jobs are
+    /// dropped (never run), and the pool goes on afterwards (no hang on the owed results).
+    #[test]
+    fn panic_in_a_taken_back_job_leaves_the_pool_usable() {
+        let mut pool = Pool::new("t", vec![0u32, 0, 0]).unwrap();
+        let c = Arc::new(AtomicUsize::new(0));
+        {
+            let gate = pool.gate.clone();
+            let _held = gate.lock().unwrap();
+            let jobs: Vec<Job<u32>> =
+                vec![counting(&c), Box::new(|_: &mut u32| panic!("taken-back job panics")), counting(&c)];
+            let r = catch_unwind(AssertUnwindSafe(|| pool.run(&mut 0, jobs, |_| Ok(()))));
+            assert!(r.is_err());
+            assert_eq!(c.load(Ordering::SeqCst), 1, "job 0 ran on the caller, job 2 was dropped");
+            assert_eq!(pool.workers.iter().map(|w| w.owed).collect::<Vec<_>>(), vec![1, 1, 1]);
+        }
+        for _ in 0..3 {
+            let jobs: Vec<Job<u32>> = vec![counting(&c), counting(&c), counting(&c)];
+            pool.run(&mut 0, jobs, |_| Ok(())).unwrap();
+        }
+        assert_eq!(c.load(Ordering::SeqCst), 10);
+    }
+
+    /// An error from a taken-back job is reported; the caller's own error wins; the jobs of a
+    /// failed own part are dropped unrun.
+    #[test]
+    fn errors_of_taken_back_jobs_and_own_errors() {
+        let mut pool = Pool::new("t", vec![0u32, 0]).unwrap();
+        let c = Arc::new(AtomicUsize::new(0));
+        let gate = pool.gate.clone();
+        {
+            let _held = gate.lock().unwrap();
+            let jobs: Vec<Job<u32>> = vec![Box::new(|_: &mut u32| Err(CodecError::WorkerGone)), counting(&c)];
+            let r = pool.run(&mut 0, jobs, |_| Ok(()));
+            assert!(matches!(r, Err(CodecError::WorkerGone)));
+            assert_eq!(c.load(Ordering::SeqCst), 1, "the second taken-back job ran after the first failed");
+        }
+        {
+            // (a fresh pool: with the gate held, settling the owed results above would wait
+            // for the gated workers)
+            let mut pool = Pool::new("t", vec![0u32, 0]).unwrap();
+            let gate = pool.gate.clone();
+            let _held = gate.lock().unwrap();
+            let jobs: Vec<Job<u32>> = vec![counting(&c), counting(&c)];
+            let r = pool.run(&mut 0, jobs, |_| Err(CodecError::Restart(restart::RestartError::NoBands)));
+            assert!(matches!(r, Err(CodecError::Restart(_))));
+            assert_eq!(c.load(Ordering::SeqCst), 1, "jobs of a failed own part never run");
+        }
+        let jobs: Vec<Job<u32>> = vec![counting(&c), counting(&c)];
+        pool.run(&mut 0, jobs, |_| Ok(())).unwrap();
+        assert_eq!(c.load(Ordering::SeqCst), 3);
+    }
+
+    /// Dropping a pool whose workers owe results does not hang.
+    #[test]
+    fn drop_with_owed_results_does_not_hang() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut pool = Pool::new("t", vec![0u32, 0]).unwrap();
+            let gate = pool.gate.clone();
+            {
+                let _held = gate.lock().unwrap();
+                let c = Arc::new(AtomicUsize::new(0));
+                let jobs: Vec<Job<u32>> = vec![counting(&c), counting(&c)];
+                pool.run(&mut 0, jobs, |_| Ok(())).unwrap();
+                let jobs: Vec<Job<u32>> = vec![counting(&c)];
+                // Only worker 0 gets one: worker 1 still owes.
+                drop(_held);
+                pool.run(&mut 0, jobs, |_| Ok(())).unwrap();
+            }
+            drop(pool);
+            tx.send(()).unwrap();
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(10)).expect("pool drop hung");
+    }
+
+    /// A worker that panics: its job's borrowed data is not used after run returns, and every
+    /// later run reports the worker gone (does not hang), also for jobs it never gets.
+    #[test]
+    fn a_dead_worker_never_hangs_later_runs() {
+        let mut pool = Pool::new("t", vec![0u32, 0]).unwrap();
+        let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s2 = started.clone();
+        let jobs: Vec<Job<u32>> = vec![
+            Box::new(move |_: &mut u32| {
+                s2.store(true, Ordering::SeqCst);
+                panic!("worker panics")
+            }),
+            Box::new(|_: &mut u32| Ok(())),
+        ];
+        let r = pool.run(&mut 0, jobs, |_| {
+            while !started.load(Ordering::SeqCst) {
+                std::thread::yield_now();
+            }
+            Ok(())
+        });
+        assert!(matches!(r, Err(CodecError::WorkerGone)));
+        for _ in 0..3 {
+            let c = Arc::new(AtomicUsize::new(0));
+            let jobs: Vec<Job<u32>> = vec![counting(&c), counting(&c)];
+            assert!(pool.run(&mut 0, jobs, |_| Ok(())).is_err());
+        }
+    }
+
+    /// Balance never yields shares apportion treats as bad, whatever was measured.
+    #[test]
+    fn balance_shares_are_finite_and_positive() {
+        let mut b = Balance::default();
+        b.shares(3);
+        for walls in [[Some(1u64), Some(u64::MAX), Some(1)], [Some(0), Some(1), None], [Some(1), Some(1), Some(1)]] {
+            b.record(&[65535, 1, 0], &walls);
+            let s = b.shares(3);
+            assert!(s.iter().all(|x| x.is_finite() && *x > 0.0), "{s:?}");
+        }
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod review12_steer {
+    use super::*;
+    use std::mem::{size_of, zeroed};
+
+    fn mask(tid: i32) -> libc::cpu_set_t {
+        // SAFETY: an all-zero cpu_set_t is empty; the call writes at most its size.
+        let mut set: libc::cpu_set_t = unsafe { zeroed() };
+        assert_eq!(unsafe { libc::sched_getaffinity(tid, size_of::<libc::cpu_set_t>(), &mut set) }, 0);
+        set
+    }
+    fn only(cpu: usize) -> libc::cpu_set_t {
+        let mut s: libc::cpu_set_t = unsafe { zeroed() };
+        unsafe { libc::CPU_SET(cpu, &mut s) };
+        s
+    }
+    fn pin(tid: i32, s: &libc::cpu_set_t) {
+        assert_eq!(unsafe { libc::sched_setaffinity(tid, size_of::<libc::cpu_set_t>(), s) }, 0);
+    }
+
+    /// `taskset -a -p -c X PID` (or a cgroup cpuset change) after the pool started: the next
+    /// frame on another CPU re-widens the workers to the mask captured at start, so a worker
+    /// leaves the CPUs the user confined the process to.
+    #[test]
+    fn a_later_affinity_restriction_is_undone_by_steering() {
+        let usable = mask(0);
+        let cpus: Vec<usize> =
+            (0..libc::CPU_SETSIZE as usize).filter(|&c| unsafe { libc::CPU_ISSET(c, &usable) }).collect();
+        if cpus.len() < 2 {
+            return;
+        }
+        std::thread::spawn(move || {
+            let mut pool = Pool::new("t", vec![0u32]).unwrap();
+            let tid = pool.steer.linux.as_ref().expect("steered").tids[0];
+            let jobs: Vec<Job<u32>> = vec![Box::new(|_: &mut u32| Ok(()))];
+            pool.run(&mut 0, jobs, |_| Ok(())).unwrap();
+            let from = pool.steer.linux.as_ref().and_then(|s| s.away_from).expect("steered");
+            // Now the whole process (caller and worker) is confined to a CPU the caller was
+            // not on: the caller moves there.
+            let other = *cpus.iter().find(|&&c| c != from).unwrap();
+            let user = only(other);
+            pin(0, &user);
+            pin(tid, &user);
+            let jobs: Vec<Job<u32>> = vec![Box::new(|_: &mut u32| Ok(()))];
+            pool.run(&mut 0, jobs, |_| Ok(())).unwrap();
+            let now = mask(tid);
+            let escaped = (0..libc::CPU_SETSIZE as usize)
+                .any(|c| unsafe { libc::CPU_ISSET(c, &now) } && !unsafe { libc::CPU_ISSET(c, &user) });
+            assert!(!escaped, "the worker left the CPUs the process was confined to");
+        })
+        .join()
+        .unwrap();
+    }
+}

@@ -643,6 +643,22 @@ mod tests {
         assert!(none.outages(end).is_empty());
     }
 
+    /// Review 12: `--seed` promises the same outage timeline for the same seed and loss
+    /// flags whatever the traffic; with --loss beside --outage the per-packet draws share the
+    /// outage timeline's generator, so the timeline depends on the packets sent.
+    #[test]
+    fn review12_outages_with_random_loss_do_not_depend_on_traffic() {
+        let params =
+            LossParams { loss: 0.05, outage: Some(Outage { mean: 50 * MS, share: 0.02 }), ..Default::default() };
+        let (mut busy, mut sparse) = (LossModel::new(&params, 42), LossModel::new(&params, 42));
+        losses(&mut busy, 60_000, MS);
+        losses(&mut sparse, 60_000 / 37, 37 * MS);
+        let end = 60_000 * MS;
+        let (a, b) = (busy.outages(end), sparse.outages(end));
+        let n = a.len().min(b.len()) - 1;
+        assert_eq!(a[..n], b[..n], "the same seed and flags, other traffic: other outages");
+    }
+
     #[test]
     fn a_schedule_switches_the_loss_in_time_and_holds_its_last_phase() {
         let schedule = vec![Phase { len: 10 * 1000 * MS, loss: 0.2 }, Phase { len: 10 * 1000 * MS, loss: 0.0 }];
