@@ -126,7 +126,9 @@ def longest_outage(log_path, recv_start, start, end, direction="a-to-b"):
     within [start, end] s of the receiver's clock, clipped to it, from netsim's log line
     `netsim packet link outages` (`START_MS+LENGTH_MS` on the link's clock, whose start is
     `epoch_unix`); `recv_start` is the receiver's start in Unix seconds. NaN if the log has
-    no such line (a netsim without it)."""
+    no such line (a netsim without it) or no receiver start."""
+    if math.isnan(recv_start):
+        return math.nan
     try:
         text = open(log_path, errors="replace").read()
     except OSError:

@@ -9,9 +9,7 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{
-    connect_retry, free_port, read_until_closed, scratch_dir, stats_lines, summary, try_read_until_closed, Proc,
-};
+use common::{connect_retry, free_port, read_until_closed, scratch_dir, summary, try_read_until_closed, Proc};
 use framecast::capture::pattern::TestPattern;
 use framecast::clock::clock_id;
 use framecast::format::Subsampling;
@@ -137,9 +135,13 @@ fn stream_120(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf, Proc), String> {
         std::thread::sleep(Duration::from_millis(20));
     }
     if recv.is_running() {
+        // The receiver is still writing its file: a last line cut short is left out.
+        let log = recv.stderr();
+        drop(recv);
         let mut drops: BTreeMap<String, u64> = BTreeMap::new();
         for path in [&s_json, &r_json] {
-            for line in stats_lines(path) {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            for line in text.lines().filter_map(|l| serde_json::from_str::<framecast::stats::Report>(l).ok()) {
                 if line.kind == RecordType::Summary {
                     continue;
                 }
@@ -153,6 +155,7 @@ fn stream_120(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf, Proc), String> {
         if load {
             return Err(format!("drops {drops:?}"));
         }
+        panic!("[recv] did not get its 120 frames within 5 s of the sender's exit (drops {drops:?}); stderr:\n{log}");
     }
     recv.expect_success(Duration::from_secs(1));
     Ok((r_json, s_json, dumps, recv))

@@ -67,15 +67,19 @@ struct Worker<S> {
 }
 
 impl<S> Worker<S> {
-    /// Collects the results owed for slots taken back; false if the worker is gone.
-    fn settle(&mut self) -> bool {
+    /// Collects, without waiting, the results owed for slots taken back: `Some(true)` when
+    /// the worker owes none (it may be given a job), `Some(false)` when it has not yet
+    /// reported one (it has not even run since: the caller does its part instead), `None`
+    /// when it is gone.
+    fn settle(&mut self) -> Option<bool> {
         while self.owed > 0 {
-            if self.done.recv().is_err() {
-                return false;
+            match self.done.try_recv() {
+                Ok(_) => self.owed -= 1,
+                Err(crossbeam_channel::TryRecvError::Empty) => return Some(false),
+                Err(crossbeam_channel::TryRecvError::Disconnected) => return None,
             }
-            self.owed -= 1;
         }
-        true
+        Some(true)
     }
 }
 
@@ -157,22 +161,36 @@ impl<S: Send + 'static> Pool<S> {
         let mut wait =
             Wait { workers: &mut self.workers, slots: Vec::new(), cpu_us: 0, wall_us: Vec::new(), err: None };
         for (i, job) in jobs.into_iter().enumerate() {
-            let Some(w) = wait.workers.get_mut(i) else { break };
             let slot: Slot<S> = Arc::new(Mutex::new(Some(job)));
-            let sent = w.settle() && w.jobs.as_ref().is_some_and(|tx| tx.send(slot.clone()).is_ok());
+            let Some(w) = wait.workers.get_mut(i) else {
+                // More jobs than workers: not run, and said so rather than left out.
+                wait.err.get_or_insert(CodecError::WorkerGone);
+                break;
+            };
+            let sent = match w.settle() {
+                Some(true) => w.jobs.as_ref().is_some_and(|tx| tx.send(slot.clone()).is_ok()),
+                Some(false) => {
+                    wait.slots.push((slot, false));
+                    continue;
+                }
+                None => false,
+            };
             if !sent {
                 wait.err.get_or_insert(CodecError::WorkerGone);
                 break;
             }
-            wait.slots.push(slot);
+            wait.slots.push((slot, true));
         }
         let w0 = Instant::now();
         let own_res = own(state);
         let own_wall = micros(w0);
         if own_res.is_ok() {
             for i in 0..wait.slots.len() {
-                if let Some(job) = take(&wait.slots[i]) {
-                    wait.workers[i].owed += 1;
+                let (slot, sent) = &wait.slots[i];
+                if let Some(job) = take(slot) {
+                    if *sent {
+                        wait.workers[i].owed += 1;
+                    }
                     if let Err(e) = job(state) {
                         wait.err.get_or_insert(e);
                     }
@@ -180,15 +198,20 @@ impl<S: Send + 'static> Pool<S> {
             }
         }
         wait.finish();
-        own_res?;
-        match wait.err.take() {
-            Some(e) => Err(e),
-            None => {
+        let res = match (own_res, wait.err.take()) {
+            (Err(e), _) | (Ok(()), Some(e)) => Err(e),
+            (Ok(()), None) => {
                 let mut wall_us = std::mem::take(&mut wait.wall_us);
                 wall_us.push(Some(own_wall));
                 Ok(Ran { cpu_us: wait.cpu_us, wall_us })
             }
+        };
+        drop(wait);
+        if matches!(res, Err(CodecError::WorkerGone)) {
+            // A dead worker's thread id could be reused by another thread: steer no more.
+            self.steer = Steer::off();
         }
+        res
     }
 }
 
@@ -247,6 +270,14 @@ impl Steer {
         }
     }
 
+    /// Steers nothing.
+    fn off() -> Steer {
+        Steer {
+            #[cfg(target_os = "linux")]
+            linux: None,
+        }
+    }
+
     fn away_from_here(&mut self) {
         #[cfg(target_os = "linux")]
         if let Some(state) = &mut self.linux {
@@ -263,7 +294,8 @@ mod linux_steer {
 
     pub(super) struct State {
         pub(super) tids: Vec<i32>,
-        /// The CPUs the pool's creator could run on.
+        /// The CPUs the caller could run on when it last moved (read again each time, so that
+        /// a later `taskset` or cpuset change is kept).
         usable: libc::cpu_set_t,
         /// The caller's CPU the workers were last kept off.
         pub(super) away_from: Option<usize>,
@@ -294,12 +326,16 @@ mod linux_steer {
             if self.away_from == Some(cpu) {
                 return true;
             }
+            // SAFETY: sched_getaffinity writes at most the set's size into `usable`.
+            if unsafe { libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut self.usable) } != 0 {
+                return false;
+            }
             let mut set = self.usable;
             if cpu < libc::CPU_SETSIZE as usize {
                 // SAFETY: `cpu` is within the set.
                 unsafe { libc::CPU_CLR(cpu, &mut set) };
             }
-            // (`new` checked that the workers fit on the usable CPUs but one.)
+            // Workers that do not fit beside the caller share its CPUs, as unsteered.
             let set = if count(&set) >= self.tids.len() { set } else { self.usable };
             let size = size_of::<libc::cpu_set_t>();
             // SAFETY: `set` is a valid cpu_set_t of `size` bytes; a tid that no longer exists
@@ -322,7 +358,8 @@ mod linux_steer {
 /// then is taken back and dropped, never run).
 struct Wait<'a, S> {
     workers: &'a mut [Worker<S>],
-    slots: Vec<Slot<S>>,
+    /// Each job's slot, and whether it was sent to its worker (else the caller runs it).
+    slots: Vec<(Slot<S>, bool)>,
     cpu_us: u64,
     /// Each slot's wall time on its worker, in order.
     wall_us: Vec<Option<u64>>,
@@ -331,14 +368,16 @@ struct Wait<'a, S> {
 
 impl<S> Wait<'_, S> {
     fn finish(&mut self) {
-        for (w, slot) in self.workers.iter_mut().zip(self.slots.drain(..)) {
+        for (w, (slot, sent)) in self.workers.iter_mut().zip(self.slots.drain(..)) {
             if take(&slot).is_some() {
-                w.owed += 1;
+                w.owed += usize::from(sent);
                 self.wall_us.push(None);
                 continue;
             }
-            if w.owed > 0 {
-                // Taken back by the caller: the worker's result is collected later.
+            // Run by the caller: never sent, or taken back (a worker owes nothing when it is
+            // sent a job, so one that owes now had this one taken back; its result is
+            // collected later).
+            if !sent || w.owed > 0 {
                 self.wall_us.push(None);
                 continue;
             }
@@ -1170,17 +1209,25 @@ mod tests {
         {
             let gate = pool.gate.clone();
             let _held = gate.lock().unwrap();
-            let jobs = vec![ran_on(&log, 0), ran_on(&log, 1)];
-            pool.run(&mut own, jobs, |s| {
-                *s += 1;
-                Ok(())
-            })
-            .unwrap();
+            for _ in 0..2 {
+                // The second run finds both workers still owing the first run's results (held
+                // at the gate): it does not wait for them, the caller runs their jobs.
+                let jobs = vec![ran_on(&log, 0), ran_on(&log, 1)];
+                pool.run(&mut own, jobs, |s| {
+                    *s += 1;
+                    Ok(())
+                })
+                .unwrap();
+            }
         }
-        assert_eq!(own, 3, "the caller ran its part and both jobs, with its own state");
-        assert_eq!(*log.lock().unwrap(), vec![(0, me), (1, me)]);
-        // The workers are still there: with the gate open they run the next jobs, the
-        // caller waiting for both to start.
+        assert_eq!(own, 6, "the caller ran its part and both jobs twice, with its own state");
+        assert_eq!(*log.lock().unwrap(), vec![(0, me), (1, me), (0, me), (1, me)]);
+        // The workers are still there: with the gate open they report the empty slots (a
+        // worker that has not is given no job: the caller would do its part), then run the
+        // next jobs, the caller waiting for both to start.
+        while pool.workers.iter_mut().any(|w| w.settle() != Some(true)) {
+            std::thread::yield_now();
+        }
         log.lock().unwrap().clear();
         let jobs = vec![ran_on(&log, 0), ran_on(&log, 1)];
         let log2 = log.clone();
@@ -1192,7 +1239,7 @@ mod tests {
         })
         .unwrap();
         assert!(log.lock().unwrap().iter().all(|&(_, t)| t != me), "both ran on workers");
-        assert_eq!(own, 3);
+        assert_eq!(own, 6);
     }
 }
 
@@ -1299,9 +1346,9 @@ mod measure {
     }
 }
 
-/// Review 12: unequal shares, take-back under panics and errors.
+/// Unequal shares (encoded bytes, decoded pixels), take-back under panics and errors.
 #[cfg(test)]
-mod review12 {
+mod unequal_shares_and_take_back {
     use super::*;
     use crate::codec::{Decoder, Encoder};
     use crate::testutil::pattern_frame;
@@ -1547,7 +1594,7 @@ mod review12 {
 }
 
 #[cfg(all(test, target_os = "linux"))]
-mod review12_steer {
+mod steer_follows_the_process_mask {
     use super::*;
     use std::mem::{size_of, zeroed};
 
@@ -1567,10 +1614,9 @@ mod review12_steer {
     }
 
     /// `taskset -a -p -c X PID` (or a cgroup cpuset change) after the pool started: the next
-    /// frame on another CPU re-widens the workers to the mask captured at start, so a worker
-    /// leaves the CPUs the user confined the process to.
+    /// frame on another CPU must not widen the workers again to the mask read at start.
     #[test]
-    fn a_later_affinity_restriction_is_undone_by_steering() {
+    fn a_later_affinity_restriction_is_kept() {
         let usable = mask(0);
         let cpus: Vec<usize> =
             (0..libc::CPU_SETSIZE as usize).filter(|&c| unsafe { libc::CPU_ISSET(c, &usable) }).collect();
