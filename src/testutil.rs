@@ -18,6 +18,12 @@ use crate::net::{FrameHeader, StreamInfo};
 /// (or twice the largest message allowed) however the bytes arrive.
 pub const READ_CHUNK: usize = crate::net::io::READ_CHUNK;
 
+/// True when the `CI` environment variable is set to something other than "", "0" or "false":
+/// a test that lacks what it needs fails there instead of passing silently.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false"))
+}
+
 /// A frame header as a sender writes it for frame `seq` of stream `info` with a JPEG of
 /// `jpeg_len` bytes: quality 75, 4:2:0, no flags, captured at 1 s, encoded from 1.0001 s to
 /// 1.002 s and sent at 1.0021 s. Tests change fields with `..sample_header(..)`. (The bytes

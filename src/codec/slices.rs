@@ -863,7 +863,8 @@ mod tests {
     use crate::codec::{Decoder, Encoder};
     use crate::testutil::{self, pattern_frame, pattern_jpeg, restart_jpeg};
 
-    const SUBS: [Subsampling; 4] = [Subsampling::S420, Subsampling::S422, Subsampling::S444, Subsampling::Gray];
+    pub(super) const SUBS: [Subsampling; 4] =
+        [Subsampling::S420, Subsampling::S422, Subsampling::S444, Subsampling::Gray];
 
     fn decode(jpeg: &[u8], (w, h): (usize, usize), threads: usize) -> (Vec<u32>, u64) {
         let mut dec = Decoder::new().unwrap();
@@ -891,10 +892,9 @@ mod tests {
         (rows, max)
     }
 
-    /// A frame of smooth noise (chroma that changes from row to row) encoded as `threads`
-    /// slices with a restart marker every MCU row.
-    fn noise_jpeg(size: (u32, u32), sub: Subsampling, threads: usize) -> Vec<u8> {
-        let mut f = pattern_frame(size.0, size.1, sub, 0);
+    /// A `w`x`h` frame of smooth noise (chroma that changes from row to row).
+    pub(super) fn noisy(w: u32, h: u32, sub: Subsampling) -> crate::capture::RawFrame {
+        let mut f = pattern_frame(w, h, sub, 0);
         let mut x = 0x2545_f491_u32;
         let mut prev = 128u8;
         for b in &mut f.data {
@@ -904,6 +904,13 @@ mod tests {
             prev = prev.wrapping_add((x % 9) as u8).wrapping_sub(4);
             *b = prev;
         }
+        f
+    }
+
+    /// A frame of smooth noise (chroma that changes from row to row) encoded as `threads`
+    /// slices with a restart marker every MCU row.
+    fn noise_jpeg(size: (u32, u32), sub: Subsampling, threads: usize) -> Vec<u8> {
+        let f = noisy(size.0, size.1, sub);
         let mut enc = Encoder::new(75, sub, false).unwrap();
         enc.set_restart_rows(1).unwrap();
         enc.set_threads(threads).unwrap();
@@ -1048,49 +1055,6 @@ mod tests {
     /// The workers' CPU mask after a run: every usable CPU but the caller's (so that Linux
     /// cannot queue a woken worker behind the caller's own slice), and untouched when the
     /// process may use one CPU only.
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn workers_are_kept_off_the_callers_cpu() {
-        use std::mem::{size_of, zeroed};
-        fn mask(tid: i32) -> libc::cpu_set_t {
-            // SAFETY: an all-zero cpu_set_t is empty; the call writes at most its size.
-            let mut set: libc::cpu_set_t = unsafe { zeroed() };
-            assert_eq!(unsafe { libc::sched_getaffinity(tid, size_of::<libc::cpu_set_t>(), &mut set) }, 0);
-            set
-        }
-        let usable = mask(0);
-        // SAFETY: `usable` is a valid set.
-        if unsafe { libc::CPU_COUNT(&usable) } < 2 {
-            let ci = std::env::var("CI").is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false"));
-            assert!(!ci, "this test needs 2 usable CPUs, the process has 1");
-            return;
-        }
-        let mut pool = Pool::new("test", vec![0u32]).unwrap();
-        let state = pool.steer.linux.as_ref().expect("one worker beside the caller is steered");
-        let tid = state.tids[0];
-        let jobs: Vec<Job<u32>> = vec![Box::new(|_: &mut u32| Ok(()))];
-        pool.run(&mut 0, jobs, |_| Ok(())).unwrap();
-        let from = pool.steer.linux.as_ref().and_then(|s| s.away_from).expect("steered");
-        let mut want = usable;
-        // SAFETY: `from` came from sched_getcpu, within the set's size.
-        unsafe { libc::CPU_CLR(from, &mut want) };
-        assert!(mask(tid) == want, "the worker may run on every usable CPU but {from}");
-
-        // Confined to one CPU: nothing to steer, the worker's mask is the caller's.
-        let one = (0..libc::CPU_SETSIZE as usize).find(|&c| unsafe { libc::CPU_ISSET(c, &usable) }).unwrap();
-        // SAFETY: as above.
-        let mut only: libc::cpu_set_t = unsafe { zeroed() };
-        unsafe { libc::CPU_SET(one, &mut only) };
-        std::thread::spawn(move || {
-            assert_eq!(unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &only) }, 0);
-            let mut pool = Pool::new("test", vec![0u32]).unwrap();
-            assert!(pool.steer.linux.is_none(), "no CPU to keep a worker on");
-            let jobs: Vec<Job<u32>> = vec![Box::new(|_: &mut u32| Ok(()))];
-            pool.run(&mut 0, jobs, |_| Ok(())).unwrap();
-        })
-        .join()
-        .unwrap();
-    }
 
     #[test]
     fn pool_waits_for_every_job_and_reports_errors() {
@@ -1349,28 +1313,11 @@ mod measure {
 /// Unequal shares (encoded bytes, decoded pixels), take-back under panics and errors.
 #[cfg(test)]
 mod unequal_shares_and_take_back {
+    use super::tests::{noisy, SUBS};
     use super::*;
     use crate::codec::{Decoder, Encoder};
-    use crate::testutil::pattern_frame;
     use std::panic::{catch_unwind, AssertUnwindSafe};
     use std::sync::atomic::{AtomicUsize, Ordering};
-
-    const SUBS: [Subsampling; 4] = [Subsampling::S420, Subsampling::S422, Subsampling::S444, Subsampling::Gray];
-
-    fn noisy(w: u32, h: u32, sub: Subsampling) -> RawFrameData {
-        let mut f = pattern_frame(w, h, sub, 0);
-        let mut x = 0x2545_f491_u32;
-        let mut prev = 128u8;
-        for b in &mut f.data {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            prev = prev.wrapping_add((x % 9) as u8).wrapping_sub(4);
-            *b = prev;
-        }
-        f
-    }
-    type RawFrameData = crate::capture::RawFrame;
 
     const SHARES: &[&[f32]] = &[
         &[1000.0, 1.0],
@@ -1611,6 +1558,39 @@ mod steer_follows_the_process_mask {
     }
     fn pin(tid: i32, s: &libc::cpu_set_t) {
         assert_eq!(unsafe { libc::sched_setaffinity(tid, size_of::<libc::cpu_set_t>(), s) }, 0);
+    }
+
+    #[test]
+    fn workers_are_kept_off_the_callers_cpu() {
+        let usable = mask(0);
+        // SAFETY: `usable` is a valid set.
+        if unsafe { libc::CPU_COUNT(&usable) } < 2 {
+            assert!(!crate::testutil::in_ci(), "this test needs 2 usable CPUs, the process has 1");
+            return;
+        }
+        let mut pool = Pool::new("test", vec![0u32]).unwrap();
+        let state = pool.steer.linux.as_ref().expect("one worker beside the caller is steered");
+        let tid = state.tids[0];
+        let jobs: Vec<Job<u32>> = vec![Box::new(|_: &mut u32| Ok(()))];
+        pool.run(&mut 0, jobs, |_| Ok(())).unwrap();
+        let from = pool.steer.linux.as_ref().and_then(|s| s.away_from).expect("steered");
+        let mut want = usable;
+        // SAFETY: `from` came from sched_getcpu, within the set's size.
+        unsafe { libc::CPU_CLR(from, &mut want) };
+        assert!(mask(tid) == want, "the worker may run on every usable CPU but {from}");
+
+        // Confined to one CPU: nothing to steer, the worker's mask is the caller's.
+        let one = (0..libc::CPU_SETSIZE as usize).find(|&c| unsafe { libc::CPU_ISSET(c, &usable) }).unwrap();
+        let only = only(one);
+        std::thread::spawn(move || {
+            pin(0, &only);
+            let mut pool = Pool::new("test", vec![0u32]).unwrap();
+            assert!(pool.steer.linux.is_none(), "no CPU to keep a worker on");
+            let jobs: Vec<Job<u32>> = vec![Box::new(|_: &mut u32| Ok(()))];
+            pool.run(&mut 0, jobs, |_| Ok(())).unwrap();
+        })
+        .join()
+        .unwrap();
     }
 
     /// `taskset -a -p -c X PID` (or a cgroup cpuset change) after the pool started: the next

@@ -9,10 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::{pump, Shared};
 
-/// True when the `CI` environment variable is set to something other than "", "0" or "false".
-pub fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false"))
-}
+pub use framecast::testutil::in_ci;
 
 /// Whether `tool` exists: a path (with a `/`) as is, a name on PATH.
 pub fn on_path(tool: &str) -> bool {
