@@ -946,11 +946,10 @@ impl NetsimArgs {
             stall,
         };
         let loss = self.loss_params()?;
+        let seed = self.seed.unwrap_or_else(crate::netsim::random_seed);
         if self.packet_link {
             let (ns, addr) = (self.ns.as_deref(), self.addr.as_deref());
-            let mut c = PacketLinkConfig::new(ns, addr, link, loss)?;
-            c.seed = self.seed.unwrap_or(c.seed);
-            return Ok(NetsimConfig::PacketLink(c));
+            return Ok(NetsimConfig::PacketLink(PacketLinkConfig::new(ns, addr, link, loss, seed)?));
         }
         if self.ns.is_some() || self.addr.is_some() {
             bail!("--ns and --addr go with --packet-link");
@@ -961,9 +960,7 @@ impl NetsimArgs {
         };
         let forward_addrs = resolve(&forward)?;
         if self.udp {
-            let mut c = UdpConfig::bind(listen, forward, forward_addrs[0], link, loss)?;
-            c.seed = self.seed.unwrap_or(c.seed);
-            return Ok(NetsimConfig::Udp(c));
+            return Ok(NetsimConfig::Udp(UdpConfig::bind(listen, forward, forward_addrs[0], link, loss, seed)?));
         }
         if !loss.is_none() {
             bail!("--loss, --outage and --loss-schedule need --udp or --packet-link: the TCP relay carries byte streams and cannot lose a packet");

@@ -287,8 +287,8 @@ fn log_counts(event: &str, dir: &str, c: &LinkCounts) {
     );
 }
 
-/// A seed that differs from run to run, for the links' jitter and loss.
-fn seed() -> u64 {
+/// A seed that differs from run to run, for the links' jitter and loss (without `--seed`).
+pub fn random_seed() -> u64 {
     let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     t.as_nanos() as u64 ^ u64::from(std::process::id()).rotate_left(32)
 }

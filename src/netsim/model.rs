@@ -619,48 +619,35 @@ mod tests {
         assert!(runs.iter().any(|r| *r < 10) && runs.iter().any(|r| *r > 150), "{runs:?}");
     }
 
-    /// The outage timeline depends on the seed and the parameters only: a link with a packet
-    /// a millisecond and one with a packet every 37 ms list the same outages, and every
-    /// packet inside one of them was lost. Another seed draws others.
+    /// The outage timeline depends on the seed and the parameters only, also with random
+    /// loss beside it: a link with a packet a millisecond and one with a packet every 37 ms
+    /// list the same outages, and every packet inside one of them was lost. Another seed
+    /// draws others.
     #[test]
     fn the_same_seed_draws_the_same_outages_whatever_the_traffic() {
-        let params = LossParams { outage: Some(Outage { mean: 50 * MS, share: 0.02 }), ..Default::default() };
-        let (mut busy, mut sparse) = (LossModel::new(&params, 42), LossModel::new(&params, 42));
-        let lost = losses(&mut busy, 60_000, MS);
-        losses(&mut sparse, 60_000 / 37, 37 * MS);
         let end = 60_000 * MS;
-        let (a, b) = (busy.outages(end), sparse.outages(end));
-        assert!(a.len() > 5, "{a:?}");
-        assert_eq!(a, b, "the same timeline, listed up to the same time");
-        for (s, e) in &a {
-            // Packets at whole milliseconds i with start <= i < end.
-            let ms = |d: &Duration| (d.as_nanos().div_ceil(1_000_000) as usize).min(lost.len());
-            let (s, e) = (ms(s), ms(e));
-            assert!(lost[s..e].iter().all(|&l| l), "a packet crossed the outage {s}..{e} ms");
+        for loss in [0.0, 0.05] {
+            let params = LossParams { loss, outage: Some(Outage { mean: 50 * MS, share: 0.02 }), ..Default::default() };
+            let (mut busy, mut sparse) = (LossModel::new(&params, 42), LossModel::new(&params, 42));
+            let lost = losses(&mut busy, 60_000, MS);
+            losses(&mut sparse, 60_000 / 37, 37 * MS);
+            let (a, b) = (busy.outages(end), sparse.outages(end));
+            assert!(a.len() > 5, "{a:?}");
+            assert_eq!(a, b, "loss {loss}: the same timeline, listed up to the same time");
+            for (s, e) in &a {
+                // Packets at whole milliseconds i with start <= i < end.
+                let ms = |d: &Duration| (d.as_nanos().div_ceil(1_000_000) as usize).min(lost.len());
+                let (s, e) = (ms(s), ms(e));
+                assert!(lost[s..e].iter().all(|&l| l), "loss {loss}: a packet crossed the outage {s}..{e} ms");
+            }
+            let mut other = LossModel::new(&params, 43);
+            losses(&mut other, 60_000, MS);
+            assert_ne!(other.outages(end), a);
         }
-        let mut other = LossModel::new(&params, 43);
-        losses(&mut other, 60_000, MS);
-        assert_ne!(other.outages(end), a);
         // No outages asked: none listed.
         let mut none = LossModel::new(&LossParams { loss: 0.1, ..Default::default() }, 42);
         losses(&mut none, 1000, MS);
         assert!(none.outages(end).is_empty());
-    }
-
-    /// `--seed` promises the same outage timeline for the same seed and loss
-    /// flags whatever the traffic; with --loss beside --outage the per-packet draws share the
-    /// outage timeline's generator, so the timeline depends on the packets sent.
-    #[test]
-    fn outages_do_not_depend_on_traffic_with_random_loss_beside() {
-        let params =
-            LossParams { loss: 0.05, outage: Some(Outage { mean: 50 * MS, share: 0.02 }), ..Default::default() };
-        let (mut busy, mut sparse) = (LossModel::new(&params, 42), LossModel::new(&params, 42));
-        losses(&mut busy, 60_000, MS);
-        losses(&mut sparse, 60_000 / 37, 37 * MS);
-        let end = 60_000 * MS;
-        let (a, b) = (busy.outages(end), sparse.outages(end));
-        let n = a.len().min(b.len()) - 1;
-        assert_eq!(a[..n], b[..n], "the same seed and flags, other traffic: other outages");
     }
 
     #[test]

@@ -55,7 +55,13 @@ pub struct PacketLinkConfig {
 
 impl PacketLinkConfig {
     /// Checks `--ns NS_A,NS_B` and `--addr ADDR_A,ADDR_B` (defaults when None).
-    pub fn new(ns: Option<&str>, addr: Option<&str>, link: LinkParams, loss: LossParams) -> anyhow::Result<Self> {
+    pub fn new(
+        ns: Option<&str>,
+        addr: Option<&str>,
+        link: LinkParams,
+        loss: LossParams,
+        seed: u64,
+    ) -> anyhow::Result<Self> {
         let ns = match ns {
             None => DEFAULT_NS.map(String::from),
             Some(s) => pair(s, "--ns")?,
@@ -79,7 +85,7 @@ impl PacketLinkConfig {
         if addr[0] == addr[1] {
             bail!("--addr: the two addresses must differ, got {} twice", addr[0]);
         }
-        Ok(PacketLinkConfig { ns, addr, link, loss, seed: super::seed() })
+        Ok(PacketLinkConfig { ns, addr, link, loss, seed })
     }
 }
 

@@ -59,9 +59,10 @@ impl UdpConfig {
         forward_addr: SocketAddr,
         link: LinkParams,
         loss: LossParams,
+        seed: u64,
     ) -> anyhow::Result<Self> {
         let socket = UdpSocket::bind(listen).with_context(|| format!("--listen {listen}: cannot bind UDP"))?;
-        Ok(UdpConfig { socket, forward, forward_addr, link, loss, seed: super::seed() })
+        Ok(UdpConfig { socket, forward, forward_addr, link, loss, seed })
     }
 }
 
