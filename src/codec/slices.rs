@@ -617,13 +617,34 @@ impl Balance {
     }
 }
 
+/// A stage's [`Gain`] and [`Balance`], and what both measure after each sliced frame.
+#[derive(Debug, Default)]
+pub(super) struct Adapt {
+    gain: Gain,
+    balance: Balance,
+}
+
+impl Adapt {
+    /// When a sliced frame starts: the wall clock and the calling thread's CPU time.
+    fn start() -> (Instant, u64) {
+        (Instant::now(), thread_cpu_us())
+    }
+
+    /// A sliced frame that began at `start` is done: thread `i` coded `rows[i]` rows, as
+    /// `ran` measured; `what` names the stage in the log ("encoding", "decoding").
+    fn record(&mut self, start: (Instant, u64), rows: &[usize], ran: &Ran, what: &str) {
+        self.balance.record(rows, &ran.wall_us);
+        let own_cpu = thread_cpu_us().saturating_sub(start.1);
+        self.gain.record(micros(start.0), own_cpu + ran.cpu_us, what);
+    }
+}
+
 /// Encodes a planar frame as bands on a pool and stitches them.
 pub(super) struct SliceEncoder {
     own: EncWorker,
     pool: Pool<EncWorker>,
     bands: Vec<JpegBuf>,
-    gain: Gain,
-    balance: Balance,
+    adapt: Adapt,
 }
 
 impl SliceEncoder {
@@ -633,8 +654,7 @@ impl SliceEncoder {
             own: EncWorker::new()?,
             pool: Pool::new("enc-slice", states)?,
             bands: Vec::new(),
-            gain: Gain::default(),
-            balance: Balance::default(),
+            adapt: Adapt::default(),
         })
     }
 
@@ -651,15 +671,15 @@ impl SliceEncoder {
         p: Params,
         out: &mut JpegBuf,
     ) -> Result<u64, CodecError> {
-        if !self.gain.slice_next() {
+        if !self.adapt.gain.slice_next() {
             let band = plan_bands(data, width, height, p, &[1.0])?;
             let band = band.first().ok_or(CodecError::WorkerGone)?;
             // SAFETY: `band` points into `data`, borrowed for the call.
             unsafe { self.own.compress(p, band, out) }?;
             return Ok(0);
         }
-        let (t0, cpu0) = (Instant::now(), thread_cpu_us());
-        let shares = self.balance.shares(self.threads());
+        let start = Adapt::start();
+        let shares = self.adapt.balance.shares(self.threads());
         let bands = plan_bands(data, width, height, p, &shares)?;
         self.bands.resize_with(bands.len(), JpegBuf::default);
         let (own_band, rest) = bands.split_last().ok_or(CodecError::WorkerGone)?;
@@ -681,9 +701,7 @@ impl SliceEncoder {
         restart::stitch(&slices, &mut out.data)?;
         out.len = out.data.len();
         let rows: Vec<usize> = bands.iter().map(|b| b.rows).collect();
-        self.balance.record(&rows, &ran.wall_us);
-        let own_cpu = thread_cpu_us().saturating_sub(cpu0);
-        self.gain.record(micros(t0), own_cpu + ran.cpu_us, "encoding");
+        self.adapt.record(start, &rows, &ran, "encoding");
         Ok(ran.cpu_us)
     }
 }
@@ -780,19 +798,13 @@ impl DecWorker {
 pub(super) struct SliceDecoder {
     own: DecWorker,
     pool: Pool<DecWorker>,
-    gain: Gain,
-    balance: Balance,
+    adapt: Adapt,
 }
 
 impl SliceDecoder {
     pub(super) fn new(threads: usize, speed: Speed) -> Result<Self, CodecError> {
         let states = (1..threads).map(|_| DecWorker::new(speed)).collect::<Result<Vec<_>, _>>()?;
-        Ok(SliceDecoder {
-            own: DecWorker::new(speed)?,
-            pool: Pool::new("dec-slice", states)?,
-            gain: Gain::default(),
-            balance: Balance::default(),
-        })
+        Ok(SliceDecoder { own: DecWorker::new(speed)?, pool: Pool::new("dec-slice", states)?, adapt: Adapt::default() })
     }
 
     /// Splits `jpeg` and decodes its pieces into `out` (already `width * height` pixels, the
@@ -800,8 +812,8 @@ impl SliceDecoder {
     /// serially (it cannot be split, or slices do not pay now: [`Gain`]; its restart
     /// markers are checked either way), else the workers' CPU time.
     pub(super) fn decode(&mut self, jpeg: &[u8], width: usize, out: &mut [u32]) -> Result<Option<u64>, CodecError> {
-        let (t0, cpu0) = (Instant::now(), thread_cpu_us());
-        let shares = self.balance.shares(self.pool.len() + 1);
+        let start = Adapt::start();
+        let shares = self.adapt.balance.shares(self.pool.len() + 1);
         let split = match restart::split_shared(jpeg, &shares) {
             Err(e) if e.in_header() => return Ok(None),
             r => r?,
@@ -810,7 +822,7 @@ impl SliceDecoder {
             Split::Pieces(p) if p.pieces.len() > 1 && usize::from(p.header.width) == width => p,
             _ => return Ok(None),
         };
-        if !self.gain.slice_next() {
+        if !self.adapt.gain.slice_next() {
             return Ok(None);
         }
         let pitch = width * 4;
@@ -850,9 +862,7 @@ impl SliceDecoder {
         let last = p.pieces.len() - 1;
         let ran = self.pool.run(own, jobs, |own| own.decode(jpeg, &p, last, own_part))?;
         let rows: Vec<usize> = p.pieces.iter().map(|x| x.rows).collect();
-        self.balance.record(&rows, &ran.wall_us);
-        let own_cpu = thread_cpu_us().saturating_sub(cpu0);
-        self.gain.record(micros(t0), own_cpu + ran.cpu_us, "decoding");
+        self.adapt.record(start, &rows, &ran, "decoding");
         Ok(Some(ran.cpu_us))
     }
 }
@@ -1349,7 +1359,7 @@ mod unequal_shares_and_take_back {
                     one.encode(&f, &mut want).unwrap();
                     for shares in SHARES {
                         let mut se = SliceEncoder::new(shares.len()).unwrap();
-                        se.balance.speeds = shares.iter().map(|&s| Some(s)).collect();
+                        se.adapt.balance.speeds = shares.iter().map(|&s| Some(s)).collect();
                         let p = Params { quality: 75, subsampling: sub, fast_dct: false, restart_rows: rr };
                         let mut out = JpegBuf::default();
                         se.compress(&f.data, (w as usize, h as usize), p, &mut out).unwrap();
@@ -1399,7 +1409,7 @@ mod unequal_shares_and_take_back {
                             assert!(px == serial, "{sub} {w}x{h} rr {rr} {speed:?} shares {shares:?}");
                             // And through SliceDecoder with Balance's shares.
                             let mut sd = SliceDecoder::new(shares.len(), speed).unwrap();
-                            sd.balance.speeds = shares.iter().map(|&s| Some(s)).collect();
+                            sd.adapt.balance.speeds = shares.iter().map(|&s| Some(s)).collect();
                             let mut out = vec![0u32; w * h];
                             let r = sd.decode(&jpeg, w, &mut out).unwrap();
                             if r.is_some() {
