@@ -136,6 +136,10 @@ def main():
         factory.set_transport_mode(GstRtspServer.RTSPTransportMode.RECORD)
         factory.set_launch(record_launch(a))
         factory.set_latency(0)
+        # On TEARDOWN, push EOS through the pipeline and wait for it before stopping: else
+        # frames still queued (in the jitterbuffer or the tee's queue, behind a stall) are
+        # thrown away, and the last frames a publisher sent are never written.
+        factory.set_eos_shutdown(True)
         if a.relay_path:
             add_relay(server, factory, a)
     add_auth(server, factory, a, a.mode == "record")
