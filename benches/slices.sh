@@ -106,6 +106,11 @@ def summary(path):
     rows = [json.loads(l) for l in open(path) if l.strip()]
     return [r for r in rows if r.get("type") == "summary"][-1]
 
+def sliced_pct(r, field, coded):
+    """Percent of the frames a stage coded that it coded as slices (NaN with one thread)."""
+    n = r.get(field)
+    return float("nan") if n is None or not r.get(coded) else 100.0 * n / r[coded]
+
 def run(id):
     send, recv = summary(f"{tmp}/{id}-send.jsonl"), summary(f"{tmp}/{id}-recv.jsonl")
     lat = recv.get("latency_capture_displayed_ms") or {}
@@ -118,13 +123,16 @@ def run(id):
         "enc_cpu": send.get("encode_cpu_ms", float("nan")),
         "dec_ms": recv.get("decode_ms", float("nan")),
         "dec_cpu": recv.get("decode_cpu_ms", float("nan")),
+        "enc_sliced": sliced_pct(send, "encode_sliced_frames", "encoded"),
+        "dec_sliced": sliced_pct(recv, "decode_sliced_frames", "frames"),
         "drops": send.get("drops_total", 0) + recv.get("drops_total", 0),
         "load": float(open(f"{tmp}/{id}-load.txt").read()),
     }
 
 COLS = [("p50", "p50 ms", "{:.2f}"), ("p95", "p95 ms", "{:.2f}"), ("fps", "fps", "{:.1f}"),
         ("bytes", "frame bytes", "{:.0f}"), ("enc_ms", "enc ms", "{:.2f}"), ("enc_cpu", "enc CPU ms", "{:.2f}"),
-        ("dec_ms", "dec ms", "{:.2f}"), ("dec_cpu", "dec CPU ms", "{:.2f}"), ("drops", "drops", "{:.0f}"),
+        ("dec_ms", "dec ms", "{:.2f}"), ("dec_cpu", "dec CPU ms", "{:.2f}"),
+        ("enc_sliced", "enc sliced %", "{:.0f}"), ("dec_sliced", "dec sliced %", "{:.0f}"), ("drops", "drops", "{:.0f}"),
         ("load", "load before", "{:.2f}")]
 
 def table(kind, size):

@@ -88,8 +88,10 @@ pub struct Counters {
     /// CPU time of encoding or decoding, on every thread that worked on a frame, in µs.
     pub encode_cpu_us: u64,
     pub decode_cpu_us: u64,
-    /// Frames encoded (sender) or decoded (receiver) by a codec given more than one thread
-    /// (a JPEG without restart markers still decodes on one).
+    /// Frames encoded (sender) or decoded (receiver) by a codec given more than one thread.
+    pub threaded: u64,
+    /// Of those, frames coded as slices on more than one thread (a JPEG without restart
+    /// markers decodes on one, and any frame does while slices do not pay).
     pub sliced: u64,
     /// Quality of the last frame (0: unknown, e.g. a camera's MJPEG forwarded as is).
     pub quality: Option<u8>,
@@ -223,6 +225,7 @@ impl Default for Counters {
             decode_us: 0,
             encode_cpu_us: 0,
             decode_cpu_us: 0,
+            threaded: 0,
             sliced: 0,
             quality: None,
             drops: BTreeMap::new(),

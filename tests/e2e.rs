@@ -496,6 +496,7 @@ fn corrupt_sliced_frames_are_skipped_and_counted() {
     assert_eq!(r.dropped(DropCause::CorruptJpeg), 3, "corrupt_jpeg drops: {:?}", r.drops);
     assert_eq!(r.drops_total, 3, "drops: {:?}", r.drops);
     assert!(r.decode_cpu_ms.is_some_and(|ms| ms > 0.0), "no decode CPU time with 2 threads: {r:?}");
+    assert_eq!(r.decode_sliced_frames, Some(4), "the good frames were decoded in pieces: {r:?}");
     let log = recv.stderr();
     assert!(log.contains("decode threads per frame") && log.contains("threads=2"), "recv did not slice:\n{log}");
     let line = |seq: u64| {
@@ -572,8 +573,13 @@ fn sliced_1080p_stream_shows_what_one_thread_shows() {
         assert_eq!((s.frames, r.frames, r.drops_total), (30, 30, 0), "sender {s:?}\nreceiver {r:?}");
     }
     assert!(s1.encode_cpu_ms.is_none() && r1.decode_cpu_ms.is_none(), "1 thread: CPU time shown");
+    assert!(s1.encode_sliced_frames.is_none() && r1.decode_sliced_frames.is_none(), "1 thread: slices counted");
     let (enc_cpu, dec_cpu) = (s2.encode_cpu_ms.unwrap_or(0.0), r2.decode_cpu_ms.unwrap_or(0.0));
     assert!(enc_cpu > 0.0 && dec_cpu > 0.0, "2 threads: no CPU time: {s2:?}\n{r2:?}");
+    // At --fps 0 slices may stop paying, but only after a first window of 8 sliced frames.
+    for n in [s2.encode_sliced_frames, r2.decode_sliced_frames] {
+        assert!(n.is_some_and(|n| (8..=30).contains(&n)), "sliced frames of 30: {n:?}\n{s2:?}\n{r2:?}");
+    }
     eprintln!(
         "1 thread: encode {:?} ms, decode {:?} ms; 2 threads: encode {:?} ms (cpu {enc_cpu}), decode {:?} ms (cpu {dec_cpu})",
         s1.encode_ms, r1.decode_ms, s2.encode_ms, r2.decode_ms

@@ -253,6 +253,7 @@ fn prometheus_client_parses_the_metrics_and_counters_grow() {
         ("framecast_encode_seconds", "counter"),
         ("framecast_reconnects", "counter"),
         ("framecast_source_losses", "counter"),
+        ("framecast_sliced_frames", "counter"),
         ("framecast_quality", "gauge"),
         ("framecast_source_lost", "gauge"),
         ("framecast_viewers", "gauge"),

@@ -186,6 +186,9 @@ pub struct Encoded {
     pub passthrough: bool,
     /// CPU time spent on the frame by every thread that worked on it, in microseconds.
     pub cpu_us: u64,
+    /// True if the frame was coded as slices on more than one thread (with threads, a frame
+    /// is coded on one while slices do not pay, and a forwarded JPEG is not coded at all).
+    pub sliced: bool,
 }
 
 /// Compresses raw frames to JPEG. One per encode thread.
@@ -203,8 +206,8 @@ pub struct Encoder {
     restart_rows: u16,
     /// The slice workers, with more than one thread.
     slices: Option<SliceEncoder>,
-    /// CPU time of the slice workers during the current `encode`.
-    worker_cpu_us: u64,
+    /// CPU time of the slice workers during the current `encode`, if they coded it.
+    worker_cpu_us: Option<u64>,
 }
 
 impl Encoder {
@@ -226,7 +229,7 @@ impl Encoder {
             fast_dct: false,
             restart_rows: 0,
             slices: None,
-            worker_cpu_us: 0,
+            worker_cpu_us: None,
         })
     }
 
@@ -271,9 +274,10 @@ impl Encoder {
     /// Encodes `frame` into `out`.
     pub fn encode(&mut self, frame: &RawFrame, out: &mut JpegBuf) -> Result<Encoded, CodecError> {
         let t0 = thread_cpu_us();
-        self.worker_cpu_us = 0;
+        self.worker_cpu_us = None;
         let mut info = self.encode_inner(frame, out)?;
-        info.cpu_us = thread_cpu_us().saturating_sub(t0) + self.worker_cpu_us;
+        info.cpu_us = thread_cpu_us().saturating_sub(t0) + self.worker_cpu_us.unwrap_or(0);
+        info.sliced = self.worker_cpu_us.is_some();
         Ok(info)
     }
 
@@ -291,7 +295,7 @@ impl Encoder {
                     });
                 }
                 self.compress_planar(&frame.data, frame.width as usize, frame.height as usize, sub, out)?;
-                Ok(Encoded { quality: self.quality, subsampling: sub, passthrough: false, cpu_us: 0 })
+                Ok(Encoded { quality: self.quality, subsampling: sub, passthrough: false, cpu_us: 0, sliced: false })
             }
             Layout::Jpeg if !self.reencode_jpeg => {
                 let header = turbojpeg::read_header(&frame.data)?;
@@ -302,6 +306,7 @@ impl Encoder {
                     subsampling: from_subsamp(header.subsamp).unwrap_or(Subsampling::S420),
                     passthrough: true,
                     cpu_us: 0,
+                    sliced: false,
                 })
             }
             Layout::Jpeg => {
@@ -311,7 +316,7 @@ impl Encoder {
                     self.dec = None;
                 }
                 let sub = res?;
-                Ok(Encoded { quality: self.quality, subsampling: sub, passthrough: false, cpu_us: 0 })
+                Ok(Encoded { quality: self.quality, subsampling: sub, passthrough: false, cpu_us: 0, sliced: false })
             }
         }
     }
@@ -363,7 +368,7 @@ impl Encoder {
         if let Some(slices) = &mut self.slices {
             let restart_rows = if self.restart_rows == 0 { DEFAULT_RESTART_ROWS } else { self.restart_rows };
             let p = Params { quality: self.quality, subsampling: sub, fast_dct: self.fast_dct, restart_rows };
-            self.worker_cpu_us += slices.compress(data, (width, height), p, out)?;
+            self.worker_cpu_us = slices.compress(data, (width, height), p, out)?;
             return Ok(());
         }
         let (w, h) = (c_dim(width, "width")?, c_dim(height, "height")?);
@@ -446,6 +451,7 @@ pub struct Decoder {
     /// The piece workers, with more than one thread.
     slices: Option<SliceDecoder>,
     last_cpu_us: u64,
+    last_sliced: bool,
 }
 
 impl Decoder {
@@ -455,7 +461,7 @@ impl Decoder {
 
     /// A decoder with libjpeg-turbo's fast IDCT and/or fast upsampling (see [`Speed`]).
     pub fn with_speed(speed: Speed) -> Result<Self, CodecError> {
-        Ok(Decoder { tj: decompressor(speed)?, speed, slices: None, last_cpu_us: 0 })
+        Ok(Decoder { tj: decompressor(speed)?, speed, slices: None, last_cpu_us: 0, last_sliced: false })
     }
 
     /// Decodes later JPEGs that have restart markers every whole number of MCU rows as up to
@@ -475,6 +481,12 @@ impl Decoder {
         self.last_cpu_us
     }
 
+    /// Whether the last `decode` was done as pieces on more than one thread (with threads, a
+    /// JPEG without restart markers, or any while slices do not pay, decodes on this one).
+    pub fn last_sliced(&self) -> bool {
+        self.last_sliced
+    }
+
     /// Decodes `jpeg`, which must be `width`x`height` (the size is checked from the JPEG's
     /// own header before any pixel is decoded, so a JPEG that claims a huge size costs
     /// nothing), into `out`, resized to `width * height` pixels.
@@ -486,9 +498,10 @@ impl Decoder {
     /// DRI and size make is an error ([`CodecError::Restart`]).
     pub fn decode(&mut self, jpeg: &[u8], width: usize, height: usize, out: &mut Vec<u32>) -> Result<(), CodecError> {
         let t0 = thread_cpu_us();
-        let mut workers_us = 0;
+        let mut workers_us = None;
         let res = self.decode_inner(jpeg, (width, height), out, &mut workers_us);
-        self.last_cpu_us = thread_cpu_us().saturating_sub(t0) + workers_us;
+        self.last_cpu_us = thread_cpu_us().saturating_sub(t0) + workers_us.unwrap_or(0);
+        self.last_sliced = workers_us.is_some();
         if res.is_err() {
             self.tj = decompressor(self.speed)?;
         }
@@ -500,7 +513,7 @@ impl Decoder {
         jpeg: &[u8],
         size: (usize, usize),
         out: &mut Vec<u32>,
-        workers_us: &mut u64,
+        workers_us: &mut Option<u64>,
     ) -> Result<(), CodecError> {
         let (width, height) = size;
         let Some(got) = read_size(&mut self.tj, jpeg)? else {
@@ -513,7 +526,7 @@ impl Decoder {
         out.resize(width * height, 0);
         if let Some(slices) = &mut self.slices {
             if let Some(us) = slices.decode(jpeg, width, out)? {
-                *workers_us = us;
+                *workers_us = Some(us);
                 return Ok(());
             }
         }

@@ -663,20 +663,21 @@ impl SliceEncoder {
     }
 
     /// Encodes `data`, the planes of a `width`x`height` frame with row alignment 1 (checked
-    /// by the caller against `yuv_len`), into `out`; returns the workers' CPU time.
+    /// by the caller against `yuv_len`), into `out`; returns the workers' CPU time, or `None`
+    /// if the frame was coded on this thread alone (slices do not pay now: [`Gain`]).
     pub(super) fn compress(
         &mut self,
         data: &[u8],
         (width, height): (usize, usize),
         p: Params,
         out: &mut JpegBuf,
-    ) -> Result<u64, CodecError> {
+    ) -> Result<Option<u64>, CodecError> {
         if !self.adapt.gain.slice_next() {
             let band = plan_bands(data, width, height, p, &[1.0])?;
             let band = band.first().ok_or(CodecError::WorkerGone)?;
             // SAFETY: `band` points into `data`, borrowed for the call.
             unsafe { self.own.compress(p, band, out) }?;
-            return Ok(0);
+            return Ok(None);
         }
         let start = Adapt::start();
         let shares = self.adapt.balance.shares(self.threads());
@@ -702,7 +703,7 @@ impl SliceEncoder {
         out.len = out.data.len();
         let rows: Vec<usize> = bands.iter().map(|b| b.rows).collect();
         self.adapt.record(start, &rows, &ran, "encoding");
-        Ok(ran.cpu_us)
+        Ok(Some(ran.cpu_us))
     }
 }
 
@@ -992,11 +993,17 @@ mod tests {
         let info = enc.encode(&f, &mut out).unwrap();
         assert_eq!(out.as_slice(), pattern_jpeg(320, 240, Subsampling::S420, 75, 2).unwrap());
         assert!(restart::parse_header(out.as_slice()).unwrap().interval == 0, "no DRI by default");
-        assert!(info.cpu_us > 0);
+        assert!(info.cpu_us > 0 && !info.sliced);
         enc.set_threads(3).unwrap();
         let info = enc.encode(&f, &mut out).unwrap();
         assert_eq!(restart::parse_header(out.as_slice()).unwrap().interval, 20, "one MCU row");
-        assert!(info.cpu_us > 0 && !info.passthrough);
+        assert!(info.cpu_us > 0 && !info.passthrough && info.sliced);
+        // While slices do not pay the frame is coded on this thread alone, and says so.
+        let sliced = out.as_slice().to_vec();
+        enc.slices.as_mut().unwrap().adapt.gain.serial_left = 1;
+        let info = enc.encode(&f, &mut out).unwrap();
+        assert!(!info.sliced && out.as_slice() == sliced, "a serial frame with the same restart markers");
+        assert!(enc.encode(&f, &mut out).unwrap().sliced, "sliced again after the serial frames");
         enc.set_quality(40).unwrap();
         let small = enc.encode(&f, &mut out).unwrap();
         assert_eq!(small.quality, 40);
@@ -1026,6 +1033,10 @@ mod tests {
         let mut dec = Decoder::new().unwrap();
         dec.set_threads(2).unwrap();
         let mut px = Vec::new();
+        dec.decode(&good, w, h, &mut px).unwrap();
+        assert!(dec.last_sliced(), "a JPEG with restart markers is decoded in pieces");
+        dec.decode(&plain, w, h, &mut px).unwrap();
+        assert!(!dec.last_sliced(), "a JPEG without restart markers is decoded on one thread");
         let e = dec.decode(&bad, w, h, &mut px).unwrap_err();
         assert!(e.to_string().contains("restart markers: restart marker out of sequence"), "{e}");
         let e = dec.decode(&good, w, 2 * h, &mut px).unwrap_err();

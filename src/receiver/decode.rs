@@ -93,7 +93,8 @@ impl Decode {
             c.decoded += 1;
             c.decode_us += end - start;
             c.decode_cpu_us += self.decoder.last_cpu_us();
-            c.sliced += u64::from(self.threads.threads > 1);
+            c.threaded += u64::from(self.threads.threads > 1);
+            c.sliced += u64::from(self.decoder.last_sliced());
             c.concealed += u64::from(concealed);
             c.quality = Some(inc.header.quality);
             if let Some(cap) = inc.capture_local_us {

@@ -284,7 +284,8 @@ impl Encode {
             c.encoded += 1;
             c.encode_us += end - start;
             c.encode_cpu_us += info.cpu_us;
-            c.sliced += u64::from(work.threads.threads > 1);
+            c.threaded += u64::from(work.threads.threads > 1);
+            c.sliced += u64::from(info.sliced);
             c.quality = Some(info.quality);
             let _ = c.lat_encoded.record(end.saturating_sub(capture_us).max(1));
         });

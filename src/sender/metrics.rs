@@ -160,7 +160,7 @@ struct Totals {
     encode_cpu_s: f64,
     quality: Option<u8>,
     drops: BTreeMap<&'static str, u64>,
-    counts: [(&'static str, &'static str, u64); 4],
+    counts: [(&'static str, &'static str, u64); 5],
     source_lost: bool,
     udp: UdpCounts,
     latency: [(&'static str, Buckets); 2],
@@ -177,7 +177,7 @@ struct Copied {
     encode_cpu_us: u64,
     quality: Option<u8>,
     drops: BTreeMap<DropCause, u64>,
-    counts: [(&'static str, &'static str, u64); 4],
+    counts: [(&'static str, &'static str, u64); 5],
     source_lost: bool,
     udp: UdpCounts,
     histograms: [Histogram<u64>; 3],
@@ -224,7 +224,7 @@ impl Totals {
 }
 
 /// The plain whole-run counters: name (before `_total`), help, value.
-fn counts(c: &Counters) -> [(&'static str, &'static str, u64); 4] {
+fn counts(c: &Counters) -> [(&'static str, &'static str, u64); 5] {
     [
         ("framecast_reconnects", "Connections made again after one was lost (--connect, --publish).", c.reconnects),
         ("framecast_source_losses", "Times the source failed mid-stream.", c.source_losses),
@@ -233,6 +233,11 @@ fn counts(c: &Counters) -> [(&'static str, &'static str, u64); 4] {
             "framecast_rtp_reencoded_frames",
             "Frames re-encoded because RTP/JPEG (RFC 2435) cannot carry them as they are.",
             c.rtp_reencoded,
+        ),
+        (
+            "framecast_sliced_frames",
+            "Frames encoded as slices on more than one thread (--encode-threads; fewer while slices do not pay).",
+            c.sliced,
         ),
     ]
 }

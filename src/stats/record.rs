@@ -252,6 +252,13 @@ pub struct Report {
     pub encode_cpu_ms: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub decode_cpu_ms: Option<f64>,
+    /// Of the frames the stage coded in the span, those coded as slices on more than one
+    /// thread; present with the CPU time. Fewer than all when slices did not pay for a while
+    /// (both cores busy) or, decoding, for JPEGs without restart markers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encode_sliced_frames: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decode_sliced_frames: Option<u64>,
     /// By [`DropCause::name`].
     pub drops: BTreeMap<String, u64>,
     pub drops_total: u64,
@@ -344,9 +351,14 @@ pub struct Report {
     pub source_lost_s: Option<f64>,
 }
 
-/// ` (cpu 2.20)` after a sliced stage's wall time; nothing when it is not measured.
-fn cpu_note(cpu_ms: Option<f64>) -> String {
-    cpu_ms.map_or_else(String::new, |ms| format!(" (cpu {ms:.2})"))
+/// ` (cpu 2.20)` after a threaded stage's wall time, ` (cpu 1.30, 12 of 30 sliced)` when it
+/// coded some of its `coded` frames on one thread; nothing when it is not measured.
+fn cpu_note(cpu_ms: Option<f64>, sliced: Option<u64>, coded: u64) -> String {
+    match (cpu_ms, sliced) {
+        (Some(ms), Some(n)) if n < coded => format!(" (cpu {ms:.2}, {n} of {coded} sliced)"),
+        (Some(ms), _) => format!(" (cpu {ms:.2})"),
+        (None, _) => String::new(),
+    }
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -391,8 +403,10 @@ impl Report {
             quality: c.quality,
             encode_ms: if sender { mean_ms(c.encode_us, c.encoded) } else { None },
             decode_ms: if sender { None } else { mean_ms(c.decode_us, c.decoded) },
-            encode_cpu_ms: if sender && c.sliced > 0 { mean_ms(c.encode_cpu_us, c.encoded) } else { None },
-            decode_cpu_ms: if !sender && c.sliced > 0 { mean_ms(c.decode_cpu_us, c.decoded) } else { None },
+            encode_cpu_ms: if sender && c.threaded > 0 { mean_ms(c.encode_cpu_us, c.encoded) } else { None },
+            decode_cpu_ms: if !sender && c.threaded > 0 { mean_ms(c.decode_cpu_us, c.decoded) } else { None },
+            encode_sliced_frames: (sender && c.threaded > 0).then_some(c.sliced),
+            decode_sliced_frames: (!sender && c.threaded > 0).then_some(c.sliced),
             drops: c.drops.iter().map(|(k, v)| (k.name().to_owned(), *v)).collect(),
             drops_total: c.drops.values().sum(),
             seq_gaps: (!sender).then_some(c.seq_gaps),
@@ -467,6 +481,16 @@ impl Report {
     }
 
     /// The line a person reads on stderr.
+    /// What follows the encode wall time in the text: CPU time, and how many frames were
+    /// sliced if not all.
+    fn encode_note(&self) -> String {
+        cpu_note(self.encode_cpu_ms, self.encode_sliced_frames, self.encoded.unwrap_or(0))
+    }
+
+    fn decode_note(&self) -> String {
+        cpu_note(self.decode_cpu_ms, self.decode_sliced_frames, self.frames)
+    }
+
     pub fn human_line(&self) -> String {
         let mut s = format!(
             "{:<8} {:>6.1} fps {:>8.0} kbit/s {:>7.1} KB/frame",
@@ -489,10 +513,10 @@ impl Report {
             s.push_str(&format!("  ctl q{} {:.1} fps{half} rate {rate} kbit/s", c.quality, c.fps));
         }
         if let Some(ms) = self.encode_ms {
-            s.push_str(&format!("  enc {ms:.2} ms{}", cpu_note(self.encode_cpu_ms)));
+            s.push_str(&format!("  enc {ms:.2} ms{}", self.encode_note()));
         }
         if let Some(ms) = self.decode_ms {
-            s.push_str(&format!("  dec {ms:.2} ms{}", cpu_note(self.decode_cpu_ms)));
+            s.push_str(&format!("  dec {ms:.2} ms{}", self.decode_note()));
         }
         self.push_latency(&mut s);
         self.push_counts(&mut s);
@@ -585,10 +609,10 @@ impl Report {
             self.mean_frame_bytes
         );
         if let Some(ms) = self.encode_ms {
-            s.push_str(&format!(", encode {ms:.2} ms{}", cpu_note(self.encode_cpu_ms)));
+            s.push_str(&format!(", encode {ms:.2} ms{}", self.encode_note()));
         }
         if let Some(ms) = self.decode_ms {
-            s.push_str(&format!(", decode {ms:.2} ms{}", cpu_note(self.decode_cpu_ms)));
+            s.push_str(&format!(", decode {ms:.2} ms{}", self.decode_note()));
         }
         for stage in Stage::LISTED {
             if let Some(p) = self.latency(stage) {
@@ -857,28 +881,50 @@ mod schema {
         assert_eq!(read, reports());
     }
 
-    /// Sliced stages add their CPU time after the wall time, in the JSON and the text; the
-    /// fixture's counters (no frame sliced) have none.
+    /// Threaded stages add their CPU time after the wall time, and the frames they sliced,
+    /// in the JSON and the text (the count in the text only when some frame was not sliced);
+    /// the fixture's counters (one thread) have neither.
     #[test]
-    fn sliced_records_carry_cpu_time() {
-        let receiver = Counters { decoded: 4, decode_us: 4_400, decode_cpu_us: 8_810, sliced: 4, ..Default::default() };
+    fn threaded_records_carry_cpu_time_and_sliced_frames() {
+        let receiver = Counters {
+            decoded: 4,
+            decode_us: 4_400,
+            decode_cpu_us: 8_810,
+            threaded: 4,
+            sliced: 4,
+            ..Default::default()
+        };
         let r = Report::build(Side::Receiver, RecordType::Interval, &receiver, 1.0, 1.0);
         let json = serde_json::to_string(&r).unwrap();
-        assert!(json.contains(r#""decode_ms":1.1,"decode_cpu_ms":2.203,"drops""#), "{json}");
-        assert!(!json.contains("encode_cpu_ms"), "{json}");
+        assert!(json.contains(r#""decode_ms":1.1,"decode_cpu_ms":2.203,"decode_sliced_frames":4,"drops""#), "{json}");
+        assert!(!json.contains("encode_cpu_ms") && !json.contains("encode_sliced"), "{json}");
         assert!(r.human_line().contains("  dec 1.10 ms (cpu 2.20)  "), "{}", r.human_line());
         assert_eq!(parse_report(json.as_bytes()).unwrap(), r);
-        let sender = Counters { encoded: 2, encode_us: 3_000, encode_cpu_us: 5_000, sliced: 1, ..Default::default() };
+        // A camera's JPEGs without restart markers: one of four decoded in pieces.
+        let partly = Counters { sliced: 1, ..receiver.clone() };
+        let r = Report::build(Side::Receiver, RecordType::Interval, &partly, 1.0, 1.0);
+        assert!(r.human_line().contains("  dec 1.10 ms (cpu 2.20, 1 of 4 sliced)  "), "{}", r.human_line());
+        let sender = Counters {
+            encoded: 2,
+            encode_us: 3_000,
+            encode_cpu_us: 5_000,
+            threaded: 2,
+            sliced: 0,
+            ..Default::default()
+        };
         let s = Report::build(Side::Sender, RecordType::Summary, &sender, 1.0, 1.0);
         let json = serde_json::to_string(&s).unwrap();
-        assert!(json.contains(r#""encode_ms":1.5,"encode_cpu_ms":2.5,"drops""#), "{json}");
-        assert!(s.summary_text().contains(", encode 1.50 ms (cpu 2.50);"), "{}", s.summary_text());
+        assert!(json.contains(r#""encode_ms":1.5,"encode_cpu_ms":2.5,"encode_sliced_frames":0,"drops""#), "{json}");
+        assert!(s.summary_text().contains(", encode 1.50 ms (cpu 2.50, 0 of 2 sliced);"), "{}", s.summary_text());
+        assert_eq!(parse_report(json.as_bytes()).unwrap(), s);
         // Measured, but on one thread: not shown.
-        let one = Counters { sliced: 0, ..sender };
+        let one = Counters { threaded: 0, ..sender };
         let s = Report::build(Side::Sender, RecordType::Summary, &one, 1.0, 1.0);
-        assert!(s.encode_cpu_ms.is_none() && !s.summary_text().contains("cpu"), "{}", s.summary_text());
+        assert!(s.encode_cpu_ms.is_none() && s.encode_sliced_frames.is_none(), "{s:?}");
+        assert!(!s.summary_text().contains("cpu"), "{}", s.summary_text());
         for r in reports() {
             assert!(r.encode_cpu_ms.is_none() && r.decode_cpu_ms.is_none());
+            assert!(r.encode_sliced_frames.is_none() && r.decode_sliced_frames.is_none());
         }
     }
 
