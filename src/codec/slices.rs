@@ -170,7 +170,7 @@ impl<S: Send + 'static> Pool<S> {
             let sent = match w.settle() {
                 Some(true) => w.jobs.as_ref().is_some_and(|tx| tx.send(slot.clone()).is_ok()),
                 Some(false) => {
-                    wait.slots.push((slot, false));
+                    wait.slots.push((slot, Handed::Kept));
                     continue;
                 }
                 None => false,
@@ -179,16 +179,17 @@ impl<S: Send + 'static> Pool<S> {
                 wait.err.get_or_insert(CodecError::WorkerGone);
                 break;
             }
-            wait.slots.push((slot, true));
+            wait.slots.push((slot, Handed::Sent));
         }
         let w0 = Instant::now();
         let own_res = own(state);
         let own_wall = micros(w0);
         if own_res.is_ok() {
             for i in 0..wait.slots.len() {
-                let (slot, sent) = &wait.slots[i];
+                let (slot, handed) = &mut wait.slots[i];
                 if let Some(job) = take(slot) {
-                    if *sent {
+                    if *handed == Handed::Sent {
+                        *handed = Handed::TakenBack;
                         wait.workers[i].owed += 1;
                     }
                     if let Err(e) = job(state) {
@@ -354,12 +355,24 @@ mod linux_steer {
     }
 }
 
+/// Where a job went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Handed {
+    /// Sent to its worker, which runs it unless the caller takes it back.
+    Sent,
+    /// Kept by the caller: its worker still owed a result from an earlier frame.
+    Kept,
+    /// Sent, then taken back and run by the caller before the worker started it; the
+    /// worker's report of the empty slot is collected before its next job.
+    TakenBack,
+}
+
 /// Waits for the jobs handed out, also when dropped during a panic (a job not started by
 /// then is taken back and dropped, never run).
 struct Wait<'a, S> {
     workers: &'a mut [Worker<S>],
-    /// Each job's slot, and whether it was sent to its worker (else the caller runs it).
-    slots: Vec<(Slot<S>, bool)>,
+    /// Each job's slot, and where it went.
+    slots: Vec<(Slot<S>, Handed)>,
     cpu_us: u64,
     /// Each slot's wall time on its worker, in order.
     wall_us: Vec<Option<u64>>,
@@ -368,16 +381,15 @@ struct Wait<'a, S> {
 
 impl<S> Wait<'_, S> {
     fn finish(&mut self) {
-        for (w, (slot, sent)) in self.workers.iter_mut().zip(self.slots.drain(..)) {
+        for (w, (slot, handed)) in self.workers.iter_mut().zip(self.slots.drain(..)) {
             if take(&slot).is_some() {
-                w.owed += usize::from(sent);
+                // Not started by anyone (the caller's part failed or panicked): dropped.
+                w.owed += usize::from(handed == Handed::Sent);
                 self.wall_us.push(None);
                 continue;
             }
-            // Run by the caller: never sent, or taken back (a worker owes nothing when it is
-            // sent a job, so one that owes now had this one taken back; its result is
-            // collected later).
-            if !sent || w.owed > 0 {
+            if handed != Handed::Sent {
+                // Run by the caller.
                 self.wall_us.push(None);
                 continue;
             }
