@@ -292,40 +292,52 @@ fn send_with_input(input: Vec<u8>, args: &[&str]) -> (ExitStatus, String) {
 }
 
 /// [`send_with_input`] with `--source SOURCE` (e.g. `/dev/stdin`).
-fn send_with_input_as(source: &str, input: Vec<u8>, args: &[&str]) -> (ExitStatus, String) {
-    let (read, mut write) = os_pipe();
+/// `framecast send --source SOURCE --http 127.0.0.1:0 ARGS` reading `stdin`, and a thread
+/// that collects its log.
+fn spawn_send(source: &str, args: &[&str], stdin: Stdio) -> (Child, thread::JoinHandle<String>) {
     let mut child = Command::new(BIN)
         .args(["send", "--source", source, "--http", "127.0.0.1:0"])
         .args(args)
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
-        .stdin(Stdio::from(read))
+        .stdin(stdin)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start framecast");
-    let writer = thread::spawn(move || {
-        // The sender may exit before reading everything (a broken pipe is fine).
-        let _ = write.write_all(&input);
-    });
     let mut err = child.stderr.take().expect("piped stderr");
     let reader = thread::spawn(move || {
         let mut s = String::new();
         let _ = err.read_to_string(&mut s);
         s
     });
-    let deadline = Instant::now() + EXIT;
-    let status = loop {
+    (child, reader)
+}
+
+/// Waits for `child` to exit, at most `limit` from `from`; kills it and panics, saying `what`,
+/// if it does not.
+fn wait_exit(child: &mut Child, from: Instant, limit: Duration, what: &str) -> ExitStatus {
+    loop {
         if let Some(st) = child.try_wait().expect("wait") {
-            break st;
+            return st;
         }
-        if Instant::now() > deadline {
+        if from.elapsed() > limit {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("framecast {args:?} still running after {EXIT:?}; killed");
+            panic!("{what} still running after {limit:?}; killed");
         }
         thread::sleep(Duration::from_millis(10));
-    };
+    }
+}
+
+fn send_with_input_as(source: &str, input: Vec<u8>, args: &[&str]) -> (ExitStatus, String) {
+    let (read, mut write) = os_pipe();
+    let (mut child, reader) = spawn_send(source, args, Stdio::from(read));
+    let writer = thread::spawn(move || {
+        // The sender may exit before reading everything (a broken pipe is fine).
+        let _ = write.write_all(&input);
+    });
+    let status = wait_exit(&mut child, Instant::now(), EXIT, &format!("framecast {args:?}"));
     let _ = writer.join();
     let log = reader.join().unwrap_or_default();
     assert!(!log.contains("panicked"), "framecast {args:?} panicked:\n{log}");
@@ -546,22 +558,7 @@ fn mjpeg_changing_size_is_forwarded_at_its_new_size_and_the_viewer_copes() {
 fn send_on_silent_stdin(input: &[u8], args: &[&str], sigint_after: Option<Duration>) -> (ExitStatus, String, Duration) {
     let (read, mut write) = os_pipe();
     write.write_all(input).expect("write the input");
-    let mut child = Command::new(BIN)
-        .args(["send", "--source", "-", "--http", "127.0.0.1:0"])
-        .args(args)
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::from(read))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start framecast");
-    let mut err = child.stderr.take().expect("piped stderr");
-    let reader = thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
+    let (mut child, reader) = spawn_send("-", args, Stdio::from(read));
     let mut from = Instant::now();
     if let Some(after) = sigint_after {
         thread::sleep(after);
@@ -569,18 +566,8 @@ fn send_on_silent_stdin(input: &[u8], args: &[&str], sigint_after: Option<Durati
         unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
         from = Instant::now();
     }
-    let limit = Duration::from_secs(10);
-    let status = loop {
-        if let Some(st) = child.try_wait().expect("wait") {
-            break st;
-        }
-        if from.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("framecast {args:?} on a silent pipe still running after {limit:?}; killed");
-        }
-        thread::sleep(Duration::from_millis(10));
-    };
+    let what = format!("framecast {args:?} on a silent pipe");
+    let status = wait_exit(&mut child, from, Duration::from_secs(10), &what);
     let took = from.elapsed();
     drop(write);
     (status, reader.join().unwrap_or_default(), took)
