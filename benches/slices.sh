@@ -13,6 +13,8 @@
 #               (`cargo test --release --lib ... -- --ignored`: 0, 1, 2 and 4 MCU rows)
 #   throughput  --fps 0 at the first of SIZES, end-to-end fps; ratio N threads / the first
 #               (goal: >= 0.95, no more than 5 % below one thread)
+#   sliced%     per run, the share of frames each stage coded as slices (`encode_sliced_frames`,
+#               `decode_sliced_frames`): under 100 while slices do not pay (e.g. at --fps 0)
 #
 #   bash benches/slices.sh                          # 1080p and 4K, threads 1 and 2, 10 s, 3 runs
 #   QUICK=1 bash benches/slices.sh                  # 1080p only, 3 s, 1 run, no codec measurement
@@ -132,7 +134,7 @@ def run(id):
 COLS = [("p50", "p50 ms", "{:.2f}"), ("p95", "p95 ms", "{:.2f}"), ("fps", "fps", "{:.1f}"),
         ("bytes", "frame bytes", "{:.0f}"), ("enc_ms", "enc ms", "{:.2f}"), ("enc_cpu", "enc CPU ms", "{:.2f}"),
         ("dec_ms", "dec ms", "{:.2f}"), ("dec_cpu", "dec CPU ms", "{:.2f}"),
-        ("enc_sliced", "enc sliced %", "{:.0f}"), ("dec_sliced", "dec sliced %", "{:.0f}"), ("drops", "drops", "{:.0f}"),
+        ("enc_sliced", "enc sliced%", "{:.0f}"), ("dec_sliced", "dec sliced%", "{:.0f}"), ("drops", "drops", "{:.0f}"),
         ("load", "load before", "{:.2f}")]
 
 def table(kind, size):
