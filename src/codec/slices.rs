@@ -997,6 +997,29 @@ mod tests {
         }
     }
 
+    /// A frame of one restart interval (here one MCU row) makes a single band, which the
+    /// caller codes alone: not sliced, as the decoder says of a JPEG of one piece.
+    #[test]
+    fn a_frame_of_one_band_is_not_counted_as_sliced() {
+        let (w, h) = (64u32, 16u32);
+        let f = pattern_frame(w, h, Subsampling::S420, 1);
+        let mut enc = Encoder::new(75, Subsampling::S420, false).unwrap();
+        enc.set_threads(2).unwrap();
+        let mut out = JpegBuf::default();
+        let info = enc.encode(&f, &mut out).unwrap();
+        assert!(!info.sliced, "one band, coded on the calling thread, counted as sliced");
+        let mut one = Encoder::new(75, Subsampling::S420, false).unwrap();
+        one.set_restart_rows(1).unwrap();
+        let mut serial = JpegBuf::default();
+        one.encode(&f, &mut serial).unwrap();
+        assert!(out.as_slice() == serial.as_slice(), "the serial encode's bytes");
+        let mut dec = Decoder::new().unwrap();
+        dec.set_threads(2).unwrap();
+        let mut px = Vec::new();
+        dec.decode(out.as_slice(), w as usize, h as usize, &mut px).unwrap();
+        assert!(!dec.last_sliced(), "the decoder does not slice a JPEG of one piece");
+    }
+
     #[test]
     fn one_thread_encodes_as_before_and_threads_count_cpu() {
         let f = pattern_frame(320, 240, Subsampling::S420, 2);
