@@ -676,7 +676,8 @@ impl SliceEncoder {
 
     /// Encodes `data`, the planes of a `width`x`height` frame with row alignment 1 (checked
     /// by the caller against `yuv_len`), into `out`; returns the workers' CPU time, or `None`
-    /// if the frame was coded on this thread alone (slices do not pay now: [`Gain`]).
+    /// if the frame was coded on this thread alone (it is one restart interval, or slices do
+    /// not pay now: [`Gain`]).
     pub(super) fn compress(
         &mut self,
         data: &[u8],
@@ -684,16 +685,18 @@ impl SliceEncoder {
         p: Params,
         out: &mut JpegBuf,
     ) -> Result<Option<u64>, CodecError> {
-        if !self.adapt.gain.slice_next() {
+        let start = Adapt::start();
+        let shares = self.adapt.balance.shares(self.threads());
+        let bands = plan_bands(data, width, height, p, &shares)?;
+        // A frame of one restart interval is one band, for this thread alone (as a JPEG of
+        // one piece decodes serially): not a sliced frame, nor one for `Gain` to judge.
+        if bands.len() < 2 || !self.adapt.gain.slice_next() {
             let band = plan_bands(data, width, height, p, &[1.0])?;
             let band = band.first().ok_or(CodecError::WorkerGone)?;
             // SAFETY: `band` points into `data`, borrowed for the call.
             unsafe { self.own.compress(p, band, out) }?;
             return Ok(None);
         }
-        let start = Adapt::start();
-        let shares = self.adapt.balance.shares(self.threads());
-        let bands = plan_bands(data, width, height, p, &shares)?;
         self.bands.resize_with(bands.len(), JpegBuf::default);
         let (own_band, rest) = bands.split_last().ok_or(CodecError::WorkerGone)?;
         let (own_out, rest_out) = self.bands.split_last_mut().ok_or(CodecError::WorkerGone)?;
