@@ -1586,6 +1586,36 @@ mod unequal_shares_and_take_back {
         }
     }
 
+    /// A worker that gets no CPU (gated here) starts none of its jobs: the caller takes them
+    /// back (the frame after, the worker still owes, so the caller keeps its job), and the
+    /// frame is coded on the calling thread alone: not sliced, on either side.
+    #[test]
+    fn a_frame_no_worker_took_part_in_is_not_sliced() {
+        let (w, h) = (320u32, 240u32);
+        let f = noisy(w, h, Subsampling::S420);
+        let mut enc = Encoder::new(75, Subsampling::S420, false).unwrap();
+        enc.set_threads(2).unwrap();
+        let mut out = JpegBuf::default();
+        let gate = enc.slices.as_ref().unwrap().pool.gate.clone();
+        {
+            let _held = gate.lock().unwrap();
+            for what in ["taken back", "kept"] {
+                let info = enc.encode(&f, &mut out).unwrap();
+                assert!(!info.sliced, "every job {what}: coded on one thread, counted as sliced");
+            }
+        }
+        let jpeg = out.as_slice().to_vec();
+        let mut dec = Decoder::new().unwrap();
+        dec.set_threads(2).unwrap();
+        let mut px = Vec::new();
+        let gate = dec.slices.as_ref().unwrap().pool.gate.clone();
+        let _held = gate.lock().unwrap();
+        for what in ["taken back", "kept"] {
+            dec.decode(&jpeg, w as usize, h as usize, &mut px).unwrap();
+            assert!(!dec.last_sliced(), "every piece {what}: decoded on one thread, counted as sliced");
+        }
+    }
+
     /// Balance never yields shares apportion treats as bad, whatever was measured.
     #[test]
     fn balance_shares_are_finite_and_positive() {
