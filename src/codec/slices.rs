@@ -676,7 +676,8 @@ impl SliceEncoder {
 
     /// Encodes `data`, the planes of a `width`x`height` frame with row alignment 1 (checked
     /// by the caller against `yuv_len`), into `out`; returns the workers' CPU time, or `None`
-    /// if the frame was coded on this thread alone (slices do not pay now: [`Gain`]).
+    /// if the frame was coded on this thread alone (it is one restart interval, or slices do
+    /// not pay now: [`Gain`]).
     pub(super) fn compress(
         &mut self,
         data: &[u8],
@@ -684,16 +685,18 @@ impl SliceEncoder {
         p: Params,
         out: &mut JpegBuf,
     ) -> Result<Option<u64>, CodecError> {
-        if !self.adapt.gain.slice_next() {
+        let start = Adapt::start();
+        let shares = self.adapt.balance.shares(self.threads());
+        let bands = plan_bands(data, width, height, p, &shares)?;
+        // A frame of one restart interval is one band, for this thread alone (as a JPEG of
+        // one piece decodes serially): not a sliced frame, nor one for `Gain` to judge.
+        if bands.len() < 2 || !self.adapt.gain.slice_next() {
             let band = plan_bands(data, width, height, p, &[1.0])?;
             let band = band.first().ok_or(CodecError::WorkerGone)?;
             // SAFETY: `band` points into `data`, borrowed for the call.
             unsafe { self.own.compress(p, band, out) }?;
             return Ok(None);
         }
-        let start = Adapt::start();
-        let shares = self.adapt.balance.shares(self.threads());
-        let bands = plan_bands(data, width, height, p, &shares)?;
         self.bands.resize_with(bands.len(), JpegBuf::default);
         let (own_band, rest) = bands.split_last().ok_or(CodecError::WorkerGone)?;
         let (own_out, rest_out) = self.bands.split_last_mut().ok_or(CodecError::WorkerGone)?;
@@ -995,6 +998,29 @@ mod tests {
             assert!(p > 30.0, "{threads} threads: {p:.1} dB");
             assert!(cpu > 0, "decode CPU time counted");
         }
+    }
+
+    /// A frame of one restart interval (here one MCU row) makes a single band, which the
+    /// caller codes alone: not sliced, as the decoder says of a JPEG of one piece.
+    #[test]
+    fn a_frame_of_one_band_is_not_counted_as_sliced() {
+        let (w, h) = (64u32, 16u32);
+        let f = pattern_frame(w, h, Subsampling::S420, 1);
+        let mut enc = Encoder::new(75, Subsampling::S420, false).unwrap();
+        enc.set_threads(2).unwrap();
+        let mut out = JpegBuf::default();
+        let info = enc.encode(&f, &mut out).unwrap();
+        assert!(!info.sliced, "one band, coded on the calling thread, counted as sliced");
+        let mut one = Encoder::new(75, Subsampling::S420, false).unwrap();
+        one.set_restart_rows(1).unwrap();
+        let mut serial = JpegBuf::default();
+        one.encode(&f, &mut serial).unwrap();
+        assert!(out.as_slice() == serial.as_slice(), "the serial encode's bytes");
+        let mut dec = Decoder::new().unwrap();
+        dec.set_threads(2).unwrap();
+        let mut px = Vec::new();
+        dec.decode(out.as_slice(), w as usize, h as usize, &mut px).unwrap();
+        assert!(!dec.last_sliced(), "the decoder does not slice a JPEG of one piece");
     }
 
     #[test]
@@ -1557,6 +1583,36 @@ mod unequal_shares_and_take_back {
             let c = Arc::new(AtomicUsize::new(0));
             let jobs: Vec<Job<u32>> = vec![counting(&c), counting(&c)];
             assert!(pool.run(&mut 0, jobs, |_| Ok(())).is_err());
+        }
+    }
+
+    /// A worker that gets no CPU (gated here) starts none of its jobs: the caller takes them
+    /// back (the frame after, the worker still owes, so the caller keeps its job), and the
+    /// frame is coded on the calling thread alone: not sliced, on either side.
+    #[test]
+    fn a_frame_no_worker_took_part_in_is_not_sliced() {
+        let (w, h) = (320u32, 240u32);
+        let f = noisy(w, h, Subsampling::S420);
+        let mut enc = Encoder::new(75, Subsampling::S420, false).unwrap();
+        enc.set_threads(2).unwrap();
+        let mut out = JpegBuf::default();
+        let gate = enc.slices.as_ref().unwrap().pool.gate.clone();
+        {
+            let _held = gate.lock().unwrap();
+            for what in ["taken back", "kept"] {
+                let info = enc.encode(&f, &mut out).unwrap();
+                assert!(!info.sliced, "every job {what}: coded on one thread, counted as sliced");
+            }
+        }
+        let jpeg = out.as_slice().to_vec();
+        let mut dec = Decoder::new().unwrap();
+        dec.set_threads(2).unwrap();
+        let mut px = Vec::new();
+        let gate = dec.slices.as_ref().unwrap().pool.gate.clone();
+        let _held = gate.lock().unwrap();
+        for what in ["taken back", "kept"] {
+            dec.decode(&jpeg, w as usize, h as usize, &mut px).unwrap();
+            assert!(!dec.last_sliced(), "every piece {what}: decoded on one thread, counted as sliced");
         }
     }
 
