@@ -187,7 +187,8 @@ pub struct Encoded {
     /// CPU time spent on the frame by every thread that worked on it, in microseconds.
     pub cpu_us: u64,
     /// True if the frame was coded as slices on more than one thread (with threads, a frame
-    /// is coded on one while slices do not pay, and a forwarded JPEG is not coded at all).
+    /// is coded on one while slices do not pay, or when the workers got no CPU in time and
+    /// the calling thread coded their parts; a forwarded JPEG is not coded at all).
     pub sliced: bool,
 }
 
@@ -206,7 +207,7 @@ pub struct Encoder {
     restart_rows: u16,
     /// The slice workers, with more than one thread.
     slices: Option<SliceEncoder>,
-    /// CPU time of the slice workers during the current `encode`, if they coded it.
+    /// CPU time of the slice workers during the current `encode`, if they coded part of it.
     worker_cpu_us: Option<u64>,
 }
 
@@ -368,7 +369,7 @@ impl Encoder {
         if let Some(slices) = &mut self.slices {
             let restart_rows = if self.restart_rows == 0 { DEFAULT_RESTART_ROWS } else { self.restart_rows };
             let p = Params { quality: self.quality, subsampling: sub, fast_dct: self.fast_dct, restart_rows };
-            self.worker_cpu_us = slices.compress(data, (width, height), p, out)?;
+            self.worker_cpu_us = slices.compress(data, (width, height), p, out)?.and_then(|ran| ran.workers_cpu_us());
             return Ok(());
         }
         let (w, h) = (c_dim(width, "width")?, c_dim(height, "height")?);
@@ -482,7 +483,8 @@ impl Decoder {
     }
 
     /// Whether the last `decode` was done as pieces on more than one thread (with threads, a
-    /// JPEG without restart markers, or any while slices do not pay, decodes on this one).
+    /// JPEG without restart markers, or any while slices do not pay, decodes on this one, and
+    /// so does a JPEG whose pieces the workers got no CPU in time for).
     pub fn last_sliced(&self) -> bool {
         self.last_sliced
     }
@@ -525,8 +527,8 @@ impl Decoder {
         // Growing zero-fills once; a pooled buffer of the right size is left as it is.
         out.resize(width * height, 0);
         if let Some(slices) = &mut self.slices {
-            if let Some(us) = slices.decode(jpeg, width, out)? {
-                *workers_us = Some(us);
+            if let Some(ran) = slices.decode(jpeg, width, out)? {
+                *workers_us = ran.workers_cpu_us();
                 return Ok(());
             }
         }

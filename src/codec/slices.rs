@@ -48,6 +48,15 @@ pub(super) struct Ran {
     pub wall_us: Vec<Option<u64>>,
 }
 
+impl Ran {
+    /// The workers' CPU time if any worker coded a part of the frame; `None` when the
+    /// caller coded it all (every job taken back or kept: the workers got no CPU in time).
+    pub fn workers_cpu_us(&self) -> Option<u64> {
+        let workers = &self.wall_us[..self.wall_us.len().saturating_sub(1)];
+        workers.iter().any(Option::is_some).then_some(self.cpu_us)
+    }
+}
+
 /// A job handed to a worker, which the caller takes back if the worker has not started it
 /// by the time the caller's own part is done.
 type Slot<S> = Arc<Mutex<Option<Job<S>>>>;
@@ -55,6 +64,12 @@ type Slot<S> = Arc<Mutex<Option<Job<S>>>>;
 fn take<S>(slot: &Slot<S>) -> Option<Job<S>> {
     // Nothing panics while the lock is held; a poisoned lock still holds a valid Option.
     slot.lock().unwrap_or_else(|e| e.into_inner()).take()
+}
+
+/// Whether no worker has taken the job from `slot` yet.
+#[cfg(test)]
+fn slot_full<S>(slot: &Slot<S>) -> bool {
+    slot.lock().unwrap_or_else(|e| e.into_inner()).is_some()
 }
 
 struct Worker<S> {
@@ -96,6 +111,10 @@ pub(super) struct Pool<S> {
     /// Held by a test to keep the workers from starting a job.
     #[cfg(test)]
     gate: Arc<Mutex<()>>,
+    /// Set by a test: the caller waits for every worker to start its job instead of taking
+    /// it back, so that a frame is sliced however slowly the workers are scheduled.
+    #[cfg(test)]
+    patient: bool,
 }
 
 impl<S: Send + 'static> Pool<S> {
@@ -140,6 +159,8 @@ impl<S: Send + 'static> Pool<S> {
             steer: Steer::new(tids),
             #[cfg(test)]
             gate,
+            #[cfg(test)]
+            patient: false,
         })
     }
 
@@ -158,6 +179,8 @@ impl<S: Send + 'static> Pool<S> {
         own: impl FnOnce(&mut S) -> Result<(), CodecError>,
     ) -> Result<Ran, CodecError> {
         self.steer.away_from_here();
+        #[cfg(test)]
+        let patient = self.patient;
         let mut wait =
             Wait { workers: &mut self.workers, slots: Vec::new(), cpu_us: 0, wall_us: Vec::new(), err: None };
         for (i, job) in jobs.into_iter().enumerate() {
@@ -184,6 +207,10 @@ impl<S: Send + 'static> Pool<S> {
         let w0 = Instant::now();
         let own_res = own(state);
         let own_wall = micros(w0);
+        #[cfg(test)]
+        while patient && wait.slots.iter().any(|(slot, handed)| *handed == Handed::Sent && slot_full(slot)) {
+            std::thread::yield_now();
+        }
         if own_res.is_ok() {
             for i in 0..wait.slots.len() {
                 let (slot, handed) = &mut wait.slots[i];
@@ -675,16 +702,16 @@ impl SliceEncoder {
     }
 
     /// Encodes `data`, the planes of a `width`x`height` frame with row alignment 1 (checked
-    /// by the caller against `yuv_len`), into `out`; returns the workers' CPU time, or `None`
-    /// if the frame was coded on this thread alone (it is one restart interval, or slices do
-    /// not pay now: [`Gain`]).
+    /// by the caller against `yuv_len`), into `out`; returns what the pool did, or `None` if
+    /// the frame was coded on this thread alone without it (it is one restart interval, or
+    /// slices do not pay now: [`Gain`]).
     pub(super) fn compress(
         &mut self,
         data: &[u8],
         (width, height): (usize, usize),
         p: Params,
         out: &mut JpegBuf,
-    ) -> Result<Option<u64>, CodecError> {
+    ) -> Result<Option<Ran>, CodecError> {
         let start = Adapt::start();
         let shares = self.adapt.balance.shares(self.threads());
         let bands = plan_bands(data, width, height, p, &shares)?;
@@ -718,7 +745,7 @@ impl SliceEncoder {
         out.len = out.data.len();
         let rows: Vec<usize> = bands.iter().map(|b| b.rows).collect();
         self.adapt.record(start, &rows, &ran, "encoding");
-        Ok(Some(ran.cpu_us))
+        Ok(Some(ran))
     }
 }
 
@@ -826,8 +853,8 @@ impl SliceDecoder {
     /// Splits `jpeg` and decodes its pieces into `out` (already `width * height` pixels, the
     /// JPEG's size checked by the caller). Returns `None` if the JPEG must be decoded
     /// serially (it cannot be split, or slices do not pay now: [`Gain`]; its restart
-    /// markers are checked either way), else the workers' CPU time.
-    pub(super) fn decode(&mut self, jpeg: &[u8], width: usize, out: &mut [u32]) -> Result<Option<u64>, CodecError> {
+    /// markers are checked either way), else what the pool did.
+    pub(super) fn decode(&mut self, jpeg: &[u8], width: usize, out: &mut [u32]) -> Result<Option<Ran>, CodecError> {
         let start = Adapt::start();
         let shares = self.adapt.balance.shares(self.pool.len() + 1);
         let split = match restart::split_shared(jpeg, &shares) {
@@ -879,7 +906,7 @@ impl SliceDecoder {
         let ran = self.pool.run(own, jobs, |own| own.decode(jpeg, &p, last, own_part))?;
         let rows: Vec<usize> = p.pieces.iter().map(|x| x.rows).collect();
         self.adapt.record(start, &rows, &ran, "decoding");
-        Ok(Some(ran.cpu_us))
+        Ok(Some(ran))
     }
 }
 
@@ -1033,6 +1060,9 @@ mod tests {
         assert!(restart::parse_header(out.as_slice()).unwrap().interval == 0, "no DRI by default");
         assert!(info.cpu_us > 0 && !info.sliced);
         enc.set_threads(3).unwrap();
+        // The workers code their bands however late they are scheduled (else the frame can
+        // be coded by this thread alone, and rightly not count as sliced).
+        enc.slices.as_mut().unwrap().pool.patient = true;
         let info = enc.encode(&f, &mut out).unwrap();
         assert_eq!(restart::parse_header(out.as_slice()).unwrap().interval, 20, "one MCU row");
         assert!(info.cpu_us > 0 && !info.passthrough && info.sliced);
@@ -1070,6 +1100,7 @@ mod tests {
         bad[ivs[2].end + 1] = 0xd0 + 6;
         let mut dec = Decoder::new().unwrap();
         dec.set_threads(2).unwrap();
+        dec.slices.as_mut().unwrap().pool.patient = true;
         let mut px = Vec::new();
         dec.decode(&good, w, h, &mut px).unwrap();
         assert!(dec.last_sliced(), "a JPEG with restart markers is decoded in pieces");

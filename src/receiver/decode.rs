@@ -75,16 +75,21 @@ impl Decode {
         let res = if concealed {
             self.conceal(&inc.bands, (w, h), &mut pixels)
         } else {
-            self.decoder.decode(&inc.jpeg, w, h, &mut pixels).map_err(|e| (DropCause::CorruptJpeg, e.to_string()))
+            let res = self.decoder.decode(&inc.jpeg, w, h, &mut pixels);
+            res.map(|()| (self.decoder.last_cpu_us(), self.decoder.last_sliced()))
+                .map_err(|e| (DropCause::CorruptJpeg, e.to_string()))
         };
         let end = now_us();
         self.jpeg_pool.put(inc.jpeg);
-        if let Err((cause, e)) = res {
-            warn!(seq = inc.header.seq, error = %e, "cannot decode frame; skipped");
-            self.meter.count_drop(cause);
-            *spare = Some(pixels);
-            return true;
-        }
+        let (cpu_us, sliced) = match res {
+            Ok(done) => done,
+            Err((cause, e)) => {
+                warn!(seq = inc.header.seq, error = %e, "cannot decode frame; skipped");
+                self.meter.count_drop(cause);
+                *spare = Some(pixels);
+                return true;
+            }
+        };
         if let Some(last) = &mut self.last {
             last.clear();
             last.extend_from_slice(&pixels);
@@ -92,9 +97,9 @@ impl Decode {
         self.meter.update(|c| {
             c.decoded += 1;
             c.decode_us += end - start;
-            c.decode_cpu_us += self.decoder.last_cpu_us();
+            c.decode_cpu_us += cpu_us;
             c.threaded += u64::from(self.threads.threads > 1);
-            c.sliced += u64::from(self.decoder.last_sliced());
+            c.sliced += u64::from(sliced);
             c.concealed += u64::from(concealed);
             c.quality = Some(inc.header.quality);
             if let Some(cap) = inc.capture_local_us {
@@ -122,13 +127,14 @@ impl Decode {
     }
 
     /// A frame with RTP packets missing: the previous frame, with the bands of rows that
-    /// arrived decoded over it. Without a previous frame of this size it is lost.
+    /// arrived decoded over it. Without a previous frame of this size it is lost. Returns the
+    /// CPU time of decoding every band, and whether any band was decoded in pieces.
     fn conceal(
         &mut self,
         bands: &[Band],
         (w, h): (usize, usize),
         pixels: &mut Vec<u32>,
-    ) -> Result<(), (DropCause, String)> {
+    ) -> Result<(u64, bool), (DropCause, String)> {
         let Some(last) = self.last.as_ref().filter(|l| l.len() == w * h) else {
             return Err((
                 DropCause::RtpLoss,
@@ -138,6 +144,7 @@ impl Decode {
         pixels.clear();
         pixels.extend_from_slice(last);
         let mut band = Vec::new();
+        let (mut cpu_us, mut sliced) = (0, false);
         for b in bands {
             let rows = (b.rows.end - b.rows.start) as usize;
             let at = b.rows.start as usize * w;
@@ -145,9 +152,11 @@ impl Decode {
                 return Err((DropCause::RtpLoss, format!("band of rows {:?} past the frame's {h} rows", b.rows)));
             }
             self.decoder.decode(&b.jpeg, w, rows, &mut band).map_err(|e| (DropCause::CorruptJpeg, e.to_string()))?;
+            cpu_us += self.decoder.last_cpu_us();
+            sliced |= self.decoder.last_sliced();
             pixels[at..at + rows * w].copy_from_slice(&band[..rows * w]);
         }
-        Ok(())
+        Ok((cpu_us, sliced))
     }
 }
 
