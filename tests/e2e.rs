@@ -87,14 +87,14 @@ fn stream_120_frames_with_stats_and_dumps() {
     eprintln!("PSNR min {min:.2} dB over {} frames; test took {:.2} s", values.len(), t0.elapsed().as_secs_f64());
 }
 
-/// One run of `stream_120_frames_with_stats_and_dumps` in `dir`: the receiver's and sender's
-/// stats files, the dump directory and the receiver (exited 0); or, when the receiver did not
-/// get its 120 frames and every drop in either side's summary has a load cause (`LOAD_DROPS`),
-/// why. Any other failure panics.
 /// Drop causes that a stalled machine brings about (seen with ten busy loops on the two cores:
 /// all four), as opposed to a fault of the stream.
 const LOAD_DROPS: [&str; 4] = ["congestion", "decoder_busy", "encoder_busy", "socket_busy"];
 
+/// One run of `stream_120_frames_with_stats_and_dumps` in `dir`: the receiver's and sender's
+/// stats files, the dump directory and the receiver (exited 0); or, when the receiver did not
+/// get its 120 frames and every drop in either side's summary has a load cause (`LOAD_DROPS`),
+/// why. Any other failure panics.
 fn stream_120(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf, Proc), String> {
     std::fs::create_dir_all(dir).unwrap();
     let dumps = dir.join("dumps");
@@ -142,8 +142,7 @@ fn stream_120(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf, Proc), String> {
     if recv.is_running() {
         // Ctrl-C: the receiver writes its summary, which counts every drop (its last interval
         // line can be a second old, and a drop after it would be missed).
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(recv.id() as libc::pid_t, libc::SIGINT) };
+        recv.signal(libc::SIGINT).unwrap();
         recv.wait(Duration::from_secs(5));
         let log = recv.stderr();
         let mut drops: BTreeMap<String, u64> = BTreeMap::new();

@@ -12,12 +12,6 @@ use common::{free_port, records_of, scratch_dir, summary, Proc};
 use framecast::net::{Hello, Role};
 use framecast::stats::{DropCause, RecordType, Report};
 
-fn signal(p: &Proc, sig: libc::c_int) {
-    // SAFETY: kill(2) on a child we started and have not reaped.
-    let r = unsafe { libc::kill(p.id() as libc::pid_t, sig) };
-    assert_eq!(r, 0, "kill({}, {sig}) failed: {}", p.id(), std::io::Error::last_os_error());
-}
-
 /// Resident memory of a process in KiB, from /proc/PID/status.
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/PID/status");
@@ -60,13 +54,13 @@ fn viewer_reconnects_to_a_sender_killed_mid_frame_and_restarted() {
     );
     assert!(recv.wait_for_stderr("stream", Duration::from_secs(10)), "no stream info:\n{}", recv.stderr());
     std::thread::sleep(Duration::from_millis(1500));
-    signal(&recv, libc::SIGSTOP);
+    recv.signal(libc::SIGSTOP).unwrap();
     // Long enough for the kernel's socket buffers (several MB on loopback) to fill, so that
     // the sender blocks half-way through writing a frame.
     std::thread::sleep(Duration::from_millis(3000));
-    signal(&first, libc::SIGKILL);
+    first.signal(libc::SIGKILL).unwrap();
     first.wait(Duration::from_secs(5));
-    signal(&recv, libc::SIGCONT);
+    recv.signal(libc::SIGCONT).unwrap();
     let killed_at = recv.elapsed();
 
     assert!(
@@ -143,14 +137,14 @@ fn sender_survives_a_stopped_viewer_without_growing_and_streaming_recovers() {
     assert!(recv.wait_for_stderr("stream", Duration::from_secs(10)), "no stream info:\n{}", recv.stderr());
     std::thread::sleep(Duration::from_secs(3));
     let before = rss_kib(send.id());
-    signal(&recv, libc::SIGSTOP);
+    recv.signal(libc::SIGSTOP).unwrap();
     let stopped = Instant::now();
     let mut peak = before;
     while stopped.elapsed() < Duration::from_secs(5) {
         std::thread::sleep(Duration::from_millis(200));
         peak = peak.max(rss_kib(send.id()));
     }
-    signal(&recv, libc::SIGCONT);
+    recv.signal(libc::SIGCONT).unwrap();
     let resumed_at = recv.elapsed().as_secs_f64();
     let send_resumed_at = send.elapsed().as_secs_f64();
     let after = rss_kib(send.id());
@@ -401,7 +395,7 @@ fn connecting_sender_calls_its_viewer_again_until_it_is_back() {
     let mut second = Proc::spawn("recv2", &recv_args);
     second.expect_success(Duration::from_secs(20));
     assert!(send.wait_for_stderr("connection=2", Duration::from_secs(5)), "{}", send.stderr());
-    signal(&send, libc::SIGINT);
+    send.signal(libc::SIGINT).unwrap();
     send.expect_success(Duration::from_secs(10));
     let s = summary(&s_json);
     assert_eq!(s.reconnects, 1, "{s:?}");

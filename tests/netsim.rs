@@ -364,8 +364,7 @@ fn udp_netsim(forward: &str, args: &[&str]) -> (Proc, u16) {
 
 /// Stops `p` with SIGTERM and returns its log once it exited (0).
 fn stop(mut p: Proc) -> String {
-    // SAFETY: kill with a child's pid.
-    unsafe { libc::kill(p.id() as libc::pid_t, libc::SIGTERM) };
+    p.signal(libc::SIGTERM).unwrap();
     let st = p.wait(Duration::from_secs(10));
     assert!(st.success(), "netsim exited with {st} after SIGTERM:\n{}", p.stderr());
     p.stderr()

@@ -501,8 +501,7 @@ fn a_fifo_whose_writer_leaves_is_reopened_with_no_signal_meanwhile() {
     write_fifo(&fifo, &images);
     // Lost again when the second writer leaves; then Ctrl-C ends the sender.
     assert!(send.wait_for_stderr_n("source lost", 2, Duration::from_secs(10)), "{}", send.stderr());
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(send.id() as libc::pid_t, libc::SIGINT) };
+    send.signal(libc::SIGINT).unwrap();
     send.expect_success(EXIT);
     let log = send.stderr();
     assert!(log.contains("pipe source: MJPEG from") && log.contains("video.fifo"), "{log}");

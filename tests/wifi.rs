@@ -212,13 +212,9 @@ fn a_viewer_that_stops_acknowledging_is_dropped() {
     assert!(recv.wait_for_stderr("recv-stats", Duration::from_secs(10)), "{}", recv.stderr());
     // A viewer gone without a word (a dropped Wi-Fi link): frozen, so it neither reads nor
     // acknowledges, and its socket stays open.
-    let signal = |sig: &str| {
-        let ok = std::process::Command::new("kill").args([sig, &recv.id().to_string()]).status().unwrap();
-        assert!(ok.success(), "kill {sig}");
-    };
-    signal("-STOP");
+    recv.signal(libc::SIGSTOP).unwrap();
     let dropped = sender.wait_for_stderr("no acknowledgement from the viewer", Duration::from_secs(20));
-    signal("-CONT");
+    recv.signal(libc::SIGCONT).unwrap();
     assert!(dropped, "the sender kept a silent viewer:\n{}", sender.stderr());
     assert!(sender.wait_for_stderr("viewer left", Duration::from_secs(5)), "{}", sender.stderr());
 }

@@ -165,6 +165,16 @@ impl Proc {
         self.child.id()
     }
 
+    /// Sends `sig` to the child; the error names the pid and the signal.
+    pub fn signal(&self, sig: libc::c_int) -> std::io::Result<()> {
+        // SAFETY: kill(2) on a child we started.
+        if unsafe { libc::kill(self.id() as libc::pid_t, sig) } == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        Err(std::io::Error::new(e.kind(), format!("kill({}, {sig}) failed: {e}", self.id())))
+    }
+
     /// Everything the child wrote to stderr so far (ANSI stripped).
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap_or_else(|p| p.into_inner()).clone()

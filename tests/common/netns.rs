@@ -39,12 +39,6 @@ pub fn ns_exists(ns: &str) -> bool {
     Path::new("/run/netns").join(ns).exists()
 }
 
-/// Sends `sig` to `p`.
-pub fn signal(p: &Proc, sig: libc::c_int) {
-    // SAFETY: kill with a child's pid.
-    unsafe { libc::kill(p.id() as libc::pid_t, sig) };
-}
-
 /// A running packet link: namespaces `ns[0]`, `ns[1]` with addresses `addr[0]`, `addr[1]`.
 pub struct Link {
     pub netsim: Proc,
@@ -102,7 +96,7 @@ impl Link {
 
     /// Stops the netsim with `sig` and waits for it (at most 10 s); its stderr.
     pub fn stop(&mut self, sig: libc::c_int) -> String {
-        signal(&self.netsim, sig);
+        self.netsim.signal(sig).unwrap();
         let st = self.netsim.wait(Duration::from_secs(10));
         assert!(st.success(), "netsim exited with {st} after the signal:\n{}", self.netsim.stderr());
         self.netsim.stderr()
@@ -112,7 +106,7 @@ impl Link {
 impl Drop for Link {
     fn drop(&mut self) {
         if self.netsim.is_running() {
-            signal(&self.netsim, libc::SIGTERM);
+            let _ = self.netsim.signal(libc::SIGTERM);
             let deadline = std::time::Instant::now() + Duration::from_secs(5);
             while self.netsim.is_running() && std::time::Instant::now() < deadline {
                 thread::sleep(Duration::from_millis(20));
