@@ -712,7 +712,6 @@ impl SliceEncoder {
         p: Params,
         out: &mut JpegBuf,
     ) -> Result<Option<Ran>, CodecError> {
-        let start = Adapt::start();
         let shares = self.adapt.balance.shares(self.threads());
         let bands = plan_bands(data, width, height, p, &shares)?;
         // A frame of one restart interval is one band, for this thread alone (as a JPEG of
@@ -724,6 +723,7 @@ impl SliceEncoder {
             unsafe { self.own.compress(p, band, out) }?;
             return Ok(None);
         }
+        let start = Adapt::start();
         self.bands.resize_with(bands.len(), JpegBuf::default);
         let (own_band, rest) = bands.split_last().ok_or(CodecError::WorkerGone)?;
         let (own_out, rest_out) = self.bands.split_last_mut().ok_or(CodecError::WorkerGone)?;
